@@ -1,0 +1,21 @@
+//! The etcd v3 API as Rust types: `etcdserverpb` (the KV, Watch, Lease, Cluster,
+//! Maintenance and Auth services), `mvccpb` and `authpb`. Generated at build time from
+//! the `.proto` files beside this crate; this crate holds no logic.
+#![allow(clippy::all, missing_docs)]
+
+/// Keys, values and watch events.
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+/// Users, roles and permissions.
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}
+
+/// The etcd v3 client API services and their messages.
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+    // Re-exported because the services' messages embed them everywhere.
+    pub use super::mvccpb::{Event, KeyValue};
+}

@@ -1,0 +1,148 @@
+//! `capstan`: one binary, one subcommand per component.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "capstan",
+    version,
+    about = "Kubernetes-compatible control plane with an etcd-compatible store"
+)]
+struct Cli {
+    /// Log level: error, warn, info, debug or trace (or a tracing filter directive).
+    #[arg(long, global = true, default_value = "info", env = "CAPSTAN_LOG_LEVEL")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an etcd-compatible store member (accepts etcd's flags).
+    Store(StoreArgs),
+}
+
+/// etcd's member flags, with etcd's names and defaults.
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// Human-readable name for this member.
+    #[arg(long, default_value = "default")]
+    name: String,
+    /// Path to the data directory (default: ${name}.etcd).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// URLs to listen on for client traffic, comma-separated.
+    #[arg(long, default_value = "http://localhost:2379", value_delimiter = ',')]
+    listen_client_urls: Vec<String>,
+    /// Client URLs to advertise to the rest of the cluster, comma-separated.
+    #[arg(long, default_value = "http://localhost:2379", value_delimiter = ',')]
+    advertise_client_urls: Vec<String>,
+    /// URLs to listen on for peer traffic, comma-separated.
+    #[arg(long, default_value = "http://localhost:2380", value_delimiter = ',')]
+    listen_peer_urls: Vec<String>,
+    /// This member's peer URLs to advertise to the rest of the cluster.
+    #[arg(long, default_value = "http://localhost:2380", value_delimiter = ',')]
+    initial_advertise_peer_urls: Vec<String>,
+    /// Initial cluster configuration for bootstrapping (name=peerURL,...).
+    #[arg(long)]
+    initial_cluster: Option<String>,
+    /// Initial cluster state: new or existing.
+    #[arg(long, default_value = "new")]
+    initial_cluster_state: String,
+    /// Initial cluster token for the cluster during bootstrap.
+    #[arg(long, default_value = "etcd-cluster")]
+    initial_cluster_token: String,
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_interval: u64,
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long, default_value_t = 1000)]
+    election_timeout: u64,
+    /// Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB).
+    #[arg(long, default_value_t = 0)]
+    quota_backend_bytes: u64,
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long, default_value_t = 1536 * 1024)]
+    max_request_bytes: usize,
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, default_value_t = 128)]
+    max_txn_ops: usize,
+}
+
+impl StoreArgs {
+    fn into_config(self) -> capstan_store::Config {
+        let d = capstan_store::Config::default();
+        let initial_cluster = self.initial_cluster.unwrap_or_else(|| {
+            format!(
+                "{}={}",
+                self.name,
+                self.initial_advertise_peer_urls.join(",")
+            )
+        });
+        capstan_store::Config {
+            data_dir: self
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name))),
+            name: self.name,
+            listen_client_urls: self.listen_client_urls,
+            advertise_client_urls: self.advertise_client_urls,
+            listen_peer_urls: self.listen_peer_urls,
+            initial_advertise_peer_urls: self.initial_advertise_peer_urls,
+            initial_cluster,
+            initial_cluster_token: self.initial_cluster_token,
+            initial_cluster_state: self.initial_cluster_state,
+            heartbeat_interval_ms: self.heartbeat_interval,
+            election_timeout_ms: self.election_timeout,
+            quota_backend_bytes: if self.quota_backend_bytes == 0 {
+                d.quota_backend_bytes
+            } else {
+                self.quota_backend_bytes
+            },
+            max_request_bytes: self.max_request_bytes,
+            max_txn_ops: self.max_txn_ops,
+            ..d
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log_level).context("--log-level")?,
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Command::Store(args) => rt.block_on(run_store(args.into_config())),
+    }
+}
+
+async fn run_store(cfg: capstan_store::Config) -> anyhow::Result<()> {
+    tracing::info!(name = %cfg.name, data_dir = %cfg.data_dir.display(), "starting store member");
+    let srv = capstan_store::EtcdServer::open(cfg).context("opening the store")?;
+    capstan_store::server::serve(srv, shutdown_signal())
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

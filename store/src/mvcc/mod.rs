@@ -1,0 +1,539 @@
+//! Multi-version key-value storage with etcd's semantics, on an [`Engine`].
+//!
+//! Every change is a new record in the history keyspace under its [`Revision`]; a delete
+//! is a tombstone record. The [`index::Index`] maps keys to their revisions in memory.
+//! Readers ([`Mvcc`]) see only revisions that are durable (`visible_rev`); the single
+//! applier writes through a [`Writer`], which sees its own not-yet-durable changes.
+
+pub mod index;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use capstan_proto::etcdserverpb::{range_request, RangeRequest, RangeResponse, ResponseHeader};
+use capstan_proto::mvccpb::{event::EventType, Event, KeyValue};
+use parking_lot::{RwLock, RwLockWriteGuard};
+use prost::Message;
+
+use crate::engine::{Cf, Engine, WriteBatch};
+use crate::error::{Result, StoreError};
+pub use index::{Change, Index, KeyRange, Revision};
+
+const META_CURRENT_REV: &[u8] = b"current_rev";
+const META_COMPACT_REV: &[u8] = b"compact_rev";
+
+/// Encodes a history record: one flag byte (1 = tombstone), then the `KeyValue`.
+pub fn encode_record(tombstone: bool, kv: &KeyValue) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(1 + kv.encoded_len());
+    buf.push(u8::from(tombstone));
+    kv.encode(&mut buf).expect("Vec grows as needed");
+    buf
+}
+
+/// Decodes a history record written by [`encode_record`].
+pub fn decode_record(buf: &[u8]) -> Result<(bool, KeyValue)> {
+    let (flag, rest) = buf
+        .split_first()
+        .ok_or_else(|| StoreError::Engine("empty history record".into()))?;
+    Ok((*flag == 1, KeyValue::decode(rest)?))
+}
+
+/// Read access to one consistent view of the key space, shared by the read path and
+/// by reads inside a write txn.
+pub trait KvRead {
+    /// The newest revision this view may read.
+    fn current_rev(&self) -> i64;
+    /// Revisions below this are gone.
+    fn compact_rev(&self) -> i64;
+    /// Live revisions in `range` at `rev`, at most `limit` (0: all), and the total count.
+    fn revisions(&self, range: &KeyRange, rev: i64, limit: usize) -> (Vec<Revision>, i64);
+    /// The record stored under `rev`.
+    fn load(&self, rev: Revision) -> Result<Option<KeyValue>>;
+}
+
+/// The MVCC store: index, engine and the revision counters.
+pub struct Mvcc {
+    engine: Arc<dyn Engine>,
+    index: RwLock<Index>,
+    /// Newest revision applied in memory (possibly not yet durable).
+    applied_rev: AtomicI64,
+    /// Newest revision that is durable: what readers see.
+    visible_rev: AtomicI64,
+    compact_rev: AtomicI64,
+}
+
+impl Mvcc {
+    /// Rebuilds the index from the history keyspace. Returns the store and the
+    /// revisions an interrupted compaction had still to delete.
+    pub fn open(engine: Arc<dyn Engine>) -> Result<(Self, Vec<Revision>)> {
+        let mut index = Index::default();
+        let mut last = 0i64;
+        let mut bad = None;
+        engine.scan(Cf::History, &[], None, &mut |k, v| {
+            let (Some(rev), Ok((tombstone, kv))) = (Revision::from_key(k), decode_record(v)) else {
+                bad = Some(k.to_vec());
+                return false;
+            };
+            last = rev.main;
+            index.push(&kv.key, Change { rev, tombstone });
+            true
+        })?;
+        if let Some(k) = bad {
+            return Err(StoreError::Engine(format!(
+                "corrupt history record at {k:?}"
+            )));
+        }
+        let meta_i64 = |k: &[u8]| -> Result<i64> {
+            Ok(engine
+                .get(Cf::Meta, k)?
+                .and_then(|v| v.try_into().ok())
+                .map(i64::from_be_bytes)
+                .unwrap_or(0))
+        };
+        let current = last.max(meta_i64(META_CURRENT_REV)?).max(1);
+        let compact = meta_i64(META_COMPACT_REV)?;
+        let doomed = if compact > 0 {
+            index.compact(compact)
+        } else {
+            Vec::new()
+        };
+        let mvcc = Mvcc {
+            engine,
+            index: RwLock::new(index),
+            applied_rev: AtomicI64::new(current),
+            visible_rev: AtomicI64::new(current),
+            compact_rev: AtomicI64::new(compact),
+        };
+        Ok((mvcc, doomed))
+    }
+
+    /// The engine underneath (for maintenance: size, defragment, hash).
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    /// Number of keys the index holds (live or with history).
+    pub fn index_len(&self) -> usize {
+        self.index.read().len()
+    }
+
+    /// Starts applying writes. Only the applier calls this, one writer at a time.
+    pub fn writer(&self) -> Writer<'_> {
+        Writer {
+            rev: self.applied_rev.load(Ordering::SeqCst),
+            mvcc: self,
+            index: self.index.write(),
+            pending: HashMap::new(),
+            batch: WriteBatch::default(),
+            txn_main: 0,
+            sub: 0,
+            events: Vec::new(),
+        }
+    }
+
+    /// Makes everything up to `rev` visible to readers: call once it is durable.
+    pub fn publish(&self, rev: i64) {
+        self.visible_rev.fetch_max(rev, Ordering::SeqCst);
+    }
+
+    /// Revisions a compaction at `rev` keeps at or below it (for `HashKV`).
+    pub fn kept_at(&self, rev: i64) -> std::collections::HashSet<Revision> {
+        self.index.read().kept_at(rev)
+    }
+
+    /// Every event with a revision in `[from, to]`, in revision order, for watchers that
+    /// start in the past or fell behind. With `prev_kv`, each event carries the record
+    /// its key had just before.
+    pub fn history(&self, from: i64, to: i64, prev_kv: bool) -> Result<Vec<Event>> {
+        if from < self.compact_rev() {
+            return Err(StoreError::Compacted);
+        }
+        let to = to.min(self.current_rev());
+        if from > to {
+            return Ok(Vec::new());
+        }
+        let start = Revision::new(from, 0).to_key();
+        let end = Revision::new(to + 1, 0).to_key();
+        let mut records = Vec::new();
+        let mut failure = None;
+        self.engine
+            .scan(Cf::History, &start, Some(&end), &mut |_, v| {
+                match decode_record(v) {
+                    Ok(r) => records.push(r),
+                    Err(e) => {
+                        failure = Some(e);
+                        return false;
+                    }
+                }
+                true
+            })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let mut events = Vec::with_capacity(records.len());
+        for (tombstone, kv) in records {
+            let prev = if prev_kv {
+                let r = self.index.read().get(&kv.key, kv.mod_revision - 1);
+                match r {
+                    Some(r) => self.load(r)?,
+                    None => None,
+                }
+            } else {
+                None
+            };
+            let r#type = if tombstone {
+                EventType::Delete
+            } else {
+                EventType::Put
+            };
+            events.push(Event {
+                r#type: r#type as i32,
+                kv: Some(kv),
+                prev_kv: prev,
+            });
+        }
+        // A compaction may have purged part of the range while we scanned.
+        if from < self.compact_rev() {
+            return Err(StoreError::Compacted);
+        }
+        Ok(events)
+    }
+
+    /// Deletes compacted history records from disk, in chunks that do not block writers.
+    pub fn purge(&self, mut doomed: Vec<Revision>) -> Result<()> {
+        doomed.sort_unstable();
+        for chunk in doomed.chunks(10_000) {
+            let mut b = WriteBatch::default();
+            for r in chunk {
+                b.delete(Cf::History, r.to_key().to_vec());
+            }
+            // Not synced: a crash before this lands only means start-up purges again.
+            self.engine.write(b, false)?;
+        }
+        Ok(())
+    }
+}
+
+impl KvRead for Mvcc {
+    fn current_rev(&self) -> i64 {
+        self.visible_rev.load(Ordering::SeqCst)
+    }
+
+    fn compact_rev(&self) -> i64 {
+        self.compact_rev.load(Ordering::SeqCst)
+    }
+
+    fn revisions(&self, range: &KeyRange, rev: i64, limit: usize) -> (Vec<Revision>, i64) {
+        collect_revisions(&self.index.read(), range, rev, limit)
+    }
+
+    fn load(&self, rev: Revision) -> Result<Option<KeyValue>> {
+        match self.engine.get(Cf::History, &rev.to_key())? {
+            Some(v) => Ok(Some(decode_record(&v)?.1)),
+            None => Ok(None),
+        }
+    }
+}
+
+fn collect_revisions(
+    index: &Index,
+    range: &KeyRange,
+    rev: i64,
+    limit: usize,
+) -> (Vec<Revision>, i64) {
+    let mut revs = Vec::new();
+    let mut total = 0i64;
+    index.visit(range, rev, &mut |_, r| {
+        total += 1;
+        if limit == 0 || revs.len() < limit {
+            revs.push(r);
+        }
+        true
+    });
+    (revs, total)
+}
+
+/// What one applied batch produced.
+pub struct WriterOutput {
+    pub batch: WriteBatch,
+    pub events: Vec<Event>,
+    pub rev: i64,
+}
+
+/// The applier's handle: applies changes in memory and collects them into one batch.
+pub struct Writer<'a> {
+    mvcc: &'a Mvcc,
+    index: RwLockWriteGuard<'a, Index>,
+    /// Records written by this batch, not yet in the engine.
+    pending: HashMap<Revision, KeyValue>,
+    batch: WriteBatch,
+    /// Newest applied revision (committed txns of this batch included).
+    rev: i64,
+    /// The revision the open txn writes at.
+    txn_main: i64,
+    sub: i64,
+    events: Vec<Event>,
+}
+
+impl Writer<'_> {
+    /// Opens a txn: everything until [`Writer::end_txn`] shares one revision.
+    pub fn begin_txn(&mut self) {
+        self.txn_main = self.rev + 1;
+        self.sub = 0;
+    }
+
+    /// Closes the txn; returns the store revision after it.
+    pub fn end_txn(&mut self) -> i64 {
+        if self.sub > 0 {
+            self.rev = self.txn_main;
+        }
+        self.rev
+    }
+
+    /// Whether the open txn changed anything yet.
+    pub fn txn_changed(&self) -> bool {
+        self.sub > 0
+    }
+
+    /// The revision the open txn writes at.
+    pub fn txn_rev(&self) -> i64 {
+        self.txn_main
+    }
+
+    /// Extra records to write atomically with this batch (leases, auth, meta).
+    pub fn batch_mut(&mut self) -> &mut WriteBatch {
+        &mut self.batch
+    }
+
+    /// The live record of `key` right now, if any.
+    pub fn latest(&self, key: &[u8]) -> Result<Option<KeyValue>> {
+        match self.index.get(key, i64::MAX) {
+            Some(r) => self.load(r),
+            None => Ok(None),
+        }
+    }
+
+    /// Puts `key`; returns the new record and the one it replaced.
+    pub fn put(
+        &mut self,
+        key: &[u8],
+        value: Vec<u8>,
+        lease: i64,
+    ) -> Result<(KeyValue, Option<KeyValue>)> {
+        let prev = self.latest(key)?;
+        let (create_revision, version) = match &prev {
+            Some(p) => (p.create_revision, p.version + 1),
+            None => (self.txn_main, 1),
+        };
+        let kv = KeyValue {
+            key: key.to_vec(),
+            create_revision,
+            mod_revision: self.txn_main,
+            version,
+            value,
+            lease,
+        };
+        self.record(false, kv.clone(), prev.clone());
+        Ok((kv, prev))
+    }
+
+    /// Deletes every live key in `range`; returns the deleted records.
+    pub fn delete_range(&mut self, range: &KeyRange) -> Result<Vec<KeyValue>> {
+        let (revs, _) = collect_revisions(&self.index, range, i64::MAX, 0);
+        let mut deleted = Vec::with_capacity(revs.len());
+        for r in revs {
+            let prev = self
+                .load(r)?
+                .ok_or_else(|| StoreError::Engine(format!("index names missing revision {r:?}")))?;
+            let tomb = KeyValue {
+                key: prev.key.clone(),
+                mod_revision: self.txn_main,
+                ..Default::default()
+            };
+            self.record(true, tomb, Some(prev.clone()));
+            deleted.push(prev);
+        }
+        Ok(deleted)
+    }
+
+    fn record(&mut self, tombstone: bool, kv: KeyValue, prev: Option<KeyValue>) {
+        let rev = Revision::new(self.txn_main, self.sub);
+        self.sub += 1;
+        self.index.push(&kv.key, Change { rev, tombstone });
+        self.batch.put(
+            Cf::History,
+            rev.to_key().to_vec(),
+            encode_record(tombstone, &kv),
+        );
+        let r#type = if tombstone {
+            EventType::Delete
+        } else {
+            EventType::Put
+        };
+        if !tombstone {
+            self.pending.insert(rev, kv.clone());
+        }
+        self.events.push(Event {
+            r#type: r#type as i32,
+            kv: Some(kv),
+            prev_kv: prev,
+        });
+    }
+
+    /// Compacts history up to `rev`. Returns the revisions to purge from disk once
+    /// this batch is durable.
+    pub fn compact(&mut self, rev: i64) -> Result<Vec<Revision>> {
+        if rev <= self.mvcc.compact_rev.load(Ordering::SeqCst) {
+            return Err(StoreError::Compacted);
+        }
+        if rev > self.rev {
+            return Err(StoreError::FutureRev);
+        }
+        self.mvcc.compact_rev.store(rev, Ordering::SeqCst);
+        self.batch.put(
+            Cf::Meta,
+            META_COMPACT_REV.to_vec(),
+            rev.to_be_bytes().to_vec(),
+        );
+        Ok(self.index.compact(rev))
+    }
+
+    /// Ends the batch: the caller writes `batch` durably, then calls [`Mvcc::publish`].
+    pub fn finish(mut self) -> WriterOutput {
+        self.mvcc.applied_rev.store(self.rev, Ordering::SeqCst);
+        self.batch.put(
+            Cf::Meta,
+            META_CURRENT_REV.to_vec(),
+            self.rev.to_be_bytes().to_vec(),
+        );
+        WriterOutput {
+            batch: self.batch,
+            events: self.events,
+            rev: self.rev,
+        }
+    }
+}
+
+impl KvRead for Writer<'_> {
+    fn current_rev(&self) -> i64 {
+        if self.sub > 0 {
+            self.txn_main
+        } else {
+            self.rev
+        }
+    }
+
+    fn compact_rev(&self) -> i64 {
+        self.mvcc.compact_rev()
+    }
+
+    fn revisions(&self, range: &KeyRange, rev: i64, limit: usize) -> (Vec<Revision>, i64) {
+        collect_revisions(&self.index, range, rev, limit)
+    }
+
+    fn load(&self, rev: Revision) -> Result<Option<KeyValue>> {
+        match self.pending.get(&rev) {
+            Some(kv) => Ok(Some(kv.clone())),
+            None => self.mvcc.load(rev),
+        }
+    }
+}
+
+/// Serves a `RangeRequest` from any view, with etcd's limit, sort and filter rules.
+pub fn range(view: &dyn KvRead, r: &RangeRequest) -> Result<RangeResponse> {
+    let current = view.current_rev();
+    let rev = if r.revision <= 0 { current } else { r.revision };
+    if rev > current {
+        return Err(StoreError::FutureRev);
+    }
+    if rev < view.compact_rev() {
+        return Err(StoreError::Compacted);
+    }
+    let key_range = KeyRange::new(&r.key, &r.range_end);
+    let sort_order = range_request::SortOrder::try_from(r.sort_order).unwrap_or_default();
+    let sort_target = range_request::SortTarget::try_from(r.sort_target).unwrap_or_default();
+    let filters = r.min_mod_revision != 0
+        || r.max_mod_revision != 0
+        || r.min_create_revision != 0
+        || r.max_create_revision != 0;
+    // Sorting and filtering need every key; otherwise fetch one extra to learn `more`.
+    let fetch = if sort_order != range_request::SortOrder::None || filters || r.limit <= 0 {
+        0
+    } else {
+        r.limit as usize + 1
+    };
+    let (revs, count) = view.revisions(&key_range, rev, fetch);
+    let header = Some(ResponseHeader {
+        revision: current,
+        ..Default::default()
+    });
+    if r.count_only {
+        return Ok(RangeResponse {
+            header,
+            kvs: vec![],
+            more: false,
+            count,
+        });
+    }
+    let mut kvs = Vec::with_capacity(revs.len());
+    for rv in revs {
+        match view.load(rv)? {
+            Some(kv) => kvs.push(kv),
+            // Compaction purged it while we read: the read is too old now.
+            None => return Err(StoreError::Compacted),
+        }
+    }
+    let keep = |v: i64, min: i64, max: i64| (min == 0 || v >= min) && (max == 0 || v <= max);
+    if filters {
+        kvs.retain(|kv| {
+            keep(kv.mod_revision, r.min_mod_revision, r.max_mod_revision)
+                && keep(
+                    kv.create_revision,
+                    r.min_create_revision,
+                    r.max_create_revision,
+                )
+        });
+    }
+    use range_request::{SortOrder, SortTarget};
+    let order = match (sort_target, sort_order) {
+        (SortTarget::Key, SortOrder::Ascend) => SortOrder::None,
+        (t, SortOrder::None) if t != SortTarget::Key => SortOrder::Ascend,
+        (_, o) => o,
+    };
+    if order != SortOrder::None {
+        kvs.sort_by(|a, b| {
+            let o = match sort_target {
+                SortTarget::Key => a.key.cmp(&b.key),
+                SortTarget::Version => a.version.cmp(&b.version),
+                SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+                SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+                SortTarget::Value => a.value.cmp(&b.value),
+            };
+            if order == SortOrder::Descend {
+                o.reverse()
+            } else {
+                o
+            }
+        });
+    }
+    let mut more = false;
+    if r.limit > 0 && kvs.len() > r.limit as usize {
+        kvs.truncate(r.limit as usize);
+        more = true;
+    }
+    if r.keys_only {
+        for kv in &mut kvs {
+            kv.value.clear();
+        }
+    }
+    Ok(RangeResponse {
+        header,
+        kvs,
+        more,
+        count,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,375 @@
+//! The etcd server: configuration, the proposal pipeline into the apply path, and the
+//! gRPC services (one file each) that etcd clients talk to.
+
+pub mod auth;
+pub mod kv;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use capstan_proto::etcdserverpb as pb;
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::apply::{ApplyRequest, ApplyResponse, Op, StateMachine};
+use crate::engine::rocks::RocksEngine;
+use crate::engine::Engine;
+use crate::error::{Result, StoreError};
+
+/// gRPC framing overhead allowed on top of `max_request_bytes` (etcd's `grpcOverheadBytes`).
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// A member's configuration, with etcd's flag names and defaults.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub listen_client_urls: Vec<String>,
+    pub advertise_client_urls: Vec<String>,
+    pub listen_peer_urls: Vec<String>,
+    pub initial_advertise_peer_urls: Vec<String>,
+    pub initial_cluster: String,
+    pub initial_cluster_token: String,
+    pub initial_cluster_state: String,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+    pub quota_backend_bytes: u64,
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+    /// How often remaining lease TTLs are checkpointed.
+    pub lease_checkpoint_interval: Duration,
+    /// How often watchers asking for it get a progress notification when idle
+    /// (etcd's `--experimental-watch-progress-notify-interval`).
+    pub watch_progress_notify_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            name: "default".into(),
+            data_dir: PathBuf::from("default.etcd"),
+            listen_client_urls: vec!["http://localhost:2379".into()],
+            advertise_client_urls: vec!["http://localhost:2379".into()],
+            listen_peer_urls: vec!["http://localhost:2380".into()],
+            initial_advertise_peer_urls: vec!["http://localhost:2380".into()],
+            initial_cluster: "default=http://localhost:2380".into(),
+            initial_cluster_token: "etcd-cluster".into(),
+            initial_cluster_state: "new".into(),
+            heartbeat_interval_ms: 100,
+            election_timeout_ms: 1000,
+            quota_backend_bytes: 2 * 1024 * 1024 * 1024,
+            max_request_bytes: 1024 * 1024 + 512 * 1024,
+            max_txn_ops: 128,
+            lease_checkpoint_interval: Duration::from_secs(300),
+            watch_progress_notify_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Config {
+    /// The shortest lease TTL, derived from the election timeout as etcd does
+    /// (`3/2 * election timeout`, rounded up to seconds).
+    pub fn min_lease_ttl(&self) -> i64 {
+        let ms = self.election_timeout_ms * 3 / 2;
+        ms.div_ceil(1000).max(1) as i64
+    }
+}
+
+/// Parses an etcd URL (`http://host:port`) into a socket address to bind.
+pub fn parse_url(url: &str) -> Result<SocketAddr> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .or_else(|| url.strip_prefix("unix://"))
+        .unwrap_or(url);
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let hostport = hostport.replace("localhost", "127.0.0.1");
+    hostport
+        .parse()
+        .map_err(|_| StoreError::InvalidArgument(format!("invalid URL {url:?}")))
+}
+
+fn hash_id(parts: &[&str]) -> u64 {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    let d = h.finalize();
+    u64::from_be_bytes(d[..8].try_into().unwrap_or_default())
+}
+
+struct Proposal {
+    req: ApplyRequest,
+    done: oneshot::Sender<Result<ApplyResponse>>,
+}
+
+/// One member: the state machine plus its identity and proposal queue. Every gRPC
+/// service holds an `Arc` of it.
+pub struct EtcdServer {
+    pub cfg: Config,
+    pub sm: Arc<StateMachine>,
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub term: u64,
+    proposals: mpsc::Sender<Proposal>,
+}
+
+impl EtcdServer {
+    /// Opens the data dir and starts the applier. Must run inside a tokio runtime.
+    pub fn open(cfg: Config) -> Result<Arc<Self>> {
+        let dir = cfg.data_dir.join("member").join("db");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StoreError::Engine(format!("{}: {e}", dir.display())))?;
+        let engine: Arc<dyn Engine> = Arc::new(RocksEngine::open(&dir)?);
+        Self::with_engine(cfg, engine)
+    }
+
+    /// Like [`EtcdServer::open`] on any engine.
+    pub fn with_engine(cfg: Config, engine: Arc<dyn Engine>) -> Result<Arc<Self>> {
+        let sm = Arc::new(StateMachine::open(engine, cfg.min_lease_ttl())?);
+        let peer = cfg.initial_advertise_peer_urls.join(",");
+        let member_id = hash_id(&[&peer, &cfg.initial_cluster_token]);
+        let cluster_id = hash_id(&[&cfg.initial_cluster, &cfg.initial_cluster_token]);
+        let (tx, rx) = mpsc::channel(16 * 1024);
+        let applier_sm = sm.clone();
+        std::thread::Builder::new()
+            .name("applier".into())
+            .spawn(move || run_applier(applier_sm, rx))
+            .map_err(|e| StoreError::Engine(format!("spawn applier: {e}")))?;
+        let srv = Arc::new(Self {
+            cfg,
+            sm,
+            member_id,
+            cluster_id,
+            term: 2,
+            proposals: tx,
+        });
+        sm_lease_owner(srv.clone());
+        Ok(srv)
+    }
+
+    /// A response header at `revision`.
+    pub fn header(&self, revision: i64) -> pb::ResponseHeader {
+        pb::ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term: self.term,
+        }
+    }
+
+    /// Completes a header the apply path filled with a revision only.
+    pub fn fill(&self, h: &mut Option<pb::ResponseHeader>) {
+        let rev = h
+            .as_ref()
+            .map(|h| h.revision)
+            .unwrap_or_else(|| self.current_rev());
+        *h = Some(self.header(rev));
+    }
+
+    /// The newest durable revision.
+    pub fn current_rev(&self) -> i64 {
+        use crate::mvcc::KvRead;
+        self.sm.mvcc.current_rev()
+    }
+
+    /// This member as the Cluster API describes it.
+    pub fn member(&self) -> pb::Member {
+        pb::Member {
+            id: self.member_id,
+            name: self.cfg.name.clone(),
+            peer_ur_ls: self.cfg.initial_advertise_peer_urls.clone(),
+            client_ur_ls: self.cfg.advertise_client_urls.clone(),
+            is_learner: false,
+        }
+    }
+
+    /// Proposes a change and waits until it is applied and durable.
+    pub async fn propose(&self, op: Op) -> Result<ApplyResponse> {
+        let writes = matches!(&op, Op::Put(_) | Op::Txn(_) | Op::LeaseGrant(_));
+        let req = ApplyRequest { op: Some(op) };
+        if req.encoded_len() > self.cfg.max_request_bytes {
+            return Err(StoreError::RequestTooLarge);
+        }
+        if writes {
+            if self.sm.no_space() {
+                return Err(StoreError::NoSpace);
+            }
+            let size = self.sm.mvcc.engine().size_bytes() + req.encoded_len() as u64;
+            if size > self.cfg.quota_backend_bytes {
+                let alarm = pb::AlarmRequest {
+                    action: pb::alarm_request::AlarmAction::Activate as i32,
+                    member_id: self.member_id,
+                    alarm: pb::AlarmType::Nospace as i32,
+                };
+                tracing::warn!(
+                    size,
+                    quota = self.cfg.quota_backend_bytes,
+                    "backend quota exceeded: raising NOSPACE"
+                );
+                Box::pin(self.propose(Op::Alarm(alarm))).await?;
+                return Err(StoreError::NoSpace);
+            }
+        }
+        let (done, rx) = oneshot::channel();
+        self.proposals
+            .send(Proposal { req, done })
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        rx.await.map_err(|_| StoreError::Stopped)?
+    }
+}
+
+/// The single member's log: drains queued proposals into one batch (group commit), applies
+/// it with one fsync, then answers every proposer.
+fn run_applier(sm: Arc<StateMachine>, mut rx: mpsc::Receiver<Proposal>) {
+    const MAX_BATCH: usize = 1024;
+    let mut next = sm.applied_index() + 1;
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let entries: Vec<(u64, &ApplyRequest)> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (next + i as u64, &p.req))
+            .collect();
+        match sm.apply_batch(&entries, true) {
+            Ok(results) => {
+                next += batch.len() as u64;
+                for (p, r) in batch.into_iter().zip(results) {
+                    let _ = p.done.send(r.unwrap_or(Err(StoreError::Stopped)));
+                }
+            }
+            Err(e) => {
+                // The engine failed mid-apply: memory and disk may disagree, so the only
+                // safe move is to stop and let restart rebuild from disk (as etcd panics).
+                tracing::error!(error = %e, "apply failed; stopping the member");
+                for p in batch {
+                    let _ = p.done.send(Err(e.clone()));
+                }
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+/// The lease clock owner: revokes expired leases and checkpoints remaining TTLs, both
+/// through the apply path.
+fn sm_lease_owner(srv: Arc<EtcdServer>) {
+    let weak = Arc::downgrade(&srv);
+    let checkpoint_every = srv.cfg.lease_checkpoint_interval;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut last_checkpoint = tokio::time::Instant::now();
+        loop {
+            tick.tick().await;
+            let Some(srv) = weak.upgrade() else { return };
+            let now = std::time::Instant::now();
+            for id in srv.sm.lessor.expired(now) {
+                tracing::debug!(lease = id, "lease expired: revoking");
+                if let Err(e) = srv
+                    .propose(Op::LeaseRevoke(pb::LeaseRevokeRequest { id }))
+                    .await
+                {
+                    if e != StoreError::LeaseNotFound {
+                        tracing::warn!(lease = id, error = %e, "revoking expired lease failed");
+                    }
+                }
+            }
+            if last_checkpoint.elapsed() >= checkpoint_every {
+                last_checkpoint = tokio::time::Instant::now();
+                let checkpoints: Vec<pb::LeaseCheckpoint> = srv
+                    .sm
+                    .lessor
+                    .to_checkpoint(now)
+                    .into_iter()
+                    .map(|(id, remaining_ttl)| pb::LeaseCheckpoint { id, remaining_ttl })
+                    .collect();
+                if !checkpoints.is_empty() {
+                    let req = pb::LeaseCheckpointRequest { checkpoints };
+                    if let Err(e) = srv.propose(Op::LeaseCheckpoint(req)).await {
+                        tracing::warn!(error = %e, "lease checkpoint failed");
+                    }
+                }
+            }
+        }
+    });
+}
+
+impl EtcdServer {
+    /// The user a request acts as: `None` when auth is off or no token was sent (a
+    /// permission check then fails with etcd's "user name is empty").
+    pub fn auth_user<T>(&self, req: &tonic::Request<T>) -> Result<Option<String>> {
+        if !self.sm.auth.is_enabled() {
+            return Ok(None);
+        }
+        let md = req.metadata();
+        let token = md
+            .get("token")
+            .or_else(|| md.get("authorization"))
+            .and_then(|v| v.to_str().ok());
+        match token {
+            Some(t) => Ok(Some(self.sm.auth.user_from_token(t)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Serves the etcd v3 API on every `--listen-client-urls` address until `shutdown`
+/// resolves.
+pub async fn serve(
+    srv: Arc<EtcdServer>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    use capstan_proto::etcdserverpb::kv_server::KvServer;
+    use capstan_proto::etcdserverpb::watch_server::WatchServer;
+    let limit = srv.cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
+    let mut tasks = Vec::new();
+    for url in &srv.cfg.listen_client_urls {
+        let addr = parse_url(url)?;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!(member = %format!("{:x}", srv.member_id), %addr, "serving client requests");
+        // Set here: the builder's `tcp_nodelay` is ignored for a caller-supplied listener,
+        // and Nagle delays a response queued behind a watch event on the same connection.
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(
+                capstan_proto::etcdserverpb::auth_server::AuthServer::new(auth::AuthService {
+                    srv: srv.clone(),
+                })
+                .max_decoding_message_size(limit),
+            )
+            .add_service(
+                KvServer::new(kv::KvService { srv: srv.clone() })
+                    .max_decoding_message_size(limit)
+                    .max_encoding_message_size(usize::MAX),
+            )
+            .add_service(
+                WatchServer::new(watch::WatchService::new(srv.clone(), shutdown.clone()))
+                    .max_decoding_message_size(limit)
+                    .max_encoding_message_size(usize::MAX),
+            );
+        let sd = shutdown.clone();
+        tasks.push(tokio::spawn(
+            router.serve_with_incoming_shutdown(incoming, sd),
+        ));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}

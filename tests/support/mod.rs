@@ -1,0 +1,271 @@
+//! Shared fixtures for the integration tests: a real server process (capstan, or the
+//! reference etcd when `CAPSTAN_TEST_SERVER=etcd`) on free loopback ports in its own
+//! temp dir, the real `etcdctl` pointed at it, and seeded randomness that prints its
+//! seed so a failure replays with `CAPSTAN_TEST_SEED`.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Whether the tests run against the reference etcd instead of capstan.
+pub fn against_etcd() -> bool {
+    std::env::var("CAPSTAN_TEST_SERVER").as_deref() == Ok("etcd")
+}
+
+/// A free loopback port. Bound then released: the server binds it right after, and the
+/// kernel does not hand out the same ephemeral port twice in a row.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A running single-member server; killed on drop, its data dir removed.
+pub struct Server {
+    /// The client URL, `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+    peer: String,
+    extra: Vec<String>,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts a server with default flags and waits until it answers a read.
+    pub async fn start() -> Server {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts a server with extra etcd flags (`["--max-txn-ops", "3"]`).
+    pub async fn start_with(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Server {
+            endpoint: format!("http://127.0.0.1:{}", free_port()),
+            peer: format!("http://127.0.0.1:{}", free_port()),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            dir,
+        };
+        s.spawn();
+        s.wait_ready().await;
+        s
+    }
+
+    /// The data dir the server was started with.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = if against_etcd() {
+            Command::new("etcd")
+        } else {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_capstan"));
+            c.arg("store");
+            c
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .expect("server log");
+        let child = cmd
+            .args(["--name", "default", "--data-dir"])
+            .arg(self.data_dir())
+            .args(["--listen-client-urls", &self.endpoint])
+            .args(["--advertise-client-urls", &self.endpoint])
+            .args(["--listen-peer-urls", &self.peer])
+            .args(["--initial-advertise-peer-urls", &self.peer])
+            .args(["--initial-cluster", &format!("default={}", self.peer)])
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("server starts");
+        self.child = Some(child);
+    }
+
+    /// Polls until a linearizable read succeeds (deadline 30 s).
+    pub async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("server exited with {status}; log:\n{}", self.log());
+                }
+            }
+            if let Ok(mut c) = etcd_client::Client::connect([self.endpoint.as_str()], None).await {
+                match c.get("capstan-test-ready", None).await {
+                    Ok(_) => return,
+                    // With auth enabled the server answers, just not to an anonymous client.
+                    Err(etcd_client::Error::GRpcStatus(st))
+                        if st.message() == "etcdserver: user name is empty" =>
+                    {
+                        return
+                    }
+                    Err(_) => {}
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "server at {} not ready in 30 s; log:\n{}",
+            self.endpoint,
+            self.log()
+        );
+    }
+
+    /// The server's combined stdout/stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// SIGKILLs the server (no shutdown path runs), as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same data dir and ports and waits until ready.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+        self.wait_ready().await;
+    }
+
+    /// A connected etcd-client.
+    pub async fn client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect([self.endpoint.as_str()], None)
+            .await
+            .expect("client connects")
+    }
+
+    /// Runs the real `etcdctl` (API v3) against this server.
+    pub fn etcdctl(&self, args: &[&str]) -> Ctl {
+        etcdctl_at(&self.endpoint, args, None)
+    }
+
+    /// Runs `etcdctl` feeding `stdin` (for `txn`).
+    pub fn etcdctl_stdin(&self, args: &[&str], stdin: &str) -> Ctl {
+        etcdctl_at(&self.endpoint, args, Some(stdin))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// What an `etcdctl` run printed and how it exited.
+#[derive(Debug)]
+pub struct Ctl {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ctl {
+    /// Stdout, asserting the command succeeded.
+    #[track_caller]
+    pub fn out(&self) -> &str {
+        assert!(self.ok, "etcdctl failed: {}{}", self.stdout, self.stderr);
+        &self.stdout
+    }
+
+    /// Stderr, asserting the command failed.
+    #[track_caller]
+    pub fn err(&self) -> &str {
+        assert!(!self.ok, "etcdctl unexpectedly succeeded: {}", self.stdout);
+        &self.stderr
+    }
+
+    /// Stdout parsed as JSON (`-w json`).
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.out()).expect("etcdctl printed JSON")
+    }
+}
+
+/// Runs `etcdctl` against `endpoint`.
+pub fn etcdctl_at(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Ctl {
+    use std::io::Write;
+    let mut cmd = Command::new("etcdctl");
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .arg("--command-timeout=10s")
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .expect("etcdctl runs (scripts/setup installs it)");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin pipe");
+        pipe.write_all(input.as_bytes())
+            .expect("write etcdctl stdin");
+    }
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().expect("etcdctl output");
+    Ctl {
+        ok: status.success(),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// A seeded RNG for randomised tests; prints the seed so a failure can be replayed with
+/// `CAPSTAN_TEST_SEED=<seed>`.
+pub fn rng(test: &str) -> rand::rngs::StdRng {
+    use rand::SeedableRng;
+    let seed = std::env::var("CAPSTAN_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    eprintln!("{test}: seed {seed} (replay with CAPSTAN_TEST_SEED={seed})");
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout` saying `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Size of everything under `path`, in bytes.
+pub fn dir_size(path: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(path) {
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => total += dir_size(&e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
