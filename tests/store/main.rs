@@ -6,5 +6,6 @@
 mod support;
 
 mod auth;
+mod client;
 mod etcdctl;
 mod watch;
