@@ -26,6 +26,24 @@ struct Cli {
 enum Command {
     /// Run an etcd-compatible store member (accepts etcd's flags).
     Store(StoreArgs),
+    /// Store snapshots (`etcdctl snapshot save` writes them).
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Restore a member's data dir from a snapshot file.
+    Restore {
+        /// The snapshot file.
+        file: PathBuf,
+        /// Data dir to create (must not exist; default: ${name}.etcd, like etcdctl).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Name of the member the data dir is for.
+        #[arg(long, default_value = "default")]
+        name: String,
+    },
 }
 
 /// etcd's member flags, with etcd's names and defaults.
@@ -122,6 +140,13 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Store(args) => rt.block_on(run_store(args.into_config())),
+        Command::Snapshot(SnapshotCommand::Restore { file, data_dir, name }) => {
+            let dir = data_dir.unwrap_or_else(|| PathBuf::from(format!("{name}.etcd")));
+            capstan_store::server::maintenance::restore_snapshot(&file, &dir)
+                .with_context(|| format!("restoring {}", file.display()))?;
+            println!("Snapshot restored to {}", dir.display());
+            Ok(())
+        }
     }
 }
 

@@ -207,7 +207,7 @@ impl AuthStore {
                 if st.users.contains_key(&r.name) {
                     return Err(StoreError::UserAlreadyExist);
                 }
-                let options = r.options.clone().unwrap_or_default();
+                let options = r.options.unwrap_or_default();
                 let password = if options.no_password {
                     Vec::new()
                 } else {

@@ -108,6 +108,16 @@ pub enum StoreError {
     /// The peer URL is used by another member.
     #[error("etcdserver: Peer URLs already exists")]
     PeerUrlExist,
+    /// `MoveLeader` to a member that is not a voting member of the cluster.
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    /// A membership change that would leave the cluster without a started quorum
+    /// (removing the only member).
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStartedMembers,
+    /// Promoting a member that is already a voter.
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
     /// No leader is known: the client should try another member.
     #[error("etcdserver: no leader")]
     NoLeader,
@@ -172,7 +182,10 @@ impl StoreError {
             | E::PermissionNotGranted
             | E::RoleNotGranted
             | E::AuthNotEnabled
-            | E::PeerUrlExist => FailedPrecondition,
+            | E::PeerUrlExist
+            | E::BadLeaderTransferee
+            | E::NotEnoughStartedMembers
+            | E::MemberNotLearner => FailedPrecondition,
             E::NoPasswordUser => Unknown,
             E::NoSpace => ResourceExhausted,
             E::PermissionDenied => PermissionDenied,

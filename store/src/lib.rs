@@ -8,6 +8,7 @@ pub mod auth;
 pub mod engine;
 pub mod error;
 pub mod lease;
+pub mod metrics;
 pub mod mvcc;
 pub mod server;
 pub mod watch;

@@ -350,24 +350,28 @@ async fn auth_survives_restart_but_tokens_do_not() {
     );
 
     s.restart().await;
-    // Users, roles and the switch are durable; the token was only in memory.
-    let e = eventually(
-        "the old token to be refused",
+    // Users, roles and the switch are durable; the token lived only in memory. (etcd
+    // 3.4, the reference binary here, re-applies its WAL's Authenticate entries on
+    // start-up and so revives old tokens; 3.5, which capstan follows, does not.)
+    let answer = eventually(
+        "the restarted server to answer",
         Duration::from_secs(10),
         || {
             let mut c = c.clone();
             async move {
                 match c.get("/x", None).await {
-                    Err(e) if status_message(&e) == Some("etcdserver: invalid auth token") => {
-                        Some(e)
-                    }
-                    _ => None,
+                    Ok(r) => Some(Ok(r)),
+                    Err(e) if status_message(&e).is_some() => Some(Err(e)),
+                    Err(_) => None,
                 }
             }
         },
     )
     .await;
-    assert_eq!(status_message(&e), Some("etcdserver: invalid auth token"));
+    if !crate::support::against_etcd() {
+        let e = answer.expect_err("the old token is refused");
+        assert_eq!(status_message(&e), Some("etcdserver: invalid auth token"));
+    }
     c.refresh_token().await.expect("alice logs in again");
     let r = c.get("/x", None).await.expect("alice reads /x");
     assert_eq!(r.kvs().first().map(|kv| kv.value()), Some(&b"1"[..]));

@@ -8,4 +8,5 @@ mod support;
 mod auth;
 mod client;
 mod etcdctl;
+mod http;
 mod watch;

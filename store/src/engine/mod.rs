@@ -105,6 +105,11 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Bytes the engine occupies (on disk for RocksDB).
     fn size_bytes(&self) -> u64;
+
+    /// Visits every record of every keyspace (in [`Cf::ALL`] order, keys ascending) from
+    /// one point-in-time view, so a snapshot never mixes half of a batch with the rest:
+    /// the applied index it carries matches the data. Stops when `visit` returns `false`.
+    fn export(&self, visit: &mut dyn FnMut(Cf, &[u8], &[u8]) -> bool) -> Result<(), EngineError>;
 }
 
 #[cfg(test)]

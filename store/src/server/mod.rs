@@ -2,7 +2,11 @@
 //! gRPC services (one file each) that etcd clients talk to.
 
 pub mod auth;
+pub mod http;
+pub mod cluster;
 pub mod kv;
+pub mod lease;
+pub mod maintenance;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -243,7 +247,13 @@ fn run_applier(sm: Arc<StateMachine>, mut rx: mpsc::Receiver<Proposal>) {
             .enumerate()
             .map(|(i, p)| (next + i as u64, &p.req))
             .collect();
-        match sm.apply_batch(&entries, true) {
+        let started = std::time::Instant::now();
+        let applied = sm.apply_batch(&entries, true);
+        let m = &*crate::metrics::METRICS;
+        m.backend_commit.observe(started.elapsed().as_secs_f64());
+        m.apply_batch_size.observe(batch.len() as f64);
+        m.proposals_committed.inc_by(batch.len() as u64);
+        match applied {
             Ok(results) => {
                 next += batch.len() as u64;
                 for (p, r) in batch.into_iter().zip(results) {
@@ -347,6 +357,9 @@ pub async fn serve(
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            // HTTP/1.1 for /health, /version and /metrics (see `http`).
+            .accept_http1(true)
+            .add_routes(tonic::service::Routes::from(http::router(srv.clone())))
             .add_service(
                 capstan_proto::etcdserverpb::auth_server::AuthServer::new(auth::AuthService {
                     srv: srv.clone(),
@@ -362,7 +375,10 @@ pub async fn serve(
                 WatchServer::new(watch::WatchService::new(srv.clone(), shutdown.clone()))
                     .max_decoding_message_size(limit)
                     .max_encoding_message_size(usize::MAX),
-            );
+            )
+            .add_service(pb::lease_server::LeaseServer::new(lease::LeaseService { srv: srv.clone() }))
+            .add_service(pb::maintenance_server::MaintenanceServer::new(maintenance::MaintenanceService { srv: srv.clone() }))
+            .add_service(pb::cluster_server::ClusterServer::new(cluster::ClusterService { srv: srv.clone() }));
         let sd = shutdown.clone();
         tasks.push(tokio::spawn(
             router.serve_with_incoming_shutdown(incoming, sd),

@@ -1,0 +1,234 @@
+//! `capstan-bench`: a load generator for the etcd v3 gRPC API, modelled on etcd's
+//! `benchmark` tool, so the same workload can be run against capstan and etcd and the
+//! numbers compared. Prints throughput and latency percentiles (or one JSON line with
+//! `--json`); `compare` turns two servers' JSON lines into a markdown table.
+
+mod compare;
+mod conn;
+mod kv;
+mod lease;
+mod stats;
+mod watch;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "capstan-bench", version, about = "etcd v3 API load generator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags every load subcommand takes (etcd benchmark's names and defaults).
+#[derive(Args, Clone)]
+struct Common {
+    /// Server client URLs, comma-separated; connections are spread over them.
+    #[arg(long, default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    endpoints: Vec<String>,
+    /// Number of gRPC (HTTP/2) connections.
+    #[arg(long, default_value_t = 1)]
+    conns: usize,
+    /// Number of concurrent clients, spread round-robin over the connections; each
+    /// issues its requests back to back.
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// Total number of requests (for watch-latency: puts).
+    #[arg(long, default_value_t = 10_000)]
+    total: u64,
+    /// Key size in bytes.
+    #[arg(long, default_value_t = 8)]
+    key_size: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 8)]
+    val_size: usize,
+    /// Number of distinct keys the workload touches.
+    #[arg(long, default_value_t = 1)]
+    key_space_size: u64,
+    /// Walk the key space in order instead of picking keys at random.
+    #[arg(long)]
+    sequential_keys: bool,
+    /// Prefix of every key (watch-latency uses its own per-run prefix).
+    #[arg(long, default_value = "")]
+    key_prefix: String,
+    /// Print one JSON line instead of a human summary.
+    #[arg(long)]
+    json: bool,
+    /// Row name for the report (defaults to the subcommand name).
+    #[arg(long)]
+    label: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Consistency {
+    /// Linearizable: etcd confirms leadership (ReadIndex) before answering.
+    L,
+    /// Serializable: answered from the member's local state.
+    S,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Put random-valued keys.
+    Put {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Range (get) single keys from the key space.
+    Range {
+        #[command(flatten)]
+        common: Common,
+        /// l (linearizable) or s (serializable).
+        #[arg(long, value_enum, default_value = "l")]
+        consistency: Consistency,
+    },
+    /// Txns of unconditional puts.
+    TxnPut {
+        #[command(flatten)]
+        common: Common,
+        /// Puts per txn (on consecutive keys).
+        #[arg(long, default_value_t = 1)]
+        txn_ops: u64,
+    },
+    /// Put→event latency to N watchers of one prefix.
+    WatchLatency {
+        #[command(flatten)]
+        common: Common,
+        /// Number of watchers.
+        #[arg(long, default_value_t = 100)]
+        watchers: usize,
+        /// Number of Watch streams the watchers are spread over.
+        #[arg(long, default_value_t = 10)]
+        streams: usize,
+        /// Puts per second.
+        #[arg(long, default_value_t = 100.0)]
+        put_rate: f64,
+    },
+    /// Keep-alive round trips, one lease and stream per client.
+    LeaseKeepalive {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Render two servers' --json lines as a markdown comparison table.
+    Compare(CompareArgs),
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// Baseline's name in the table header.
+    #[arg(long, default_value = "etcd")]
+    baseline_name: String,
+    /// File of the baseline's --json lines.
+    #[arg(long)]
+    baseline: PathBuf,
+    /// Baseline's VmRSS after the workloads, KiB.
+    #[arg(long)]
+    baseline_rss_kib: Option<u64>,
+    /// Baseline's VmHWM after the workloads, KiB.
+    #[arg(long)]
+    baseline_peak_kib: Option<u64>,
+    /// Candidate's name in the table header.
+    #[arg(long, default_value = "capstan")]
+    candidate_name: String,
+    /// File of the candidate's --json lines.
+    #[arg(long)]
+    candidate: PathBuf,
+    /// Candidate's VmRSS after the workloads, KiB.
+    #[arg(long)]
+    candidate_rss_kib: Option<u64>,
+    /// Candidate's VmHWM after the workloads, KiB.
+    #[arg(long)]
+    candidate_peak_kib: Option<u64>,
+}
+
+impl Common {
+    fn keys(&self) -> anyhow::Result<kv::KeySpec> {
+        anyhow::ensure!(self.key_space_size > 0, "--key-space-size must be > 0");
+        Ok(kv::KeySpec {
+            prefix: self.key_prefix.clone(),
+            size: self.key_size,
+            space: self.key_space_size,
+            sequential: self.sequential_keys,
+        })
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let (workload, common) = match &cli.command {
+        Command::Compare(a) => return run_compare(a),
+        Command::Put { common } => ("put", common),
+        Command::Range { common, .. } => ("range", common),
+        Command::TxnPut { common, .. } => ("txn-put", common),
+        Command::WatchLatency { common, .. } => ("watch-latency", common),
+        Command::LeaseKeepalive { common } => ("lease-keepalive", common),
+    };
+    anyhow::ensure!(common.clients > 0, "--clients must be at least 1");
+    let rt = tokio::runtime::Runtime::new()?;
+    let (rec, elapsed) = rt.block_on(async {
+        let channels = conn::connect(&common.endpoints, common.conns).await?;
+        let c = common;
+        match &cli.command {
+            Command::Put { .. } => {
+                kv::put(&channels, c.clients, c.total, &c.keys()?, c.val_size).await
+            }
+            Command::Range { consistency, .. } => {
+                let serializable = matches!(consistency, Consistency::S);
+                kv::range(&channels, c.clients, c.total, &c.keys()?, serializable).await
+            }
+            Command::TxnPut { txn_ops, .. } => {
+                let keys = c.keys()?;
+                kv::txn_put(&channels, c.clients, c.total, &keys, c.val_size, *txn_ops).await
+            }
+            Command::WatchLatency {
+                watchers,
+                streams,
+                put_rate,
+                ..
+            } => {
+                let opts = watch::WatchOpts {
+                    watchers: *watchers,
+                    streams: *streams,
+                    puts: c.total,
+                    put_rate: *put_rate,
+                    val_size: c.val_size,
+                };
+                watch::latency(&channels, &opts).await
+            }
+            Command::LeaseKeepalive { .. } => lease::keepalive(&channels, c.clients, c.total).await,
+            Command::Compare(_) => unreachable_compare(),
+        }
+    })?;
+    let label = common.label.as_deref().unwrap_or(workload);
+    let report = rec.report(workload, label, elapsed);
+    report.print(common.json)?;
+    // Nothing succeeded: fail, so a script notices; the report above says why.
+    if report.ok == 0 {
+        std::process::exit(2);
+    }
+    Ok(())
+}
+
+/// `compare` returns before the runtime starts; kept out of line so the match above
+/// stays exhaustive without a panic.
+fn unreachable_compare() -> anyhow::Result<(stats::Recorder, std::time::Duration)> {
+    anyhow::bail!("compare is not a load subcommand")
+}
+
+fn run_compare(a: &CompareArgs) -> anyhow::Result<()> {
+    let base = compare::Side {
+        name: a.baseline_name.clone(),
+        reports: compare::read_reports(&a.baseline)?,
+        rss_kib: a.baseline_rss_kib,
+        peak_kib: a.baseline_peak_kib,
+    };
+    let cand = compare::Side {
+        name: a.candidate_name.clone(),
+        reports: compare::read_reports(&a.candidate)?,
+        rss_kib: a.candidate_rss_kib,
+        peak_kib: a.candidate_peak_kib,
+    };
+    print!("{}", compare::table(&base, &cand));
+    Ok(())
+}

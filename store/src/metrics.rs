@@ -1,0 +1,120 @@
+//! Prometheus metrics under etcd's own metric names, so dashboards and alerts written
+//! for etcd work unchanged against capstan. Served with `/health` and `/version` over
+//! HTTP/1.1 on every client URL, as etcd does.
+//!
+//! Counters and histograms are updated where the work happens (the applier); gauges
+//! that are cheap to read on demand (size, revision, watchers) are set at scrape time.
+
+use std::sync::LazyLock;
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
+
+use crate::server::EtcdServer;
+
+/// The version `/version` and `Status` report. Kubernetes checks only that it is a
+/// 3.x it supports; 3.5 is what current Kubernetes releases are tested against.
+pub const SERVER_VERSION: &str = "3.5.17";
+/// The cluster version reported with [`SERVER_VERSION`].
+pub const CLUSTER_VERSION: &str = "3.5.0";
+
+/// The process-wide metric handles.
+pub struct Metrics {
+    registry: Registry,
+    /// Proposals committed to the log (one per client write).
+    pub proposals_committed: IntCounter,
+    /// Time to apply one group-committed batch and fsync it.
+    pub backend_commit: Histogram,
+    /// Proposals per group-committed batch: how well group commit batches.
+    pub apply_batch_size: Histogram,
+    has_leader: IntGauge,
+    is_leader: IntGauge,
+    applied: IntGauge,
+    db_size: IntGauge,
+    current_rev: IntGauge,
+    keys: IntGauge,
+    watchers: IntGauge,
+    slow_watchers: IntGauge,
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("register {name}: {e}"));
+    g
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let registry = Registry::new();
+        let proposals_committed = IntCounter::new(
+            "etcd_server_proposals_committed_total",
+            "The total number of consensus proposals committed.",
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        registry
+            .register(Box::new(proposals_committed.clone()))
+            .unwrap_or_else(|e| panic!("register: {e}"));
+        // etcd's buckets: 1 ms doubling to about 8 s.
+        let backend_commit = Histogram::with_opts(
+            HistogramOpts::new(
+                "etcd_disk_backend_commit_duration_seconds",
+                "The latency distributions of commit called by backend.",
+            )
+            .buckets(prometheus::exponential_buckets(0.001, 2.0, 14).unwrap_or_default()),
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        registry
+            .register(Box::new(backend_commit.clone()))
+            .unwrap_or_else(|e| panic!("register: {e}"));
+        let apply_batch_size = Histogram::with_opts(
+            HistogramOpts::new(
+                "capstan_store_apply_batch_size",
+                "Proposals applied and fsynced together by one group commit.",
+            )
+            .buckets(prometheus::exponential_buckets(1.0, 2.0, 11).unwrap_or_default()),
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        registry
+            .register(Box::new(apply_batch_size.clone()))
+            .unwrap_or_else(|e| panic!("register: {e}"));
+        Self {
+            proposals_committed,
+            backend_commit,
+            apply_batch_size,
+            has_leader: gauge(&registry, "etcd_server_has_leader", "Whether or not a leader exists. 1 is existence, 0 is not."),
+            is_leader: gauge(&registry, "etcd_server_is_leader", "Whether or not this member is a leader. 1 if is, 0 otherwise."),
+            applied: gauge(&registry, "etcd_server_proposals_applied_total", "The total number of consensus proposals applied."),
+            db_size: gauge(&registry, "etcd_mvcc_db_total_size_in_bytes", "Total size of the underlying database physically allocated in bytes."),
+            current_rev: gauge(&registry, "etcd_debugging_mvcc_current_revision", "The current revision of store."),
+            keys: gauge(&registry, "etcd_debugging_mvcc_keys_total", "Total number of keys."),
+            watchers: gauge(&registry, "etcd_debugging_mvcc_watcher_total", "Total number of watchers."),
+            slow_watchers: gauge(&registry, "etcd_debugging_mvcc_slow_watcher_total", "Total number of unsynced slow watchers."),
+            registry,
+        }
+    }
+}
+
+/// The metrics of this process.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// Renders every metric in the Prometheus text format, reading the gauges off `srv`.
+pub fn render(srv: &EtcdServer) -> String {
+    use crate::mvcc::KvRead;
+    let m = &*METRICS;
+    // A single member is always its own leader; the Raft layer will set these for real.
+    m.has_leader.set(1);
+    m.is_leader.set(1);
+    m.applied.set(srv.sm.applied_index() as i64);
+    m.db_size.set(srv.sm.mvcc.engine().size_bytes() as i64);
+    m.current_rev.set(srv.sm.mvcc.current_rev());
+    m.keys.set(srv.sm.mvcc.index_len() as i64);
+    let (synced, unsynced) = srv.sm.watch.counts();
+    m.watchers.set((synced + unsynced) as i64);
+    m.slow_watchers.set(unsynced as i64);
+    let mut buf = Vec::new();
+    if let Err(e) = prometheus::TextEncoder::new().encode(&m.registry.gather(), &mut buf) {
+        tracing::warn!(error = %e, "encoding metrics failed");
+    }
+    String::from_utf8(buf).unwrap_or_default()
+}

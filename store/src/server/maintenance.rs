@@ -1,0 +1,507 @@
+//! The Maintenance service: status, alarms, defragmentation, consistency hashes,
+//! snapshots and leadership moves of a single member.
+//!
+//! `HashKV` reproduces etcd's hash byte for byte (crc32c over etcd's own encoding of
+//! the MVCC history), so capstan and etcd agree on the hash of equal histories and the
+//! value never depends on RocksDB's layout. Snapshots cannot be bbolt files; they are a
+//! capstan format (every keyspace, from one point-in-time view) that keeps etcd's
+//! framing — 32 KiB chunks with `remaining_bytes`, then the SHA-256 of everything sent —
+//! so `etcdctl snapshot save` stores them unchanged and [`restore_snapshot`] can verify
+//! them the way etcd's restore does.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use capstan_proto::etcdserverpb as pb;
+use capstan_proto::etcdserverpb::maintenance_server::Maintenance;
+use capstan_proto::mvccpb::KeyValue;
+use futures::Stream;
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::kv::unexpected;
+use super::EtcdServer;
+use crate::apply::{ApplyResponse, Op};
+use crate::engine::rocks::RocksEngine;
+use crate::engine::{Cf, Engine, WriteBatch};
+use crate::error::{Result, StoreError};
+use crate::mvcc::{decode_record, KvRead, Mvcc, Revision};
+
+/// The server version `Status` reports. etcd clients gate features on the major/minor
+/// version (3.5 API), and capstan implements etcd 3.5's behaviour; 3.5.17 is the patch
+/// release whose behaviour we compare against.
+pub const SERVER_VERSION: &str = "3.5.17";
+
+/// The storage version etcd 3.5 puts in snapshot chunks.
+const STORAGE_VERSION: &str = "3.5.0";
+
+/// etcd's snapshot chunk size (`snapshotSendBufferSize`).
+const CHUNK: usize = 32 * 1024;
+
+/// First bytes of a capstan snapshot (an etcd snapshot starts with a bbolt page instead).
+const SNAPSHOT_MAGIC: &[u8; 16] = b"capstan-snap-v1\n";
+
+/// Marks the end of the records, so a truncated body is detected even before the hash.
+const END_OF_RECORDS: u8 = 0xff;
+
+/// Length of the SHA-256 trailer.
+const SHA_LEN: usize = 32;
+
+/// See the module documentation.
+pub struct MaintenanceService {
+    pub srv: Arc<EtcdServer>,
+}
+
+/// crc32 with the Castagnoli polynomial, as etcd's hashes use.
+struct Crc32c(u32);
+
+const CRC32C_TABLE: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut bit = 0;
+        while bit < 8 {
+            c = if c & 1 == 1 { (c >> 1) ^ 0x82f6_3b78 } else { c >> 1 };
+            bit += 1;
+        }
+        table[i] = c;
+        i += 1;
+    }
+    table
+};
+
+impl Crc32c {
+    fn new() -> Self {
+        Crc32c(!0)
+    }
+    fn write(&mut self, data: &[u8]) {
+        let mut c = self.0;
+        for b in data {
+            c = CRC32C_TABLE[((c ^ u32::from(*b)) & 0xff) as usize] ^ (c >> 8);
+        }
+        self.0 = c;
+    }
+    fn sum(&self) -> u32 {
+        !self.0
+    }
+}
+
+/// etcd's on-disk key of a history record: `main`, `_`, `sub` (big-endian), and a `t`
+/// for a tombstone.
+fn etcd_rev_key(rev: Revision, tombstone: bool) -> Vec<u8> {
+    let mut k = Vec::with_capacity(18);
+    k.extend_from_slice(&rev.main.to_be_bytes());
+    k.push(b'_');
+    k.extend_from_slice(&rev.sub.to_be_bytes());
+    if tombstone {
+        k.push(b't');
+    }
+    k
+}
+
+/// The result of [`hash_kv`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvHash {
+    pub hash: u32,
+    /// The store's revision when hashed.
+    pub current_rev: i64,
+    /// The compaction revision, `-1` when never compacted (as etcd reports it).
+    pub compact_rev: i64,
+    /// The revision the hash covers.
+    pub hash_rev: i64,
+}
+
+/// etcd's `HashByRev`: crc32c over `"key"` then every history record at or below `rev`
+/// in etcd's encoding, skipping records a compaction has doomed but not yet purged.
+pub fn hash_kv(mvcc: &Mvcc, rev: i64) -> Result<KvHash> {
+    let current = mvcc.current_rev();
+    let compact = mvcc.compact_rev();
+    let compact_rev = if compact > 0 { compact } else { -1 };
+    if rev > 0 && compact > 0 && rev <= compact {
+        return Err(StoreError::Compacted);
+    }
+    if rev > current {
+        return Err(StoreError::FutureRev);
+    }
+    let rev = if rev <= 0 { current } else { rev };
+    let keep = mvcc.kept_at(rev);
+    let mut h = Crc32c::new();
+    h.write(b"key");
+    let end = Revision::new(rev + 1, 0).to_key();
+    let mut failure = None;
+    mvcc.engine().scan(Cf::History, &[], Some(&end), &mut |k, v| {
+        let Some(r) = Revision::from_key(k) else {
+            failure = Some(StoreError::Engine(format!("corrupt history key {k:?}")));
+            return false;
+        };
+        // etcd skips compacted-away revisions only when something is kept at all.
+        if r.main <= compact && !keep.is_empty() && !keep.contains(&r) {
+            return true;
+        }
+        match decode_record(v) {
+            Ok((true, kv)) => {
+                h.write(&etcd_rev_key(r, true));
+                // etcd's tombstone value is a KeyValue holding just the key.
+                h.write(&KeyValue { key: kv.key, ..Default::default() }.encode_to_vec());
+            }
+            Ok((false, _)) => {
+                h.write(&etcd_rev_key(r, false));
+                // The record after its flag byte is exactly the marshalled KeyValue.
+                h.write(v.get(1..).unwrap_or_default());
+            }
+            Err(e) => {
+                failure = Some(e);
+                return false;
+            }
+        }
+        true
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    Ok(KvHash { hash: h.sum(), current_rev: current, compact_rev, hash_rev: rev })
+}
+
+/// etcd's `Hash`: crc32c over the whole backend, leaving out the applied index (etcd
+/// ignores its consistent index, which moves without any client-visible change).
+fn hash_all(engine: &dyn Engine) -> Result<u32> {
+    let mut h = Crc32c::new();
+    let mut last = None;
+    engine.export(&mut |cf, k, v| {
+        if last != Some(cf) {
+            h.write(cf.name().as_bytes());
+            last = Some(cf);
+        }
+        if cf == Cf::Meta && k == b"applied_index" {
+            return true;
+        }
+        h.write(k);
+        h.write(v);
+        true
+    })?;
+    Ok(h.sum())
+}
+
+fn io_err(what: &str, e: std::io::Error) -> StoreError {
+    StoreError::Engine(format!("{what}: {e}"))
+}
+
+fn cf_code(cf: Cf) -> u8 {
+    Cf::ALL.iter().position(|c| *c == cf).unwrap_or_default() as u8
+}
+
+/// Writes a snapshot body (magic, records, end mark) of `engine` to `out`; returns its
+/// SHA-256 and length.
+fn write_snapshot(engine: &dyn Engine, out: &mut File) -> Result<(Vec<u8>, u64)> {
+    struct Hashing<'a> {
+        w: BufWriter<&'a mut File>,
+        sha: Sha256,
+        len: u64,
+    }
+    impl Hashing<'_> {
+        fn put(&mut self, b: &[u8]) -> std::io::Result<()> {
+            self.sha.update(b);
+            self.len += b.len() as u64;
+            self.w.write_all(b)
+        }
+    }
+    let mut w = Hashing { w: BufWriter::with_capacity(1 << 20, out), sha: Sha256::new(), len: 0 };
+    w.put(SNAPSHOT_MAGIC).map_err(|e| io_err("write snapshot", e))?;
+    let mut failure = None;
+    engine.export(&mut |cf, k, v| {
+        let (Ok(kl), Ok(vl)) = (u32::try_from(k.len()), u32::try_from(v.len())) else {
+            failure = Some(StoreError::Engine("record too large for a snapshot".into()));
+            return false;
+        };
+        let r = w
+            .put(&[cf_code(cf)])
+            .and_then(|_| w.put(&kl.to_be_bytes()))
+            .and_then(|_| w.put(k))
+            .and_then(|_| w.put(&vl.to_be_bytes()))
+            .and_then(|_| w.put(v));
+        if let Err(e) = r {
+            failure = Some(io_err("write snapshot", e));
+            return false;
+        }
+        true
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    w.put(&[END_OF_RECORDS]).map_err(|e| io_err("write snapshot", e))?;
+    w.w.flush().map_err(|e| io_err("write snapshot", e))?;
+    let len = w.len;
+    Ok((w.sha.finalize().to_vec(), len))
+}
+
+/// A scratch file for a snapshot, unlinked at once: nothing is left behind whatever
+/// happens, and the open handle keeps the data readable while it streams.
+fn scratch_file(dir: &Path) -> Result<File> {
+    let dir = if dir.is_dir() { dir.to_path_buf() } else { std::env::temp_dir() };
+    let path = dir.join(format!(".snapshot-{}-{:016x}.tmp", std::process::id(), rand::random::<u64>()));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| io_err(&path.display().to_string(), e))?;
+    let _ = std::fs::remove_file(&path);
+    Ok(f)
+}
+
+/// Produces the snapshot chunks into `tx` (runs on a blocking thread).
+fn stream_snapshot(
+    srv: &EtcdServer,
+    tx: &mpsc::Sender<Result<pb::SnapshotResponse, Status>>,
+) -> Result<()> {
+    let mut f = scratch_file(&srv.cfg.data_dir.join("member"))?;
+    let (sha, total) = write_snapshot(&**srv.sm.mvcc.engine(), &mut f)?;
+    f.seek(SeekFrom::Start(0)).map_err(|e| io_err("read snapshot", e))?;
+    let header = Some(srv.header(srv.current_rev()));
+    let mut sent = 0u64;
+    let mut buf = vec![0u8; CHUNK];
+    while sent < total {
+        let n = f.read(&mut buf).map_err(|e| io_err("read snapshot", e))?;
+        if n == 0 {
+            return Err(StoreError::Engine("snapshot file shrank while streaming".into()));
+        }
+        sent += n as u64;
+        let resp = pb::SnapshotResponse {
+            header: header.clone(),
+            remaining_bytes: total.saturating_sub(sent),
+            blob: buf[..n].to_vec(),
+            version: STORAGE_VERSION.into(),
+        };
+        if tx.blocking_send(Ok(resp)).is_err() {
+            return Ok(()); // the client went away
+        }
+    }
+    let last = pb::SnapshotResponse { header, remaining_bytes: 0, blob: sha, version: STORAGE_VERSION.into() };
+    let _ = tx.blocking_send(Ok(last));
+    Ok(())
+}
+
+fn bad_snapshot(why: &str) -> StoreError {
+    StoreError::InvalidArgument(format!("invalid snapshot: {why}"))
+}
+
+/// Restores a member's data dir from a snapshot taken with `etcdctl snapshot save`
+/// (or any client of the `Snapshot` RPC): checks the SHA-256 trailer, then writes every
+/// record into a fresh engine under `<data_dir>/member/db`. Refuses an existing data dir.
+pub fn restore_snapshot(file: &Path, data_dir: &Path) -> Result<()> {
+    let member = data_dir.join("member");
+    if member.exists() {
+        return Err(StoreError::InvalidArgument(format!("data-dir {:?} exists", data_dir.display().to_string())));
+    }
+    let open = || File::open(file).map_err(|e| io_err(&file.display().to_string(), e));
+    let len = open()?.metadata().map_err(|e| io_err("stat snapshot", e))?.len();
+    let min = (SNAPSHOT_MAGIC.len() + 1 + SHA_LEN) as u64;
+    if len < min {
+        return Err(bad_snapshot("file too short"));
+    }
+    let body_len = len - SHA_LEN as u64;
+
+    // Pass 1: integrity, before anything is written.
+    let mut r = BufReader::with_capacity(1 << 20, open()?);
+    let mut magic = [0u8; 16];
+    r.read_exact(&mut magic).map_err(|e| io_err("read snapshot", e))?;
+    if &magic != SNAPSHOT_MAGIC {
+        return Err(bad_snapshot("not a capstan snapshot (an etcd bbolt snapshot is restored with etcdctl)"));
+    }
+    let mut sha = Sha256::new();
+    sha.update(magic);
+    let mut left = body_len - magic.len() as u64;
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        r.read_exact(&mut buf[..n]).map_err(|e| io_err("read snapshot", e))?;
+        sha.update(&buf[..n]);
+        left -= n as u64;
+    }
+    let mut trailer = [0u8; SHA_LEN];
+    r.read_exact(&mut trailer).map_err(|e| io_err("read snapshot", e))?;
+    if sha.finalize().as_slice() != trailer {
+        return Err(bad_snapshot("sha256 mismatch (the file is corrupt or truncated)"));
+    }
+
+    let dir = member.join("db");
+    std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir.display().to_string(), e))?;
+    let result = load_records(file, body_len, &dir);
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&member);
+    }
+    result
+}
+
+/// Pass 2 of [`restore_snapshot`]: parses the records into a new engine at `dir`.
+fn load_records(file: &Path, body_len: u64, dir: &PathBuf) -> Result<()> {
+    let engine = RocksEngine::open(dir)?;
+    let f = File::open(file).map_err(|e| io_err(&file.display().to_string(), e))?;
+    let mut r = BufReader::with_capacity(1 << 20, f.take(body_len));
+    let mut skip = [0u8; 16];
+    r.read_exact(&mut skip).map_err(|e| io_err("read snapshot", e))?;
+    let read_bytes = |r: &mut BufReader<_>, n: usize| -> Result<Vec<u8>> {
+        let mut v = vec![0u8; n];
+        Read::read_exact(r, &mut v).map_err(|_| bad_snapshot("truncated record"))?;
+        Ok(v)
+    };
+    let mut batch = WriteBatch::default();
+    loop {
+        let mut code = [0u8; 1];
+        r.read_exact(&mut code).map_err(|_| bad_snapshot("missing end mark"))?;
+        if code[0] == END_OF_RECORDS {
+            break;
+        }
+        let cf = *Cf::ALL.get(code[0] as usize).ok_or_else(|| bad_snapshot("unknown keyspace"))?;
+        let kl = u32::from_be_bytes(read_bytes(&mut r, 4)?.try_into().unwrap_or_default()) as usize;
+        let k = read_bytes(&mut r, kl)?;
+        let vl = u32::from_be_bytes(read_bytes(&mut r, 4)?.try_into().unwrap_or_default()) as usize;
+        let v = read_bytes(&mut r, vl)?;
+        batch.put(cf, k, v);
+        if batch.len() >= 4096 {
+            engine.write(std::mem::take(&mut batch), false)?;
+        }
+    }
+    // The last write is synced; RocksDB's WAL is ordered, so that covers the earlier ones.
+    engine.write(batch, true)?;
+    Ok(())
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
+
+impl MaintenanceService {
+    /// Maintenance that reads or rewrites the whole store is for admins only.
+    fn check_admin<T>(&self, req: &Request<T>) -> Result<()> {
+        let user = self.srv.auth_user(req)?;
+        self.srv.sm.auth.check_admin(user.as_deref())
+    }
+
+    fn header(&self) -> Option<pb::ResponseHeader> {
+        Some(self.srv.header(self.srv.current_rev()))
+    }
+}
+
+/// Runs blocking engine work off the async runtime.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Engine(format!("maintenance task failed: {e}")))?
+}
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(&self, req: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
+        // Even GET goes through the log, as in etcd: it is linearized with the changes.
+        match self.srv.propose(Op::Alarm(req.into_inner())).await? {
+            ApplyResponse::Alarm(mut r) => {
+                self.srv.fill(&mut r.header);
+                Ok(Response::new(r))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let srv = &self.srv;
+        let size = srv.sm.mvcc.engine().size_bytes() as i64;
+        let applied = srv.sm.applied_index();
+        // etcd prints alarms in protobuf text form, trailing space included.
+        let errors = srv
+            .sm
+            .alarms()
+            .into_iter()
+            .map(|(m, t)| {
+                let name = pb::AlarmType::try_from(t).map(|a| a.as_str_name()).unwrap_or("NONE");
+                format!("memberID:{m} alarm:{name} ")
+            })
+            .collect();
+        Ok(Response::new(pb::StatusResponse {
+            header: self.header(),
+            version: SERVER_VERSION.into(),
+            db_size: size,
+            leader: srv.member_id,
+            // A single member commits what it applies.
+            raft_index: applied,
+            raft_term: srv.term,
+            raft_applied_index: applied,
+            errors,
+            // RocksDB reports no free-page figure: all of it is in use.
+            db_size_in_use: size,
+            is_learner: false,
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        req: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        self.check_admin(&req)?;
+        let engine = self.srv.sm.mvcc.engine().clone();
+        blocking(move || Ok(engine.compact()?)).await?;
+        Ok(Response::new(pb::DefragmentResponse { header: self.header() }))
+    }
+
+    async fn hash(&self, req: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
+        self.check_admin(&req)?;
+        let engine = self.srv.sm.mvcc.engine().clone();
+        let header = self.header();
+        let hash = blocking(move || hash_all(&*engine)).await?;
+        Ok(Response::new(pb::HashResponse { header, hash }))
+    }
+
+    async fn hash_kv(&self, req: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
+        self.check_admin(&req)?;
+        let rev = req.into_inner().revision;
+        let sm = self.srv.sm.clone();
+        let h = blocking(move || hash_kv(&sm.mvcc, rev)).await?;
+        Ok(Response::new(pb::HashKvResponse {
+            header: Some(self.srv.header(h.current_rev)),
+            hash: h.hash,
+            compact_revision: h.compact_rev,
+            hash_revision: h.hash_rev,
+        }))
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(&self, req: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.check_admin(&req)?;
+        let (tx, rx) = mpsc::channel(4);
+        let srv = self.srv.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = stream_snapshot(&srv, &tx) {
+                tracing::warn!(error = %e, "snapshot failed");
+                let _ = tx.blocking_send(Err(e.into()));
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn move_leader(
+        &self,
+        req: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        self.check_admin(&req)?;
+        // The only voter is already the leader; any other target is not a member.
+        if req.into_inner().target_id != self.srv.member_id {
+            return Err(StoreError::BadLeaderTransferee.into());
+        }
+        Ok(Response::new(pb::MoveLeaderResponse { header: self.header() }))
+    }
+
+    async fn downgrade(
+        &self,
+        req: Request<pb::DowngradeRequest>,
+    ) -> Result<Response<pb::DowngradeResponse>, Status> {
+        self.check_admin(&req)?;
+        // There is no older capstan storage version to go back to.
+        Err(StoreError::NotCapable.into())
+    }
+}
