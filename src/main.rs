@@ -153,10 +153,20 @@ fn main() -> anyhow::Result<()> {
 async fn run_store(cfg: capstan_store::Config) -> anyhow::Result<()> {
     tracing::info!(name = %cfg.name, data_dir = %cfg.data_dir.display(), "starting store member");
     let srv = capstan_store::EtcdServer::open(cfg).context("opening the store")?;
-    capstan_store::server::serve(srv, shutdown_signal())
-        .await
-        .map_err(|e| anyhow::anyhow!(e))?;
-    tracing::info!("stopped");
+    // Graceful shutdown waits for open streams to end, which a client that stops reading
+    // can stall forever; every acknowledged write is already fsynced, so after a grace
+    // period the member simply exits.
+    let grace = async {
+        shutdown_signal().await;
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    };
+    tokio::select! {
+        r = capstan_store::server::serve(srv, shutdown_signal()) => {
+            r.map_err(|e| anyhow::anyhow!(e))?;
+            tracing::info!("stopped");
+        }
+        _ = grace => tracing::warn!("clients still connected after 5 s; exiting anyway"),
+    }
     Ok(())
 }
 

@@ -36,61 +36,80 @@ pub struct Metrics {
     slow_watchers: IntGauge,
 }
 
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+/// Registers `m`; names and options are constants, so failure is a programming error.
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    m: prometheus::Result<M>,
+) -> M {
+    let m = m.unwrap_or_else(|e| panic!("invalid metric: {e}"));
     registry
-        .register(Box::new(g.clone()))
-        .unwrap_or_else(|e| panic!("register {name}: {e}"));
-    g
+        .register(Box::new(m.clone()))
+        .unwrap_or_else(|e| panic!("duplicate metric: {e}"));
+    m
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    register(
+        registry,
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)),
+    )
 }
 
 impl Metrics {
     fn new() -> Self {
-        let registry = Registry::new();
-        let proposals_committed = IntCounter::new(
-            "etcd_server_proposals_committed_total",
-            "The total number of consensus proposals committed.",
-        )
-        .unwrap_or_else(|e| panic!("metric: {e}"));
-        registry
-            .register(Box::new(proposals_committed.clone()))
-            .unwrap_or_else(|e| panic!("register: {e}"));
-        // etcd's buckets: 1 ms doubling to about 8 s.
-        let backend_commit = Histogram::with_opts(
-            HistogramOpts::new(
+        let r = Registry::new();
+        let gauge = |name: &str, help: &str| register(&r, IntGauge::new(name, help));
+        Self {
+            proposals_committed: register(
+                &r,
+                IntCounter::new(
+                    "etcd_server_proposals_committed_total",
+                    "The total number of consensus proposals committed.",
+                ),
+            ),
+            // etcd's buckets: 1 ms doubling to about 8 s.
+            backend_commit: histogram(
+                &r,
                 "etcd_disk_backend_commit_duration_seconds",
                 "The latency distributions of commit called by backend.",
-            )
-            .buckets(prometheus::exponential_buckets(0.001, 2.0, 14).unwrap_or_default()),
-        )
-        .unwrap_or_else(|e| panic!("metric: {e}"));
-        registry
-            .register(Box::new(backend_commit.clone()))
-            .unwrap_or_else(|e| panic!("register: {e}"));
-        let apply_batch_size = Histogram::with_opts(
-            HistogramOpts::new(
+                prometheus::exponential_buckets(0.001, 2.0, 14).unwrap_or_default(),
+            ),
+            apply_batch_size: histogram(
+                &r,
                 "capstan_store_apply_batch_size",
                 "Proposals applied and fsynced together by one group commit.",
-            )
-            .buckets(prometheus::exponential_buckets(1.0, 2.0, 11).unwrap_or_default()),
-        )
-        .unwrap_or_else(|e| panic!("metric: {e}"));
-        registry
-            .register(Box::new(apply_batch_size.clone()))
-            .unwrap_or_else(|e| panic!("register: {e}"));
-        Self {
-            proposals_committed,
-            backend_commit,
-            apply_batch_size,
-            has_leader: gauge(&registry, "etcd_server_has_leader", "Whether or not a leader exists. 1 is existence, 0 is not."),
-            is_leader: gauge(&registry, "etcd_server_is_leader", "Whether or not this member is a leader. 1 if is, 0 otherwise."),
-            applied: gauge(&registry, "etcd_server_proposals_applied_total", "The total number of consensus proposals applied."),
-            db_size: gauge(&registry, "etcd_mvcc_db_total_size_in_bytes", "Total size of the underlying database physically allocated in bytes."),
-            current_rev: gauge(&registry, "etcd_debugging_mvcc_current_revision", "The current revision of store."),
-            keys: gauge(&registry, "etcd_debugging_mvcc_keys_total", "Total number of keys."),
-            watchers: gauge(&registry, "etcd_debugging_mvcc_watcher_total", "Total number of watchers."),
-            slow_watchers: gauge(&registry, "etcd_debugging_mvcc_slow_watcher_total", "Total number of unsynced slow watchers."),
-            registry,
+                prometheus::exponential_buckets(1.0, 2.0, 11).unwrap_or_default(),
+            ),
+            has_leader: gauge(
+                "etcd_server_has_leader",
+                "Whether or not a leader exists. 1 is existence, 0 is not.",
+            ),
+            is_leader: gauge(
+                "etcd_server_is_leader",
+                "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+            ),
+            applied: gauge(
+                "etcd_server_proposals_applied_total",
+                "The total number of consensus proposals applied.",
+            ),
+            db_size: gauge(
+                "etcd_mvcc_db_total_size_in_bytes",
+                "Total size of the underlying database physically allocated in bytes.",
+            ),
+            current_rev: gauge(
+                "etcd_debugging_mvcc_current_revision",
+                "The current revision of store.",
+            ),
+            keys: gauge("etcd_debugging_mvcc_keys_total", "Total number of keys."),
+            watchers: gauge(
+                "etcd_debugging_mvcc_watcher_total",
+                "Total number of watchers.",
+            ),
+            slow_watchers: gauge(
+                "etcd_debugging_mvcc_slow_watcher_total",
+                "Total number of unsynced slow watchers.",
+            ),
+            registry: r,
         }
     }
 }

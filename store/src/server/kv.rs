@@ -209,8 +209,9 @@ impl Kv for KvService {
         &self,
         req: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
-        let user = self.srv.auth_user(&req)?;
-        self.srv.sm.auth.check_admin(user.as_deref())?;
+        // etcd checks no permission for compaction, only that a presented token is
+        // valid (verified against etcd: a non-root user may compact).
+        self.srv.auth_user(&req)?;
         let c = req.into_inner();
         match self.srv.propose(Op::Compaction(c)).await? {
             ApplyResponse::Compaction(mut r) => {

@@ -47,8 +47,12 @@ const CHUNK: usize = 32 * 1024;
 /// First bytes of a capstan snapshot (an etcd snapshot starts with a bbolt page instead).
 const SNAPSHOT_MAGIC: &[u8; 16] = b"capstan-snap-v1\n";
 
-/// Marks the end of the records, so a truncated body is detected even before the hash.
+/// Marks the end of the records (zero padding follows), so a truncated body is detected
+/// even before the hash.
 const END_OF_RECORDS: u8 = 0xff;
+
+/// The snapshot body is zero-padded to a multiple of this (see [`write_snapshot`]).
+const PAGE: usize = 512;
 
 /// Length of the SHA-256 trailer.
 const SHA_LEN: usize = 32;
@@ -197,8 +201,8 @@ fn cf_code(cf: Cf) -> u8 {
     Cf::ALL.iter().position(|c| *c == cf).unwrap_or_default() as u8
 }
 
-/// Writes a snapshot body (magic, records, end mark) of `engine` to `out`; returns its
-/// SHA-256 and length.
+/// Writes a snapshot body (magic, records, end mark, padding) of `engine` to `out`;
+/// returns its SHA-256 and length.
 fn write_snapshot(engine: &dyn Engine, out: &mut File) -> Result<(Vec<u8>, u64)> {
     struct Hashing<'a> {
         w: BufWriter<&'a mut File>,
@@ -236,6 +240,10 @@ fn write_snapshot(engine: &dyn Engine, out: &mut File) -> Result<(Vec<u8>, u64)>
         return Err(e);
     }
     w.put(&[END_OF_RECORDS]).map_err(|e| io_err("write snapshot", e))?;
+    // etcdctl 3.4 only accepts a body that fills whole 512-byte pages (as a bbolt file
+    // does) before the hash: "sha256 checksum not found" otherwise.
+    let pad = (PAGE - (w.len % PAGE as u64) as usize) % PAGE;
+    w.put(&vec![0u8; pad]).map_err(|e| io_err("write snapshot", e))?;
     w.w.flush().map_err(|e| io_err("write snapshot", e))?;
     let len = w.len;
     Ok((w.sha.finalize().to_vec(), len))
@@ -300,7 +308,8 @@ pub fn restore_snapshot(file: &Path, data_dir: &Path) -> Result<()> {
     if member.exists() {
         return Err(StoreError::InvalidArgument(format!("data-dir {:?} exists", data_dir.display().to_string())));
     }
-    let open = || File::open(file).map_err(|e| io_err(&file.display().to_string(), e));
+    // Problems with the input file are the caller's to fix, so they read as plain text.
+    let open = || File::open(file).map_err(|e| StoreError::InvalidArgument(format!("{}: {e}", file.display())));
     let len = open()?.metadata().map_err(|e| io_err("stat snapshot", e))?.len();
     let min = (SNAPSHOT_MAGIC.len() + 1 + SHA_LEN) as u64;
     if len < min {

@@ -1702,13 +1702,32 @@ impl proto::Peer for Peer {
         // header
         if let Some(authority) = pseudo.authority {
             let maybe_authority = uri::Authority::from_maybe_shared(authority.clone().into_inner());
-            parts.authority = Some(maybe_authority.or_else(|why| {
+            // capstan patch: grpc-go (etcdctl 3.4's per-endpoint dial) sends the whole
+            // endpoint URL, e.g. `http://127.0.0.1:2379`, as :authority. Go's server
+            // accepts it, so etcd clients depend on that: strip the scheme, and drop an
+            // authority that still does not parse instead of resetting the stream.
+            let salvaged = maybe_authority.map(Some).or_else(|why| {
+                let raw: &[u8] = authority.as_ref();
+                let rest = raw
+                    .strip_prefix(b"http://")
+                    .or_else(|| raw.strip_prefix(b"https://"))
+                    .or_else(|| raw.strip_prefix(b"unix://"));
+                match rest.map(uri::Authority::try_from) {
+                    Some(Ok(a)) => Ok(Some(a)),
+                    _ if !is_connect => {
+                        tracing::debug!("ignoring malformed authority ({:?}): {}", authority, why);
+                        Ok(None)
+                    }
+                    _ => Err(why),
+                }
+            });
+            parts.authority = salvaged.or_else(|why| {
                 malformed!(
                     "malformed headers: malformed authority ({:?}): {}",
                     authority,
                     why,
                 )
-            })?);
+            })?;
         }
 
         // A :scheme is required, except CONNECT.
