@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "etcd/etcdserverpb/rpc.proto",
         "etcd/mvccpb/kv.proto",
         "etcd/authpb/auth.proto",
+        "raft/raftpb.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -140,7 +140,11 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Store(args) => rt.block_on(run_store(args.into_config())),
-        Command::Snapshot(SnapshotCommand::Restore { file, data_dir, name }) => {
+        Command::Snapshot(SnapshotCommand::Restore {
+            file,
+            data_dir,
+            name,
+        }) => {
             let dir = data_dir.unwrap_or_else(|| PathBuf::from(format!("{name}.etcd")));
             capstan_store::server::maintenance::restore_snapshot(&file, &dir)
                 .with_context(|| format!("restoring {}", file.display()))?;
@@ -152,7 +156,9 @@ fn main() -> anyhow::Result<()> {
 
 async fn run_store(cfg: capstan_store::Config) -> anyhow::Result<()> {
     tracing::info!(name = %cfg.name, data_dir = %cfg.data_dir.display(), "starting store member");
-    let srv = capstan_store::EtcdServer::open(cfg).context("opening the store")?;
+    let srv = capstan_store::EtcdServer::start(cfg)
+        .await
+        .context("opening the store")?;
     // Graceful shutdown waits for open streams to end, which a client that stops reading
     // can stall forever; every acknowledged write is already fsynced, so after a grace
     // period the member simply exits.

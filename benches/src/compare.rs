@@ -24,7 +24,9 @@ pub fn read_reports(path: &Path) -> anyhow::Result<Vec<Report>> {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).with_context(|| format!("{}: bad line {l:?}", path.display())))
+        .map(|l| {
+            serde_json::from_str(l).with_context(|| format!("{}: bad line {l:?}", path.display()))
+        })
         .collect()
 }
 

@@ -43,7 +43,10 @@ pub async fn connect(endpoints: &[String], conns: usize) -> anyhow::Result<Vec<C
 /// client, called with a global sequence number) and returns the merged latencies and
 /// the wall time. A client stops early when the server answers `Unimplemented`, since
 /// every further request would fail the same way.
-pub async fn closed_loop<G, Fut>(total: u64, clients: Vec<G>) -> anyhow::Result<(Recorder, Duration)>
+pub async fn closed_loop<G, Fut>(
+    total: u64,
+    clients: Vec<G>,
+) -> anyhow::Result<(Recorder, Duration)>
 where
     G: FnMut(u64) -> Fut + Send + 'static,
     Fut: Future<Output = Result<(), tonic::Status>> + Send,

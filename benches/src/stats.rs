@@ -51,10 +51,6 @@ impl Recorder {
         Ok(())
     }
 
-    pub fn count(&self) -> u64 {
-        self.hist.len()
-    }
-
     /// The final report of a run that took `elapsed`.
     pub fn report(&self, workload: &str, label: &str, elapsed: Duration) -> Report {
         let ms = |q: f64| self.hist.value_at_quantile(q) as f64 / 1000.0;
@@ -65,10 +61,7 @@ impl Recorder {
             label: label.to_string(),
             ok,
             errors: self.errors,
-            error_code: self
-                .first_error
-                .as_ref()
-                .map(|s| format!("{:?}", s.code())),
+            error_code: self.first_error.as_ref().map(|s| format!("{:?}", s.code())),
             first_error: self.first_error.as_ref().map(|s| s.message().to_string()),
             secs,
             throughput: if secs > 0.0 { ok as f64 / secs } else { 0.0 },

@@ -142,7 +142,10 @@ async fn read_events(
 }
 
 pub async fn latency(channels: &[Channel], o: &WatchOpts) -> anyhow::Result<(Recorder, Duration)> {
-    anyhow::ensure!(o.watchers > 0 && o.streams > 0, "--watchers and --streams must be > 0");
+    anyhow::ensure!(
+        o.watchers > 0 && o.streams > 0,
+        "--watchers and --streams must be > 0"
+    );
     anyhow::ensure!(o.put_rate > 0.0, "--put-rate must be > 0");
     let streams = o.streams.min(o.watchers);
     let run_id = SystemTime::now()

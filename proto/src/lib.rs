@@ -19,3 +19,8 @@ pub mod etcdserverpb {
     // Re-exported because the services' messages embed them everywhere.
     pub use super::mvccpb::{Event, KeyValue};
 }
+
+/// capstan's peer protocol: the Raft RPCs between members, plus Forward and ReadIndex.
+pub mod raftpb {
+    tonic::include_proto!("raftpb");
+}

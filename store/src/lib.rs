@@ -10,6 +10,7 @@ pub mod error;
 pub mod lease;
 pub mod metrics;
 pub mod mvcc;
+pub mod raft;
 pub mod server;
 pub mod watch;
 

@@ -9,4 +9,6 @@ mod auth;
 mod client;
 mod etcdctl;
 mod http;
+mod lease;
+mod maintenance;
 mod watch;

@@ -269,3 +269,216 @@ pub fn dir_size(path: &Path) -> u64 {
     }
     total
 }
+
+/// One member of a [`Cluster`].
+pub struct ClusterMember {
+    /// The member's `--name`.
+    pub name: String,
+    /// The client URL, `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+    /// The peer URL.
+    pub peer: String,
+    child: Option<Child>,
+}
+
+/// A running cluster of real server processes (capstan, or etcd with
+/// `CAPSTAN_TEST_SERVER=etcd`) started with etcd's clustering flags on free loopback
+/// ports; every member is killed on drop and the data dirs removed.
+pub struct Cluster {
+    pub members: Vec<ClusterMember>,
+    initial_cluster: String,
+    token: String,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` members (`m0`, `m1`, ...) and waits until every one serves a
+    /// linearizable read, which needs an elected leader.
+    pub async fn start(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let members: Vec<ClusterMember> = (0..n)
+            .map(|i| ClusterMember {
+                name: format!("m{i}"),
+                endpoint: format!("http://127.0.0.1:{}", free_port()),
+                peer: format!("http://127.0.0.1:{}", free_port()),
+                child: None,
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let token = format!(
+            "capstan-test-{}",
+            dir.path()
+                .file_name()
+                .and_then(|s| s.to_str())
+                .unwrap_or("cluster")
+        );
+        let mut c = Cluster {
+            members,
+            initial_cluster,
+            token,
+            dir,
+        };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        for i in 0..n {
+            c.wait_ready(i).await;
+        }
+        c
+    }
+
+    /// Every member's client URL.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.endpoint.clone()).collect()
+    }
+
+    fn log_path(&self, i: usize) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("{}.log", self.members[i].name))
+    }
+
+    /// Member `i`'s combined stdout/stderr so far.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let mut cmd = if against_etcd() {
+            Command::new("etcd")
+        } else {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_capstan"));
+            c.arg("store");
+            c
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))
+            .expect("member log");
+        let m = &self.members[i];
+        let child = cmd
+            .args(["--name", &m.name, "--data-dir"])
+            .arg(self.dir.path().join(format!("{}.data", m.name)))
+            .args(["--listen-client-urls", &m.endpoint])
+            .args(["--advertise-client-urls", &m.endpoint])
+            .args(["--listen-peer-urls", &m.peer])
+            .args(["--initial-advertise-peer-urls", &m.peer])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", &self.token])
+            // Quick elections keep the failover tests short.
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("member starts");
+        self.members[i].child = Some(child);
+    }
+
+    /// Polls until member `i` answers a linearizable read (deadline 30 s).
+    pub async fn wait_ready(&mut self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(c) = self.members[i].child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("member {i} exited with {status}; log:\n{}", self.log(i));
+                }
+            }
+            let ep = self.members[i].endpoint.as_str();
+            if let Ok(mut c) = etcd_client::Client::connect([ep], None).await {
+                if c.get("capstan-test-ready", None).await.is_ok() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "member {i} at {} not ready in 30 s; log:\n{}",
+            self.members[i].endpoint,
+            self.log(i)
+        );
+    }
+
+    /// Whether member `i` is running.
+    pub fn is_running(&self, i: usize) -> bool {
+        self.members[i].child.is_some()
+    }
+
+    /// SIGKILLs member `i`, as a crash would.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts member `i` again on its data dir and ports and waits until it is ready.
+    pub async fn restart(&mut self, i: usize) {
+        self.kill9(i);
+        self.spawn(i);
+        self.wait_ready(i).await;
+    }
+
+    /// A client connected to member `i` only.
+    pub async fn client(&self, i: usize) -> etcd_client::Client {
+        etcd_client::Client::connect([self.members[i].endpoint.as_str()], None)
+            .await
+            .expect("client connects")
+    }
+
+    /// Runs `etcdctl` against member `i`.
+    pub fn etcdctl(&self, i: usize, args: &[&str]) -> Ctl {
+        etcdctl_at(&self.members[i].endpoint, args, None)
+    }
+
+    /// `(member_id, leader_id, raft_term)` as member `i` reports them in `Status`.
+    pub async fn status(&self, i: usize) -> Option<(u64, u64, u64)> {
+        let mut c = etcd_client::Client::connect([self.members[i].endpoint.as_str()], None)
+            .await
+            .ok()?;
+        let s = c.status().await.ok()?;
+        let member = s.header()?.member_id();
+        Some((member, s.leader(), s.raft_term()))
+    }
+
+    /// The index of the member every running member agrees is the leader (polls until
+    /// they agree, deadline 30 s).
+    pub async fn leader(&self) -> usize {
+        eventually(
+            "the running members to agree on a leader",
+            Duration::from_secs(30),
+            || async {
+                let mut ids = Vec::new();
+                let mut leaders = Vec::new();
+                for i in 0..self.members.len() {
+                    if !self.is_running(i) {
+                        continue;
+                    }
+                    let (id, leader, _) = self.status(i).await?;
+                    ids.push((i, id));
+                    leaders.push(leader);
+                }
+                let first = *leaders.first()?;
+                if first == 0 || leaders.iter().any(|l| *l != first) {
+                    return None;
+                }
+                ids.iter().find(|(_, id)| *id == first).map(|(i, _)| *i)
+            },
+        )
+        .await
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill9(i);
+        }
+    }
+}

@@ -6,14 +6,14 @@ use std::ops::Bound;
 
 use parking_lot::RwLock;
 
-use super::{BatchOp, Cf, Engine, EngineError, WriteBatch};
+use super::{BatchOp, Cf, Engine, EngineError, ExportVisitor, WriteBatch};
 
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
 /// See the module documentation.
 #[derive(Default)]
 pub struct MemEngine {
-    cfs: RwLock<[Map; 4]>,
+    cfs: RwLock<[Map; Cf::ALL.len()]>,
 }
 
 impl MemEngine {
@@ -85,7 +85,7 @@ impl Engine for MemEngine {
         Ok(())
     }
 
-    fn export(&self, visit: &mut dyn FnMut(Cf, &[u8], &[u8]) -> bool) -> Result<(), EngineError> {
+    fn export(&self, visit: &mut ExportVisitor<'_>) -> Result<(), EngineError> {
         // One read guard over every keyspace is the point-in-time view.
         let guard = self.cfs.read();
         for cf in Cf::ALL {

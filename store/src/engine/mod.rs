@@ -21,11 +21,23 @@ pub enum Cf {
     Auth,
     /// Applied index, compaction marks, term and the other scalars.
     Meta,
+    /// The Raft log (multi-member clusters): `index (big-endian) -> raftpb.Entry`.
+    RaftLog,
+    /// The Raft vote and the log's bounds (last and last purged log id).
+    RaftState,
 }
 
 impl Cf {
-    /// Every keyspace, in a fixed order.
-    pub const ALL: [Cf; 4] = [Cf::History, Cf::Lease, Cf::Auth, Cf::Meta];
+    /// Every keyspace, in a fixed order. New keyspaces go at the end: snapshots record a
+    /// keyspace by its position here.
+    pub const ALL: [Cf; 6] = [
+        Cf::History,
+        Cf::Lease,
+        Cf::Auth,
+        Cf::Meta,
+        Cf::RaftLog,
+        Cf::RaftState,
+    ];
 
     /// The column-family name on disk.
     pub fn name(self) -> &'static str {
@@ -34,6 +46,8 @@ impl Cf {
             Cf::Lease => "lease",
             Cf::Auth => "auth",
             Cf::Meta => "meta",
+            Cf::RaftLog => "raft_log",
+            Cf::RaftState => "raft_state",
         }
     }
 }
@@ -82,6 +96,9 @@ impl WriteBatch {
     }
 }
 
+/// Receives each record of [`Engine::export`]; returns `false` to stop.
+pub type ExportVisitor<'a> = dyn FnMut(Cf, &[u8], &[u8]) -> bool + 'a;
+
 /// What the store needs from a storage engine.
 pub trait Engine: Send + Sync + 'static {
     /// Point read.
@@ -109,7 +126,7 @@ pub trait Engine: Send + Sync + 'static {
     /// Visits every record of every keyspace (in [`Cf::ALL`] order, keys ascending) from
     /// one point-in-time view, so a snapshot never mixes half of a batch with the rest:
     /// the applied index it carries matches the data. Stops when `visit` returns `false`.
-    fn export(&self, visit: &mut dyn FnMut(Cf, &[u8], &[u8]) -> bool) -> Result<(), EngineError>;
+    fn export(&self, visit: &mut ExportVisitor<'_>) -> Result<(), EngineError>;
 }
 
 #[cfg(test)]

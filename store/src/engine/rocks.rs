@@ -10,7 +10,7 @@ use rocksdb::{
     ReadOptions, DB,
 };
 
-use super::{BatchOp, Cf, Engine, EngineError, WriteBatch};
+use super::{BatchOp, Cf, Engine, EngineError, ExportVisitor, WriteBatch};
 
 /// See the module documentation.
 pub struct RocksEngine {
@@ -118,7 +118,7 @@ impl Engine for RocksEngine {
         Ok(())
     }
 
-    fn export(&self, visit: &mut dyn FnMut(Cf, &[u8], &[u8]) -> bool) -> Result<(), EngineError> {
+    fn export(&self, visit: &mut ExportVisitor<'_>) -> Result<(), EngineError> {
         // One RocksDB snapshot shared by every column family's iterator: a batch is
         // either wholly in the export or wholly out of it.
         let snap = self.db.snapshot();

@@ -21,7 +21,10 @@ pub struct ClusterService {
 impl ClusterService {
     /// etcd's cluster responses carry no revision.
     fn header(&self) -> Option<pb::ResponseHeader> {
-        Some(pb::ResponseHeader { revision: 0, ..self.srv.header(0) })
+        Some(pb::ResponseHeader {
+            revision: 0,
+            ..self.srv.header(0)
+        })
     }
 
     fn members(&self) -> Vec<pb::Member> {
@@ -86,14 +89,20 @@ impl Cluster for ClusterService {
             // New peer URLs only matter to peers, and persisting membership is Raft's job.
             return Err(StoreError::NotCapable.into());
         }
-        Ok(Response::new(pb::MemberUpdateResponse { header: self.header(), members: self.members() }))
+        Ok(Response::new(pb::MemberUpdateResponse {
+            header: self.header(),
+            members: self.members(),
+        }))
     }
 
     async fn member_list(
         &self,
         _req: Request<pb::MemberListRequest>,
     ) -> Result<Response<pb::MemberListResponse>, Status> {
-        Ok(Response::new(pb::MemberListResponse { header: self.header(), members: self.members() }))
+        Ok(Response::new(pb::MemberListResponse {
+            header: self.header(),
+            members: self.members(),
+        }))
     }
 
     async fn member_promote(

@@ -138,6 +138,9 @@ impl Kv for KvService {
             .sm
             .auth
             .check(user.as_deref(), &r.key, &r.range_end, false)?;
+        if !r.serializable {
+            self.srv.linearizable_read().await?;
+        }
         let mut resp = mvcc::range(&self.srv.sm.mvcc, &r)?;
         self.srv.fill(&mut resp.header);
         Ok(Response::new(resp))

@@ -49,7 +49,12 @@ impl LeaseService {
     /// A keep-alive: renews in memory and answers TTL 0 for a lease that is gone, as
     /// etcd does (clients turn that into "lease not found" themselves).
     async fn keep_alive_once(&self, id: i64) -> Result<pb::LeaseKeepAliveResponse> {
-        let checkpointed = self.srv.sm.lessor.get(id).is_some_and(|l| l.remaining_ttl > 0);
+        let checkpointed = self
+            .srv
+            .sm
+            .lessor
+            .get(id)
+            .is_some_and(|l| l.remaining_ttl > 0);
         let ttl = match self.srv.sm.lessor.renew(id) {
             Ok(ttl) => ttl,
             Err(StoreError::LeaseNotFound) => 0,
@@ -58,8 +63,13 @@ impl LeaseService {
         if ttl > 0 && checkpointed {
             // The recorded remaining TTL would shorten the lease again after a restart;
             // clear it, at most one entry per checkpoint interval (etcd's renew does this).
-            let cp = pb::LeaseCheckpoint { id, remaining_ttl: 0 };
-            let req = pb::LeaseCheckpointRequest { checkpoints: vec![cp] };
+            let cp = pb::LeaseCheckpoint {
+                id,
+                remaining_ttl: 0,
+            };
+            let req = pb::LeaseCheckpointRequest {
+                checkpoints: vec![cp],
+            };
             match self.srv.propose(Op::LeaseCheckpoint(req)).await {
                 Ok(_) | Err(StoreError::LeaseNotFound) => {}
                 Err(e) => return Err(e),
@@ -73,7 +83,8 @@ impl LeaseService {
     }
 }
 
-type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<pb::LeaseKeepAliveResponse, Status>> + Send>>;
+type KeepAliveStream =
+    Pin<Box<dyn Stream<Item = Result<pb::LeaseKeepAliveResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Lease for LeaseService {
@@ -127,7 +138,9 @@ impl Lease for LeaseService {
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         let mut incoming = req.into_inner();
         let (tx, rx) = mpsc::channel(16);
-        let svc = LeaseService { srv: self.srv.clone() };
+        let svc = LeaseService {
+            srv: self.srv.clone(),
+        };
         tokio::spawn(async move {
             while let Some(msg) = incoming.next().await {
                 let out = match msg {
@@ -161,9 +174,19 @@ impl Lease for LeaseService {
                 id: r.id,
                 ttl: remaining_secs(l.expiry, Instant::now()),
                 granted_ttl: l.ttl,
-                keys: if r.keys { l.keys.into_iter().collect() } else { Vec::new() },
+                keys: if r.keys {
+                    l.keys.into_iter().collect()
+                } else {
+                    Vec::new()
+                },
             },
-            None => pb::LeaseTimeToLiveResponse { header, id: r.id, ttl: -1, granted_ttl: 0, keys: Vec::new() },
+            None => pb::LeaseTimeToLiveResponse {
+                header,
+                id: r.id,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: Vec::new(),
+            },
         };
         Ok(Response::new(resp))
     }
@@ -184,7 +207,10 @@ impl Lease for LeaseService {
         leases.sort_unstable();
         Ok(Response::new(pb::LeaseLeasesResponse {
             header: Some(self.srv.header(self.srv.current_rev())),
-            leases: leases.into_iter().map(|(_, id)| pb::LeaseStatus { id }).collect(),
+            leases: leases
+                .into_iter()
+                .map(|(_, id)| pb::LeaseStatus { id })
+                .collect(),
         }))
     }
 }

@@ -11,7 +11,7 @@
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -31,12 +31,10 @@ use crate::apply::{ApplyResponse, Op};
 use crate::engine::rocks::RocksEngine;
 use crate::engine::{Cf, Engine, WriteBatch};
 use crate::error::{Result, StoreError};
+// `Status` reports the version `/version` does: "3.5.17", since clients gate features
+// on 3.5 and 3.5.17 is the etcd release whose behaviour capstan matches.
+use crate::metrics::SERVER_VERSION;
 use crate::mvcc::{decode_record, KvRead, Mvcc, Revision};
-
-/// The server version `Status` reports. etcd clients gate features on the major/minor
-/// version (3.5 API), and capstan implements etcd 3.5's behaviour; 3.5.17 is the patch
-/// release whose behaviour we compare against.
-pub const SERVER_VERSION: &str = "3.5.17";
 
 /// The storage version etcd 3.5 puts in snapshot chunks.
 const STORAGE_VERSION: &str = "3.5.0";
@@ -72,7 +70,11 @@ const CRC32C_TABLE: [u32; 256] = {
         let mut c = i as u32;
         let mut bit = 0;
         while bit < 8 {
-            c = if c & 1 == 1 { (c >> 1) ^ 0x82f6_3b78 } else { c >> 1 };
+            c = if c & 1 == 1 {
+                (c >> 1) ^ 0x82f6_3b78
+            } else {
+                c >> 1
+            };
             bit += 1;
         }
         table[i] = c;
@@ -140,37 +142,49 @@ pub fn hash_kv(mvcc: &Mvcc, rev: i64) -> Result<KvHash> {
     h.write(b"key");
     let end = Revision::new(rev + 1, 0).to_key();
     let mut failure = None;
-    mvcc.engine().scan(Cf::History, &[], Some(&end), &mut |k, v| {
-        let Some(r) = Revision::from_key(k) else {
-            failure = Some(StoreError::Engine(format!("corrupt history key {k:?}")));
-            return false;
-        };
-        // etcd skips compacted-away revisions only when something is kept at all.
-        if r.main <= compact && !keep.is_empty() && !keep.contains(&r) {
-            return true;
-        }
-        match decode_record(v) {
-            Ok((true, kv)) => {
-                h.write(&etcd_rev_key(r, true));
-                // etcd's tombstone value is a KeyValue holding just the key.
-                h.write(&KeyValue { key: kv.key, ..Default::default() }.encode_to_vec());
-            }
-            Ok((false, _)) => {
-                h.write(&etcd_rev_key(r, false));
-                // The record after its flag byte is exactly the marshalled KeyValue.
-                h.write(v.get(1..).unwrap_or_default());
-            }
-            Err(e) => {
-                failure = Some(e);
+    mvcc.engine()
+        .scan(Cf::History, &[], Some(&end), &mut |k, v| {
+            let Some(r) = Revision::from_key(k) else {
+                failure = Some(StoreError::Engine(format!("corrupt history key {k:?}")));
                 return false;
+            };
+            // etcd skips compacted-away revisions only when something is kept at all.
+            if r.main <= compact && !keep.is_empty() && !keep.contains(&r) {
+                return true;
             }
-        }
-        true
-    })?;
+            match decode_record(v) {
+                Ok((true, kv)) => {
+                    h.write(&etcd_rev_key(r, true));
+                    // etcd's tombstone value is a KeyValue holding just the key.
+                    h.write(
+                        &KeyValue {
+                            key: kv.key,
+                            ..Default::default()
+                        }
+                        .encode_to_vec(),
+                    );
+                }
+                Ok((false, _)) => {
+                    h.write(&etcd_rev_key(r, false));
+                    // The record after its flag byte is exactly the marshalled KeyValue.
+                    h.write(v.get(1..).unwrap_or_default());
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    return false;
+                }
+            }
+            true
+        })?;
     if let Some(e) = failure {
         return Err(e);
     }
-    Ok(KvHash { hash: h.sum(), current_rev: current, compact_rev, hash_rev: rev })
+    Ok(KvHash {
+        hash: h.sum(),
+        current_rev: current,
+        compact_rev,
+        hash_rev: rev,
+    })
 }
 
 /// etcd's `Hash`: crc32c over the whole backend, leaving out the applied index (etcd
@@ -216,8 +230,13 @@ fn write_snapshot(engine: &dyn Engine, out: &mut File) -> Result<(Vec<u8>, u64)>
             self.w.write_all(b)
         }
     }
-    let mut w = Hashing { w: BufWriter::with_capacity(1 << 20, out), sha: Sha256::new(), len: 0 };
-    w.put(SNAPSHOT_MAGIC).map_err(|e| io_err("write snapshot", e))?;
+    let mut w = Hashing {
+        w: BufWriter::with_capacity(1 << 20, out),
+        sha: Sha256::new(),
+        len: 0,
+    };
+    w.put(SNAPSHOT_MAGIC)
+        .map_err(|e| io_err("write snapshot", e))?;
     let mut failure = None;
     engine.export(&mut |cf, k, v| {
         let (Ok(kl), Ok(vl)) = (u32::try_from(k.len()), u32::try_from(v.len())) else {
@@ -239,11 +258,13 @@ fn write_snapshot(engine: &dyn Engine, out: &mut File) -> Result<(Vec<u8>, u64)>
     if let Some(e) = failure {
         return Err(e);
     }
-    w.put(&[END_OF_RECORDS]).map_err(|e| io_err("write snapshot", e))?;
+    w.put(&[END_OF_RECORDS])
+        .map_err(|e| io_err("write snapshot", e))?;
     // etcdctl 3.4 only accepts a body that fills whole 512-byte pages (as a bbolt file
     // does) before the hash: "sha256 checksum not found" otherwise.
     let pad = (PAGE - (w.len % PAGE as u64) as usize) % PAGE;
-    w.put(&vec![0u8; pad]).map_err(|e| io_err("write snapshot", e))?;
+    w.put(&vec![0u8; pad])
+        .map_err(|e| io_err("write snapshot", e))?;
     w.w.flush().map_err(|e| io_err("write snapshot", e))?;
     let len = w.len;
     Ok((w.sha.finalize().to_vec(), len))
@@ -252,8 +273,16 @@ fn write_snapshot(engine: &dyn Engine, out: &mut File) -> Result<(Vec<u8>, u64)>
 /// A scratch file for a snapshot, unlinked at once: nothing is left behind whatever
 /// happens, and the open handle keeps the data readable while it streams.
 fn scratch_file(dir: &Path) -> Result<File> {
-    let dir = if dir.is_dir() { dir.to_path_buf() } else { std::env::temp_dir() };
-    let path = dir.join(format!(".snapshot-{}-{:016x}.tmp", std::process::id(), rand::random::<u64>()));
+    let dir = if dir.is_dir() {
+        dir.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let path = dir.join(format!(
+        ".snapshot-{}-{:016x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -271,18 +300,21 @@ fn stream_snapshot(
 ) -> Result<()> {
     let mut f = scratch_file(&srv.cfg.data_dir.join("member"))?;
     let (sha, total) = write_snapshot(&**srv.sm.mvcc.engine(), &mut f)?;
-    f.seek(SeekFrom::Start(0)).map_err(|e| io_err("read snapshot", e))?;
+    f.seek(SeekFrom::Start(0))
+        .map_err(|e| io_err("read snapshot", e))?;
     let header = Some(srv.header(srv.current_rev()));
     let mut sent = 0u64;
     let mut buf = vec![0u8; CHUNK];
     while sent < total {
         let n = f.read(&mut buf).map_err(|e| io_err("read snapshot", e))?;
         if n == 0 {
-            return Err(StoreError::Engine("snapshot file shrank while streaming".into()));
+            return Err(StoreError::Engine(
+                "snapshot file shrank while streaming".into(),
+            ));
         }
         sent += n as u64;
         let resp = pb::SnapshotResponse {
-            header: header.clone(),
+            header,
             remaining_bytes: total.saturating_sub(sent),
             blob: buf[..n].to_vec(),
             version: STORAGE_VERSION.into(),
@@ -291,7 +323,12 @@ fn stream_snapshot(
             return Ok(()); // the client went away
         }
     }
-    let last = pb::SnapshotResponse { header, remaining_bytes: 0, blob: sha, version: STORAGE_VERSION.into() };
+    let last = pb::SnapshotResponse {
+        header,
+        remaining_bytes: 0,
+        blob: sha,
+        version: STORAGE_VERSION.into(),
+    };
     let _ = tx.blocking_send(Ok(last));
     Ok(())
 }
@@ -306,11 +343,20 @@ fn bad_snapshot(why: &str) -> StoreError {
 pub fn restore_snapshot(file: &Path, data_dir: &Path) -> Result<()> {
     let member = data_dir.join("member");
     if member.exists() {
-        return Err(StoreError::InvalidArgument(format!("data-dir {:?} exists", data_dir.display().to_string())));
+        return Err(StoreError::InvalidArgument(format!(
+            "data-dir {:?} exists",
+            data_dir.display().to_string()
+        )));
     }
     // Problems with the input file are the caller's to fix, so they read as plain text.
-    let open = || File::open(file).map_err(|e| StoreError::InvalidArgument(format!("{}: {e}", file.display())));
-    let len = open()?.metadata().map_err(|e| io_err("stat snapshot", e))?.len();
+    let open = || {
+        File::open(file)
+            .map_err(|e| StoreError::InvalidArgument(format!("{}: {e}", file.display())))
+    };
+    let len = open()?
+        .metadata()
+        .map_err(|e| io_err("stat snapshot", e))?
+        .len();
     let min = (SNAPSHOT_MAGIC.len() + 1 + SHA_LEN) as u64;
     if len < min {
         return Err(bad_snapshot("file too short"));
@@ -320,9 +366,12 @@ pub fn restore_snapshot(file: &Path, data_dir: &Path) -> Result<()> {
     // Pass 1: integrity, before anything is written.
     let mut r = BufReader::with_capacity(1 << 20, open()?);
     let mut magic = [0u8; 16];
-    r.read_exact(&mut magic).map_err(|e| io_err("read snapshot", e))?;
+    r.read_exact(&mut magic)
+        .map_err(|e| io_err("read snapshot", e))?;
     if &magic != SNAPSHOT_MAGIC {
-        return Err(bad_snapshot("not a capstan snapshot (an etcd bbolt snapshot is restored with etcdctl)"));
+        return Err(bad_snapshot(
+            "not a capstan snapshot (an etcd bbolt snapshot is restored with etcdctl)",
+        ));
     }
     let mut sha = Sha256::new();
     sha.update(magic);
@@ -330,14 +379,18 @@ pub fn restore_snapshot(file: &Path, data_dir: &Path) -> Result<()> {
     let mut buf = vec![0u8; 1 << 20];
     while left > 0 {
         let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        r.read_exact(&mut buf[..n]).map_err(|e| io_err("read snapshot", e))?;
+        r.read_exact(&mut buf[..n])
+            .map_err(|e| io_err("read snapshot", e))?;
         sha.update(&buf[..n]);
         left -= n as u64;
     }
     let mut trailer = [0u8; SHA_LEN];
-    r.read_exact(&mut trailer).map_err(|e| io_err("read snapshot", e))?;
+    r.read_exact(&mut trailer)
+        .map_err(|e| io_err("read snapshot", e))?;
     if sha.finalize().as_slice() != trailer {
-        return Err(bad_snapshot("sha256 mismatch (the file is corrupt or truncated)"));
+        return Err(bad_snapshot(
+            "sha256 mismatch (the file is corrupt or truncated)",
+        ));
     }
 
     let dir = member.join("db");
@@ -350,12 +403,13 @@ pub fn restore_snapshot(file: &Path, data_dir: &Path) -> Result<()> {
 }
 
 /// Pass 2 of [`restore_snapshot`]: parses the records into a new engine at `dir`.
-fn load_records(file: &Path, body_len: u64, dir: &PathBuf) -> Result<()> {
+fn load_records(file: &Path, body_len: u64, dir: &Path) -> Result<()> {
     let engine = RocksEngine::open(dir)?;
     let f = File::open(file).map_err(|e| io_err(&file.display().to_string(), e))?;
     let mut r = BufReader::with_capacity(1 << 20, f.take(body_len));
     let mut skip = [0u8; 16];
-    r.read_exact(&mut skip).map_err(|e| io_err("read snapshot", e))?;
+    r.read_exact(&mut skip)
+        .map_err(|e| io_err("read snapshot", e))?;
     let read_bytes = |r: &mut BufReader<_>, n: usize| -> Result<Vec<u8>> {
         let mut v = vec![0u8; n];
         Read::read_exact(r, &mut v).map_err(|_| bad_snapshot("truncated record"))?;
@@ -364,11 +418,14 @@ fn load_records(file: &Path, body_len: u64, dir: &PathBuf) -> Result<()> {
     let mut batch = WriteBatch::default();
     loop {
         let mut code = [0u8; 1];
-        r.read_exact(&mut code).map_err(|_| bad_snapshot("missing end mark"))?;
+        r.read_exact(&mut code)
+            .map_err(|_| bad_snapshot("missing end mark"))?;
         if code[0] == END_OF_RECORDS {
             break;
         }
-        let cf = *Cf::ALL.get(code[0] as usize).ok_or_else(|| bad_snapshot("unknown keyspace"))?;
+        let cf = *Cf::ALL
+            .get(code[0] as usize)
+            .ok_or_else(|| bad_snapshot("unknown keyspace"))?;
         let kl = u32::from_be_bytes(read_bytes(&mut r, 4)?.try_into().unwrap_or_default()) as usize;
         let k = read_bytes(&mut r, kl)?;
         let vl = u32::from_be_bytes(read_bytes(&mut r, 4)?.try_into().unwrap_or_default()) as usize;
@@ -406,7 +463,10 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    async fn alarm(&self, req: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
+    async fn alarm(
+        &self,
+        req: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
         // Even GET goes through the log, as in etcd: it is linearized with the changes.
         match self.srv.propose(Op::Alarm(req.into_inner())).await? {
             ApplyResponse::Alarm(mut r) => {
@@ -417,17 +477,21 @@ impl Maintenance for MaintenanceService {
         }
     }
 
-    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         let srv = &self.srv;
         let size = srv.sm.mvcc.engine().size_bytes() as i64;
-        let applied = srv.sm.applied_index();
         // etcd prints alarms in protobuf text form, trailing space included.
         let errors = srv
             .sm
             .alarms()
             .into_iter()
             .map(|(m, t)| {
-                let name = pb::AlarmType::try_from(t).map(|a| a.as_str_name()).unwrap_or("NONE");
+                let name = pb::AlarmType::try_from(t)
+                    .map(|a| a.as_str_name())
+                    .unwrap_or("NONE");
                 format!("memberID:{m} alarm:{name} ")
             })
             .collect();
@@ -435,11 +499,10 @@ impl Maintenance for MaintenanceService {
             header: self.header(),
             version: SERVER_VERSION.into(),
             db_size: size,
-            leader: srv.member_id,
-            // A single member commits what it applies.
-            raft_index: applied,
-            raft_term: srv.term,
-            raft_applied_index: applied,
+            leader: srv.leader_id(),
+            raft_index: srv.raft_index(),
+            raft_term: srv.term(),
+            raft_applied_index: srv.raft_applied_index(),
             errors,
             // RocksDB reports no free-page figure: all of it is in use.
             db_size_in_use: size,
@@ -454,10 +517,15 @@ impl Maintenance for MaintenanceService {
         self.check_admin(&req)?;
         let engine = self.srv.sm.mvcc.engine().clone();
         blocking(move || Ok(engine.compact()?)).await?;
-        Ok(Response::new(pb::DefragmentResponse { header: self.header() }))
+        Ok(Response::new(pb::DefragmentResponse {
+            header: self.header(),
+        }))
     }
 
-    async fn hash(&self, req: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
+    async fn hash(
+        &self,
+        req: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
         self.check_admin(&req)?;
         let engine = self.srv.sm.mvcc.engine().clone();
         let header = self.header();
@@ -465,7 +533,10 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(pb::HashResponse { header, hash }))
     }
 
-    async fn hash_kv(&self, req: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
+    async fn hash_kv(
+        &self,
+        req: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
         self.check_admin(&req)?;
         let rev = req.into_inner().revision;
         let sm = self.srv.sm.clone();
@@ -480,7 +551,10 @@ impl Maintenance for MaintenanceService {
 
     type SnapshotStream = SnapshotStream;
 
-    async fn snapshot(&self, req: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(
+        &self,
+        req: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
         self.check_admin(&req)?;
         let (tx, rx) = mpsc::channel(4);
         let srv = self.srv.clone();
@@ -502,7 +576,9 @@ impl Maintenance for MaintenanceService {
         if req.into_inner().target_id != self.srv.member_id {
             return Err(StoreError::BadLeaderTransferee.into());
         }
-        Ok(Response::new(pb::MoveLeaderResponse { header: self.header() }))
+        Ok(Response::new(pb::MoveLeaderResponse {
+            header: self.header(),
+        }))
     }
 
     async fn downgrade(

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::apply::{ApplyRequest, ApplyResponse, Op, StateMachine};
 use crate::engine::rocks::RocksEngine;
 use crate::engine::Engine;
+use crate::raft::RaftNode;
 use crate::error::{Result, StoreError};
 
 /// gRPC framing overhead allowed on top of `max_request_bytes` (etcd's `grpcOverheadBytes`).
@@ -97,7 +98,7 @@ pub fn parse_url(url: &str) -> Result<SocketAddr> {
         .map_err(|_| StoreError::InvalidArgument(format!("invalid URL {url:?}")))
 }
 
-fn hash_id(parts: &[&str]) -> u64 {
+pub(crate) fn hash_id(parts: &[&str]) -> u64 {
     let mut h = Sha256::new();
     for p in parts {
         h.update(p.as_bytes());
@@ -112,24 +113,57 @@ struct Proposal {
     done: oneshot::Sender<Result<ApplyResponse>>,
 }
 
-/// One member: the state machine plus its identity and proposal queue. Every gRPC
+/// Where proposals go: the single member's group-commit queue, or the Raft log when
+/// `--initial-cluster` names more than one member.
+enum Log {
+    Local(mpsc::Sender<Proposal>),
+    Raft(Arc<RaftNode>),
+}
+
+/// One member: the state machine plus its identity and proposal log. Every gRPC
 /// service holds an `Arc` of it.
 pub struct EtcdServer {
     pub cfg: Config,
     pub sm: Arc<StateMachine>,
     pub member_id: u64,
     pub cluster_id: u64,
-    pub term: u64,
-    proposals: mpsc::Sender<Proposal>,
+    log: Log,
+}
+
+fn open_engine(cfg: &Config) -> Result<Arc<dyn Engine>> {
+    let dir = cfg.data_dir.join("member").join("db");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| StoreError::Engine(format!("{}: {e}", dir.display())))?;
+    Ok(Arc::new(RocksEngine::open(&dir)?))
 }
 
 impl EtcdServer {
-    /// Opens the data dir and starts the applier. Must run inside a tokio runtime.
+    /// Starts a member: the single-member path ([`EtcdServer::open`]) when
+    /// `--initial-cluster` names one member, a Raft member (serving the peer API on
+    /// `--listen-peer-urls`) when it names more.
+    pub async fn start(cfg: Config) -> Result<Arc<Self>> {
+        if crate::raft::parse_initial_cluster(&cfg.initial_cluster)?.len() <= 1 {
+            return Self::open(cfg);
+        }
+        let engine = open_engine(&cfg)?;
+        let sm = Arc::new(StateMachine::open(engine, cfg.min_lease_ttl())?);
+        let node = RaftNode::start(&cfg, sm.clone()).await?;
+        let cluster_id = hash_id(&[&cfg.initial_cluster, &cfg.initial_cluster_token]);
+        let srv = Arc::new(Self {
+            cfg,
+            sm,
+            member_id: node.id,
+            cluster_id,
+            log: Log::Raft(node),
+        });
+        sm_lease_owner(srv.clone());
+        Ok(srv)
+    }
+
+    /// Opens the data dir and starts the applier of a single member. Must run inside a
+    /// tokio runtime.
     pub fn open(cfg: Config) -> Result<Arc<Self>> {
-        let dir = cfg.data_dir.join("member").join("db");
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| StoreError::Engine(format!("{}: {e}", dir.display())))?;
-        let engine: Arc<dyn Engine> = Arc::new(RocksEngine::open(&dir)?);
+        let engine = open_engine(&cfg)?;
         Self::with_engine(cfg, engine)
     }
 
@@ -150,8 +184,7 @@ impl EtcdServer {
             sm,
             member_id,
             cluster_id,
-            term: 2,
-            proposals: tx,
+            log: Log::Local(tx),
         });
         sm_lease_owner(srv.clone());
         Ok(srv)
@@ -163,7 +196,59 @@ impl EtcdServer {
             cluster_id: self.cluster_id,
             member_id: self.member_id,
             revision,
-            raft_term: self.term,
+            raft_term: self.term(),
+        }
+    }
+
+    /// The Raft term (a single member stays in the term it elected itself in).
+    pub fn term(&self) -> u64 {
+        match &self.log {
+            Log::Local(_) => 2,
+            Log::Raft(r) => r.term(),
+        }
+    }
+
+    /// The leader's member id (0: none known).
+    pub fn leader_id(&self) -> u64 {
+        match &self.log {
+            Log::Local(_) => self.member_id,
+            Log::Raft(r) => r.leader().unwrap_or(0),
+        }
+    }
+
+    /// Whether this member leads (and so owns the lease clock).
+    pub fn is_leader(&self) -> bool {
+        match &self.log {
+            Log::Local(_) => true,
+            Log::Raft(r) => r.is_leader(),
+        }
+    }
+
+    /// The index of the last entry in this member's log.
+    pub fn raft_index(&self) -> u64 {
+        match &self.log {
+            // A single member commits what it applies.
+            Log::Local(_) => self.sm.applied_index(),
+            Log::Raft(r) => r.last_log_index(),
+        }
+    }
+
+    /// The index of the last log entry applied on this member.
+    pub fn raft_applied_index(&self) -> u64 {
+        match &self.log {
+            Log::Local(_) => self.sm.applied_index(),
+            Log::Raft(r) => r.applied_index(),
+        }
+    }
+
+    /// Waits until a read on this member is linearizable: every write acknowledged
+    /// before this call (by any member) is applied here. A single member applies before
+    /// it acknowledges, so it needs no wait; a Raft member asks the leader for a read
+    /// index (see `RaftNode::read_index`).
+    pub async fn linearizable_read(&self) -> Result<()> {
+        match &self.log {
+            Log::Local(_) => Ok(()),
+            Log::Raft(r) => r.read_index().await,
         }
     }
 
@@ -220,8 +305,12 @@ impl EtcdServer {
                 return Err(StoreError::NoSpace);
             }
         }
+        let proposals = match &self.log {
+            Log::Local(q) => q,
+            Log::Raft(r) => return r.propose(&req).await,
+        };
         let (done, rx) = oneshot::channel();
-        self.proposals
+        proposals
             .send(Proposal { req, done })
             .await
             .map_err(|_| StoreError::Stopped)?;
@@ -284,6 +373,11 @@ fn sm_lease_owner(srv: Arc<EtcdServer>) {
         loop {
             tick.tick().await;
             let Some(srv) = weak.upgrade() else { return };
+            // Only the leader's clock decides expiry (as in etcd's lessor): followers
+            // apply the revokes and checkpoints it proposes.
+            if !srv.is_leader() {
+                continue;
+            }
             let now = std::time::Instant::now();
             for id in srv.sm.lessor.expired(now) {
                 tracing::debug!(lease = id, "lease expired: revoking");
@@ -376,9 +470,15 @@ pub async fn serve(
                     .max_decoding_message_size(limit)
                     .max_encoding_message_size(usize::MAX),
             )
-            .add_service(pb::lease_server::LeaseServer::new(lease::LeaseService { srv: srv.clone() }))
-            .add_service(pb::maintenance_server::MaintenanceServer::new(maintenance::MaintenanceService { srv: srv.clone() }))
-            .add_service(pb::cluster_server::ClusterServer::new(cluster::ClusterService { srv: srv.clone() }));
+            .add_service(pb::lease_server::LeaseServer::new(lease::LeaseService {
+                srv: srv.clone(),
+            }))
+            .add_service(pb::maintenance_server::MaintenanceServer::new(
+                maintenance::MaintenanceService { srv: srv.clone() },
+            ))
+            .add_service(pb::cluster_server::ClusterServer::new(
+                cluster::ClusterService { srv: srv.clone() },
+            ));
         let sd = shutdown.clone();
         tasks.push(tokio::spawn(
             router.serve_with_incoming_shutdown(incoming, sd),

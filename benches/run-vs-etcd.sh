@@ -1,0 +1,225 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: runs the same capstan-bench workloads, in one run, against the
+# reference etcd and against `capstan store`, each on free loopback ports in its own
+# temp dir on disk (so fsync is real) with the same durability (both fsync every commit
+# before acknowledging it), and prints a markdown table: throughput and p99 with
+# capstan/etcd ratios, plus each server's RSS after the workloads.
+#
+#   benches/run-vs-etcd.sh            # print the table
+#   benches/run-vs-etcd.sh --write    # ... and put it into BENCHMARKS.md between markers
+#   benches/run-vs-etcd.sh --quick    # 1/10th the requests, for trying the script out
+#   benches/run-vs-etcd.sh --members 3   # (cluster mode: etcd only until capstan has Raft)
+#
+# Servers are started one after the other, never side by side, so they do not compete
+# for this machine's cores; the load generator runs on the same machine as the server.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WRITE=0
+MEMBERS=1
+SCALE=1
+BUILD=1
+while (($#)); do
+    case "$1" in
+        --write) WRITE=1 ;;
+        --quick) SCALE=10 ;;
+        --no-build) BUILD=0 ;;
+        --members)
+            MEMBERS=${2:?--members needs a number}
+            shift
+            ;;
+        -h | --help)
+            sed -n '2,14p' "$0"
+            exit 0
+            ;;
+        *)
+            echo "unknown argument: $1" >&2
+            exit 2
+            ;;
+    esac
+    shift
+done
+
+log() { echo "run-vs-etcd: $*" >&2; }
+
+# --- the workloads --------------------------------------------------------------------
+# One line each: "label|capstan-bench arguments". Every workload runs with the same
+# arguments against both servers; $ENDPOINTS is added per server. Totals are sized so
+# the whole script stays within a few minutes on a 2-core machine.
+PUT_TOTAL=$((50000 / SCALE))
+READ_TOTAL=$((50000 / SCALE))
+TXN_TOTAL=$((30000 / SCALE))
+KEEPALIVE_TOTAL=$((50000 / SCALE))
+WATCH_PUTS=$((200 / SCALE))
+KEYS="--key-size 32 --key-prefix /bench/ --key-space-size 10000"
+LOAD="--clients 100 --conns 10"
+WORKLOADS=(
+    "put 256 B values, 100 clients / 10 conns|put $LOAD $KEYS --val-size 256 --total $PUT_TOTAL"
+    "range 1 key, linearizable|range --consistency l $LOAD $KEYS --total $READ_TOTAL"
+    "range 1 key, serializable|range --consistency s $LOAD $KEYS --total $READ_TOTAL"
+    "txn-put 1 put/txn, 256 B|txn-put --txn-ops 1 $LOAD $KEYS --val-size 256 --total $TXN_TOTAL"
+    "watch-latency 1000 watchers / 100 streams, 100 puts/s (events/s)|watch-latency --watchers 1000 --streams 100 --conns 10 --put-rate 100 --val-size 256 --total $WATCH_PUTS"
+    "lease keepalive, 100 clients / 10 conns|lease-keepalive $LOAD --total $KEEPALIVE_TOTAL"
+)
+
+# --- set-up ---------------------------------------------------------------------------
+if ((BUILD)); then
+    # Installs etcd-server (the reference) and etcdctl on a fresh machine; a no-op when
+    # they are there.
+    "$ROOT/scripts/setup"
+    log "building release binaries"
+    (cd "$ROOT" && cargo build --release --bin capstan && cargo build --release -p capstan-bench --bin capstan-bench) >&2
+fi
+CAPSTAN="$ROOT/target/release/capstan"
+BENCH="$ROOT/target/release/capstan-bench"
+ETCD=$(command -v etcd || echo /usr/bin/etcd)
+for bin in "$CAPSTAN" "$BENCH" "$ETCD"; do
+    [[ -x "$bin" ]] || { echo "missing $bin" >&2; exit 1; }
+done
+
+# /var/tmp, not /tmp: /tmp may be a tmpfs, where fsync costs nothing and a durability
+# comparison means nothing.
+WORK=$(mktemp -d /var/tmp/capstan-vs-etcd.XXXXXX)
+SERVER_PIDS=()
+cleanup() {
+    local pid
+    for pid in "${SERVER_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${SERVER_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+USED_PORTS=" "
+# A free loopback port: nothing accepts a connection on it and this run has not handed
+# it out already. Bash's /dev/tcp keeps the script free of extra tools.
+free_port() {
+    local p
+    while :; do
+        p=$((20000 + RANDOM % 40000))
+        [[ "$USED_PORTS" == *" $p "* ]] && continue
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            USED_PORTS+="$p "
+            echo "$p"
+            return
+        fi
+    done
+}
+
+# start_members KIND: starts $MEMBERS members of KIND (etcd or capstan), sets ENDPOINTS
+# (comma-separated client URLs) and MEMBER_PIDS, and waits until every member answers.
+# Both kinds take etcd's flags, so one loop serves both and cluster mode is the same
+# loop with MEMBERS > 1.
+start_members() {
+    local kind=$1 i cluster="" peers=() clients=()
+    if [[ "$kind" == capstan && "$MEMBERS" -gt 1 ]]; then
+        echo "capstan has no Raft replication yet: --members $MEMBERS runs only once it does" >&2
+        exit 1
+    fi
+    for ((i = 0; i < MEMBERS; i++)); do
+        peers[i]="http://127.0.0.1:$(free_port)"
+        clients[i]="http://127.0.0.1:$(free_port)"
+        cluster+="${cluster:+,}m$i=${peers[i]}"
+    done
+    ENDPOINTS=$(IFS=,; echo "${clients[*]}")
+    MEMBER_PIDS=()
+    for ((i = 0; i < MEMBERS; i++)); do
+        local dir="$WORK/$kind/m$i" cmd
+        mkdir -p "$dir"
+        if [[ "$kind" == etcd ]]; then cmd=("$ETCD"); else cmd=("$CAPSTAN" store); fi
+        "${cmd[@]}" --name "m$i" --data-dir "$dir/data" \
+            --listen-client-urls "${clients[i]}" --advertise-client-urls "${clients[i]}" \
+            --listen-peer-urls "${peers[i]}" --initial-advertise-peer-urls "${peers[i]}" \
+            --initial-cluster "$cluster" --initial-cluster-state new \
+            >"$dir/server.log" 2>&1 </dev/null &
+        MEMBER_PIDS+=($!)
+        SERVER_PIDS+=($!)
+    done
+    local ep deadline=$((SECONDS + 60))
+    for ep in "${clients[@]}"; do
+        until ETCDCTL_API=3 etcdctl --endpoints="$ep" --command-timeout=2s get bench-ready >/dev/null 2>&1; do
+            if ((SECONDS > deadline)); then
+                echo "$kind at $ep not ready in 60 s; log:" >&2
+                cat "$WORK/$kind"/m*/server.log >&2
+                exit 1
+            fi
+            sleep 0.2
+        done
+    done
+}
+
+stop_members() {
+    local pid
+    for pid in "${MEMBER_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${MEMBER_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+
+# mem_kib FIELD: FIELD (VmRSS or VmHWM) of /proc/<pid>/status summed over the members.
+mem_kib() {
+    local pid total=0 v
+    for pid in "${MEMBER_PIDS[@]}"; do
+        v=$(awk -v f="$1:" '$1 == f { print $2 }' "/proc/$pid/status")
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
+# run_suite KIND: every workload against KIND; JSON lines to $WORK/KIND.jsonl, memory
+# to $WORK/KIND.rss and $WORK/KIND.hwm.
+run_suite() {
+    local kind=$1 w label args
+    start_members "$kind"
+    log "$kind: $MEMBERS member(s) at $ENDPOINTS"
+    : >"$WORK/$kind.jsonl"
+    for w in "${WORKLOADS[@]}"; do
+        label=${w%%|*}
+        args=${w#*|}
+        log "$kind: $label"
+        # A workload that fails still prints its JSON report (exit 2 means nothing
+        # succeeded, e.g. an unimplemented service), so the table can say why.
+        # shellcheck disable=SC2086 # $args is a word list by design
+        "$BENCH" $args --endpoints "$ENDPOINTS" --json --label "$label" >>"$WORK/$kind.jsonl" ||
+            log "$kind: $label failed (exit $?)"
+        tail -n 1 "$WORK/$kind.jsonl" >&2
+    done
+    mem_kib VmRSS >"$WORK/$kind.rss"
+    mem_kib VmHWM >"$WORK/$kind.hwm"
+    stop_members
+}
+
+run_suite etcd
+run_suite capstan
+
+TABLE=$("$BENCH" compare \
+    --baseline-name etcd --baseline "$WORK/etcd.jsonl" \
+    --baseline-rss-kib "$(cat "$WORK/etcd.rss")" --baseline-peak-kib "$(cat "$WORK/etcd.hwm")" \
+    --candidate-name capstan --candidate "$WORK/capstan.jsonl" \
+    --candidate-rss-kib "$(cat "$WORK/capstan.rss")" --candidate-peak-kib "$(cat "$WORK/capstan.hwm")")
+
+CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null)" ]]; then COMMIT+=" (with uncommitted changes)"; fi
+ETCD_VERSION=$("$ETCD" --version 2>/dev/null | awk '/etcd Version/ { print $3 }')
+REPORT="Run $(date -u +%Y-%m-%dT%H:%MZ) at commit $COMMIT on $(nproc) cores ($CPU), $MEMBERS member(s) each, etcd ${ETCD_VERSION:-?}.
+
+$TABLE"
+
+echo "$REPORT"
+
+if ((WRITE)); then
+    DOC="$ROOT/BENCHMARKS.md"
+    BEGIN='<!-- run-vs-etcd:begin -->'
+    END='<!-- run-vs-etcd:end -->'
+    if ! grep -qF "$BEGIN" "$DOC" 2>/dev/null || ! grep -qF "$END" "$DOC"; then
+        echo "$DOC has no $BEGIN / $END markers; not written" >&2
+        exit 1
+    fi
+    printf '%s\n' "$REPORT" >"$WORK/report.md"
+    awk -v b="$BEGIN" -v e="$END" -v f="$WORK/report.md" '
+        $0 == b { print; while ((getline l < f) > 0) print l; skip = 1; next }
+        $0 == e { skip = 0 }
+        !skip { print }
+    ' "$DOC" >"$WORK/doc.md"
+    cat "$WORK/doc.md" >"$DOC"
+    log "table written to $DOC"
+fi

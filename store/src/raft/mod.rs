@@ -1,0 +1,314 @@
+//! Raft replication for multi-member clusters, on openraft (storage v2). The log and
+//! vote live in RocksDB beside the state ([`log_store`]); committed entries are applied
+//! through the store's one apply path ([`state_machine`]); peers talk gRPC
+//! ([`network`] out, [`service`] in) in a hand-written protobuf format ([`convert`]).
+//!
+//! [`RaftNode`] is what `EtcdServer` uses: `propose` (a write, forwarded to the leader
+//! from a follower), `read_index` (the barrier before a linearizable read) and the
+//! leader/term figures response headers and `Status` report.
+
+pub mod convert;
+pub mod log_store;
+pub mod network;
+pub mod service;
+pub mod state_machine;
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use capstan_proto::raftpb as rpb;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::{Raft, RaftMetrics, ServerState, SnapshotPolicy};
+use prost::Message;
+use tokio::sync::{oneshot, watch};
+
+use crate::apply::{ApplyRequest, ApplyResponse, StateMachine};
+use crate::error::{Result, StoreError};
+use crate::server::{parse_url, Config};
+
+openraft::declare_raft_types!(
+    /// capstan's openraft types: entries carry a [`rpb::Proposal`] (an encoded
+    /// `ApplyRequest` plus who proposed it); results travel through the proposer's own
+    /// apply, so the response type is empty.
+    pub TypeConfig:
+        D = rpb::Proposal,
+        R = (),
+        NodeId = u64,
+        Node = Member,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// A member as the Raft membership records it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+}
+
+/// Parses `--initial-cluster` (`name=url,name=url2,other=url3`) into members in order of
+/// first appearance; a name listed twice has several peer URLs.
+pub fn parse_initial_cluster(s: &str) -> Result<Vec<Member>> {
+    let mut members: Vec<Member> = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, url) = part.split_once('=').ok_or_else(|| {
+            StoreError::InvalidArgument(format!("--initial-cluster: {part:?} is not name=url"))
+        })?;
+        match members.iter_mut().find(|m| m.name == name) {
+            Some(m) => m.peer_urls.push(url.to_string()),
+            None => members.push(Member {
+                name: name.to_string(),
+                peer_urls: vec![url.to_string()],
+            }),
+        }
+    }
+    Ok(members)
+}
+
+/// A member's node id: a hash of its peer URLs and the cluster token (as etcd derives
+/// member ids), so every member computes the same id for a name from the same flags.
+pub fn member_id(m: &Member, token: &str) -> u64 {
+    crate::server::hash_id(&[&m.peer_urls.join(","), token])
+}
+
+/// This member's Raft node; see the module documentation.
+pub struct RaftNode {
+    pub id: u64,
+    pub raft: Raft<TypeConfig>,
+    metrics: watch::Receiver<RaftMetrics<u64, Member>>,
+    applied: watch::Receiver<u64>,
+    waiters: Arc<state_machine::Waiters>,
+    peers: Arc<network::Peers>,
+    seq: AtomicU64,
+    /// How long a proposal or read may take before the client gets "request timed out"
+    /// (etcd: 5 s plus two election timeouts).
+    request_timeout: Duration,
+}
+
+impl RaftNode {
+    /// Starts the node on `sm`'s engine, serves the peer API on `--listen-peer-urls`
+    /// and, for a new cluster, bootstraps the membership from `--initial-cluster`.
+    pub async fn start(cfg: &Config, sm: Arc<StateMachine>) -> Result<Arc<Self>> {
+        let members = parse_initial_cluster(&cfg.initial_cluster)?;
+        let me = members.iter().find(|m| m.name == cfg.name).ok_or_else(|| {
+            StoreError::InvalidArgument(format!(
+                "couldn't find local name {:?} in the initial cluster configuration",
+                cfg.name
+            ))
+        })?;
+        if me.peer_urls != cfg.initial_advertise_peer_urls {
+            tracing::warn!(name = %cfg.name, initial_cluster = ?me.peer_urls, advertised = ?cfg.initial_advertise_peer_urls,
+                "--initial-cluster and --initial-advertise-peer-urls disagree; using --initial-cluster");
+        }
+        let id = member_id(me, &cfg.initial_cluster_token);
+        let nodes: BTreeMap<u64, Member> = members
+            .iter()
+            .map(|m| (member_id(m, &cfg.initial_cluster_token), m.clone()))
+            .collect();
+
+        let rcfg = openraft::Config {
+            cluster_name: cfg.initial_cluster_token.clone(),
+            heartbeat_interval: cfg.heartbeat_interval_ms,
+            election_timeout_min: cfg.election_timeout_ms,
+            election_timeout_max: cfg.election_timeout_ms * 2,
+            // No snapshots in this slice, hence no log purging either (purging needs a
+            // snapshot to catch up a member from).
+            snapshot_policy: SnapshotPolicy::Never,
+            max_in_snapshot_log_to_keep: u64::MAX,
+            // Bounded so one AppendEntries stays a reasonable message even with
+            // max-size requests.
+            max_payload_entries: 64,
+            ..Default::default()
+        };
+        let rcfg = Arc::new(
+            rcfg.validate()
+                .map_err(|e| StoreError::InvalidArgument(format!("raft configuration: {e}")))?,
+        );
+
+        let engine = sm.mvcc.engine().clone();
+        let waiters = Arc::new(state_machine::Waiters::default());
+        let (sm_store, applied) = state_machine::SmStore::open(sm, id, waiters.clone())?;
+        let log_store = log_store::LogStore::new(engine);
+        let peers = Arc::new(network::Peers::default());
+        let net = network::Network {
+            peers: peers.clone(),
+        };
+        let raft = Raft::new(id, rcfg, net, log_store, sm_store)
+            .await
+            .map_err(|e| StoreError::Engine(format!("starting raft: {e}")))?;
+
+        for url in &cfg.listen_peer_urls {
+            let addr = parse_url(url)?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| StoreError::InvalidArgument(format!("listen on {url}: {e}")))?;
+            tracing::info!(member = %format!("{id:x}"), %addr, "serving peer traffic");
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            let svc =
+                rpb::raft_server::RaftServer::new(service::RaftService { raft: raft.clone() })
+                    .max_decoding_message_size(usize::MAX)
+                    .max_encoding_message_size(usize::MAX);
+            tokio::spawn(async move {
+                if let Err(e) = tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming(incoming)
+                    .await
+                {
+                    tracing::error!(error = %e, "peer server stopped");
+                }
+            });
+        }
+
+        if cfg.initial_cluster_state == "new" {
+            // Every member proposes the same initial membership; openraft accepts it
+            // where the log is empty and refuses it (NotAllowed) on a restart.
+            match raft.initialize(nodes.clone()).await {
+                Ok(()) => {
+                    tracing::info!(member = %format!("{id:x}"), members = nodes.len(), "bootstrapped raft membership")
+                }
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                    tracing::debug!(member = %format!("{id:x}"), "raft already initialized")
+                }
+                Err(e) => return Err(StoreError::Engine(format!("initializing raft: {e}"))),
+            }
+        }
+
+        let metrics = raft.metrics();
+        Ok(Arc::new(Self {
+            id,
+            raft,
+            metrics,
+            applied,
+            waiters,
+            peers,
+            // Unique across restarts, so a replayed entry of an earlier run never
+            // completes a waiter of this one.
+            seq: AtomicU64::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1),
+            ),
+            request_timeout: Duration::from_secs(5)
+                + Duration::from_millis(2 * cfg.election_timeout_ms),
+        }))
+    }
+
+    /// The leader this member knows of.
+    pub fn leader(&self) -> Option<u64> {
+        self.metrics.borrow().current_leader
+    }
+
+    /// Whether this member is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.metrics.borrow().state == ServerState::Leader
+    }
+
+    /// The current Raft term.
+    pub fn term(&self) -> u64 {
+        self.metrics.borrow().current_term
+    }
+
+    /// The index of the last entry in this member's log.
+    pub fn last_log_index(&self) -> u64 {
+        self.metrics.borrow().last_log_index.unwrap_or(0)
+    }
+
+    /// The index of the last entry applied on this member.
+    pub fn applied_index(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// A client of the leader's peer service.
+    fn leader_client(
+        &self,
+        leader: u64,
+    ) -> Result<capstan_proto::raftpb::raft_client::RaftClient<tonic::transport::Channel>> {
+        let node = self
+            .metrics
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .cloned()
+            .ok_or(StoreError::NoLeader)?;
+        self.peers.client(leader, &node)
+    }
+
+    /// Appends `req` to the replicated log (through the leader) and waits until this
+    /// member has applied it; the result is this member's own apply of the entry.
+    pub async fn propose(&self, req: &ApplyRequest) -> Result<ApplyResponse> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.waiters.insert(seq, tx);
+        // Removes the waiter whatever happens (error, timeout, client gone).
+        struct Guard<'a>(&'a state_machine::Waiters, u64);
+        impl Drop for Guard<'_> {
+            fn drop(&mut self) {
+                self.0.remove(self.1);
+            }
+        }
+        let _guard = Guard(&self.waiters, seq);
+        let proposal = rpb::Proposal {
+            member: self.id,
+            seq,
+            request: req.encode_to_vec(),
+        };
+        let work = async {
+            let leader = self.leader().ok_or(StoreError::NoLeader)?;
+            if leader == self.id {
+                match self.raft.client_write(proposal).await {
+                    Ok(_) => {}
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                        return Err(StoreError::NoLeader)
+                    }
+                    Err(e) => {
+                        tracing::warn!(member = %format!("{:x}", self.id), error = %e, "raft write failed");
+                        return Err(StoreError::Stopped);
+                    }
+                }
+            } else {
+                let c = self.leader_client(leader)?;
+                network::forward(c, proposal, self.request_timeout).await?;
+            }
+            rx.await.map_err(|_| StoreError::Stopped)?
+        };
+        tokio::time::timeout(self.request_timeout, work)
+            .await
+            .map_err(|_| StoreError::Timeout)?
+    }
+
+    /// The barrier before a linearizable read (ReadIndex): the leader confirms with a
+    /// quorum that it still leads and returns its commit point; once this member has
+    /// applied up to it, a local read sees every write acknowledged before the read began.
+    pub async fn read_index(&self) -> Result<()> {
+        let work = async {
+            let leader = self.leader().ok_or(StoreError::NoLeader)?;
+            let index = if leader == self.id {
+                match self.raft.ensure_linearizable().await {
+                    Ok(l) => l.map(|l| l.index).unwrap_or(0),
+                    Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))
+                    | Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                        return Err(StoreError::NoLeader)
+                    }
+                    Err(_) => return Err(StoreError::Stopped),
+                }
+            } else {
+                let c = self.leader_client(leader)?;
+                network::read_index(c, self.request_timeout).await?
+            };
+            let mut applied = self.applied.clone();
+            applied
+                .wait_for(|a| *a >= index)
+                .await
+                .map_err(|_| StoreError::Stopped)?;
+            Ok(())
+        };
+        tokio::time::timeout(self.request_timeout, work)
+            .await
+            .map_err(|_| StoreError::Timeout)?
+    }
+}

@@ -1,0 +1,192 @@
+//! Outgoing peer traffic: openraft's `RaftNetwork` over tonic (the `raftpb.Raft`
+//! service on each member's peer URL), plus the Forward and ReadIndex calls a follower
+//! makes to its leader. Connections are lazy and cached per member, so a member that is
+//! down costs a failed connect, not a stalled start-up.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use capstan_proto::raftpb as rpb;
+use capstan_proto::raftpb::raft_client::RaftClient;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use parking_lot::Mutex;
+use tonic::transport::Channel;
+
+use super::{convert, Member, TypeConfig};
+use crate::error::{Result, StoreError};
+
+type C = TypeConfig;
+
+/// Lazily connected clients of the other members, by node id.
+#[derive(Default)]
+pub struct Peers {
+    clients: Mutex<HashMap<u64, RaftClient<Channel>>>,
+}
+
+impl Peers {
+    /// A client of `node` (connected on first use).
+    pub fn client(&self, id: u64, node: &Member) -> Result<RaftClient<Channel>> {
+        let mut clients = self.clients.lock();
+        if let Some(c) = clients.get(&id) {
+            return Ok(c.clone());
+        }
+        let url = node
+            .peer_urls
+            .first()
+            .ok_or_else(|| StoreError::InvalidArgument(format!("member {id:x} has no peer URL")))?;
+        let channel =
+            tonic::transport::Endpoint::from_shared(url.replace("localhost", "127.0.0.1"))
+                .map_err(|e| StoreError::InvalidArgument(format!("peer URL {url:?}: {e}")))?
+                .connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .connect_lazy();
+        let c = RaftClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        clients.insert(id, c.clone());
+        Ok(c)
+    }
+}
+
+/// What a failed call to the leader means for the client: the leader's own verdict when
+/// it gave one, otherwise (unreachable, crashed) that there is no usable leader.
+pub fn leader_error(status: &tonic::Status) -> StoreError {
+    for e in [
+        StoreError::Timeout,
+        StoreError::Stopped,
+        StoreError::NoLeader,
+    ] {
+        if status.message() == e.to_string() {
+            return e;
+        }
+    }
+    StoreError::NoLeader
+}
+
+/// openraft's network factory: one [`PeerClient`] per target.
+pub struct Network {
+    pub peers: Arc<Peers>,
+}
+
+impl RaftNetworkFactory<C> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: u64, node: &Member) -> PeerClient {
+        PeerClient {
+            target,
+            client: self.peers.client(target, node),
+        }
+    }
+}
+
+/// The connection to one member.
+pub struct PeerClient {
+    target: u64,
+    client: Result<RaftClient<Channel>>,
+}
+
+fn unreachable<E: std::error::Error>(
+    e: impl std::error::Error + 'static,
+) -> RPCError<u64, Member, E> {
+    RPCError::Unreachable(Unreachable::new(&e))
+}
+
+fn network<E: std::error::Error>(e: impl std::error::Error + 'static) -> RPCError<u64, Member, E> {
+    RPCError::Network(NetworkError::new(&e))
+}
+
+/// A transport failure means the peer is unreachable (openraft backs off); anything the
+/// peer answered with is a network error (retried at once).
+fn status_err<E: std::error::Error>(s: tonic::Status) -> RPCError<u64, Member, E> {
+    if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::DeadlineExceeded {
+        unreachable(s)
+    } else {
+        network(s)
+    }
+}
+
+impl PeerClient {
+    // The error is openraft's RPCError, large by openraft's design.
+    #[allow(clippy::result_large_err)]
+    fn client<E: std::error::Error>(
+        &self,
+    ) -> Result<RaftClient<Channel>, RPCError<u64, Member, E>> {
+        self.client.clone().map_err(unreachable)
+    }
+}
+
+impl RaftNetwork<C> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<C>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
+        let mut c = self.client()?;
+        let mut req = tonic::Request::new(convert::append_req_to_pb(rpc));
+        req.set_timeout(option.hard_ttl());
+        let resp = c.append_entries(req).await.map_err(status_err)?;
+        convert::append_resp_from_pb(resp.get_ref()).map_err(network)
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<C>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>,
+    > {
+        let mut c = self.client()?;
+        let mut req = tonic::Request::new(convert::snapshot_req_to_pb(&rpc));
+        req.set_timeout(option.hard_ttl());
+        let resp = c.install_snapshot(req).await.map_err(status_err)?;
+        convert::snapshot_resp_from_pb(resp.get_ref()).map_err(network)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
+        let mut c = self.client()?;
+        let mut req = tonic::Request::new(convert::vote_req_to_pb(&rpc));
+        req.set_timeout(option.hard_ttl());
+        let resp = c.vote(req).await.map_err(status_err)?;
+        tracing::trace!(
+            target_member = self.target,
+            granted = resp.get_ref().vote_granted,
+            "vote answered"
+        );
+        convert::vote_resp_from_pb(resp.get_ref()).map_err(network)
+    }
+}
+
+/// Asks the leader to append a client's write; returns once it is committed and applied
+/// on the leader.
+pub async fn forward(
+    mut c: RaftClient<Channel>,
+    proposal: rpb::Proposal,
+    timeout: Duration,
+) -> Result<()> {
+    let mut req = tonic::Request::new(rpb::ForwardRequest {
+        proposal: Some(proposal),
+    });
+    req.set_timeout(timeout);
+    c.forward(req).await.map_err(|s| leader_error(&s))?;
+    Ok(())
+}
+
+/// Asks the leader for a read index (see `RaftNode::read_index`).
+pub async fn read_index(mut c: RaftClient<Channel>, timeout: Duration) -> Result<u64> {
+    let mut req = tonic::Request::new(rpb::ReadIndexRequest {});
+    req.set_timeout(timeout);
+    let r = c.read_index(req).await.map_err(|s| leader_error(&s))?;
+    Ok(r.get_ref().index)
+}
