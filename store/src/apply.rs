@@ -125,6 +125,8 @@ pub struct StateMachine {
     pub lessor: Lessor,
     pub auth: AuthStore,
     pub watch: WatchHub,
+    /// Deletes compacted history off the applier.
+    pub purger: mvcc::Purger,
     alarms: Mutex<BTreeSet<(u64, i32)>>,
     applied_index: AtomicU64,
 }
@@ -158,6 +160,7 @@ impl StateMachine {
             lessor,
             auth,
             watch: WatchHub::new(),
+            purger: mvcc::Purger::start(engine)?,
             alarms: Mutex::new(alarms),
             applied_index: AtomicU64::new(applied_index),
         })
@@ -216,8 +219,7 @@ impl StateMachine {
         self.mvcc.publish(out.rev);
         self.watch.notify(out.rev, &out.events);
         if !doomed.is_empty() {
-            // Physical compaction: off the apply path, unsynced and restartable.
-            self.mvcc.purge(doomed)?;
+            self.purger.submit(doomed);
         }
         Ok(results)
     }

@@ -201,17 +201,76 @@ impl Mvcc {
     }
 
     /// Deletes compacted history records from disk, in chunks that do not block writers.
-    pub fn purge(&self, mut doomed: Vec<Revision>) -> Result<()> {
-        doomed.sort_unstable();
-        for chunk in doomed.chunks(10_000) {
-            let mut b = WriteBatch::default();
-            for r in chunk {
-                b.delete(Cf::History, r.to_key().to_vec());
-            }
-            // Not synced: a crash before this lands only means start-up purges again.
-            self.engine.write(b, false)?;
+    pub fn purge(&self, doomed: Vec<Revision>) -> Result<()> {
+        purge(&*self.engine, doomed)
+    }
+}
+
+fn purge(engine: &dyn Engine, mut doomed: Vec<Revision>) -> Result<()> {
+    doomed.sort_unstable();
+    for chunk in doomed.chunks(10_000) {
+        let mut b = WriteBatch::default();
+        for r in chunk {
+            b.delete(Cf::History, r.to_key().to_vec());
         }
-        Ok(())
+        // Not synced: a crash before this lands only means start-up purges again.
+        engine.write(b, false)?;
+    }
+    Ok(())
+}
+
+/// Physical compaction in the background: deleting the history a compaction made
+/// unreachable can take seconds for a large keyspace, and doing it on the applier
+/// would stall every write behind it (Kubernetes compacts every five minutes). The
+/// index was compacted during apply, so nothing reads these records any more; a crash
+/// before they are gone only means start-up purges them again.
+pub struct Purger {
+    tx: std::sync::mpsc::Sender<Vec<Revision>>,
+    queued: std::sync::atomic::AtomicU64,
+    done: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Purger {
+    /// Starts the purge thread on `engine`.
+    pub fn start(engine: Arc<dyn Engine>) -> Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<Revision>>();
+        let done = Arc::new(tokio::sync::watch::channel(0u64).0);
+        let thread_done = done.clone();
+        std::thread::Builder::new()
+            .name("purger".into())
+            .spawn(move || {
+                while let Ok(doomed) = rx.recv() {
+                    let n = doomed.len();
+                    if let Err(e) = purge(&*engine, doomed) {
+                        // The records stay; start-up purges them again.
+                        tracing::error!(error = %e, revisions = n, "physical compaction failed");
+                    }
+                    thread_done.send_modify(|d| *d += 1);
+                }
+            })
+            .map_err(|e| StoreError::Engine(format!("spawn purger: {e}")))?;
+        Ok(Self {
+            tx,
+            queued: Default::default(),
+            done,
+        })
+    }
+
+    /// Queues the revisions a compaction made unreachable.
+    pub fn submit(&self, doomed: Vec<Revision>) {
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        if self.tx.send(doomed).is_err() {
+            // The thread is gone only if it panicked; start-up will purge instead.
+            self.done.send_modify(|d| *d += 1);
+        }
+    }
+
+    /// Waits until everything submitted so far is deleted (a `physical` compaction
+    /// answers only then, as etcd's does).
+    pub async fn wait_idle(&self) {
+        let target = self.queued.load(Ordering::SeqCst);
+        let mut rx = self.done.subscribe();
+        let _ = rx.wait_for(|d| *d >= target).await;
     }
 }
 

@@ -146,3 +146,32 @@ fn reopen_rebuilds_the_index() {
     assert!(get(&m, "a", 0).expect("get").is_none());
     assert!(get(&m, "a", 2).expect("get").is_some());
 }
+
+#[tokio::test]
+async fn purger_deletes_compacted_history_in_the_background() {
+    let m = open();
+    for v in ["1", "2", "3"] {
+        commit(&m, |w| {
+            w.put(b"a", v.as_bytes().to_vec(), 0).expect("put");
+        });
+    }
+    let mut w = m.writer();
+    let doomed = w.compact(3).expect("compact");
+    let out = w.finish();
+    m.engine().write(out.batch, true).expect("write");
+    // Revision 2 is superseded by 3 (the compaction revision stays readable).
+    assert_eq!(doomed, vec![Revision::new(2, 0)]);
+    let purger = Purger::start(m.engine().clone()).expect("purger");
+    purger.submit(doomed);
+    purger.wait_idle().await;
+    let history = |rev: i64| {
+        m.engine()
+            .get(Cf::History, &Revision::new(rev, 0).to_key())
+            .expect("get")
+    };
+    assert!(history(2).is_none(), "revision 2 purged");
+    assert!(
+        history(3).is_some() && history(4).is_some(),
+        "newer revisions kept"
+    );
+}

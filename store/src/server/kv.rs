@@ -216,8 +216,12 @@ impl Kv for KvService {
         // valid (verified against etcd: a non-root user may compact).
         self.srv.auth_user(&req)?;
         let c = req.into_inner();
+        let physical = c.physical;
         match self.srv.propose(Op::Compaction(c)).await? {
             ApplyResponse::Compaction(mut r) => {
+                if physical {
+                    self.srv.sm.purger.wait_idle().await;
+                }
                 self.srv.fill(&mut r.header);
                 Ok(Response::new(r))
             }
