@@ -42,10 +42,14 @@ async fn compares_on_every_target_and_result() {
     c.put("r1", "a", None).await.expect("put");
     c.put("r2", "b", None).await.expect("put");
     let all_small = Compare::version("r", CompareOp::Equal, 1).with_range("s");
-    assert!(succeeded(&c.txn(Txn::new().when([all_small])).await.expect("txn")));
+    assert!(succeeded(
+        &c.txn(Txn::new().when([all_small])).await.expect("txn")
+    ));
     c.put("r2", "c", None).await.expect("put");
     let all_small = Compare::version("r", CompareOp::Equal, 1).with_range("s");
-    assert!(!succeeded(&c.txn(Txn::new().when([all_small])).await.expect("txn")));
+    assert!(!succeeded(
+        &c.txn(Txn::new().when([all_small])).await.expect("txn")
+    ));
 }
 
 #[tokio::test]
@@ -83,7 +87,11 @@ async fn nested_txn_applies_as_one_revision() {
         TxnOp::txn(Txn::new().and_then([TxnOp::delete("x", None)])),
     ]);
     let e = c.txn(dup).await.expect_err("duplicate");
-    assert!(e.to_string().contains("etcdserver: duplicate key given in txn request"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("etcdserver: duplicate key given in txn request"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -96,7 +104,9 @@ async fn ignore_value_and_ignore_lease() {
         .expect_err("ignore_value on a missing key");
     assert!(e.to_string().contains("etcdserver: key not found"), "{e}");
     c.put("k", "keep", None).await.expect("put");
-    c.put("k", "", Some(PutOptions::new().with_ignore_value())).await.expect("put");
+    c.put("k", "", Some(PutOptions::new().with_ignore_value()))
+        .await
+        .expect("put");
     let g = c.get("k", None).await.expect("get");
     assert_eq!(g.kvs()[0].value(), b"keep");
     assert_eq!(g.kvs()[0].version(), 2);
@@ -104,12 +114,22 @@ async fn ignore_value_and_ignore_lease() {
         .put("k", "v", Some(PutOptions::new().with_ignore_value()))
         .await
         .expect_err("value with ignore_value");
-    assert!(e.to_string().contains("etcdserver: value is provided"), "{e}");
+    assert!(
+        e.to_string().contains("etcdserver: value is provided"),
+        "{e}"
+    );
     let e = c
-        .put("k", "v", Some(PutOptions::new().with_ignore_lease().with_lease(5)))
+        .put(
+            "k",
+            "v",
+            Some(PutOptions::new().with_ignore_lease().with_lease(5)),
+        )
         .await
         .expect_err("lease with ignore_lease");
-    assert!(e.to_string().contains("etcdserver: lease is provided"), "{e}");
+    assert!(
+        e.to_string().contains("etcdserver: lease is provided"),
+        "{e}"
+    );
 }
 
 /// A `PutRequest` look-alike whose field 1 (key, bytes on the wire) is a varint: every
@@ -130,7 +150,9 @@ async fn malformed_message_is_refused_and_changes_nothing() {
         .expect("connect");
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.expect("ready");
-    let codec = tonic_prost::ProstCodec::<MalformedPut, capstan_proto::etcdserverpb::PutResponse>::default();
+    let codec =
+        tonic_prost::ProstCodec::<MalformedPut, capstan_proto::etcdserverpb::PutResponse>::default(
+        );
     let path = tonic::codegen::http::uri::PathAndQuery::from_static("/etcdserverpb.KV/Put");
     let err = grpc
         .unary(tonic::Request::new(MalformedPut { key: 7 }), path, codec)
@@ -138,7 +160,10 @@ async fn malformed_message_is_refused_and_changes_nothing() {
         .expect_err("malformed request");
     assert_eq!(err.code(), tonic::Code::Internal, "{err:?}");
     let mut c = s.client().await;
-    let g = c.get("", Some(etcd_client::GetOptions::new().with_from_key())).await.expect("get");
+    let g = c
+        .get("", Some(etcd_client::GetOptions::new().with_from_key()))
+        .await
+        .expect("get");
     assert!(g.kvs().is_empty());
     assert_eq!(g.header().expect("header").revision(), 1);
 }

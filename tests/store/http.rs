@@ -9,7 +9,11 @@ use crate::support::Server;
 fn get(s: &Server, path: &str) -> (u16, String) {
     let addr = s.endpoint.trim_start_matches("http://");
     let mut conn = std::net::TcpStream::connect(addr).expect("connect");
-    write!(conn, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send");
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
     let mut raw = String::new();
     conn.read_to_string(&mut raw).expect("read");
     let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
@@ -19,7 +23,10 @@ fn get(s: &Server, path: &str) -> (u16, String) {
         .and_then(|c| c.parse().ok())
         .expect("status code");
     // Chunked bodies: keep only the chunk data (good enough for these small bodies).
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         let mut out = String::new();
         let mut rest = body;
         while let Some((size, tail)) = rest.split_once("\r\n") {
@@ -53,7 +60,12 @@ async fn health_version_and_metrics() {
     let (code, body) = get(&s, "/version");
     assert_eq!(code, 200);
     let j: serde_json::Value = serde_json::from_str(&body).expect("version JSON");
-    assert!(j["etcdserver"].as_str().is_some_and(|v| v.starts_with("3.")), "{j}");
+    assert!(
+        j["etcdserver"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.")),
+        "{j}"
+    );
 
     for i in 0..3 {
         s.etcdctl(&["put", &format!("m{i}"), "v"]).out();
@@ -62,8 +74,13 @@ async fn health_version_and_metrics() {
     assert_eq!(code, 200);
     assert_eq!(metric(&text, "etcd_server_has_leader"), Some(1.0));
     assert_eq!(metric(&text, "etcd_server_is_leader"), Some(1.0));
-    assert_eq!(metric(&text, "etcd_debugging_mvcc_current_revision"), Some(4.0));
+    assert_eq!(
+        metric(&text, "etcd_debugging_mvcc_current_revision"),
+        Some(4.0)
+    );
     assert_eq!(metric(&text, "etcd_debugging_mvcc_keys_total"), Some(3.0));
-    assert!(metric(&text, "etcd_disk_backend_commit_duration_seconds_count").is_some_and(|n| n >= 3.0));
+    assert!(
+        metric(&text, "etcd_disk_backend_commit_duration_seconds_count").is_some_and(|n| n >= 3.0)
+    );
     assert!(metric(&text, "etcd_mvcc_db_total_size_in_bytes").is_some_and(|n| n > 0.0));
 }

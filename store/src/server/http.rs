@@ -22,7 +22,9 @@ pub fn router(srv: Arc<EtcdServer>) -> axum::Router {
             get(|| async {
                 (
                     [(header::CONTENT_TYPE, "application/json")],
-                    format!(r#"{{"etcdserver":"{SERVER_VERSION}","etcdcluster":"{CLUSTER_VERSION}"}}"#),
+                    format!(
+                        r#"{{"etcdserver":"{SERVER_VERSION}","etcdcluster":"{CLUSTER_VERSION}"}}"#
+                    ),
                 )
             }),
         )
@@ -44,7 +46,10 @@ pub fn router(srv: Arc<EtcdServer>) -> axum::Router {
 /// etcd's `/health` (which also reports unhealthy while NOSPACE is active).
 async fn health(srv: Arc<EtcdServer>) -> impl IntoResponse {
     let (code, body) = if srv.sm.no_space() {
-        (StatusCode::SERVICE_UNAVAILABLE, r#"{"health":"false","reason":"ALARM NOSPACE"}"#)
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"health":"false","reason":"ALARM NOSPACE"}"#,
+        )
     } else {
         (StatusCode::OK, r#"{"health":"true","reason":""}"#)
     };

@@ -2,8 +2,8 @@
 //! gRPC services (one file each) that etcd clients talk to.
 
 pub mod auth;
-pub mod http;
 pub mod cluster;
+pub mod http;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
@@ -22,8 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::apply::{ApplyRequest, ApplyResponse, Op, StateMachine};
 use crate::engine::rocks::RocksEngine;
 use crate::engine::Engine;
-use crate::raft::RaftNode;
 use crate::error::{Result, StoreError};
+use crate::raft::RaftNode;
 
 /// gRPC framing overhead allowed on top of `max_request_bytes` (etcd's `grpcOverheadBytes`).
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
