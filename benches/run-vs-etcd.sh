@@ -42,15 +42,22 @@ done
 
 log() { echo "run-vs-etcd: $*" >&2; }
 
+# Cluster mode is the same script with MEMBERS > 1 (start_members builds the
+# --initial-cluster for any count); this check goes once capstan replicates.
+if ((MEMBERS > 1)); then
+    echo "capstan has no Raft replication yet: --members $MEMBERS runs only once it does" >&2
+    exit 1
+fi
+
 # --- the workloads --------------------------------------------------------------------
 # One line each: "label|capstan-bench arguments". Every workload runs with the same
 # arguments against both servers; $ENDPOINTS is added per server. Totals are sized so
 # the whole script stays within a few minutes on a 2-core machine.
 PUT_TOTAL=$((50000 / SCALE))
-READ_TOTAL=$((50000 / SCALE))
+READ_TOTAL=$((100000 / SCALE))
 TXN_TOTAL=$((30000 / SCALE))
-KEEPALIVE_TOTAL=$((50000 / SCALE))
-WATCH_PUTS=$((200 / SCALE))
+KEEPALIVE_TOTAL=$((100000 / SCALE))
+WATCH_PUTS=$((500 / SCALE))
 KEYS="--key-size 32 --key-prefix /bench/ --key-space-size 10000"
 LOAD="--clients 100 --conns 10"
 WORKLOADS=(
@@ -112,10 +119,6 @@ free_port() {
 # loop with MEMBERS > 1.
 start_members() {
     local kind=$1 i cluster="" peers=() clients=()
-    if [[ "$kind" == capstan && "$MEMBERS" -gt 1 ]]; then
-        echo "capstan has no Raft replication yet: --members $MEMBERS runs only once it does" >&2
-        exit 1
-    fi
     for ((i = 0; i < MEMBERS; i++)); do
         peers[i]="http://127.0.0.1:$(free_port)"
         clients[i]="http://127.0.0.1:$(free_port)"
@@ -200,7 +203,9 @@ CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [[ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null)" ]]; then COMMIT+=" (with uncommitted changes)"; fi
 ETCD_VERSION=$("$ETCD" --version 2>/dev/null | awk '/etcd Version/ { print $3 }')
-REPORT="Run $(date -u +%Y-%m-%dT%H:%MZ) at commit $COMMIT on $(nproc) cores ($CPU), $MEMBERS member(s) each, etcd ${ETCD_VERSION:-?}.
+# The load average says whether something else was competing for the cores.
+LOAD_AVG=$(cut -d' ' -f1-3 /proc/loadavg)
+REPORT="Run $(date -u +%Y-%m-%dT%H:%MZ) at commit $COMMIT on $(nproc) cores ($CPU), $MEMBERS member(s) each, etcd ${ETCD_VERSION:-?}; load average at the end: $LOAD_AVG.
 
 $TABLE"
 

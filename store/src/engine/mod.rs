@@ -39,6 +39,12 @@ impl Cf {
         Cf::RaftState,
     ];
 
+    /// Whether the keyspace holds replicated state (what snapshots, hashes and restores
+    /// carry) rather than one member's own consensus bookkeeping.
+    pub fn is_state(self) -> bool {
+        !matches!(self, Cf::RaftLog | Cf::RaftState)
+    }
+
     /// The column-family name on disk.
     pub fn name(self) -> &'static str {
         match self {

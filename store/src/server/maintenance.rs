@@ -193,18 +193,25 @@ fn hash_all(engine: &dyn Engine) -> Result<u32> {
     let mut h = Crc32c::new();
     let mut last = None;
     engine.export(&mut |cf, k, v| {
+        if !cf.is_state() || is_member_meta(cf, k) {
+            return true;
+        }
         if last != Some(cf) {
             h.write(cf.name().as_bytes());
             last = Some(cf);
-        }
-        if cf == Cf::Meta && k == b"applied_index" {
-            return true;
         }
         h.write(k);
         h.write(v);
         true
     })?;
     Ok(h.sum())
+}
+
+/// Meta records that describe one member's position in its log (applied index, last
+/// applied Raft log id) rather than the data: left out of hashes, and dropped on
+/// restore, where the restored member starts a log of its own from index 1.
+fn is_member_meta(cf: Cf, key: &[u8]) -> bool {
+    cf == Cf::Meta && (key == b"applied_index" || key == b"raft_applied")
 }
 
 fn io_err(what: &str, e: std::io::Error) -> StoreError {
@@ -239,6 +246,9 @@ fn write_snapshot(engine: &dyn Engine, out: &mut File) -> Result<(Vec<u8>, u64)>
         .map_err(|e| io_err("write snapshot", e))?;
     let mut failure = None;
     engine.export(&mut |cf, k, v| {
+        if !cf.is_state() {
+            return true;
+        }
         let (Ok(kl), Ok(vl)) = (u32::try_from(k.len()), u32::try_from(v.len())) else {
             failure = Some(StoreError::Engine("record too large for a snapshot".into()));
             return false;
@@ -430,6 +440,9 @@ fn load_records(file: &Path, body_len: u64, dir: &Path) -> Result<()> {
         let k = read_bytes(&mut r, kl)?;
         let vl = u32::from_be_bytes(read_bytes(&mut r, 4)?.try_into().unwrap_or_default()) as usize;
         let v = read_bytes(&mut r, vl)?;
+        if !cf.is_state() || is_member_meta(cf, &k) {
+            continue;
+        }
         batch.put(cf, k, v);
         if batch.len() >= 4096 {
             engine.write(std::mem::take(&mut batch), false)?;
