@@ -8,7 +8,9 @@
 #   benches/run-vs-etcd.sh            # print the table
 #   benches/run-vs-etcd.sh --write    # ... and put it into BENCHMARKS.md between markers
 #   benches/run-vs-etcd.sh --quick    # 1/10th the requests, for trying the script out
-#   benches/run-vs-etcd.sh --members 3   # (cluster mode: etcd only until capstan has Raft)
+#   benches/run-vs-etcd.sh --members 3   # three-member clusters of each
+#   benches/run-vs-etcd.sh --failover    # three members each: leader SIGKILL under write
+#                                        # load, the write gap and acknowledged writes lost
 #
 # Servers are started one after the other, never side by side, so they do not compete
 # for this machine's cores; the load generator runs on the same machine as the server.
@@ -17,6 +19,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WRITE=0
 MEMBERS=1
+FAILOVER=0
 SCALE=1
 BUILD=1
 while (($#)); do
@@ -24,12 +27,16 @@ while (($#)); do
         --write) WRITE=1 ;;
         --quick) SCALE=10 ;;
         --no-build) BUILD=0 ;;
+        --failover)
+            FAILOVER=1
+            MEMBERS=3
+            ;;
         --members)
             MEMBERS=${2:?--members needs a number}
             shift
             ;;
         -h | --help)
-            sed -n '2,14p' "$0"
+            sed -n '2,16p' "$0"
             exit 0
             ;;
         *)
@@ -42,12 +49,6 @@ done
 
 log() { echo "run-vs-etcd: $*" >&2; }
 
-# Cluster mode is the same script with MEMBERS > 1 (start_members builds the
-# --initial-cluster for any count); this check goes once capstan replicates.
-if ((MEMBERS > 1)); then
-    echo "capstan has no Raft replication yet: --members $MEMBERS runs only once it does" >&2
-    exit 1
-fi
 
 # --- the workloads --------------------------------------------------------------------
 # One line each: "label|capstan-bench arguments". Every workload runs with the same
@@ -68,6 +69,8 @@ WORKLOADS=(
     "watch-latency 1000 watchers / 100 streams, 100 puts/s (events/s)|watch-latency --watchers 1000 --streams 100 --conns 10 --put-rate 100 --val-size 256 --total $WATCH_PUTS"
     "lease keepalive, 100 clients / 10 conns|lease-keepalive $LOAD --total $KEEPALIVE_TOTAL"
 )
+# Failover replaces the workloads: it kills a member, so nothing may run after it.
+if ((FAILOVER)); then WORKLOADS=(); fi
 
 # --- set-up ---------------------------------------------------------------------------
 if ((BUILD)); then
@@ -187,17 +190,51 @@ run_suite() {
     done
     mem_kib VmRSS >"$WORK/$kind.rss"
     mem_kib VmHWM >"$WORK/$kind.hwm"
+    if ((FAILOVER)); then
+        log "$kind: failover (leader SIGKILL after 3 s of writes)"
+        "$BENCH" failover --endpoints "$ENDPOINTS" --pids "$(IFS=,; echo "${MEMBER_PIDS[*]}")" \
+            --clients-per-member 10 --kill-after 3 --duration 10 --json --label "$kind" \
+            >"$WORK/$kind.failover" || log "$kind: failover run failed (exit $?)"
+        cat "$WORK/$kind.failover" >&2
+    fi
     stop_members
+}
+
+# failover_table: the two servers' failover reports as a markdown table.
+failover_table() {
+    python3 - "$WORK/etcd.failover" "$WORK/capstan.failover" <<'PY'
+import json, sys
+rows = []
+for path in sys.argv[1:]:
+    try:
+        rows.append(json.loads(open(path).read().strip().splitlines()[-1]))
+    except (OSError, ValueError, IndexError):
+        rows.append(None)
+e, c = rows
+print("| leader SIGKILL under write load | etcd | capstan | capstan/etcd |")
+print("|---|--:|--:|--:|")
+for key, name in [("gap_ms", "write gap, ms"), ("longest_silence_ms", "longest silence, ms"),
+                  ("acknowledged", "writes acknowledged"), ("lost", "acknowledged writes lost")]:
+    ev = e[key] if e else None
+    cv = c[key] if c else None
+    ratio = f"{cv / ev:.2f}" if ev and cv is not None and key.endswith("_ms") else ""
+    fmt = lambda v: "n/a" if v is None else (f"{v:.0f}" if isinstance(v, float) else str(v))
+    print(f"| {name} | {fmt(ev)} | {fmt(cv)} | {ratio} |")
+PY
 }
 
 run_suite etcd
 run_suite capstan
 
+if ((FAILOVER)); then
+    TABLE=$(failover_table)
+else
 TABLE=$("$BENCH" compare \
     --baseline-name etcd --baseline "$WORK/etcd.jsonl" \
     --baseline-rss-kib "$(cat "$WORK/etcd.rss")" --baseline-peak-kib "$(cat "$WORK/etcd.hwm")" \
     --candidate-name capstan --candidate "$WORK/capstan.jsonl" \
     --candidate-rss-kib "$(cat "$WORK/capstan.rss")" --candidate-peak-kib "$(cat "$WORK/capstan.hwm")")
+fi
 
 CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -213,8 +250,10 @@ echo "$REPORT"
 
 if ((WRITE)); then
     DOC="$ROOT/BENCHMARKS.md"
-    BEGIN='<!-- run-vs-etcd:begin -->'
-    END='<!-- run-vs-etcd:end -->'
+    MARK=run-vs-etcd
+    if ((FAILOVER)); then MARK=failover; elif ((MEMBERS > 1)); then MARK=run-vs-etcd-cluster; fi
+    BEGIN="<!-- $MARK:begin -->"
+    END="<!-- $MARK:end -->"
     if ! grep -qF "$BEGIN" "$DOC" 2>/dev/null || ! grep -qF "$END" "$DOC"; then
         echo "$DOC has no $BEGIN / $END markers; not written" >&2
         exit 1

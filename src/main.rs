@@ -82,6 +82,13 @@ struct StoreArgs {
     /// Time (in milliseconds) for an election to timeout.
     #[arg(long, default_value_t = 1000)]
     election_timeout: u64,
+    /// Number of committed transactions to trigger a snapshot to disk.
+    #[arg(long, default_value_t = 100_000)]
+    snapshot_count: u64,
+    /// Number of entries for a slow follower to catch up after compacting the raft
+    /// storage entries.
+    #[arg(long, default_value_t = 5000)]
+    experimental_snapshot_catchup_entries: u64,
     /// Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB).
     #[arg(long, default_value_t = 0)]
     quota_backend_bytes: u64,
@@ -117,6 +124,8 @@ impl StoreArgs {
             initial_cluster_state: self.initial_cluster_state,
             heartbeat_interval_ms: self.heartbeat_interval,
             election_timeout_ms: self.election_timeout,
+            snapshot_count: self.snapshot_count,
+            snapshot_catchup_entries: self.experimental_snapshot_catchup_entries,
             quota_backend_bytes: if self.quota_backend_bytes == 0 {
                 d.quota_backend_bytes
             } else {
@@ -166,7 +175,15 @@ async fn run_store(cfg: capstan_store::Config) -> anyhow::Result<()> {
         shutdown_signal().await;
         tokio::time::sleep(std::time::Duration::from_secs(5)).await;
     };
+    // A member removed from its cluster stops, as etcd's exits.
+    let removed = {
+        let srv = srv.clone();
+        async move { srv.removed().await }
+    };
     tokio::select! {
+        _ = removed => {
+            anyhow::bail!("{}", capstan_store::StoreError::MemberRemoved);
+        }
         r = capstan_store::server::serve(srv, shutdown_signal()) => {
             r.map_err(|e| anyhow::anyhow!(e))?;
             tracing::info!("stopped");

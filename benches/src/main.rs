@@ -5,6 +5,7 @@
 
 mod compare;
 mod conn;
+mod failover;
 mod kv;
 mod lease;
 mod stats;
@@ -110,8 +111,66 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Leader SIGKILL under write load: the write gap, and acknowledged writes lost.
+    Failover(FailoverArgs),
     /// Render two servers' --json lines as a markdown comparison table.
     Compare(CompareArgs),
+}
+
+#[derive(Args)]
+struct FailoverArgs {
+    /// The members' client URLs, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    endpoints: Vec<String>,
+    /// The members' process IDs, in --endpoints order (the leader's gets SIGKILL).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pids: Vec<u32>,
+    /// Writers per member.
+    #[arg(long, default_value_t = 10)]
+    clients_per_member: usize,
+    /// Seconds of load before the leader is killed.
+    #[arg(long, default_value_t = 3.0)]
+    kill_after: f64,
+    /// Seconds the whole run lasts.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 256)]
+    val_size: usize,
+    /// Row name for the report.
+    #[arg(long, default_value = "failover")]
+    label: String,
+    /// Print one JSON line instead of a human summary.
+    #[arg(long)]
+    json: bool,
+}
+
+fn run_failover(a: &FailoverArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        a.kill_after < a.duration,
+        "--kill-after must be before the end"
+    );
+    let opts = failover::FailoverOpts {
+        endpoints: a.endpoints.clone(),
+        pids: a.pids.clone(),
+        clients_per_member: a.clients_per_member,
+        kill_after: std::time::Duration::from_secs_f64(a.kill_after),
+        duration: std::time::Duration::from_secs_f64(a.duration),
+        val_size: a.val_size,
+        label: a.label.clone(),
+    };
+    let r = tokio::runtime::Runtime::new()?.block_on(failover::run(opts))?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "{}: write gap {:.0} ms after the leader's SIGKILL (longest silence {:.0} ms); \
+             {} writes acknowledged, {} errors, {} lost",
+            r.label, r.gap_ms, r.longest_silence_ms, r.acknowledged, r.errors, r.lost
+        );
+    }
+    anyhow::ensure!(r.lost == 0, "{} acknowledged writes were lost", r.lost);
+    Ok(())
 }
 
 #[derive(Args)]
@@ -158,6 +217,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let (workload, common) = match &cli.command {
         Command::Compare(a) => return run_compare(a),
+        Command::Failover(a) => return run_failover(a),
         Command::Put { common } => ("put", common),
         Command::Range { common, .. } => ("range", common),
         Command::TxnPut { common, .. } => ("txn-put", common),
@@ -197,7 +257,7 @@ fn main() -> anyhow::Result<()> {
                 watch::latency(&channels, &opts).await
             }
             Command::LeaseKeepalive { .. } => lease::keepalive(&channels, c.clients, c.total).await,
-            Command::Compare(_) => unreachable_compare(),
+            Command::Compare(_) | Command::Failover(_) => unreachable_compare(),
         }
     })?;
     let label = common.label.as_deref().unwrap_or(workload);

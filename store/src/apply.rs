@@ -14,7 +14,7 @@ use capstan_proto::etcdserverpb::{compare, request_op, response_op};
 use parking_lot::Mutex;
 
 use crate::auth::AuthStore;
-use crate::engine::{Cf, Engine};
+use crate::engine::{Cf, Engine, WriteBatch};
 use crate::error::{Result, StoreError};
 use crate::lease::Lessor;
 use crate::mvcc::{self, KeyRange, KvRead, Mvcc, Revision, Writer};
@@ -25,7 +25,7 @@ use crate::watch::WatchHub;
 pub struct ApplyRequest {
     #[prost(
         oneof = "Op",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21"
     )]
     pub op: Option<Op>,
 }
@@ -73,6 +73,19 @@ pub enum Op {
     AuthRoleGrantPermission(pb::AuthRoleGrantPermissionRequest),
     #[prost(message, tag = "20")]
     AuthRoleRevokePermission(pb::AuthRoleRevokePermissionRequest),
+    /// A member publishes its name and client URLs after it starts (etcd's "publish"),
+    /// kept in `Cf::Meta` under [`member_attr_key`]; its peer URLs are the Raft
+    /// membership's.
+    #[prost(message, tag = "21")]
+    MemberAttr(pb::Member),
+}
+
+/// `Cf::Meta` key of a member's published attributes (a `pb::Member` with name and
+/// client URLs).
+pub fn member_attr_key(id: u64) -> Vec<u8> {
+    let mut k = b"member_attr/".to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
 }
 
 /// What applying one request produced. Headers carry only the revision; the server
@@ -138,23 +151,8 @@ impl StateMachine {
         mvcc.purge(doomed)?;
         let lessor = Lessor::open(&*engine, min_lease_ttl)?;
         let auth = AuthStore::open(&*engine)?;
-        let applied_index = engine
-            .get(Cf::Meta, META_APPLIED_INDEX)?
-            .and_then(|v| v.try_into().ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0);
-        let mut alarms = BTreeSet::new();
-        let mut end = ALARM_PREFIX.to_vec();
-        end.push(0xff);
-        engine.scan(Cf::Meta, ALARM_PREFIX, Some(&end), &mut |k, _| {
-            let rest = &k[ALARM_PREFIX.len()..];
-            if let (Some(m), Some(t)) = (rest.get(..8), rest.get(8..12)) {
-                let member = u64::from_be_bytes(m.try_into().unwrap_or_default());
-                let t = i32::from_be_bytes(t.try_into().unwrap_or_default());
-                alarms.insert((member, t));
-            }
-            true
-        })?;
+        let applied_index = load_applied_index(&*engine)?;
+        let alarms = load_alarms(&*engine)?;
         Ok(Self {
             mvcc,
             lessor,
@@ -184,6 +182,57 @@ impl StateMachine {
             .any(|(_, t)| *t == pb::AlarmType::Nospace as i32)
     }
 
+    /// Replaces the whole replicated state with a snapshot's `records` (a Raft snapshot
+    /// install): one synced batch deletes every record of the state keyspaces, writes
+    /// the snapshot's, the applied index `applied` and the caller's `extra` records (the
+    /// Raft applied log id), so a crash leaves either the old state or the new, whole.
+    /// Then every in-memory structure is rebuilt from the engine, as at start-up, and
+    /// watchers are moved to catch up from the new history (see `WatchHub::resync`).
+    ///
+    /// Part of the one apply path: only the owner of the log's apply order calls it,
+    /// never concurrently with [`StateMachine::apply_batch`].
+    pub fn install(
+        &self,
+        records: Vec<(Cf, Vec<u8>, Vec<u8>)>,
+        applied: u64,
+        extra: WriteBatch,
+    ) -> Result<()> {
+        let engine = self.mvcc.engine().clone();
+        let mut batch = WriteBatch::default();
+        // Point deletes of what is there (not range deletes): the state keyspaces have no
+        // key bound a range could name safely, and this runs only for a lagging member.
+        for cf in Cf::ALL.into_iter().filter(|cf| cf.is_state()) {
+            engine.scan(cf, &[], None, &mut |k, _| {
+                batch.delete(cf, k.to_vec());
+                true
+            })?;
+        }
+        for (cf, k, v) in records {
+            if !cf.is_state() || crate::snapshot::is_member_meta(cf, &k) {
+                continue;
+            }
+            batch.put(cf, k, v);
+        }
+        batch.put(
+            Cf::Meta,
+            META_APPLIED_INDEX.to_vec(),
+            applied.to_be_bytes().to_vec(),
+        );
+        batch.ops.extend(extra.ops);
+        // Synced inside: the Raft log is purged up to the snapshot right after.
+        let doomed = self.mvcc.replace(batch)?;
+        self.lessor.reload(&*engine)?;
+        self.auth.reload(&*engine)?;
+        *self.alarms.lock() = load_alarms(&*engine)?;
+        self.applied_index
+            .store(load_applied_index(&*engine)?, Ordering::SeqCst);
+        self.watch.resync(self.mvcc.current_rev());
+        if !doomed.is_empty() {
+            self.purger.submit(doomed);
+        }
+        Ok(())
+    }
+
     /// Applies entries in index order as one atomic, durable batch (with `sync`), then
     /// publishes the new revision to readers and the events to watchers. Entries at or
     /// below the applied index are skipped (replay after a restart). The outer error is
@@ -192,6 +241,18 @@ impl StateMachine {
         &self,
         entries: &[(u64, &ApplyRequest)],
         sync: bool,
+    ) -> Result<Vec<Option<Result<ApplyResponse>>>> {
+        self.apply_batch_with(entries, sync, WriteBatch::default())
+    }
+
+    /// [`StateMachine::apply_batch`] that also writes `extra` in the same atomic batch:
+    /// Raft's last applied log id, so that any point-in-time view of the engine (a
+    /// snapshot being built) pairs the data with the exact log position it reflects.
+    pub fn apply_batch_with(
+        &self,
+        entries: &[(u64, &ApplyRequest)],
+        sync: bool,
+        extra: WriteBatch,
     ) -> Result<Vec<Option<Result<ApplyResponse>>>> {
         let mut w = self.mvcc.writer();
         let applied = self.applied_index();
@@ -213,6 +274,7 @@ impl StateMachine {
                 last.to_be_bytes().to_vec(),
             );
         }
+        w.batch_mut().ops.extend(extra.ops);
         let out = w.finish();
         self.mvcc.engine().write(out.batch, sync)?;
         self.applied_index.store(last, Ordering::SeqCst);
@@ -302,6 +364,21 @@ impl StateMachine {
                 })
             }
             Op::Alarm(a) => Ok(ApplyResponse::Alarm(self.alarm(w, a))),
+            Op::MemberAttr(m) => {
+                let attr = pb::Member {
+                    name: m.name.clone(),
+                    client_ur_ls: m.client_ur_ls.clone(),
+                    ..Default::default()
+                };
+                w.batch_mut().put(
+                    Cf::Meta,
+                    member_attr_key(m.id),
+                    prost::Message::encode_to_vec(&attr),
+                );
+                Ok(ApplyResponse::Done {
+                    revision: w.current_rev(),
+                })
+            }
             auth => {
                 self.auth.apply(auth, w.batch_mut())?;
                 Ok(ApplyResponse::Done {
@@ -373,7 +450,7 @@ impl StateMachine {
             _ => p.value.clone(),
         };
         let lease = if p.ignore_lease { old_lease } else { p.lease };
-        let (_, prev) = w.put(&p.key, value, lease)?;
+        let (_, prev) = w.put_over(&p.key, value, lease, prev);
         self.lessor.attach(&p.key, old_lease, lease, w.batch_mut());
         Ok(pb::PutResponse {
             header: None,
@@ -477,6 +554,31 @@ impl StateMachine {
             responses,
         })
     }
+}
+
+fn load_applied_index(engine: &dyn Engine) -> Result<u64> {
+    Ok(engine
+        .get(Cf::Meta, META_APPLIED_INDEX)?
+        .and_then(|v| v.try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0))
+}
+
+/// Raised alarms as `(member, AlarmType)`, from their `Cf::Meta` records.
+fn load_alarms(engine: &dyn Engine) -> Result<BTreeSet<(u64, i32)>> {
+    let mut alarms = BTreeSet::new();
+    let mut end = ALARM_PREFIX.to_vec();
+    end.push(0xff);
+    engine.scan(Cf::Meta, ALARM_PREFIX, Some(&end), &mut |k, _| {
+        let rest = &k[ALARM_PREFIX.len()..];
+        if let (Some(m), Some(t)) = (rest.get(..8), rest.get(8..12)) {
+            let member = u64::from_be_bytes(m.try_into().unwrap_or_default());
+            let t = i32::from_be_bytes(t.try_into().unwrap_or_default());
+            alarms.insert((member, t));
+        }
+        true
+    })?;
+    Ok(alarms)
 }
 
 /// etcd's compare: on every key of the range; a missing key compares as zero values,

@@ -82,6 +82,57 @@ pub struct AuthStore {
     bcrypt_cost: AtomicU32,
 }
 
+/// Reads the auth keyspace; see [`AuthStore::open`].
+fn load(engine: &dyn Engine) -> Result<State> {
+    let mut st = State {
+        revision: 1,
+        ..Default::default()
+    };
+    st.enabled = engine.get(Cf::Auth, KEY_ENABLED)?.is_some_and(|v| v == [1]);
+    if let Some(v) = engine.get(Cf::Auth, KEY_REVISION)? {
+        let bytes: [u8; 8] = v
+            .as_slice()
+            .try_into()
+            .map_err(|_| StoreError::Engine("corrupt auth revision".into()))?;
+        st.revision = u64::from_be_bytes(bytes).max(1);
+    }
+    let mut corrupt = None;
+    engine.scan(
+        Cf::Auth,
+        USER_PREFIX,
+        Some(&prefix_end(USER_PREFIX)),
+        &mut |_, v| {
+            match authpb::User::decode(v) {
+                Ok(u) => {
+                    st.users
+                        .insert(String::from_utf8_lossy(&u.name).into_owned(), u);
+                }
+                Err(e) => corrupt = Some(e),
+            }
+            corrupt.is_none()
+        },
+    )?;
+    engine.scan(
+        Cf::Auth,
+        ROLE_PREFIX,
+        Some(&prefix_end(ROLE_PREFIX)),
+        &mut |_, v| {
+            match authpb::Role::decode(v) {
+                Ok(r) => {
+                    st.roles
+                        .insert(String::from_utf8_lossy(&r.name).into_owned(), r);
+                }
+                Err(e) => corrupt = Some(e),
+            }
+            corrupt.is_none()
+        },
+    )?;
+    if let Some(e) = corrupt {
+        return Err(e.into());
+    }
+    Ok(st)
+}
+
 /// One permission as a half-open interval; `end = None` is open-ended.
 struct Interval<'a> {
     begin: &'a [u8],
@@ -91,52 +142,7 @@ struct Interval<'a> {
 impl AuthStore {
     /// Loads users, roles and the auth switch from the auth keyspace.
     pub fn open(engine: &dyn Engine) -> Result<Self> {
-        let mut st = State {
-            revision: 1,
-            ..Default::default()
-        };
-        st.enabled = engine.get(Cf::Auth, KEY_ENABLED)?.is_some_and(|v| v == [1]);
-        if let Some(v) = engine.get(Cf::Auth, KEY_REVISION)? {
-            let bytes: [u8; 8] = v
-                .as_slice()
-                .try_into()
-                .map_err(|_| StoreError::Engine("corrupt auth revision".into()))?;
-            st.revision = u64::from_be_bytes(bytes).max(1);
-        }
-        let mut corrupt = None;
-        engine.scan(
-            Cf::Auth,
-            USER_PREFIX,
-            Some(&prefix_end(USER_PREFIX)),
-            &mut |_, v| {
-                match authpb::User::decode(v) {
-                    Ok(u) => {
-                        st.users
-                            .insert(String::from_utf8_lossy(&u.name).into_owned(), u);
-                    }
-                    Err(e) => corrupt = Some(e),
-                }
-                corrupt.is_none()
-            },
-        )?;
-        engine.scan(
-            Cf::Auth,
-            ROLE_PREFIX,
-            Some(&prefix_end(ROLE_PREFIX)),
-            &mut |_, v| {
-                match authpb::Role::decode(v) {
-                    Ok(r) => {
-                        st.roles
-                            .insert(String::from_utf8_lossy(&r.name).into_owned(), r);
-                    }
-                    Err(e) => corrupt = Some(e),
-                }
-                corrupt.is_none()
-            },
-        )?;
-        if let Some(e) = corrupt {
-            return Err(e.into());
-        }
+        let st = load(engine)?;
         Ok(Self {
             state: RwLock::new(st),
             tokens: Mutex::new(HashMap::new()),
@@ -144,6 +150,20 @@ impl AuthStore {
             token_ttl_ms: AtomicU64::new(DEFAULT_TOKEN_TTL.as_millis() as u64),
             bcrypt_cost: AtomicU32::new(bcrypt::DEFAULT_COST),
         })
+    }
+
+    /// Replaces users, roles and the auth switch with what the auth keyspace holds now
+    /// (after a Raft snapshot install replaced it). If anything changed (the revision
+    /// moved), every token is dropped: the skipped changes may have deleted a user or
+    /// changed a password, which must end its sessions, and clients log in again.
+    pub fn reload(&self, engine: &dyn Engine) -> Result<()> {
+        let st = load(engine)?;
+        let mut cur = self.state.write();
+        if cur.revision != st.revision || cur.enabled != st.enabled {
+            self.tokens.lock().clear();
+        }
+        *cur = st;
+        Ok(())
     }
 
     /// Sets the bcrypt cost of new password hashes (etcd's `--bcrypt-cost`); tests lower it.

@@ -105,6 +105,10 @@ pub enum StoreError {
     /// No such cluster member.
     #[error("etcdserver: member not found")]
     MemberNotFound,
+    /// A member with the new member's id exists (etcd derives it from the peer URLs and
+    /// the second they were added at).
+    #[error("etcdserver: member ID already exist")]
+    MemberExist,
     /// The peer URL is used by another member.
     #[error("etcdserver: Peer URLs already exists")]
     PeerUrlExist,
@@ -118,6 +122,25 @@ pub enum StoreError {
     /// Promoting a member that is already a voter.
     #[error("etcdserver: can only promote a learner member")]
     MemberNotLearner,
+    /// Promoting a learner whose log lags too far behind the leader's (etcd: less than
+    /// 90% of the leader's).
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    /// Adding a learner while the cluster already has the most etcd allows (one).
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    /// A member change with peer URLs that are not `scheme://host:port` URLs.
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    /// A request only the leader serves (MoveLeader) reached another member.
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    /// A learner serves only serializable reads and Status.
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
+    /// This member was removed from the cluster and stops (etcd exits with this).
+    #[error("the member has been permanently removed from the cluster")]
+    MemberRemoved,
     /// No leader is known: the client should try another member.
     #[error("etcdserver: no leader")]
     NoLeader,
@@ -170,6 +193,7 @@ impl StoreError {
             | E::PermissionNotGiven
             | E::InvalidAuthMgmt
             | E::AuthOldRevision
+            | E::MemberBadUrls
             | E::InvalidArgument(_) => InvalidArgument,
             E::LeaseNotFound | E::MemberNotFound => NotFound,
             E::LeaseExist
@@ -183,14 +207,19 @@ impl StoreError {
             | E::RoleNotGranted
             | E::AuthNotEnabled
             | E::PeerUrlExist
+            | E::MemberExist
             | E::BadLeaderTransferee
             | E::NotEnoughStartedMembers
-            | E::MemberNotLearner => FailedPrecondition,
+            | E::MemberNotLearner
+            | E::LearnerNotReady
+            | E::TooManyLearners
+            | E::NotLeader
+            | E::NotSupportedForLearner => FailedPrecondition,
             E::NoPasswordUser => Unknown,
             E::NoSpace => ResourceExhausted,
             E::PermissionDenied => PermissionDenied,
             E::InvalidAuthToken => Unauthenticated,
-            E::NoLeader | E::Stopped | E::Timeout | E::NotCapable => Unavailable,
+            E::NoLeader | E::Stopped | E::Timeout | E::NotCapable | E::MemberRemoved => Unavailable,
             E::Engine(_) => Internal,
         };
         tonic::Status::new(code, self.to_string())

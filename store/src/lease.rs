@@ -72,40 +72,18 @@ impl Lessor {
     /// Loads leases and attachments. Every lease starts with its checkpointed remaining
     /// TTL, or its full TTL when none was checkpointed.
     pub fn open(engine: &dyn Engine, min_ttl: i64) -> Result<Self> {
-        let mut leases = HashMap::new();
-        let now = Instant::now();
-        engine.scan(Cf::Lease, b"l", Some(b"m"), &mut |k, v| {
-            if let (Some(id), Some(ttl), Some(rem)) = (
-                be_i64(&k[1..]),
-                be_i64(v),
-                be_i64(v.get(8..).unwrap_or(&[])),
-            ) {
-                let left = if rem > 0 { rem } else { ttl };
-                leases.insert(
-                    id,
-                    Lease {
-                        id,
-                        ttl,
-                        remaining_ttl: rem,
-                        expiry: now + secs(left),
-                        keys: BTreeSet::new(),
-                    },
-                );
-            }
-            true
-        })?;
-        engine.scan(Cf::Lease, b"k", Some(b"l"), &mut |k, _| {
-            if let Some(id) = be_i64(&k[1..]) {
-                if let Some(l) = leases.get_mut(&id) {
-                    l.keys.insert(k[9..].to_vec());
-                }
-            }
-            true
-        })?;
         Ok(Self {
-            leases: Mutex::new(leases),
+            leases: Mutex::new(load(engine)?),
             min_ttl,
         })
+    }
+
+    /// Replaces every lease with what the lease keyspace holds now (after a Raft
+    /// snapshot install replaced it), with deadlines restarted as in [`Lessor::open`].
+    pub fn reload(&self, engine: &dyn Engine) -> Result<()> {
+        let leases = load(engine)?;
+        *self.leases.lock() = leases;
+        Ok(())
     }
 
     /// The TTL a grant of `ttl` really gets (etcd raises short TTLs to the minimum).
@@ -249,6 +227,41 @@ impl Lessor {
             l.expiry = now + secs(left) + extend;
         }
     }
+}
+
+/// Loads leases and attachments; see [`Lessor::open`].
+fn load(engine: &dyn Engine) -> Result<HashMap<i64, Lease>> {
+    let mut leases = HashMap::new();
+    let now = Instant::now();
+    engine.scan(Cf::Lease, b"l", Some(b"m"), &mut |k, v| {
+        if let (Some(id), Some(ttl), Some(rem)) = (
+            be_i64(&k[1..]),
+            be_i64(v),
+            be_i64(v.get(8..).unwrap_or(&[])),
+        ) {
+            let left = if rem > 0 { rem } else { ttl };
+            leases.insert(
+                id,
+                Lease {
+                    id,
+                    ttl,
+                    remaining_ttl: rem,
+                    expiry: now + secs(left),
+                    keys: BTreeSet::new(),
+                },
+            );
+        }
+        true
+    })?;
+    engine.scan(Cf::Lease, b"k", Some(b"l"), &mut |k, _| {
+        if let Some(id) = be_i64(&k[1..]) {
+            if let Some(l) = leases.get_mut(&id) {
+                l.keys.insert(k[9..].to_vec());
+            }
+        }
+        true
+    })?;
+    Ok(leases)
 }
 
 fn secs(s: i64) -> Duration {

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod mvcc;
 pub mod raft;
 pub mod server;
+pub mod snapshot;
 pub mod watch;
 
 pub use error::{Result, StoreError};

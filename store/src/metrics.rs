@@ -26,6 +26,11 @@ pub struct Metrics {
     pub backend_commit: Histogram,
     /// Proposals per group-committed batch: how well group commit batches.
     pub apply_batch_size: Histogram,
+    /// Time to build a Raft snapshot (etcd: saving one to disk).
+    pub snap_save: Histogram,
+    /// Time to install a Raft snapshot received from the leader (etcd: saving the
+    /// received v3 snapshot); its count is how many this member installed.
+    pub snap_db_save: Histogram,
     has_leader: IntGauge,
     is_leader: IntGauge,
     applied: IntGauge,
@@ -79,6 +84,19 @@ impl Metrics {
                 "capstan_store_apply_batch_size",
                 "Proposals applied and fsynced together by one group commit.",
                 prometheus::exponential_buckets(1.0, 2.0, 11).unwrap_or_default(),
+            ),
+            // etcd's buckets (snap/metrics.go).
+            snap_save: histogram(
+                &r,
+                "etcd_debugging_snap_save_total_duration_seconds",
+                "The total latency distributions of save called by snapshot.",
+                prometheus::exponential_buckets(0.001, 2.0, 14).unwrap_or_default(),
+            ),
+            snap_db_save: histogram(
+                &r,
+                "etcd_snap_db_save_total_duration_seconds",
+                "The total latency distributions of v3 snapshot save",
+                prometheus::exponential_buckets(0.1, 2.0, 10).unwrap_or_default(),
             ),
             has_leader: gauge(
                 "etcd_server_has_leader",

@@ -537,6 +537,34 @@ impl WatchHub {
         (key, cur)
     }
 
+    /// Called after a Raft snapshot install replaced the history with one at revision
+    /// `rev`: no batch carried the events in between, so every synced watcher becomes
+    /// unsynced from the first revision it has not been sent, and the syncer catches it
+    /// up from the new history, or cancels it with the compact revision if that history
+    /// no longer reaches back far enough (as etcd does). Nothing is missed silently.
+    pub fn resync(&self, rev: i64) {
+        let mut st = self.shared.state.lock();
+        let last_rev = st.last_rev;
+        let synced: Vec<(u64, i64)> = st
+            .watchers
+            .iter()
+            .filter_map(|(k, w)| match w.sync {
+                // Sent everything below `min_rev` and every notified batch from it on.
+                SyncState::Synced { min_rev } => Some((*k, min_rev.max(last_rev + 1))),
+                SyncState::Unsynced { .. } => None,
+            })
+            .collect();
+        for (key, next_rev) in synced {
+            st.unsync(key, next_rev);
+        }
+        st.last_rev = st.last_rev.max(rev);
+        let woke = !st.unsynced.is_empty();
+        drop(st);
+        if woke {
+            self.shared.wake.notify_one();
+        }
+    }
+
     fn remove(&self, key: u64) {
         self.shared.state.lock().remove(key);
     }

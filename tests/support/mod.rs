@@ -279,6 +279,9 @@ pub struct ClusterMember {
     /// The peer URL.
     pub peer: String,
     child: Option<Child>,
+    /// For a member added to a running cluster: the `--initial-cluster` it is started
+    /// with (`--initial-cluster-state existing`).
+    joined: Option<String>,
 }
 
 /// A running cluster of real server processes (capstan, or etcd with
@@ -288,6 +291,8 @@ pub struct Cluster {
     pub members: Vec<ClusterMember>,
     initial_cluster: String,
     token: String,
+    /// Extra flags every member is started with (see [`Cluster::start_with`]).
+    extra: Vec<String>,
     dir: tempfile::TempDir,
 }
 
@@ -295,6 +300,11 @@ impl Cluster {
     /// Starts `n` members (`m0`, `m1`, ...) and waits until every one serves a
     /// linearizable read, which needs an elected leader.
     pub async fn start(n: usize) -> Cluster {
+        Self::start_with(n, &[]).await
+    }
+
+    /// [`Cluster::start`] with extra flags for every member (`["--snapshot-count", "100"]`).
+    pub async fn start_with(n: usize, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let members: Vec<ClusterMember> = (0..n)
             .map(|i| ClusterMember {
@@ -302,6 +312,7 @@ impl Cluster {
                 endpoint: format!("http://127.0.0.1:{}", free_port()),
                 peer: format!("http://127.0.0.1:{}", free_port()),
                 child: None,
+                joined: None,
             })
             .collect();
         let initial_cluster = members
@@ -320,6 +331,7 @@ impl Cluster {
             members,
             initial_cluster,
             token,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             dir,
         };
         for i in 0..n {
@@ -361,6 +373,10 @@ impl Cluster {
             .open(self.log_path(i))
             .expect("member log");
         let m = &self.members[i];
+        let (initial_cluster, state) = match &m.joined {
+            Some(ic) => (ic.as_str(), "existing"),
+            None => (self.initial_cluster.as_str(), "new"),
+        };
         let child = cmd
             .args(["--name", &m.name, "--data-dir"])
             .arg(self.dir.path().join(format!("{}.data", m.name)))
@@ -368,11 +384,12 @@ impl Cluster {
             .args(["--advertise-client-urls", &m.endpoint])
             .args(["--listen-peer-urls", &m.peer])
             .args(["--initial-advertise-peer-urls", &m.peer])
-            .args(["--initial-cluster", &self.initial_cluster])
-            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster", initial_cluster])
+            .args(["--initial-cluster-state", state])
             .args(["--initial-cluster-token", &self.token])
             // Quick elections keep the failover tests short.
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
@@ -425,6 +442,20 @@ impl Cluster {
         self.wait_ready(i).await;
     }
 
+    /// SIGKILLs every member, then starts them all again on their data dirs and waits
+    /// until each is ready (one at a time would wait forever for a quorum).
+    pub async fn restart_all(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill9(i);
+        }
+        for i in 0..self.members.len() {
+            self.spawn(i);
+        }
+        for i in 0..self.members.len() {
+            self.wait_ready(i).await;
+        }
+    }
+
     /// A client connected to member `i` only.
     pub async fn client(&self, i: usize) -> etcd_client::Client {
         etcd_client::Client::connect([self.members[i].endpoint.as_str()], None)
@@ -472,6 +503,57 @@ impl Cluster {
             },
         )
         .await
+    }
+}
+
+impl Cluster {
+    /// Reserves ports and a name (`m<i>`) for a member to add with `member add`; it is
+    /// not started. Returns its index.
+    pub fn new_member(&mut self) -> usize {
+        let i = self.members.len();
+        self.members.push(ClusterMember {
+            name: format!("m{i}"),
+            endpoint: format!("http://127.0.0.1:{}", free_port()),
+            peer: format!("http://127.0.0.1:{}", free_port()),
+            child: None,
+            joined: None,
+        });
+        i
+    }
+
+    /// Starts added member `i` with `--initial-cluster-state existing` and the
+    /// `--initial-cluster` that `member add` printed, and waits until it answers
+    /// `Status` (a learner refuses linearizable reads).
+    pub async fn start_member(&mut self, i: usize, initial_cluster: &str) {
+        self.members[i].joined = Some(initial_cluster.to_string());
+        self.spawn(i);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.exit_status(i) {
+                panic!("member {i} exited with {status}; log:\n{}", self.log(i));
+            }
+            if self.status(i).await.is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("member {i} not up in 30 s; log:\n{}", self.log(i));
+    }
+
+    /// How member `i`'s process exited, if it did (it stays reaped: `is_running` is
+    /// then false).
+    pub fn exit_status(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        let status = self.members[i].child.as_mut()?.try_wait().ok()??;
+        self.members[i].child = None;
+        Some(status)
+    }
+
+    /// `etcdctl member list -w json` on member `i`: the members, sorted by ID.
+    pub fn member_list(&self, i: usize) -> Vec<serde_json::Value> {
+        let json = self.etcdctl(i, &["member", "list", "-w", "json"]).json();
+        let mut members = json["members"].as_array().cloned().unwrap_or_default();
+        members.sort_by_key(|m| m["ID"].as_u64());
+        members
     }
 }
 

@@ -4,6 +4,9 @@
 //! fsynced before `write` returns, which is what lets the apply path acknowledge it.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options,
@@ -15,7 +18,11 @@ use super::{BatchOp, Cf, Engine, EngineError, ExportVisitor, WriteBatch};
 /// See the module documentation.
 pub struct RocksEngine {
     db: DB,
+    size_cache: Mutex<Option<(Instant, u64)>>,
 }
+
+/// How long a size reading is reused (see `size_bytes`).
+const SIZE_CACHE_TTL: Duration = Duration::from_millis(20);
 
 fn err(e: rocksdb::Error) -> EngineError {
     EngineError(e.into_string())
@@ -49,7 +56,10 @@ impl RocksEngine {
             ColumnFamilyDescriptor::new(cf.name(), o)
         });
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(err)?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            size_cache: Mutex::new(None),
+        })
     }
 
     fn cf(&self, cf: Cf) -> Result<&rocksdb::ColumnFamily, EngineError> {
@@ -115,6 +125,8 @@ impl Engine for RocksEngine {
             self.db
                 .compact_range_cf(self.cf(cf)?, None::<&[u8]>, None::<&[u8]>);
         }
+        // The space just reclaimed must count at once (disarming NOSPACE follows).
+        *self.size_cache.lock() = None;
         Ok(())
     }
 
@@ -134,6 +146,23 @@ impl Engine for RocksEngine {
     }
 
     fn size_bytes(&self) -> u64 {
+        // Every write proposal checks the quota against this; asking RocksDB for a
+        // dozen properties each time showed up in put profiles, and the quota is a
+        // coarse bound anyway, so a reading stays good for a few milliseconds.
+        let mut cached = self.size_cache.lock();
+        if let Some((at, size)) = *cached {
+            if at.elapsed() < SIZE_CACHE_TTL {
+                return size;
+            }
+        }
+        let size = self.read_size();
+        *cached = Some((Instant::now(), size));
+        size
+    }
+}
+
+impl RocksEngine {
+    fn read_size(&self) -> u64 {
         let mut total = 0;
         for cf in Cf::ALL {
             let Ok(h) = self.cf(cf) else { continue };

@@ -63,49 +63,85 @@ pub struct Mvcc {
     compact_rev: AtomicI64,
 }
 
+/// What [`load`] reads off the engine: the index and the revision counters.
+struct Loaded {
+    index: Index,
+    current: i64,
+    compact: i64,
+    doomed: Vec<Revision>,
+}
+
+/// Rebuilds the index from the history keyspace; `doomed` are the revisions an
+/// interrupted compaction had still to delete.
+fn load(engine: &dyn Engine) -> Result<Loaded> {
+    let mut index = Index::default();
+    let mut last = 0i64;
+    let mut bad = None;
+    engine.scan(Cf::History, &[], None, &mut |k, v| {
+        let (Some(rev), Ok((tombstone, kv))) = (Revision::from_key(k), decode_record(v)) else {
+            bad = Some(k.to_vec());
+            return false;
+        };
+        last = rev.main;
+        index.push(&kv.key, Change { rev, tombstone });
+        true
+    })?;
+    if let Some(k) = bad {
+        return Err(StoreError::Engine(format!(
+            "corrupt history record at {k:?}"
+        )));
+    }
+    let meta_i64 = |k: &[u8]| -> Result<i64> {
+        Ok(engine
+            .get(Cf::Meta, k)?
+            .and_then(|v| v.try_into().ok())
+            .map(i64::from_be_bytes)
+            .unwrap_or(0))
+    };
+    let current = last.max(meta_i64(META_CURRENT_REV)?).max(1);
+    let compact = meta_i64(META_COMPACT_REV)?;
+    let doomed = if compact > 0 {
+        index.compact(compact)
+    } else {
+        Vec::new()
+    };
+    Ok(Loaded {
+        index,
+        current,
+        compact,
+        doomed,
+    })
+}
+
 impl Mvcc {
     /// Rebuilds the index from the history keyspace. Returns the store and the
     /// revisions an interrupted compaction had still to delete.
     pub fn open(engine: Arc<dyn Engine>) -> Result<(Self, Vec<Revision>)> {
-        let mut index = Index::default();
-        let mut last = 0i64;
-        let mut bad = None;
-        engine.scan(Cf::History, &[], None, &mut |k, v| {
-            let (Some(rev), Ok((tombstone, kv))) = (Revision::from_key(k), decode_record(v)) else {
-                bad = Some(k.to_vec());
-                return false;
-            };
-            last = rev.main;
-            index.push(&kv.key, Change { rev, tombstone });
-            true
-        })?;
-        if let Some(k) = bad {
-            return Err(StoreError::Engine(format!(
-                "corrupt history record at {k:?}"
-            )));
-        }
-        let meta_i64 = |k: &[u8]| -> Result<i64> {
-            Ok(engine
-                .get(Cf::Meta, k)?
-                .and_then(|v| v.try_into().ok())
-                .map(i64::from_be_bytes)
-                .unwrap_or(0))
-        };
-        let current = last.max(meta_i64(META_CURRENT_REV)?).max(1);
-        let compact = meta_i64(META_COMPACT_REV)?;
-        let doomed = if compact > 0 {
-            index.compact(compact)
-        } else {
-            Vec::new()
-        };
+        let l = load(&*engine)?;
         let mvcc = Mvcc {
             engine,
-            index: RwLock::new(index),
-            applied_rev: AtomicI64::new(current),
-            visible_rev: AtomicI64::new(current),
-            compact_rev: AtomicI64::new(compact),
+            index: RwLock::new(l.index),
+            applied_rev: AtomicI64::new(l.current),
+            visible_rev: AtomicI64::new(l.current),
+            compact_rev: AtomicI64::new(l.compact),
         };
-        Ok((mvcc, doomed))
+        Ok((mvcc, l.doomed))
+    }
+
+    /// Writes `batch` (which replaces the history wholesale: a Raft snapshot install)
+    /// durably, then rebuilds the index and revisions from the engine, as [`Mvcc::open`]
+    /// does. The index stays write-locked throughout, so no reader pairs the old index
+    /// with the new records. Only the apply path calls this, never beside a [`Writer`].
+    /// Returns the revisions a compaction in the new history had still to delete.
+    pub fn replace(&self, batch: WriteBatch) -> Result<Vec<Revision>> {
+        let mut index = self.index.write();
+        self.engine.write(batch, true)?;
+        let l = load(&*self.engine)?;
+        *index = l.index;
+        self.compact_rev.store(l.compact, Ordering::SeqCst);
+        self.applied_rev.store(l.current, Ordering::SeqCst);
+        self.visible_rev.store(l.current, Ordering::SeqCst);
+        Ok(l.doomed)
     }
 
     /// The engine underneath (for maintenance: size, defragment, hash).
@@ -381,6 +417,18 @@ impl Writer<'_> {
         lease: i64,
     ) -> Result<(KeyValue, Option<KeyValue>)> {
         let prev = self.latest(key)?;
+        Ok(self.put_over(key, value, lease, prev))
+    }
+
+    /// [`Writer::put`] for a caller that already read the key's latest record `prev`
+    /// (saves the second point read on the applier's hot path).
+    pub fn put_over(
+        &mut self,
+        key: &[u8],
+        value: Vec<u8>,
+        lease: i64,
+        prev: Option<KeyValue>,
+    ) -> (KeyValue, Option<KeyValue>) {
         let (create_revision, version) = match &prev {
             Some(p) => (p.create_revision, p.version + 1),
             None => (self.txn_main, 1),
@@ -394,7 +442,7 @@ impl Writer<'_> {
             lease,
         };
         self.record(false, kv.clone(), prev.clone());
-        Ok((kv, prev))
+        (kv, prev)
     }
 
     /// Deletes every live key in `range`; returns the deleted records.

@@ -5,10 +5,12 @@
 //!
 //! [`RaftNode`] is what `EtcdServer` uses: `propose` (a write, forwarded to the leader
 //! from a follower), `read_index` (the barrier before a linearizable read) and the
-//! leader/term figures response headers and `Status` report.
+//! leader/term figures response headers and `Status` report. Membership changes,
+//! leader transfer and the leader's lease clock for followers are in [`membership`].
 
 pub mod convert;
 pub mod log_store;
+pub mod membership;
 pub mod network;
 pub mod service;
 pub mod state_machine;
@@ -16,7 +18,7 @@ pub mod state_machine;
 use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use capstan_proto::raftpb as rpb;
@@ -27,7 +29,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::apply::{ApplyRequest, ApplyResponse, StateMachine};
 use crate::error::{Result, StoreError};
-use crate::server::{parse_url, Config};
+use crate::server::{parse_url, Config, EtcdServer};
 
 openraft::declare_raft_types!(
     /// capstan's openraft types: entries carry a [`rpb::Proposal`] (an encoded
@@ -76,6 +78,9 @@ pub fn member_id(m: &Member, token: &str) -> u64 {
 /// This member's Raft node; see the module documentation.
 pub struct RaftNode {
     pub id: u64,
+    /// The cluster's id: computed from `--initial-cluster` by the founding members,
+    /// learned from a peer by a member that joins later (see [`membership`]).
+    pub cluster_id: u64,
     pub raft: Raft<TypeConfig>,
     metrics: watch::Receiver<RaftMetrics<u64, Member>>,
     applied: watch::Receiver<u64>,
@@ -85,6 +90,20 @@ pub struct RaftNode {
     /// How long a proposal or read may take before the client gets "request timed out"
     /// (etcd: 5 s plus two election timeouts).
     request_timeout: Duration,
+    /// `--initial-cluster-token`, part of a new member's id.
+    token: String,
+    heartbeat: Duration,
+    /// The server this node serves, for the peer requests the leader answers from the
+    /// server's state (lease renewals); set once by `EtcdServer::start`.
+    server: OnceLock<Weak<EtcdServer>>,
+    /// Set when this member learns it was removed from the cluster.
+    removed: Arc<watch::Sender<bool>>,
+    /// Serializes membership changes and leader transfers on this member (openraft
+    /// refuses a change while another is in progress).
+    changing: tokio::sync::Mutex<()>,
+    /// Set while the leader hands leadership over: it takes no new entries then, so the
+    /// transferee's log stays as long as its own (etcd drops proposals meanwhile too).
+    transferring: std::sync::atomic::AtomicBool,
 }
 
 impl RaftNode {
@@ -102,7 +121,7 @@ impl RaftNode {
             tracing::warn!(name = %cfg.name, initial_cluster = ?me.peer_urls, advertised = ?cfg.initial_advertise_peer_urls,
                 "--initial-cluster and --initial-advertise-peer-urls disagree; using --initial-cluster");
         }
-        let id = member_id(me, &cfg.initial_cluster_token);
+        let (id, cluster_id) = membership::identity(cfg, me).await?;
         let nodes: BTreeMap<u64, Member> = members
             .iter()
             .map(|m| (member_id(m, &cfg.initial_cluster_token), m.clone()))
@@ -113,10 +132,20 @@ impl RaftNode {
             heartbeat_interval: cfg.heartbeat_interval_ms,
             election_timeout_min: cfg.election_timeout_ms,
             election_timeout_max: cfg.election_timeout_ms * 2,
-            // No snapshots in this slice, hence no log purging either (purging needs a
-            // snapshot to catch up a member from).
-            snapshot_policy: SnapshotPolicy::Never,
-            max_in_snapshot_log_to_keep: u64::MAX,
+            // etcd's --snapshot-count (0 means etcd's default, as in etcd): a snapshot
+            // after that many entries, then the log is purged up to it, less
+            // --experimental-snapshot-catchup-entries kept for slow followers.
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(if cfg.snapshot_count == 0 {
+                100_000
+            } else {
+                cfg.snapshot_count
+            }),
+            max_in_snapshot_log_to_keep: cfg.snapshot_catchup_entries,
+            // A member behind the purged log gets the snapshot in chunks of this size.
+            snapshot_max_chunk_size: 1024 * 1024,
+            // Bounds each chunk's RPC, and the last one's includes replacing the state
+            // and rebuilding the index on the receiver: openraft's 200 ms is too short.
+            install_snapshot_timeout: 10_000,
             // Bounded so one AppendEntries stays a reasonable message even with
             // max-size requests.
             max_payload_entries: 64,
@@ -132,35 +161,14 @@ impl RaftNode {
         let (sm_store, applied) = state_machine::SmStore::open(sm, id, waiters.clone())?;
         let log_store = log_store::LogStore::new(engine);
         let peers = Arc::new(network::Peers::default());
+        let removed = Arc::new(watch::channel(false).0);
         let net = network::Network {
             peers: peers.clone(),
+            removed: removed.clone(),
         };
         let raft = Raft::new(id, rcfg, net, log_store, sm_store)
             .await
             .map_err(|e| StoreError::Engine(format!("starting raft: {e}")))?;
-
-        for url in &cfg.listen_peer_urls {
-            let addr = parse_url(url)?;
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| StoreError::InvalidArgument(format!("listen on {url}: {e}")))?;
-            tracing::info!(member = %format!("{id:x}"), %addr, "serving peer traffic");
-            let incoming =
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            let svc =
-                rpb::raft_server::RaftServer::new(service::RaftService { raft: raft.clone() })
-                    .max_decoding_message_size(usize::MAX)
-                    .max_encoding_message_size(usize::MAX);
-            tokio::spawn(async move {
-                if let Err(e) = tonic::transport::Server::builder()
-                    .add_service(svc)
-                    .serve_with_incoming(incoming)
-                    .await
-                {
-                    tracing::error!(error = %e, "peer server stopped");
-                }
-            });
-        }
 
         if cfg.initial_cluster_state == "new" {
             // Every member proposes the same initial membership; openraft accepts it
@@ -177,9 +185,10 @@ impl RaftNode {
         }
 
         let metrics = raft.metrics();
-        Ok(Arc::new(Self {
+        let node = Arc::new(Self {
             id,
-            raft,
+            cluster_id,
+            raft: raft.clone(),
             metrics,
             applied,
             waiters,
@@ -194,7 +203,40 @@ impl RaftNode {
             ),
             request_timeout: Duration::from_secs(5)
                 + Duration::from_millis(2 * cfg.election_timeout_ms),
-        }))
+            token: cfg.initial_cluster_token.clone(),
+            heartbeat: Duration::from_millis(cfg.heartbeat_interval_ms),
+            server: OnceLock::new(),
+            removed,
+            changing: tokio::sync::Mutex::new(()),
+            transferring: std::sync::atomic::AtomicBool::new(false),
+        });
+        // Served only now: the peer service answers from the node (membership,
+        // leases), and a joining member is contacted by the leader from here on.
+        for url in &cfg.listen_peer_urls {
+            let addr = parse_url(url)?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| StoreError::InvalidArgument(format!("listen on {url}: {e}")))?;
+            tracing::info!(member = %format!("{id:x}"), %addr, "serving peer traffic");
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            let svc =
+                rpb::raft_server::RaftServer::new(service::RaftService { node: node.clone() })
+                    .max_decoding_message_size(usize::MAX)
+                    .max_encoding_message_size(usize::MAX);
+            tokio::spawn(async move {
+                if let Err(e) = tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming(incoming)
+                    .await
+                {
+                    tracing::error!(error = %e, "peer server stopped");
+                }
+            });
+        }
+
+        node.watch_removal();
+        Ok(node)
     }
 
     /// The leader this member knows of.
@@ -260,6 +302,9 @@ impl RaftNode {
         let work = async {
             let leader = self.leader().ok_or(StoreError::NoLeader)?;
             if leader == self.id {
+                if self.transferring.load(Ordering::SeqCst) {
+                    return Err(StoreError::NoLeader);
+                }
                 match self.raft.client_write(proposal).await {
                     Ok(_) => {}
                     Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {

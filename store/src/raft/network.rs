@@ -23,23 +23,26 @@ use crate::error::{Result, StoreError};
 
 type C = TypeConfig;
 
-/// Lazily connected clients of the other members, by node id.
+/// Lazily connected clients of the other members, by node id (with the URL each was
+/// connected to, so a member whose peer URLs were updated is reconnected).
 #[derive(Default)]
 pub struct Peers {
-    clients: Mutex<HashMap<u64, RaftClient<Channel>>>,
+    clients: Mutex<HashMap<u64, (String, RaftClient<Channel>)>>,
 }
 
 impl Peers {
     /// A client of `node` (connected on first use).
     pub fn client(&self, id: u64, node: &Member) -> Result<RaftClient<Channel>> {
         let mut clients = self.clients.lock();
-        if let Some(c) = clients.get(&id) {
-            return Ok(c.clone());
-        }
         let url = node
             .peer_urls
             .first()
             .ok_or_else(|| StoreError::InvalidArgument(format!("member {id:x} has no peer URL")))?;
+        if let Some((u, c)) = clients.get(&id) {
+            if u == url {
+                return Ok(c.clone());
+            }
+        }
         let channel =
             tonic::transport::Endpoint::from_shared(url.replace("localhost", "127.0.0.1"))
                 .map_err(|e| StoreError::InvalidArgument(format!("peer URL {url:?}: {e}")))?
@@ -50,7 +53,7 @@ impl Peers {
         let c = RaftClient::new(channel)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
-        clients.insert(id, c.clone());
+        clients.insert(id, (url.clone(), c.clone()));
         Ok(c)
     }
 }
@@ -70,9 +73,34 @@ pub fn leader_error(status: &tonic::Status) -> StoreError {
     StoreError::NoLeader
 }
 
+/// What a failed membership change at the leader means for the client: the leader's
+/// verdict (member not found, peer URLs taken, ...) when it gave one.
+pub fn member_error(status: &tonic::Status) -> StoreError {
+    for e in [
+        StoreError::MemberNotFound,
+        StoreError::PeerUrlExist,
+        StoreError::MemberExist,
+        StoreError::MemberBadUrls,
+        StoreError::MemberNotLearner,
+        StoreError::LearnerNotReady,
+        StoreError::TooManyLearners,
+        StoreError::NotEnoughStartedMembers,
+    ] {
+        if status.message() == e.to_string() {
+            return e;
+        }
+    }
+    if status.code() == tonic::Code::InvalidArgument {
+        return StoreError::InvalidArgument(status.message().to_string());
+    }
+    leader_error(status)
+}
+
 /// openraft's network factory: one [`PeerClient`] per target.
 pub struct Network {
     pub peers: Arc<Peers>,
+    /// Set when a peer refuses this member's vote because it was removed.
+    pub removed: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl RaftNetworkFactory<C> for Network {
@@ -82,6 +110,7 @@ impl RaftNetworkFactory<C> for Network {
         PeerClient {
             target,
             client: self.peers.client(target, node),
+            removed: self.removed.clone(),
         }
     }
 }
@@ -90,6 +119,7 @@ impl RaftNetworkFactory<C> for Network {
 pub struct PeerClient {
     target: u64,
     client: Result<RaftClient<Channel>>,
+    removed: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 fn unreachable<E: std::error::Error>(
@@ -158,7 +188,20 @@ impl RaftNetwork<C> for PeerClient {
         let mut c = self.client()?;
         let mut req = tonic::Request::new(convert::vote_req_to_pb(&rpc));
         req.set_timeout(option.hard_ttl());
-        let resp = c.vote(req).await.map_err(status_err)?;
+        let resp = match c.vote(req).await {
+            Ok(r) => r,
+            Err(s) => {
+                // The peer's committed membership no longer has this member: it was
+                // removed while it could not hear about it (etcd's peers answer a
+                // removed member the same way, and it exits).
+                if s.message() == StoreError::MemberRemoved.to_string()
+                    && !self.removed.send_replace(true)
+                {
+                    tracing::error!(peer = %format!("{:x}", self.target), "{}", StoreError::MemberRemoved);
+                }
+                return Err(status_err(s));
+            }
+        };
         tracing::trace!(
             target_member = self.target,
             granted = resp.get_ref().vote_granted,

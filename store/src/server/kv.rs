@@ -129,6 +129,11 @@ impl Kv for KvService {
         &self,
         req: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
+        // A learner serves serializable reads only (see `learner`), before anything else
+        // is checked, as etcd's interceptor.
+        if !req.get_ref().serializable && self.srv.is_learner() {
+            return Err(StoreError::NotSupportedForLearner.into());
+        }
         let user = self.srv.auth_user(&req)?;
         let r = req.into_inner();
         if r.key.is_empty() {

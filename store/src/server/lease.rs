@@ -1,6 +1,8 @@
 //! The Lease service. Grants and revokes are replicated (proposed to the apply path);
 //! keep-alives renew the deadline in the clock owner's memory only, and time-to-live
-//! answers from it, exactly as etcd's leader does.
+//! answers from it, exactly as etcd's leader does. In a Raft cluster the clock owner is
+//! the leader, so a follower forwards both to it (as etcd's follower forwards
+//! keep-alives to its leader).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -46,35 +48,13 @@ impl LeaseService {
         Ok(())
     }
 
-    /// A keep-alive: renews in memory and answers TTL 0 for a lease that is gone, as
-    /// etcd does (clients turn that into "lease not found" themselves).
+    /// A keep-alive: renews on the clock owner and answers TTL 0 for a lease that is
+    /// gone, as etcd does (clients turn that into "lease not found" themselves).
     async fn keep_alive_once(&self, id: i64) -> Result<pb::LeaseKeepAliveResponse> {
-        let checkpointed = self
-            .srv
-            .sm
-            .lessor
-            .get(id)
-            .is_some_and(|l| l.remaining_ttl > 0);
-        let ttl = match self.srv.sm.lessor.renew(id) {
-            Ok(ttl) => ttl,
-            Err(StoreError::LeaseNotFound) => 0,
-            Err(e) => return Err(e),
+        let ttl = match self.srv.raft() {
+            Some(r) => r.lease_renew(id).await?,
+            None => self.srv.lease_renew_local(id).await?,
         };
-        if ttl > 0 && checkpointed {
-            // The recorded remaining TTL would shorten the lease again after a restart;
-            // clear it, at most one entry per checkpoint interval (etcd's renew does this).
-            let cp = pb::LeaseCheckpoint {
-                id,
-                remaining_ttl: 0,
-            };
-            let req = pb::LeaseCheckpointRequest {
-                checkpoints: vec![cp],
-            };
-            match self.srv.propose(Op::LeaseCheckpoint(req)).await {
-                Ok(_) | Err(StoreError::LeaseNotFound) => {}
-                Err(e) => return Err(e),
-            }
-        }
         Ok(pb::LeaseKeepAliveResponse {
             header: Some(self.srv.header(self.srv.current_rev())),
             id,
@@ -166,14 +146,18 @@ impl Lease for LeaseService {
         if r.keys {
             self.check_keys(user.as_deref(), r.id, false)?;
         }
+        let (ttl, granted_ttl) = match self.srv.raft() {
+            Some(raft) => raft.lease_ttl(r.id).await?,
+            None => self.srv.lease_ttl_local(r.id),
+        };
         let header = Some(self.srv.header(self.srv.current_rev()));
         // A missing lease is not an error here: etcd answers TTL -1 with the ID echoed.
-        let resp = match self.srv.sm.lessor.get(r.id) {
+        let resp = match self.srv.sm.lessor.get(r.id).filter(|_| ttl != -1) {
             Some(l) => pb::LeaseTimeToLiveResponse {
                 header,
                 id: r.id,
-                ttl: remaining_secs(l.expiry, Instant::now()),
-                granted_ttl: l.ttl,
+                ttl,
+                granted_ttl,
                 keys: if r.keys {
                     l.keys.into_iter().collect()
                 } else {
@@ -212,5 +196,43 @@ impl Lease for LeaseService {
                 .map(|(_, id)| pb::LeaseStatus { id })
                 .collect(),
         }))
+    }
+}
+
+impl EtcdServer {
+    /// Renews lease `id` by this member's clock (the single member's, or the Raft
+    /// leader's); returns its TTL, 0 when it is gone.
+    pub async fn lease_renew_local(&self, id: i64) -> Result<i64> {
+        let checkpointed = self.sm.lessor.get(id).is_some_and(|l| l.remaining_ttl > 0);
+        let ttl = match self.sm.lessor.renew(id) {
+            Ok(ttl) => ttl,
+            Err(StoreError::LeaseNotFound) => 0,
+            Err(e) => return Err(e),
+        };
+        if ttl > 0 && checkpointed {
+            // The recorded remaining TTL would shorten the lease again after a restart;
+            // clear it, at most one entry per checkpoint interval (etcd's renew does this).
+            let cp = pb::LeaseCheckpoint {
+                id,
+                remaining_ttl: 0,
+            };
+            let req = pb::LeaseCheckpointRequest {
+                checkpoints: vec![cp],
+            };
+            match self.propose(Op::LeaseCheckpoint(req)).await {
+                Ok(_) | Err(StoreError::LeaseNotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(ttl)
+    }
+
+    /// `(ttl, granted_ttl)` of lease `id` by this member's clock (`ttl` -1: no such
+    /// lease).
+    pub fn lease_ttl_local(&self, id: i64) -> (i64, i64) {
+        match self.sm.lessor.get(id) {
+            Some(l) => (remaining_secs(l.expiry, Instant::now()), l.ttl),
+            None => (-1, 0),
+        }
     }
 }

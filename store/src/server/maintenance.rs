@@ -10,7 +10,7 @@
 //! them the way etcd's restore does.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,25 +35,13 @@ use crate::error::{Result, StoreError};
 // on 3.5 and 3.5.17 is the etcd release whose behaviour capstan matches.
 use crate::metrics::SERVER_VERSION;
 use crate::mvcc::{decode_record, KvRead, Mvcc, Revision};
+use crate::snapshot::{self, bad_snapshot, is_member_meta, MAGIC, SHA_LEN};
 
 /// The storage version etcd 3.5 puts in snapshot chunks.
 const STORAGE_VERSION: &str = "3.5.0";
 
 /// etcd's snapshot chunk size (`snapshotSendBufferSize`).
 const CHUNK: usize = 32 * 1024;
-
-/// First bytes of a capstan snapshot (an etcd snapshot starts with a bbolt page instead).
-const SNAPSHOT_MAGIC: &[u8; 16] = b"capstan-snap-v1\n";
-
-/// Marks the end of the records (zero padding follows), so a truncated body is detected
-/// even before the hash.
-const END_OF_RECORDS: u8 = 0xff;
-
-/// The snapshot body is zero-padded to a multiple of this (see [`write_snapshot`]).
-const PAGE: usize = 512;
-
-/// Length of the SHA-256 trailer.
-const SHA_LEN: usize = 32;
 
 /// See the module documentation.
 pub struct MaintenanceService {
@@ -207,77 +195,14 @@ fn hash_all(engine: &dyn Engine) -> Result<u32> {
     Ok(h.sum())
 }
 
-/// Meta records that describe one member's position in its log (applied index, last
-/// applied Raft log id) rather than the data: left out of hashes, and dropped on
-/// restore, where the restored member starts a log of its own from index 1.
-fn is_member_meta(cf: Cf, key: &[u8]) -> bool {
-    cf == Cf::Meta && (key == b"applied_index" || key == b"raft_applied")
-}
-
 fn io_err(what: &str, e: std::io::Error) -> StoreError {
     StoreError::Engine(format!("{what}: {e}"))
 }
 
-fn cf_code(cf: Cf) -> u8 {
-    Cf::ALL.iter().position(|c| *c == cf).unwrap_or_default() as u8
-}
-
-/// Writes a snapshot body (magic, records, end mark, padding) of `engine` to `out`;
-/// returns its SHA-256 and length.
+/// Writes a snapshot body of `engine` to `out`; returns its SHA-256 and length.
 fn write_snapshot(engine: &dyn Engine, out: &mut File) -> Result<(Vec<u8>, u64)> {
-    struct Hashing<'a> {
-        w: BufWriter<&'a mut File>,
-        sha: Sha256,
-        len: u64,
-    }
-    impl Hashing<'_> {
-        fn put(&mut self, b: &[u8]) -> std::io::Result<()> {
-            self.sha.update(b);
-            self.len += b.len() as u64;
-            self.w.write_all(b)
-        }
-    }
-    let mut w = Hashing {
-        w: BufWriter::with_capacity(1 << 20, out),
-        sha: Sha256::new(),
-        len: 0,
-    };
-    w.put(SNAPSHOT_MAGIC)
-        .map_err(|e| io_err("write snapshot", e))?;
-    let mut failure = None;
-    engine.export(&mut |cf, k, v| {
-        if !cf.is_state() {
-            return true;
-        }
-        let (Ok(kl), Ok(vl)) = (u32::try_from(k.len()), u32::try_from(v.len())) else {
-            failure = Some(StoreError::Engine("record too large for a snapshot".into()));
-            return false;
-        };
-        let r = w
-            .put(&[cf_code(cf)])
-            .and_then(|_| w.put(&kl.to_be_bytes()))
-            .and_then(|_| w.put(k))
-            .and_then(|_| w.put(&vl.to_be_bytes()))
-            .and_then(|_| w.put(v));
-        if let Err(e) = r {
-            failure = Some(io_err("write snapshot", e));
-            return false;
-        }
-        true
-    })?;
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    w.put(&[END_OF_RECORDS])
-        .map_err(|e| io_err("write snapshot", e))?;
-    // etcdctl 3.4 only accepts a body that fills whole 512-byte pages (as a bbolt file
-    // does) before the hash: "sha256 checksum not found" otherwise.
-    let pad = (PAGE - (w.len % PAGE as u64) as usize) % PAGE;
-    w.put(&vec![0u8; pad])
-        .map_err(|e| io_err("write snapshot", e))?;
-    w.w.flush().map_err(|e| io_err("write snapshot", e))?;
-    let len = w.len;
-    Ok((w.sha.finalize().to_vec(), len))
+    let mut w = BufWriter::with_capacity(1 << 20, out);
+    snapshot::write_body(engine, &mut w, &mut |_, _, _| {})
 }
 
 /// A scratch file for a snapshot, unlinked at once: nothing is left behind whatever
@@ -343,10 +268,6 @@ fn stream_snapshot(
     Ok(())
 }
 
-fn bad_snapshot(why: &str) -> StoreError {
-    StoreError::InvalidArgument(format!("invalid snapshot: {why}"))
-}
-
 /// Restores a member's data dir from a snapshot taken with `etcdctl snapshot save`
 /// (or any client of the `Snapshot` RPC): checks the SHA-256 trailer, then writes every
 /// record into a fresh engine under `<data_dir>/member/db`. Refuses an existing data dir.
@@ -367,7 +288,7 @@ pub fn restore_snapshot(file: &Path, data_dir: &Path) -> Result<()> {
         .metadata()
         .map_err(|e| io_err("stat snapshot", e))?
         .len();
-    let min = (SNAPSHOT_MAGIC.len() + 1 + SHA_LEN) as u64;
+    let min = (MAGIC.len() + 1 + SHA_LEN) as u64;
     if len < min {
         return Err(bad_snapshot("file too short"));
     }
@@ -378,7 +299,7 @@ pub fn restore_snapshot(file: &Path, data_dir: &Path) -> Result<()> {
     let mut magic = [0u8; 16];
     r.read_exact(&mut magic)
         .map_err(|e| io_err("read snapshot", e))?;
-    if &magic != SNAPSHOT_MAGIC {
+    if &magic != MAGIC {
         return Err(bad_snapshot(
             "not a capstan snapshot (an etcd bbolt snapshot is restored with etcdctl)",
         ));
@@ -417,37 +338,17 @@ fn load_records(file: &Path, body_len: u64, dir: &Path) -> Result<()> {
     let engine = RocksEngine::open(dir)?;
     let f = File::open(file).map_err(|e| io_err(&file.display().to_string(), e))?;
     let mut r = BufReader::with_capacity(1 << 20, f.take(body_len));
-    let mut skip = [0u8; 16];
-    r.read_exact(&mut skip)
-        .map_err(|e| io_err("read snapshot", e))?;
-    let read_bytes = |r: &mut BufReader<_>, n: usize| -> Result<Vec<u8>> {
-        let mut v = vec![0u8; n];
-        Read::read_exact(r, &mut v).map_err(|_| bad_snapshot("truncated record"))?;
-        Ok(v)
-    };
     let mut batch = WriteBatch::default();
-    loop {
-        let mut code = [0u8; 1];
-        r.read_exact(&mut code)
-            .map_err(|_| bad_snapshot("missing end mark"))?;
-        if code[0] == END_OF_RECORDS {
-            break;
-        }
-        let cf = *Cf::ALL
-            .get(code[0] as usize)
-            .ok_or_else(|| bad_snapshot("unknown keyspace"))?;
-        let kl = u32::from_be_bytes(read_bytes(&mut r, 4)?.try_into().unwrap_or_default()) as usize;
-        let k = read_bytes(&mut r, kl)?;
-        let vl = u32::from_be_bytes(read_bytes(&mut r, 4)?.try_into().unwrap_or_default()) as usize;
-        let v = read_bytes(&mut r, vl)?;
+    snapshot::read_records(&mut r, &mut |cf, k, v| {
         if !cf.is_state() || is_member_meta(cf, &k) {
-            continue;
+            return Ok(());
         }
         batch.put(cf, k, v);
         if batch.len() >= 4096 {
             engine.write(std::mem::take(&mut batch), false)?;
         }
-    }
+        Ok(())
+    })?;
     // The last write is synced; RocksDB's WAL is ordered, so that covers the earlier ones.
     engine.write(batch, true)?;
     Ok(())
@@ -519,7 +420,7 @@ impl Maintenance for MaintenanceService {
             errors,
             // RocksDB reports no free-page figure: all of it is in use.
             db_size_in_use: size,
-            is_learner: false,
+            is_learner: srv.is_learner(),
         }))
     }
 
@@ -585,8 +486,11 @@ impl Maintenance for MaintenanceService {
         req: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
         self.check_admin(&req)?;
-        // The only voter is already the leader; any other target is not a member.
-        if req.into_inner().target_id != self.srv.member_id {
+        let target = req.into_inner().target_id;
+        if let Some(raft) = self.srv.raft() {
+            raft.move_leader(target).await?;
+        } else if target != self.srv.member_id {
+            // The only voter is already the leader; any other target is not a member.
             return Err(StoreError::BadLeaderTransferee.into());
         }
         Ok(Response::new(pb::MoveLeaderResponse {

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod cluster;
 pub mod http;
 pub mod kv;
+pub mod learner;
 pub mod lease;
 pub mod maintenance;
 pub mod watch;
@@ -42,6 +43,13 @@ pub struct Config {
     pub initial_cluster_state: String,
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms: u64,
+    /// Entries applied since the last Raft snapshot that trigger a new one (etcd's
+    /// `--snapshot-count`).
+    pub snapshot_count: u64,
+    /// Entries kept in the Raft log behind a snapshot, so a slightly slow follower
+    /// catches up from the log rather than by a snapshot (etcd's
+    /// `--experimental-snapshot-catchup-entries`).
+    pub snapshot_catchup_entries: u64,
     pub quota_backend_bytes: u64,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
@@ -66,6 +74,8 @@ impl Default for Config {
             initial_cluster_state: "new".into(),
             heartbeat_interval_ms: 100,
             election_timeout_ms: 1000,
+            snapshot_count: 100_000,
+            snapshot_catchup_entries: 5000,
             quota_backend_bytes: 2 * 1024 * 1024 * 1024,
             max_request_bytes: 1024 * 1024 + 512 * 1024,
             max_txn_ops: 128,
@@ -148,15 +158,16 @@ impl EtcdServer {
         let engine = open_engine(&cfg)?;
         let sm = Arc::new(StateMachine::open(engine, cfg.min_lease_ttl())?);
         let node = RaftNode::start(&cfg, sm.clone()).await?;
-        let cluster_id = hash_id(&[&cfg.initial_cluster, &cfg.initial_cluster_token]);
         let srv = Arc::new(Self {
             cfg,
             sm,
             member_id: node.id,
-            cluster_id,
-            log: Log::Raft(node),
+            cluster_id: node.cluster_id,
+            log: Log::Raft(node.clone()),
         });
+        node.set_server(&srv);
         sm_lease_owner(srv.clone());
+        publish(srv.clone());
         Ok(srv)
     }
 
@@ -267,6 +278,68 @@ impl EtcdServer {
         self.sm.mvcc.current_rev()
     }
 
+    /// Whether this member is a learner (it then serves only serializable reads and
+    /// Status, as etcd's learner).
+    pub fn is_learner(&self) -> bool {
+        match &self.log {
+            Log::Local(_) => false,
+            Log::Raft(r) => r.is_learner(),
+        }
+    }
+
+    /// The Raft node, when this member is part of a Raft cluster.
+    pub fn raft(&self) -> Option<&Arc<RaftNode>> {
+        match &self.log {
+            Log::Local(_) => None,
+            Log::Raft(r) => Some(r),
+        }
+    }
+
+    /// Resolves when this member was removed from its cluster (never for a single
+    /// member); the process then stops, as etcd's does.
+    pub async fn removed(&self) {
+        match &self.log {
+            Log::Local(_) => std::future::pending().await,
+            Log::Raft(r) => r.removed().await,
+        }
+    }
+
+    /// Every member as the Cluster API lists them, by id: peer URLs and learner status
+    /// from the Raft membership, name and client URLs as each member published them
+    /// (empty until a member added with `member add` has started, as in etcd).
+    pub fn members(&self) -> Vec<pb::Member> {
+        let Log::Raft(r) = &self.log else {
+            return vec![self.member()];
+        };
+        r.members()
+            .into_iter()
+            .map(|m| {
+                let attr = self
+                    .sm
+                    .mvcc
+                    .engine()
+                    .get(
+                        crate::engine::Cf::Meta,
+                        &crate::apply::member_attr_key(m.id),
+                    )
+                    .ok()
+                    .flatten()
+                    .and_then(|v| pb::Member::decode(v.as_slice()).ok());
+                let (name, client_ur_ls) = match attr {
+                    Some(a) => (a.name, a.client_ur_ls),
+                    None => (m.name, Vec::new()),
+                };
+                pb::Member {
+                    id: m.id,
+                    name,
+                    peer_ur_ls: m.peer_urls,
+                    client_ur_ls,
+                    is_learner: m.is_learner,
+                }
+            })
+            .collect()
+    }
+
     /// This member as the Cluster API describes it.
     pub fn member(&self) -> pb::Member {
         pb::Member {
@@ -362,20 +435,61 @@ fn run_applier(sm: Arc<StateMachine>, mut rx: mpsc::Receiver<Proposal>) {
     }
 }
 
+/// A Raft member publishes its name and client URLs through the log once it runs
+/// (etcd's `publish`), so every member lists them; retried until it is applied.
+fn publish(srv: Arc<EtcdServer>) {
+    let weak = Arc::downgrade(&srv);
+    let attr = pb::Member {
+        id: srv.member_id,
+        name: srv.cfg.name.clone(),
+        client_ur_ls: srv.cfg.advertise_client_urls.clone(),
+        ..Default::default()
+    };
+    tokio::spawn(async move {
+        loop {
+            let Some(srv) = weak.upgrade() else { return };
+            match srv.propose(Op::MemberAttr(attr.clone())).await {
+                Ok(_) => {
+                    tracing::info!(member = %format!("{:x}", srv.member_id), name = %attr.name, client_urls = ?attr.client_ur_ls, "published member attributes");
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(member = %format!("{:x}", srv.member_id), error = %e, "publishing member attributes; retrying")
+                }
+            }
+            drop(srv);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+}
+
 /// The lease clock owner: revokes expired leases and checkpoints remaining TTLs, both
 /// through the apply path.
 fn sm_lease_owner(srv: Arc<EtcdServer>) {
     let weak = Arc::downgrade(&srv);
     let checkpoint_every = srv.cfg.lease_checkpoint_interval;
+    let raft = srv.raft().is_some();
+    let extend = Duration::from_millis(srv.cfg.election_timeout_ms);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut last_checkpoint = tokio::time::Instant::now();
+        let mut was_leader = false;
         loop {
             tick.tick().await;
             let Some(srv) = weak.upgrade() else { return };
             // Only the leader's clock decides expiry (as in etcd's lessor): followers
             // apply the revokes and checkpoints it proposes.
-            if !srv.is_leader() {
+            let leader = srv.is_leader();
+            if raft && leader && !was_leader {
+                // A new leader cannot know how long the old one's clock had left (and
+                // renewals went to the old leader): every lease restarts from its TTL
+                // plus an election timeout, as etcd's `Promote` does, before any
+                // expiry is decided.
+                srv.sm.lessor.promote(extend);
+                tracing::info!(member = %format!("{:x}", srv.member_id), term = srv.term(), "became leader: lease deadlines extended");
+            }
+            was_leader = leader;
+            if !leader {
                 continue;
             }
             let now = std::time::Instant::now();
@@ -449,6 +563,7 @@ pub async fn serve(
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let router = tonic::transport::Server::builder()
+            .layer(learner::LearnerGuardLayer { srv: srv.clone() })
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             // HTTP/1.1 for /health, /version and /metrics (see `http`).
