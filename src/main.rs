@@ -29,6 +29,9 @@ enum Command {
     /// Store snapshots (`etcdctl snapshot save` writes them).
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Chaos and failover suite: a recorded workload under injected faults, checked for
+    /// linearizability, watch guarantees and lost writes (see README "Chaos suite").
+    Chaos(capstan_chaos::cli::Args),
 }
 
 #[derive(Subcommand)]
@@ -158,6 +161,17 @@ fn main() -> anyhow::Result<()> {
             capstan_store::server::maintenance::restore_snapshot(&file, &dir)
                 .with_context(|| format!("restoring {}", file.display()))?;
             println!("Snapshot restored to {}", dir.display());
+            Ok(())
+        }
+        Command::Chaos(args) => {
+            // `--spawn` starts members of this very binary unless told otherwise.
+            let report =
+                rt.block_on(capstan_chaos::cli::run(args, std::env::current_exe().ok()))?;
+            anyhow::ensure!(
+                report.ok(),
+                "chaos run found {} violations",
+                report.violations().len()
+            );
             Ok(())
         }
     }

@@ -151,7 +151,7 @@ pub async fn run(o: FailoverOpts) -> anyhow::Result<FailoverReport> {
         .unwrap_or_default();
     // Read everything back from a survivor, linearizably.
     let survivor = (victim + 1) % channels.len();
-    let mut kv = KvClient::new(channels[survivor].clone());
+    let mut kv = KvClient::new(channels[survivor].clone()).max_decoding_message_size(usize::MAX);
     let r = kv
         .range(pb::RangeRequest {
             key: b"/failover/".to_vec(),

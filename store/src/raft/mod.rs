@@ -127,11 +127,20 @@ impl RaftNode {
             .map(|m| (member_id(m, &cfg.initial_cluster_token), m.clone()))
             .collect();
 
+        // openraft 0.9 lets a follower campaign only after the leader lease (its
+        // election_timeout_max) *plus* a random election timeout without a heartbeat,
+        // and rejects votes inside the lease. Mapping --election-timeout straight onto
+        // min/max therefore detected a dead leader after 3-4 s, against etcd's 1-2 s.
+        // These bounds put detection at 0.75-1x --election-timeout (etcd: 1-2x), while
+        // a silence of seven heartbeats is still needed before anyone campaigns, which
+        // keeps a busy 2-core machine free of spurious elections.
+        let (election_timeout_min, election_timeout_max) =
+            election_bounds(cfg.election_timeout_ms, cfg.heartbeat_interval_ms);
         let rcfg = openraft::Config {
             cluster_name: cfg.initial_cluster_token.clone(),
             heartbeat_interval: cfg.heartbeat_interval_ms,
-            election_timeout_min: cfg.election_timeout_ms,
-            election_timeout_max: cfg.election_timeout_ms * 2,
+            election_timeout_min,
+            election_timeout_max,
             // etcd's --snapshot-count (0 means etcd's default, as in etcd): a snapshot
             // after that many entries, then the log is purged up to it, less
             // --experimental-snapshot-catchup-entries kept for slow followers.
@@ -355,5 +364,30 @@ impl RaftNode {
         tokio::time::timeout(self.request_timeout, work)
             .await
             .map_err(|_| StoreError::Timeout)?
+    }
+}
+
+/// openraft's `(election_timeout_min, election_timeout_max)` for etcd's
+/// `--election-timeout` and `--heartbeat-interval` (see where `RaftNode::start` uses it).
+fn election_bounds(election_timeout_ms: u64, heartbeat_ms: u64) -> (u64, u64) {
+    let min = (election_timeout_ms / 4).max(heartbeat_ms * 2);
+    let max = (election_timeout_ms / 2).max(min + heartbeat_ms);
+    (min, max)
+}
+
+#[cfg(test)]
+mod election_tests {
+    use super::election_bounds;
+
+    #[test]
+    fn detection_window_tracks_etcds_election_timeout() {
+        // etcd's defaults: a follower campaigns 0.75-1 s after the last heartbeat
+        // (lease = max, plus a random timeout in [min, max)).
+        let (min, max) = election_bounds(1000, 100);
+        assert_eq!((min, max), (250, 500));
+        assert_eq!((max + min, max + max), (750, 1000));
+        // Tight settings still satisfy openraft's heartbeat < min < max.
+        let (min, max) = election_bounds(300, 100);
+        assert!(100 < min && min < max, "{min} {max}");
     }
 }
