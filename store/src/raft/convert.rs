@@ -298,6 +298,10 @@ mod tests {
                     member: 7,
                     seq: 9,
                     request: vec![1, 2, 3],
+                    items: vec![rpb::ProposalItem {
+                        seq: 10,
+                        request: vec![4],
+                    }],
                 }),
             },
             Entry::<C> {

@@ -25,7 +25,7 @@ use capstan_proto::raftpb as rpb;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use prost::Message;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::apply::{ApplyRequest, ApplyResponse, StateMachine};
 use crate::error::{Result, StoreError};
@@ -87,6 +87,11 @@ pub struct RaftNode {
     waiters: Arc<state_machine::Waiters>,
     peers: Arc<network::Peers>,
     seq: AtomicU64,
+    /// Proposals waiting to be batched into a log entry (see [`run_batcher`]).
+    batcher: mpsc::UnboundedSender<Queued>,
+    /// Linearizable reads waiting for the next read barrier (see [`run_read_loop`]).
+    read_waiters: parking_lot::Mutex<Vec<oneshot::Sender<Result<u64>>>>,
+    read_wake: Arc<tokio::sync::Notify>,
     /// How long a proposal or read may take before the client gets "request timed out"
     /// (etcd: 5 s plus two election timeouts).
     request_timeout: Duration,
@@ -194,7 +199,11 @@ impl RaftNode {
         }
 
         let metrics = raft.metrics();
+        let (batcher, batch_rx) = mpsc::unbounded_channel();
         let node = Arc::new(Self {
+            batcher,
+            read_waiters: parking_lot::Mutex::new(Vec::new()),
+            read_wake: Arc::new(tokio::sync::Notify::new()),
             id,
             cluster_id,
             raft: raft.clone(),
@@ -219,6 +228,8 @@ impl RaftNode {
             changing: tokio::sync::Mutex::new(()),
             transferring: std::sync::atomic::AtomicBool::new(false),
         });
+        tokio::spawn(run_batcher(Arc::downgrade(&node), batch_rx));
+        tokio::spawn(run_read_loop(Arc::downgrade(&node)));
         // Served only now: the peer service answers from the node (membership,
         // leases), and a joining member is contacted by the leader from here on.
         for url in &cfg.listen_peer_urls {
@@ -303,31 +314,16 @@ impl RaftNode {
             }
         }
         let _guard = Guard(&self.waiters, seq);
-        let proposal = rpb::Proposal {
-            member: self.id,
-            seq,
-            request: req.encode_to_vec(),
-        };
+        let (submitted, submitted_rx) = oneshot::channel();
+        self.batcher
+            .send(Queued {
+                seq,
+                request: req.encode_to_vec(),
+                submitted,
+            })
+            .map_err(|_| StoreError::Stopped)?;
         let work = async {
-            let leader = self.leader().ok_or(StoreError::NoLeader)?;
-            if leader == self.id {
-                if self.transferring.load(Ordering::SeqCst) {
-                    return Err(StoreError::NoLeader);
-                }
-                match self.raft.client_write(proposal).await {
-                    Ok(_) => {}
-                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                        return Err(StoreError::NoLeader)
-                    }
-                    Err(e) => {
-                        tracing::warn!(member = %format!("{:x}", self.id), error = %e, "raft write failed");
-                        return Err(StoreError::Stopped);
-                    }
-                }
-            } else {
-                let c = self.leader_client(leader)?;
-                network::forward(c, proposal, self.request_timeout).await?;
-            }
+            submitted_rx.await.map_err(|_| StoreError::Stopped)??;
             rx.await.map_err(|_| StoreError::Stopped)?
         };
         tokio::time::timeout(self.request_timeout, work)
@@ -335,10 +331,52 @@ impl RaftNode {
             .map_err(|_| StoreError::Timeout)?
     }
 
+    /// Appends one batch of this member's proposals to the log: directly on the
+    /// leader, through the leader's `Forward` RPC on a follower.
+    async fn submit(&self, proposal: rpb::Proposal) -> Result<()> {
+        let leader = self.leader().ok_or(StoreError::NoLeader)?;
+        if leader != self.id {
+            let c = self.leader_client(leader)?;
+            return network::forward(c, proposal, self.request_timeout).await;
+        }
+        if self.transferring.load(Ordering::SeqCst) {
+            return Err(StoreError::NoLeader);
+        }
+        match self.raft.client_write(proposal).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(StoreError::NoLeader)
+            }
+            Err(e) => {
+                tracing::warn!(member = %format!("{:x}", self.id), error = %e, "raft write failed");
+                Err(StoreError::Stopped)
+            }
+        }
+    }
+
     /// The barrier before a linearizable read (ReadIndex): the leader confirms with a
     /// quorum that it still leads and returns its commit point; once this member has
     /// applied up to it, a local read sees every write acknowledged before the read began.
     pub async fn read_index(&self) -> Result<()> {
+        let work = async {
+            let (tx, rx) = oneshot::channel();
+            self.read_waiters.lock().push(tx);
+            self.read_wake.notify_one();
+            let index = rx.await.map_err(|_| StoreError::Stopped)??;
+            let mut applied = self.applied.clone();
+            applied
+                .wait_for(|a| *a >= index)
+                .await
+                .map_err(|_| StoreError::Stopped)?;
+            Ok(())
+        };
+        tokio::time::timeout(self.request_timeout, work)
+            .await
+            .map_err(|_| StoreError::Timeout)?
+    }
+
+    /// One read barrier: the leader's confirmed commit point (see [`Self::read_index`]).
+    async fn read_barrier(&self) -> Result<u64> {
         let work = async {
             let leader = self.leader().ok_or(StoreError::NoLeader)?;
             let index = if leader == self.id {
@@ -354,16 +392,34 @@ impl RaftNode {
                 let c = self.leader_client(leader)?;
                 network::read_index(c, self.request_timeout).await?
             };
-            let mut applied = self.applied.clone();
-            applied
-                .wait_for(|a| *a >= index)
-                .await
-                .map_err(|_| StoreError::Stopped)?;
-            Ok(())
+            Ok(index)
         };
         tokio::time::timeout(self.request_timeout, work)
             .await
             .map_err(|_| StoreError::Timeout)?
+    }
+}
+
+/// Serves linearizable reads in rounds, as etcd's `linearizableReadLoop` does: every
+/// read waiting when a round starts shares that round's single barrier (one quorum
+/// confirmation on the leader, one `ReadIndex` RPC from a follower) instead of paying
+/// for its own. A read that arrives during a round waits for the next one, so its
+/// barrier always starts after the read did, which is what makes it linearizable.
+async fn run_read_loop(node: Weak<RaftNode>) {
+    loop {
+        let Some(n) = node.upgrade() else { return };
+        let wake = n.read_wake.clone();
+        drop(n);
+        wake.notified().await;
+        let Some(n) = node.upgrade() else { return };
+        let waiters = std::mem::take(&mut *n.read_waiters.lock());
+        if waiters.is_empty() {
+            continue;
+        }
+        let r = n.read_barrier().await;
+        for w in waiters {
+            let _ = w.send(r.clone());
+        }
     }
 }
 
@@ -373,6 +429,70 @@ fn election_bounds(election_timeout_ms: u64, heartbeat_ms: u64) -> (u64, u64) {
     let min = (election_timeout_ms / 4).max(heartbeat_ms * 2);
     let max = (election_timeout_ms / 2).max(min + heartbeat_ms);
     (min, max)
+}
+
+/// A proposal waiting for [`run_batcher`]; `submitted` says whether its batch reached
+/// the log (the result itself comes from this member's apply, through the waiter).
+struct Queued {
+    seq: u64,
+    request: Vec<u8>,
+    submitted: oneshot::Sender<Result<()>>,
+}
+
+/// Batches in flight at once; while all are, new proposals queue and form the next.
+const MAX_INFLIGHT_BATCHES: usize = 4;
+/// Bounds of one batch: proposals, and encoded bytes (one proposal may exceed it).
+const MAX_BATCH_ITEMS: usize = 512;
+const MAX_BATCH_BYTES: usize = 2 * 1024 * 1024;
+
+/// Turns concurrent proposals into few log entries, as etcd's raft loop turns all the
+/// proposals of one Ready into one append. openraft 0.9 runs its whole engine (append,
+/// replication, commit, apply) once per `client_write`, and a follower forwards each
+/// write in its own RPC, so one entry per client write costs a cluster most of its
+/// throughput. With at most [`MAX_INFLIGHT_BATCHES`] batches in flight, proposals
+/// arriving meanwhile wait and leave together, so batches grow with the load while a
+/// lone write still goes out at once.
+async fn run_batcher(node: Weak<RaftNode>, mut rx: mpsc::UnboundedReceiver<Queued>) {
+    let inflight = Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT_BATCHES));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = inflight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut bytes = first.request.len();
+        let mut queued = vec![first];
+        while queued.len() < MAX_BATCH_ITEMS && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(q) => {
+                    bytes += q.request.len();
+                    queued.push(q);
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(node) = node.upgrade() else { return };
+        let mut items = Vec::with_capacity(queued.len());
+        let mut senders = Vec::with_capacity(queued.len());
+        for q in queued {
+            items.push(rpb::ProposalItem {
+                seq: q.seq,
+                request: q.request,
+            });
+            senders.push(q.submitted);
+        }
+        tokio::spawn(async move {
+            let proposal = rpb::Proposal {
+                member: node.id,
+                seq: 0,
+                request: Vec::new(),
+                items,
+            };
+            let r = node.submit(proposal).await;
+            drop(permit);
+            for s in senders {
+                let _ = s.send(r.clone());
+            }
+        });
+    }
 }
 
 #[cfg(test)]

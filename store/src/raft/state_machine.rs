@@ -170,15 +170,24 @@ impl RaftStateMachine<C> for SmStore {
             match e.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(p) => {
-                    // A request that does not decode is a bug in the proposer; every member
-                    // decodes the same bytes, so every member fails it the same way (apply
-                    // answers an empty request with an error) and stays in step.
-                    let req = ApplyRequest::decode(p.request.as_slice()).unwrap_or_else(|e| {
-                        tracing::error!(index = e_index(&last), error = %e, "undecodable proposal");
-                        ApplyRequest { op: None }
-                    });
-                    reqs.push((e.log_id.index, req));
-                    proposers.push((p.member, p.seq));
+                    let items: Vec<(u64, Vec<u8>)> = if p.items.is_empty() {
+                        vec![(p.seq, p.request)]
+                    } else {
+                        p.items.into_iter().map(|i| (i.seq, i.request)).collect()
+                    };
+                    // A batch's requests share the entry's index: apply_batch applies them
+                    // all in one atomic batch, or skips them all on replay.
+                    for (seq, request) in items {
+                        // A request that does not decode is a bug in the proposer; every
+                        // member decodes the same bytes, so every member fails it the same
+                        // way (apply answers an empty request with an error).
+                        let req = ApplyRequest::decode(request.as_slice()).unwrap_or_else(|e| {
+                            tracing::error!(index = e_index(&last), error = %e, "undecodable proposal");
+                            ApplyRequest { op: None }
+                        });
+                        reqs.push((e.log_id.index, req));
+                        proposers.push((p.member, seq));
+                    }
                 }
                 EntryPayload::Membership(m) => {
                     self.last_membership = StoredMembership::new(Some(e.log_id), m);
@@ -415,6 +424,7 @@ mod tests {
                 member: 9,
                 seq: index,
                 request: ApplyRequest { op: Some(op) }.encode_to_vec(),
+                items: Vec::new(),
             }),
         }
     }
