@@ -929,3 +929,38 @@ async fn a_whole_cluster_crash_loses_no_acknowledged_write() -> R {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn an_added_member_catches_up_by_snapshot() -> R {
+    let mut c = Cluster::start_with(3, snapshot_flags()).await;
+    let leader = c.leader().await;
+    // Far past the purged log: the new member cannot be sent the entries themselves.
+    let n = writes_past_the_purged_log();
+    put_many(&c, leader, "pre/", 0..n, 1024).await;
+    let m = c.new_member();
+    let (name, peer) = (c.members[m].name.clone(), c.members[m].peer.clone());
+    let peer_flag = format!("--peer-urls={peer}");
+    let out = member_add(&c, leader, &["member", "add", &name, &peer_flag]).await;
+    c.start_member(m, &printed_initial_cluster(&out)).await;
+
+    let local = eventually("the new member's local state", DEADLINE, || async {
+        let got = count_on(&c, m, "pre/", true).await?;
+        (got == n as i64).then_some(got)
+    })
+    .await;
+    assert_eq!(local, n as i64);
+    assert_eq!(count_on(&c, m, "pre/", false).await, Some(n as i64));
+    let installed = metric_on(&c, m, "etcd_snap_db_save_total_duration_seconds_count");
+    assert!(
+        installed.unwrap_or_default() >= 1.0,
+        "the new member installed a snapshot: {installed:?}"
+    );
+    // It then follows the log like any member, and holds exactly the same data.
+    put_many(&c, m, "post/", 0..10, 0).await;
+    let expected = hashkv(&c, leader);
+    for i in 0..4 {
+        c.etcdctl(i, &["get", "post/00000"]).out();
+        assert_eq!(hashkv(&c, i), expected, "member {i}");
+    }
+    Ok(())
+}
