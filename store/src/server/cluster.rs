@@ -45,6 +45,23 @@ impl ClusterService {
         }
     }
 
+    /// A membership change of member `id` through Raft; on a single member (no Raft)
+    /// an unknown `id` gets "member not found" and a known one `single`.
+    async fn change_one(&self, kind: Kind, id: u64, single: StoreError) -> Result<(), Status> {
+        let change = rpb::ChangeMembersRequest {
+            kind: kind as i32,
+            id,
+            ..Default::default()
+        };
+        match self.change(change).await {
+            Some(r) => r.map(|_| ()).map_err(Into::into),
+            None => {
+                self.lookup(id)?;
+                Err(single.into())
+            }
+        }
+    }
+
     /// Carries out a change on a Raft cluster (`None`: this is a single member).
     async fn change(&self, req: rpb::ChangeMembersRequest) -> Option<Result<u64>> {
         let raft = self.srv.raft()?;
@@ -100,22 +117,9 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
         self.check_admin(&req)?;
         let id = req.into_inner().id;
-        let change = rpb::ChangeMembersRequest {
-            kind: Kind::Remove as i32,
-            id,
-            ..Default::default()
-        };
-        match self.change(change).await {
-            Some(r) => {
-                r?;
-            }
-            None => {
-                self.lookup(id)?;
-                // Removing the only member would leave no quorum: etcd's strict
-                // reconfig check.
-                return Err(StoreError::NotEnoughStartedMembers.into());
-            }
-        }
+        // Removing the only member would leave no quorum: etcd's strict reconfig check.
+        self.change_one(Kind::Remove, id, StoreError::NotEnoughStartedMembers)
+            .await?;
         Ok(Response::new(pb::MemberRemoveResponse {
             header: self.header(),
             members: self.srv.members(),
@@ -172,21 +176,9 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
         self.check_admin(&req)?;
         let id = req.into_inner().id;
-        let change = rpb::ChangeMembersRequest {
-            kind: Kind::Promote as i32,
-            id,
-            ..Default::default()
-        };
-        match self.change(change).await {
-            Some(r) => {
-                r?;
-            }
-            None => {
-                self.lookup(id)?;
-                // The one member is a voter.
-                return Err(StoreError::MemberNotLearner.into());
-            }
-        }
+        // The one member is a voter.
+        self.change_one(Kind::Promote, id, StoreError::MemberNotLearner)
+            .await?;
         Ok(Response::new(pb::MemberPromoteResponse {
             header: self.header(),
             members: self.srv.members(),
