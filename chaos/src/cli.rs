@@ -158,12 +158,29 @@ impl Args {
 /// report with violations into a failing exit status.
 pub async fn run(args: Args, default_capstan: Option<PathBuf>) -> Result<Report> {
     let (cfg, target) = args.to_run(default_capstan)?;
-    let report = crate::runner::run(cfg, target).await?;
+    // On SIGINT/SIGTERM the run future is dropped, which drops the cluster it owns and
+    // so kills every member it started (they would otherwise outlive the harness).
+    let report = tokio::select! {
+        r = crate::runner::run(cfg, target) => r?,
+        _ = interrupted() => return Err(ChaosError::Config("interrupted".into())),
+    };
     eprint!("{}", report.summary());
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     }
     Ok(report)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
 
 #[cfg(test)]

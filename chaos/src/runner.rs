@@ -329,7 +329,16 @@ pub async fn run(cfg: RunConfig, target: Target) -> Result<Report> {
     // history and tells every watcher it has drained (a progress notification cannot:
     // etcd before 3.4.25 sends one ahead of an unsynced watcher's catch-up events).
     let end_rev = put_sentinel(&channels, &prefix, Duration::from_secs(60)).await?;
-    let final_rev = converged_rev(&channels, Duration::from_secs(60)).await?;
+    // Members that never agree are a finding, not a harness failure: the run goes on
+    // to check (and save) everything else.
+    let mut history_mismatches = Vec::new();
+    let final_rev = match converged_rev(&channels, Duration::from_secs(60)).await {
+        Ok(r) => r,
+        Err(e) => {
+            history_mismatches.push(format!("members did not converge: {e}"));
+            current_rev(&channels, Duration::from_secs(30)).await?
+        }
+    };
     let _ = phase_tx.send(Phase::Drain(end_rev));
     let mut watches = Vec::new();
     for w in watchers {
@@ -345,7 +354,6 @@ pub async fn run(cfg: RunConfig, target: Target) -> Result<Report> {
     );
 
     // The reference history, from every member; they must agree.
-    let mut history_mismatches = Vec::new();
     let mut reference = None;
     for (m, ch) in channels.iter().enumerate() {
         match workload::read_history(
@@ -477,6 +485,17 @@ pub async fn run(cfg: RunConfig, target: Target) -> Result<Report> {
         let doc = serde_json::json!({ "report": &report, "history": &history });
         std::fs::write(&path, serde_json::to_vec_pretty(&doc)?)?;
         report.saved = Some(path);
+        // The members' logs go with it: the temp dir holding them is removed below.
+        if let Some(c) = &cluster {
+            for m in 0..c.len() {
+                let log = cfg.out_dir.join(format!(
+                    "chaos-{}-{}-m{m}.log",
+                    cfg.seed,
+                    std::process::id()
+                ));
+                std::fs::write(log, c.log_tail(m, usize::MAX))?;
+            }
+        }
     }
     drop(cluster);
     Ok(report)
@@ -630,6 +649,7 @@ async fn converged_rev(channels: &[Channel], deadline: Duration) -> Result<i64> 
     loop {
         let lin = current_rev(channels, deadline).await?;
         let mut all = true;
+        let mut revs = Vec::new();
         for ch in channels {
             let req = pb::RangeRequest {
                 key: b"chaos-rev".to_vec(),
@@ -648,6 +668,7 @@ async fn converged_rev(channels: &[Channel], deadline: Duration) -> Result<i64> 
                 _ => -1,
             };
             all &= rev == lin;
+            revs.push(rev);
         }
         if all {
             return Ok(lin);
@@ -655,7 +676,7 @@ async fn converged_rev(channels: &[Channel], deadline: Duration) -> Result<i64> 
         if Instant::now() > until {
             return Err(ChaosError::Timeout(
                 deadline,
-                "every member to reach the same revision".into(),
+                format!("every member to reach revision {lin} (local revisions: {revs:?})"),
             ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
