@@ -194,6 +194,17 @@ impl RaftLogReader<C> for LogStore {
             Bound::Excluded(e) => Some(*e),
             Bound::Unbounded => None,
         };
+        // Appended entries not yet on disk, taken *before* reading the engine: the
+        // writer removes an entry from `pending` only after it is in the engine, so an
+        // entry missing from this copy is already on disk and the scan below sees it.
+        // (Reading the engine first could miss an entry flushed between the two.)
+        let upper = end.map(Bound::Excluded).unwrap_or(Bound::Unbounded);
+        let unflushed: Vec<Entry<C>> = self
+            .pending
+            .lock()
+            .range((Bound::Included(start), upper))
+            .map(|(_, e)| e.clone())
+            .collect();
         let end_key = end.map(key);
         let mut out = Vec::new();
         let mut bad = None;
@@ -220,17 +231,14 @@ impl RaftLogReader<C> for LogStore {
         if let Some(e) = bad {
             return Err(read_err(format!("corrupt log entry: {e}")));
         }
-        // Appended entries not yet on disk (newer than whatever the engine has at the
-        // same index).
-        let pending = self.pending.lock();
-        if pending.is_empty() {
+        if unflushed.is_empty() {
             return Ok(out);
         }
+        // An unflushed entry is newer than whatever the engine has at its index.
         let mut merged: BTreeMap<u64, Entry<C>> =
             out.into_iter().map(|e| (e.log_id.index, e)).collect();
-        let upper = end.map(Bound::Excluded).unwrap_or(Bound::Unbounded);
-        for (i, e) in pending.range((Bound::Included(start), upper)) {
-            merged.insert(*i, e.clone());
+        for e in unflushed {
+            merged.insert(e.log_id.index, e);
         }
         Ok(merged.into_values().collect())
     }
