@@ -803,15 +803,8 @@ async fn count_on(c: &Cluster, i: usize, prefix: &str, serializable: bool) -> Op
 
 /// A metric's value on member `i`'s `/metrics` (on the client URL, as etcd serves it).
 fn metric_on(c: &Cluster, i: usize, name: &str) -> Option<f64> {
-    use std::io::{Read, Write};
-    let addr = c.members[i].endpoint.trim_start_matches("http://");
-    let mut conn = std::net::TcpStream::connect(addr).ok()?;
-    // HTTP/1.0: the body is not chunked, so lines arrive whole.
-    write!(conn, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut raw = String::new();
-    conn.read_to_string(&mut raw).ok()?;
-    raw.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    let (_, text) = support::http_get(&c.members[i].endpoint, "/metrics")?;
+    support::metric(&text, name)
 }
 
 /// The revision member `i` reports (a linearizable read of nothing).

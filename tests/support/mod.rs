@@ -13,13 +13,72 @@ pub fn against_etcd() -> bool {
     std::env::var("CAPSTAN_TEST_SERVER").as_deref() == Ok("etcd")
 }
 
-/// A free loopback port. Bound then released: the server binds it right after, and the
-/// kernel does not hand out the same ephemeral port twice in a row.
+/// A free loopback port for a server to listen on, never handed out twice in this
+/// process. Taken below the kernel's ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`): a port from `bind(0)` is ephemeral, so
+/// between its release and the server's bind, any outgoing connection of a parallel
+/// test (etcdctl, a client) could take it as its source port and the server would fail
+/// to start with "address in use".
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use rand::Rng;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 10_000.min(ephemeral_low / 2);
+    let mut rng = rand::rng();
+    for _ in 0..10_000 {
+        let p = rng.random_range(low..ephemeral_low);
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if given.contains(&p) || std::net::TcpListener::bind(("127.0.0.1", p)).is_err() {
+            continue;
+        }
+        given.push(p);
+        return p;
+    }
+    panic!("no free port below {ephemeral_low}");
+}
+
+/// The server binary under test: `etcd`, or `capstan store`; both take etcd's flags.
+fn server_command() -> Command {
+    if against_etcd() {
+        Command::new("etcd")
+    } else {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_capstan"));
+        c.arg("store");
+        c
+    }
+}
+
+/// A server's log file, opened for appending (a restart keeps the earlier output).
+fn append_log(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("server log {}: {e}", path.display()))
+}
+
+/// GETs `path` from a client URL (`http://host:port`) over plain HTTP, as monitoring
+/// does; returns the status code and body. HTTP/1.0, so the body is never chunked.
+pub fn http_get(endpoint: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let addr = endpoint.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).ok()?;
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut raw = String::new();
+    conn.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+/// The value of an unlabelled metric in Prometheus text output.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// A running single-member server; killed on drop, its data dir removed.
@@ -59,18 +118,8 @@ impl Server {
     }
 
     fn spawn(&mut self) {
-        let mut cmd = if against_etcd() {
-            Command::new("etcd")
-        } else {
-            let mut c = Command::new(env!("CARGO_BIN_EXE_capstan"));
-            c.arg("store");
-            c
-        };
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("server.log"))
-            .expect("server log");
+        let mut cmd = server_command();
+        let log = append_log(&self.dir.path().join("server.log"));
         let child = cmd
             .args(["--name", "default", "--data-dir"])
             .arg(self.data_dir())
@@ -360,18 +409,8 @@ impl Cluster {
     }
 
     fn spawn(&mut self, i: usize) {
-        let mut cmd = if against_etcd() {
-            Command::new("etcd")
-        } else {
-            let mut c = Command::new(env!("CARGO_BIN_EXE_capstan"));
-            c.arg("store");
-            c
-        };
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path(i))
-            .expect("member log");
+        let mut cmd = server_command();
+        let log = append_log(&self.log_path(i));
         let m = &self.members[i];
         let (initial_cluster, state) = match &m.joined {
             Some(ic) => (ic.as_str(), "existing"),
