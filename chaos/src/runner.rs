@@ -587,59 +587,73 @@ fn heal(c: &mut Cluster, u: Undo) -> Result<()> {
     Ok(())
 }
 
-/// Puts `<prefix>end` through any member until one acknowledges; returns its revision.
-async fn put_sentinel(channels: &[Channel], prefix: &str, deadline: Duration) -> Result<i64> {
+/// Sends one request to each member in turn (each bounded by `per_try`), round after
+/// round until one answers or `deadline` passes; returns the answer's header revision.
+async fn first_answer<F, Fut>(
+    channels: &[Channel],
+    deadline: Duration,
+    per_try: Duration,
+    what: &str,
+    mut call: F,
+) -> Result<i64>
+where
+    F: FnMut(KvClient<Channel>) -> Fut,
+    Fut: std::future::Future<
+        Output = std::result::Result<Option<pb::ResponseHeader>, tonic::Status>,
+    >,
+{
     let until = Instant::now() + deadline;
     loop {
         for ch in channels {
-            let req = pb::PutRequest {
-                key: format!("{prefix}end").into_bytes(),
-                value: b"end".to_vec(),
-                ..Default::default()
-            };
-            if let Ok(Ok(r)) =
-                tokio::time::timeout(Duration::from_secs(5), KvClient::new(ch.clone()).put(req))
-                    .await
+            if let Ok(Ok(header)) =
+                tokio::time::timeout(per_try, call(KvClient::new(ch.clone()))).await
             {
-                return Ok(r
-                    .into_inner()
-                    .header
-                    .map(|h| h.revision)
-                    .unwrap_or_default());
+                return Ok(header.map(|h| h.revision).unwrap_or_default());
             }
         }
         if Instant::now() > until {
-            return Err(ChaosError::Timeout(deadline, "the end-of-run write".into()));
+            return Err(ChaosError::Timeout(deadline, what.into()));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
+/// Puts `<prefix>end` through any member until one acknowledges; returns its revision.
+async fn put_sentinel(channels: &[Channel], prefix: &str, deadline: Duration) -> Result<i64> {
+    let key = format!("{prefix}end").into_bytes();
+    first_answer(
+        channels,
+        deadline,
+        Duration::from_secs(5),
+        "the end-of-run write",
+        |mut kv| {
+            let req = pb::PutRequest {
+                key: key.clone(),
+                value: b"end".to_vec(),
+                ..Default::default()
+            };
+            async move { kv.put(req).await.map(|r| r.into_inner().header) }
+        },
+    )
+    .await
+}
+
 /// The revision a linearizable read reports on any member.
 async fn current_rev(channels: &[Channel], deadline: Duration) -> Result<i64> {
-    let until = Instant::now() + deadline;
-    loop {
-        for ch in channels {
+    first_answer(
+        channels,
+        deadline,
+        Duration::from_secs(2),
+        "a linearizable read",
+        |mut kv| {
             let req = pb::RangeRequest {
                 key: b"chaos-rev".to_vec(),
                 ..Default::default()
             };
-            if let Ok(Ok(r)) =
-                tokio::time::timeout(Duration::from_secs(2), KvClient::new(ch.clone()).range(req))
-                    .await
-            {
-                return Ok(r
-                    .into_inner()
-                    .header
-                    .map(|h| h.revision)
-                    .unwrap_or_default());
-            }
-        }
-        if Instant::now() > until {
-            return Err(ChaosError::Timeout(deadline, "a linearizable read".into()));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            async move { kv.range(req).await.map(|r| r.into_inner().header) }
+        },
+    )
+    .await
 }
 
 /// Polls until every member's local (serializable) revision equals the linearizable
