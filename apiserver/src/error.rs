@@ -1,0 +1,235 @@
+//! `ApiError`: every way a request can fail, and the one place that turns a failure into
+//! Kubernetes' `Status` body and HTTP code (`ApiError::status`), with upstream's reasons
+//! and message wording, because clients (kubectl, client-go, kube-rs) branch on them.
+
+use axum::http::StatusCode;
+use serde_json::{json, Value};
+
+use crate::resources::ResourceType;
+
+/// A failed request, or a failure to start.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The named object does not exist.
+    #[error("{resource} \"{name}\" not found")]
+    NotFound {
+        resource: String,
+        group: String,
+        name: String,
+    },
+    /// The path names no resource the server serves.
+    #[error("the server could not find the requested resource")]
+    NoRoute,
+    /// Create of a name that exists.
+    #[error("{resource} \"{name}\" already exists")]
+    AlreadyExists {
+        resource: String,
+        group: String,
+        name: String,
+    },
+    /// The client's resourceVersion is not the stored one (optimistic concurrency).
+    #[error("Operation cannot be fulfilled on {resource} \"{name}\": {detail}")]
+    Conflict {
+        resource: String,
+        group: String,
+        name: String,
+        detail: String,
+    },
+    /// The object fails validation; `causes` are (field, message) pairs.
+    #[error("{kind} \"{name}\" is invalid: {}", causes.iter().map(|(f, m)| format!("{f}: {m}")).collect::<Vec<_>>().join(", "))]
+    Invalid {
+        kind: String,
+        group: String,
+        name: String,
+        causes: Vec<(String, String)>,
+    },
+    /// A malformed request (body, query, selector).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No credentials, or credentials we do not accept.
+    #[error("Unauthorized")]
+    Unauthorized,
+    /// The verb is not served on this path.
+    #[error("the server does not allow this method on the requested resource")]
+    MethodNotAllowed,
+    /// The patch (or body) content type is not one we accept.
+    #[error("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json")]
+    UnsupportedMediaType,
+    /// The request body is over the limit (3 MiB, as kube-apiserver).
+    #[error("Request entity too large: limit is 3145728")]
+    TooLarge,
+    /// A resourceVersion or continue token older than the store's compaction.
+    #[error("{0}")]
+    Expired(String),
+    /// A resourceVersion newer than anything the server has seen (after the wait).
+    #[error("Timeout: Too large resource version: {requested}, current: {current}")]
+    TooLargeResourceVersion { requested: i64, current: i64 },
+    /// The store did not answer in time.
+    #[error("Timeout: {0}")]
+    Timeout(String),
+    /// The store failed.
+    #[error("Internal error occurred: {0}")]
+    Internal(String),
+    /// Startup failed (PKI, config files, listener).
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl ApiError {
+    pub fn not_found(rt: &ResourceType, name: &str) -> ApiError {
+        ApiError::NotFound {
+            resource: rt.qualified(),
+            group: rt.group.into(),
+            name: name.into(),
+        }
+    }
+
+    pub fn already_exists(rt: &ResourceType, name: &str) -> ApiError {
+        ApiError::AlreadyExists {
+            resource: rt.qualified(),
+            group: rt.group.into(),
+            name: name.into(),
+        }
+    }
+
+    pub fn conflict(rt: &ResourceType, name: &str) -> ApiError {
+        ApiError::Conflict {
+            resource: rt.qualified(),
+            group: rt.group.into(),
+            name: name.into(),
+            detail: "the object has been modified; please apply your changes to the latest version and try again".into(),
+        }
+    }
+
+    pub fn invalid(rt: &ResourceType, name: &str, field: &str, msg: impl Into<String>) -> ApiError {
+        ApiError::Invalid {
+            kind: rt.kind.into(),
+            group: rt.group.into(),
+            name: name.into(),
+            causes: vec![(field.into(), msg.into())],
+        }
+    }
+
+    /// The HTTP code, reason and `details` of upstream's `Status` for this error.
+    fn parts(&self) -> (StatusCode, &'static str, Value) {
+        use ApiError::*;
+        let plural = |r: &str| r.split('.').next().unwrap_or(r).to_string();
+        match self {
+            NotFound {
+                resource,
+                group,
+                name,
+            } => (
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                json!({"name": name, "group": group, "kind": plural(resource)}),
+            ),
+            NoRoute => (StatusCode::NOT_FOUND, "NotFound", json!({})),
+            AlreadyExists {
+                resource,
+                group,
+                name,
+            } => (
+                StatusCode::CONFLICT,
+                "AlreadyExists",
+                json!({"name": name, "group": group, "kind": plural(resource)}),
+            ),
+            Conflict {
+                resource,
+                group,
+                name,
+                ..
+            } => (
+                StatusCode::CONFLICT,
+                "Conflict",
+                json!({"name": name, "group": group, "kind": plural(resource)}),
+            ),
+            Invalid {
+                kind,
+                group,
+                name,
+                causes,
+            } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                json!({"name": name, "group": group, "kind": kind, "causes":
+                    causes.iter().map(|(f, m)| json!({"reason": "FieldValueInvalid", "message": m, "field": f})).collect::<Vec<_>>()}),
+            ),
+            BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest", json!({})),
+            Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized", json!({})),
+            MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                json!({}),
+            ),
+            UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                json!({}),
+            ),
+            TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                json!({}),
+            ),
+            Expired(_) => (StatusCode::GONE, "Expired", json!({})),
+            TooLargeResourceVersion { .. } => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "Timeout",
+                json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}], "retryAfterSeconds": 1}),
+            ),
+            Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "Timeout", json!({})),
+            Internal(_) | Setup(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                json!({}),
+            ),
+        }
+    }
+
+    /// The HTTP status code.
+    pub fn code(&self) -> StatusCode {
+        self.parts().0
+    }
+
+    /// The `Status` object clients receive (also the object of a watch `ERROR` event).
+    pub fn status(&self) -> Value {
+        let (code, reason, details) = self.parts();
+        let mut s = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.to_string(),
+            "reason": reason,
+            "code": code.as_u16(),
+        });
+        if details.as_object().is_some_and(|d| !d.is_empty()) {
+            s["details"] = details;
+        }
+        s
+    }
+}
+
+impl From<etcd_client::Error> for ApiError {
+    fn from(e: etcd_client::Error) -> ApiError {
+        match &e {
+            etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::DeadlineExceeded => {
+                ApiError::Timeout(s.message().to_string())
+            }
+            _ => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl axum::response::IntoResponse for ApiError {
+    fn into_response(self) -> axum::response::Response {
+        let code = self.code();
+        (
+            code,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            self.status().to_string(),
+        )
+            .into_response()
+    }
+}

@@ -1,0 +1,176 @@
+//! The apiserver's only way to its data: the etcd v3 API (the `etcd-client` crate), so
+//! the same binary runs on `capstan store` or on a real etcd. Objects are JSON under
+//! kube-apiserver's own keys; the object's resourceVersion is the key's mod revision
+//! and is never stored inside the value (as upstream).
+
+use etcd_client::{
+    Client, Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp, WatchOptions,
+};
+
+use crate::error::ApiError;
+
+/// A value and the revision that last wrote it.
+pub struct Stored {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub mod_revision: i64,
+}
+
+/// One page of a range read.
+pub struct Page {
+    pub items: Vec<Stored>,
+    /// The store revision the page was read at.
+    pub revision: i64,
+    /// More keys follow the last item.
+    pub more: bool,
+}
+
+/// Outcome of a conditional write.
+pub enum Written {
+    /// Written at this revision.
+    Ok(i64),
+    /// The condition failed; the current value, if any, as read in the same txn.
+    Conflict(Option<Stored>),
+}
+
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+}
+
+fn stored(kv: &etcd_client::KeyValue) -> Stored {
+    Stored {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        value: kv.value().to_vec(),
+        mod_revision: kv.mod_revision(),
+    }
+}
+
+fn header_rev(h: Option<&etcd_client::ResponseHeader>) -> i64 {
+    h.map(|h| h.revision()).unwrap_or(0)
+}
+
+impl Store {
+    pub async fn connect(endpoints: &[String]) -> Result<Store, ApiError> {
+        let client = Client::connect(endpoints, None)
+            .await
+            .map_err(|e| ApiError::Setup(format!("connecting to the store: {e}")))?;
+        Ok(Store { client })
+    }
+
+    /// The store's current revision (a linearizable read).
+    pub async fn revision(&self) -> Result<i64, ApiError> {
+        let resp = self
+            .client
+            .kv_client()
+            .get("/registry/", Some(GetOptions::new().with_count_only()))
+            .await?;
+        Ok(header_rev(resp.header()))
+    }
+
+    pub async fn get(&self, key: &str) -> Result<(Option<Stored>, i64), ApiError> {
+        let resp = self.client.kv_client().get(key, None).await?;
+        Ok((resp.kvs().first().map(stored), header_rev(resp.header())))
+    }
+
+    /// Keys under `prefix` from `start` (inclusive; the prefix itself when `None`), at
+    /// `revision` (0: the current one), at most `limit` (0: all).
+    pub async fn list(
+        &self,
+        prefix: &str,
+        start: Option<&str>,
+        revision: i64,
+        limit: i64,
+    ) -> Result<Page, ApiError> {
+        let end = prefix_end(prefix);
+        let from = start.unwrap_or(prefix);
+        let mut opts = GetOptions::new()
+            .with_range(end)
+            .with_sort(SortTarget::Key, SortOrder::Ascend);
+        if revision > 0 {
+            opts = opts.with_revision(revision);
+        }
+        if limit > 0 {
+            opts = opts.with_limit(limit);
+        }
+        let resp = self.client.kv_client().get(from, Some(opts)).await?;
+        Ok(Page {
+            items: resp.kvs().iter().map(stored).collect(),
+            revision: header_rev(resp.header()),
+            more: resp.more(),
+        })
+    }
+
+    /// Writes `key` only if it does not exist.
+    pub async fn create(&self, key: &str, value: Vec<u8>) -> Result<Written, ApiError> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value, None)])
+            .or_else([TxnOp::get(key, None)]);
+        self.cas(txn).await
+    }
+
+    /// Writes `key` only if its mod revision is still `expected`.
+    pub async fn update(&self, key: &str, value: Vec<u8>, expected: i64) -> Result<Written, ApiError> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
+            .and_then([TxnOp::put(key, value, None)])
+            .or_else([TxnOp::get(key, None)]);
+        self.cas(txn).await
+    }
+
+    /// Deletes `key` only if its mod revision is still `expected`.
+    pub async fn delete(&self, key: &str, expected: i64) -> Result<Written, ApiError> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
+            .and_then([TxnOp::delete(key, None)])
+            .or_else([TxnOp::get(key, None)]);
+        self.cas(txn).await
+    }
+
+    async fn cas(&self, txn: Txn) -> Result<Written, ApiError> {
+        let resp = self.client.kv_client().txn(txn).await?;
+        if resp.succeeded() {
+            return Ok(Written::Ok(header_rev(resp.header())));
+        }
+        let current = resp.op_responses().into_iter().find_map(|r| match r {
+            etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(stored),
+            _ => None,
+        });
+        Ok(Written::Conflict(current))
+    }
+
+    /// A watch on every key under `prefix`, from `start_revision` on, with previous
+    /// values (a delete event carries the deleted object) and progress notifications.
+    pub async fn watch(
+        &self,
+        prefix: &str,
+        start_revision: i64,
+    ) -> Result<etcd_client::WatchStream, ApiError> {
+        let opts = WatchOptions::new()
+            .with_range(prefix_end(prefix))
+            .with_prev_key()
+            .with_progress_notify()
+            .with_start_revision(start_revision);
+        Ok(self.client.watch_client().watch(prefix, Some(opts)).await?)
+    }
+
+    /// Compacts the store's history up to `revision` (kube-apiserver does this on an
+    /// interval, so the store's history stays bounded).
+    pub async fn compact(&self, revision: i64) -> Result<(), ApiError> {
+        self.client.kv_client().compact(revision, None).await?;
+        Ok(())
+    }
+}
+
+/// The end of the range of keys starting with `prefix`.
+pub fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}

@@ -1,0 +1,214 @@
+//! The cluster's PKI and the HTTPS listener's TLS configuration.
+//!
+//! On first start the apiserver generates a CA, a serving certificate for every
+//! address it is reached on, and an admin client certificate (`CN=admin`,
+//! `O=system:masters`, as kubeadm's admin.conf), and writes them to `--cert-dir`; later
+//! starts reuse them, so a kubeconfig written once keeps working across restarts.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+
+use crate::error::ApiError;
+
+/// Paths of the PEM files under the cert dir.
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca_pem: String,
+    pub serving_cert_pem: String,
+    pub serving_key_pem: String,
+    pub admin_cert_pem: String,
+    pub admin_key_pem: String,
+}
+
+fn pki_err(what: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::Setup(format!("{what}: {e}"))
+}
+
+fn read(dir: &Path, name: &str) -> Option<String> {
+    std::fs::read_to_string(dir.join(name)).ok()
+}
+
+fn write(dir: &Path, name: &str, body: &str, secret: bool) -> Result<(), ApiError> {
+    let path = dir.join(name);
+    std::fs::write(&path, body).map_err(|e| pki_err(&path.display().to_string(), e))?;
+    if secret {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| pki_err(&path.display().to_string(), e))?;
+    }
+    Ok(())
+}
+
+fn params(cn: &str, org: Option<&str>, sans: &[String]) -> Result<CertificateParams, ApiError> {
+    let mut p = CertificateParams::new(Vec::<String>::new()).map_err(|e| pki_err("params", e))?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    if let Some(o) = org {
+        dn.push(DnType::OrganizationName, o);
+    }
+    p.distinguished_name = dn;
+    for san in sans {
+        p.subject_alt_names.push(match san.parse::<std::net::IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(
+                san.clone()
+                    .try_into()
+                    .map_err(|e| pki_err("subject alt name", e))?,
+            ),
+        });
+    }
+    Ok(p)
+}
+
+/// Loads the PKI from `dir`, generating whatever is missing. `hosts` are the names and
+/// addresses the serving certificate must be valid for.
+pub fn ensure_pki(dir: &Path, hosts: &[String]) -> Result<Pki, ApiError> {
+    std::fs::create_dir_all(dir).map_err(|e| pki_err(&dir.display().to_string(), e))?;
+    let (ca_pem, ca_key_pem) = match (read(dir, "ca.crt"), read(dir, "ca.key")) {
+        (Some(c), Some(k)) => (c, k),
+        _ => {
+            let key = KeyPair::generate().map_err(|e| pki_err("ca key", e))?;
+            let mut p = params("capstan-ca", None, &[])?;
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::CrlSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+            let cert = p.self_signed(&key).map_err(|e| pki_err("ca cert", e))?;
+            write(dir, "ca.crt", &cert.pem(), false)?;
+            write(dir, "ca.key", &key.serialize_pem(), true)?;
+            (cert.pem(), key.serialize_pem())
+        }
+    };
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|e| pki_err("ca.key", e))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(|e| pki_err("ca.crt", e))?;
+    let mut leaf = |name: &str,
+                    cn: &str,
+                    org: Option<&str>,
+                    sans: &[String],
+                    usage: ExtendedKeyUsagePurpose|
+     -> Result<(String, String), ApiError> {
+        let (crt, keyf) = (format!("{name}.crt"), format!("{name}.key"));
+        if let (Some(c), Some(k)) = (read(dir, &crt), read(dir, &keyf)) {
+            return Ok((c, k));
+        }
+        let key = KeyPair::generate().map_err(|e| pki_err(name, e))?;
+        let mut p = params(cn, org, sans)?;
+        p.extended_key_usages = vec![usage];
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        let cert = p.signed_by(&key, &issuer).map_err(|e| pki_err(name, e))?;
+        write(dir, &crt, &cert.pem(), false)?;
+        write(dir, &keyf, &key.serialize_pem(), true)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    };
+    let mut sans: Vec<String> = vec![
+        "localhost".into(),
+        "127.0.0.1".into(),
+        "kubernetes".into(),
+        "kubernetes.default".into(),
+        "kubernetes.default.svc".into(),
+        "kubernetes.default.svc.cluster.local".into(),
+    ];
+    for h in hosts {
+        if !sans.contains(h) {
+            sans.push(h.clone());
+        }
+    }
+    let (serving_cert_pem, serving_key_pem) = leaf(
+        "apiserver",
+        "kube-apiserver",
+        None,
+        &sans,
+        ExtendedKeyUsagePurpose::ServerAuth,
+    )?;
+    let (admin_cert_pem, admin_key_pem) = leaf(
+        "admin",
+        "admin",
+        Some("system:masters"),
+        &[],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    )?;
+    Ok(Pki {
+        dir: dir.to_path_buf(),
+        ca_pem,
+        serving_cert_pem,
+        serving_key_pem,
+        admin_cert_pem,
+        admin_key_pem,
+    })
+}
+
+impl Pki {
+    /// A kubeconfig for the admin user against `server` (an `https://` URL).
+    pub fn admin_kubeconfig(&self, server: &str) -> String {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: capstan\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: capstan\n  context:\n    cluster: capstan\n    user: admin\ncurrent-context: capstan\n",
+            b64(&self.ca_pem),
+            b64(&self.admin_cert_pem),
+            b64(&self.admin_key_pem)
+        )
+    }
+
+    /// The listener's TLS config: our serving cert; client certs optional (bearer
+    /// tokens are the other way in) but, when presented, verified against our CA.
+    /// ALPN offers h2 first, as kube-apiserver does.
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, ApiError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots
+                .add(c.map_err(|e| pki_err("ca.crt", e))?)
+                .map_err(|e| pki_err("ca.crt", e))?;
+        }
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| pki_err("client verifier", e))?;
+        let certs = CertificateDer::pem_slice_iter(self.serving_cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| pki_err("apiserver.crt", e))?;
+        let key = PrivateKeyDer::from_pem_slice(self.serving_key_pem.as_bytes())
+            .map_err(|e| pki_err("apiserver.key", e))?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| pki_err("tls", e))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .map_err(|e| pki_err("tls", e))?;
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(cfg))
+    }
+}
+
+/// The user a verified client certificate names: CN is the user name, O entries the
+/// groups (Kubernetes' x509 authenticator).
+pub fn user_from_cert(der: &[u8]) -> Option<crate::auth::User> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let name = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    let groups = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(str::to_string))
+        .collect();
+    Some(crate::auth::User { name, groups })
+}
