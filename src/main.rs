@@ -32,6 +32,38 @@ enum Command {
     /// Chaos and failover suite: a recorded workload under injected faults, checked for
     /// linearizability, watch guarantees and lost writes (see README "Chaos suite").
     Chaos(capstan_chaos::cli::Args),
+    /// Run the Kubernetes API server over an etcd v3 store (kube-apiserver's flags).
+    Apiserver(ApiserverArgs),
+}
+
+/// kube-apiserver's flags, with its names and defaults where they apply.
+#[derive(clap::Args)]
+struct ApiserverArgs {
+    /// etcd servers to connect to, comma-separated (a `capstan store` or etcd cluster).
+    #[arg(long, default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    etcd_servers: Vec<String>,
+    /// The address to listen on for HTTPS.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind_address: std::net::IpAddr,
+    /// The port to serve HTTPS on.
+    #[arg(long, default_value_t = 6443)]
+    secure_port: u16,
+    /// Directory of the cluster CA and the serving and admin certificates (generated
+    /// when missing).
+    #[arg(long, default_value = "/var/lib/capstan/pki")]
+    cert_dir: PathBuf,
+    /// Write an admin kubeconfig here (client certificate of the `system:masters` group).
+    #[arg(long)]
+    kubeconfig_out: Option<PathBuf>,
+    /// Static bearer tokens: CSV lines `token,user,uid[,"group1,group2"]`.
+    #[arg(long)]
+    token_auth_file: Option<PathBuf>,
+    /// Address this server is reached at (serving certificate, kubeconfig, discovery).
+    #[arg(long)]
+    advertise_address: Option<String>,
+    /// How often to compact the store's history, e.g. 5m (0 disables).
+    #[arg(long, default_value = "5m", value_parser = capstan_chaos::cli::parse_duration)]
+    etcd_compaction_interval: std::time::Duration,
 }
 
 #[derive(Subcommand)]
@@ -152,6 +184,21 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Store(args) => rt.block_on(run_store(args.into_config())),
+        Command::Apiserver(a) => rt.block_on(async move {
+            let cfg = capstan_apiserver::Config {
+                etcd_servers: a.etcd_servers,
+                listen: std::net::SocketAddr::new(a.bind_address, a.secure_port),
+                cert_dir: a.cert_dir,
+                kubeconfig_out: a.kubeconfig_out,
+                token_auth_file: a.token_auth_file,
+                advertise_address: a.advertise_address,
+                compaction_interval: a.etcd_compaction_interval,
+            };
+            tokio::select! {
+                r = capstan_apiserver::run(cfg) => r.context("apiserver"),
+                _ = shutdown_signal() => Ok(()),
+            }
+        }),
         Command::Snapshot(SnapshotCommand::Restore {
             file,
             data_dir,

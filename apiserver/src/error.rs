@@ -43,6 +43,10 @@ pub enum ApiError {
         name: String,
         causes: Vec<(String, String)>,
     },
+    /// A well-formed request that cannot be carried out (a patch that does not apply);
+    /// upstream's generic 422 with the reason `Invalid` and the message as it is.
+    #[error("{0}")]
+    Unprocessable(String),
     /// A malformed request (body, query, selector).
     #[error("{0}")]
     BadRequest(String),
@@ -61,6 +65,12 @@ pub enum ApiError {
     /// A resourceVersion or continue token older than the store's compaction.
     #[error("{0}")]
     Expired(String),
+    /// A continue token older than the store's compaction; carries a fresh token.
+    #[error("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.")]
+    ExpiredContinue(String),
+    /// The request is understood but not allowed.
+    #[error("{0}")]
+    Forbidden(String),
     /// A resourceVersion newer than anything the server has seen (after the wait).
     #[error("Timeout: Too large resource version: {requested}, current: {current}")]
     TooLargeResourceVersion { requested: i64, current: i64 },
@@ -156,6 +166,7 @@ impl ApiError {
                     causes.iter().map(|(f, m)| json!({"reason": "FieldValueInvalid", "message": m, "field": f})).collect::<Vec<_>>()}),
             ),
             BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest", json!({})),
+            Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid", json!({})),
             Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized", json!({})),
             MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -172,7 +183,8 @@ impl ApiError {
                 "RequestEntityTooLarge",
                 json!({}),
             ),
-            Expired(_) => (StatusCode::GONE, "Expired", json!({})),
+            Expired(_) | ExpiredContinue(_) => (StatusCode::GONE, "Expired", json!({})),
+            Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden", json!({})),
             TooLargeResourceVersion { .. } => (
                 StatusCode::GATEWAY_TIMEOUT,
                 "Timeout",
@@ -204,6 +216,9 @@ impl ApiError {
             "reason": reason,
             "code": code.as_u16(),
         });
+        if let ApiError::ExpiredContinue(token) = self {
+            s["metadata"] = json!({"continue": token});
+        }
         if details.as_object().is_some_and(|d| !d.is_empty()) {
             s["details"] = details;
         }
@@ -217,6 +232,18 @@ impl From<etcd_client::Error> for ApiError {
             etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::DeadlineExceeded => {
                 ApiError::Timeout(s.message().to_string())
             }
+            _ => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::patch::PatchError> for ApiError {
+    /// kube-apiserver's codes for patch failures (its `interpretStrategicMergePatchError`
+    /// and JSON patch handling), which the patch module reports.
+    fn from(e: crate::patch::PatchError) -> ApiError {
+        match e.status_code() {
+            400 | 413 => ApiError::BadRequest(e.to_string()),
+            422 => ApiError::Unprocessable(e.to_string()),
             _ => ApiError::Internal(e.to_string()),
         }
     }

@@ -1,1 +1,181 @@
-//! placeholder
+//! `capstan apiserver`: the Kubernetes REST API over an etcd v3 store.
+//!
+//! The apiserver reaches its data only through the etcd v3 API (`storage`), so it runs
+//! the same on `capstan store` and on a real etcd. Requests flow `http` (routing,
+//! authentication, negotiation) → `registry` (object lifecycle) → `storage`; watches
+//! flow from the store's watch through `watch`.
+
+pub mod auth;
+pub mod cache;
+pub mod discovery;
+pub mod error;
+pub mod http;
+pub mod patch;
+pub mod registry;
+pub mod resources;
+pub mod selectors;
+pub mod storage;
+pub mod table;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use tower::ServiceExt;
+
+pub use error::ApiError;
+
+/// What `capstan apiserver` is started with (kube-apiserver's flag names).
+pub struct Config {
+    /// `--etcd-servers`.
+    pub etcd_servers: Vec<String>,
+    /// `--bind-address` and `--secure-port`.
+    pub listen: SocketAddr,
+    /// `--cert-dir`: where the CA, serving and admin certificates live.
+    pub cert_dir: PathBuf,
+    /// Where to write the admin kubeconfig (`--kubeconfig-out`), if anywhere.
+    pub kubeconfig_out: Option<PathBuf>,
+    /// `--token-auth-file`.
+    pub token_auth_file: Option<PathBuf>,
+    /// `--advertise-address`: the host kubeconfigs and discovery name.
+    pub advertise_address: Option<String>,
+    /// `--etcd-compaction-interval` (0 disables).
+    pub compaction_interval: Duration,
+}
+
+/// Namespaces kube-apiserver creates at start.
+const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// Runs the apiserver until the listener fails.
+pub async fn run(cfg: Config) -> Result<(), ApiError> {
+    let store = connect_store(&cfg.etcd_servers).await?;
+    let host = cfg
+        .advertise_address
+        .clone()
+        .unwrap_or_else(|| cfg.listen.ip().to_string().replace("0.0.0.0", "127.0.0.1"));
+    let pki = tls::ensure_pki(&cfg.cert_dir, std::slice::from_ref(&host))?;
+    let server_url = format!("https://{host}:{}", cfg.listen.port());
+    if let Some(path) = &cfg.kubeconfig_out {
+        std::fs::write(path, pki.admin_kubeconfig(&server_url))
+            .map_err(|e| ApiError::Setup(format!("{}: {e}", path.display())))?;
+    }
+    let tokens = match &cfg.token_auth_file {
+        Some(p) => auth::Tokens::load(p)?,
+        None => auth::Tokens::default(),
+    };
+    let registry = Arc::new(registry::Registry {
+        store: store.clone(),
+    });
+    bootstrap(&registry).await?;
+    if !cfg.compaction_interval.is_zero() {
+        tokio::spawn(compactor(store.clone(), cfg.compaction_interval));
+    }
+    let caches = resources::RESOURCES
+        .iter()
+        .map(|rt| (rt.prefix, cache::Cache::start(store.clone(), rt)))
+        .collect();
+    let app = Arc::new(http::App {
+        registry,
+        caches,
+        tokens,
+        server_address: format!("{host}:{}", cfg.listen.port()),
+    });
+    let router = http::router(app);
+    let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config()?);
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| ApiError::Setup(format!("listening on {}: {e}", cfg.listen)))?;
+    tracing::info!(address = %cfg.listen, url = %server_url, "apiserver serving");
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let user = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| tls::user_from_cert(c));
+            let peer = http::Peer(user);
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(peer.clone());
+                    router.clone().oneshot(req)
+                },
+            );
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                .await;
+        });
+    }
+}
+
+/// Connects to the store, waiting for it to come up (servers start in any order).
+async fn connect_store(endpoints: &[String]) -> Result<storage::Store, ApiError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match storage::Store::connect(endpoints).await {
+            Ok(s) => match s.revision().await {
+                Ok(_) => return Ok(s),
+                Err(e) if tokio::time::Instant::now() > deadline => return Err(e),
+                Err(_) => {}
+            },
+            Err(e) if tokio::time::Instant::now() > deadline => return Err(e),
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Creates the system namespaces if they are missing.
+async fn bootstrap(reg: &registry::Registry) -> Result<(), ApiError> {
+    let Some(ns) = resources::find("", "v1", "namespaces") else {
+        return Ok(());
+    };
+    let opts = registry::WriteOptions {
+        dry_run: false,
+        validation: registry::FieldValidation::Strict,
+    };
+    for name in SYSTEM_NAMESPACES {
+        let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+        match reg.create(ns, None, &body, opts).await {
+            Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Compacts the store's history every interval, up to the revision seen one interval
+/// earlier (kube-apiserver's scheme), so watchers get that long to resume.
+async fn compactor(store: storage::Store, every: Duration) {
+    let mut previous: Option<i64> = None;
+    loop {
+        tokio::time::sleep(every).await;
+        match store.revision().await {
+            Ok(rev) => {
+                if let Some(p) = previous {
+                    if let Err(e) = store.compact(p).await {
+                        tracing::debug!(error = %e, revision = p, "compaction skipped");
+                    }
+                }
+                previous = Some(rev);
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the store revision for compaction"),
+        }
+    }
+}

@@ -84,21 +84,201 @@ const ALL: &[&str] = &["all"];
 const NONE: &[&str] = &[];
 
 pub static RESOURCES: &[ResourceType] = &[
-    rt!("", "v1", "Namespace", "namespaces", false, &["ns"], NONE, true, false, "/registry/namespaces", core::Namespace),
-    rt!("", "v1", "Pod", "pods", true, &["po"], ALL, true, false, "/registry/pods", core::Pod),
-    rt!("", "v1", "Service", "services", true, &["svc"], ALL, true, false, "/registry/services/specs", core::Service),
-    rt!("", "v1", "Endpoints", "endpoints", true, &["ep"], NONE, false, false, "/registry/services/endpoints", core::Endpoints),
-    rt!("", "v1", "Node", "nodes", false, &["no"], NONE, true, false, "/registry/minions", core::Node),
-    rt!("", "v1", "ConfigMap", "configmaps", true, &["cm"], NONE, false, false, "/registry/configmaps", core::ConfigMap),
-    rt!("", "v1", "Secret", "secrets", true, NONE, NONE, false, false, "/registry/secrets", core::Secret),
-    rt!("", "v1", "ServiceAccount", "serviceaccounts", true, &["sa"], NONE, false, false, "/registry/serviceaccounts", core::ServiceAccount),
-    rt!("", "v1", "Event", "events", true, &["ev"], NONE, false, false, "/registry/events", core::Event),
-    rt!("apps", "v1", "Deployment", "deployments", true, &["deploy"], ALL, true, true, "/registry/deployments", apps::Deployment),
-    rt!("apps", "v1", "ReplicaSet", "replicasets", true, &["rs"], ALL, true, true, "/registry/replicasets", apps::ReplicaSet),
-    rt!("batch", "v1", "Job", "jobs", true, NONE, ALL, true, false, "/registry/jobs", batch::Job),
-    rt!("coordination.k8s.io", "v1", "Lease", "leases", true, NONE, NONE, false, false, "/registry/leases", coord::Lease),
-    rt!("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", true, NONE, NONE, false, false, "/registry/endpointslices", disc::EndpointSlice),
-    rt!("networking.k8s.io", "v1", "Ingress", "ingresses", true, &["ing"], NONE, true, false, "/registry/ingress", net::Ingress),
+    rt!(
+        "",
+        "v1",
+        "Namespace",
+        "namespaces",
+        false,
+        &["ns"],
+        NONE,
+        true,
+        false,
+        "/registry/namespaces",
+        core::Namespace
+    ),
+    rt!(
+        "",
+        "v1",
+        "Pod",
+        "pods",
+        true,
+        &["po"],
+        ALL,
+        true,
+        false,
+        "/registry/pods",
+        core::Pod
+    ),
+    rt!(
+        "",
+        "v1",
+        "Service",
+        "services",
+        true,
+        &["svc"],
+        ALL,
+        true,
+        false,
+        "/registry/services/specs",
+        core::Service
+    ),
+    rt!(
+        "",
+        "v1",
+        "Endpoints",
+        "endpoints",
+        true,
+        &["ep"],
+        NONE,
+        false,
+        false,
+        "/registry/services/endpoints",
+        core::Endpoints
+    ),
+    rt!(
+        "",
+        "v1",
+        "Node",
+        "nodes",
+        false,
+        &["no"],
+        NONE,
+        true,
+        false,
+        "/registry/minions",
+        core::Node
+    ),
+    rt!(
+        "",
+        "v1",
+        "ConfigMap",
+        "configmaps",
+        true,
+        &["cm"],
+        NONE,
+        false,
+        false,
+        "/registry/configmaps",
+        core::ConfigMap
+    ),
+    rt!(
+        "",
+        "v1",
+        "Secret",
+        "secrets",
+        true,
+        NONE,
+        NONE,
+        false,
+        false,
+        "/registry/secrets",
+        core::Secret
+    ),
+    rt!(
+        "",
+        "v1",
+        "ServiceAccount",
+        "serviceaccounts",
+        true,
+        &["sa"],
+        NONE,
+        false,
+        false,
+        "/registry/serviceaccounts",
+        core::ServiceAccount
+    ),
+    rt!(
+        "",
+        "v1",
+        "Event",
+        "events",
+        true,
+        &["ev"],
+        NONE,
+        false,
+        false,
+        "/registry/events",
+        core::Event
+    ),
+    rt!(
+        "apps",
+        "v1",
+        "Deployment",
+        "deployments",
+        true,
+        &["deploy"],
+        ALL,
+        true,
+        true,
+        "/registry/deployments",
+        apps::Deployment
+    ),
+    rt!(
+        "apps",
+        "v1",
+        "ReplicaSet",
+        "replicasets",
+        true,
+        &["rs"],
+        ALL,
+        true,
+        true,
+        "/registry/replicasets",
+        apps::ReplicaSet
+    ),
+    rt!(
+        "batch",
+        "v1",
+        "Job",
+        "jobs",
+        true,
+        NONE,
+        ALL,
+        true,
+        false,
+        "/registry/jobs",
+        batch::Job
+    ),
+    rt!(
+        "coordination.k8s.io",
+        "v1",
+        "Lease",
+        "leases",
+        true,
+        NONE,
+        NONE,
+        false,
+        false,
+        "/registry/leases",
+        coord::Lease
+    ),
+    rt!(
+        "discovery.k8s.io",
+        "v1",
+        "EndpointSlice",
+        "endpointslices",
+        true,
+        NONE,
+        NONE,
+        false,
+        false,
+        "/registry/endpointslices",
+        disc::EndpointSlice
+    ),
+    rt!(
+        "networking.k8s.io",
+        "v1",
+        "Ingress",
+        "ingresses",
+        true,
+        &["ing"],
+        NONE,
+        true,
+        false,
+        "/registry/ingress",
+        net::Ingress
+    ),
 ];
 
 /// The verbs every resource serves.
@@ -200,7 +380,9 @@ impl ResourceType {
                     spec.entry("backoffLimit").or_insert(json!(6));
                     spec.entry("completionMode").or_insert(json!("NonIndexed"));
                     spec.entry("suspend").or_insert(json!(false));
-                    if !spec.contains_key("completions") && spec.get("parallelism") == Some(&json!(1)) {
+                    if !spec.contains_key("completions")
+                        && spec.get("parallelism") == Some(&json!(1))
+                    {
                         spec.insert("completions".into(), json!(1));
                     }
                     default_template(spec);
@@ -210,7 +392,8 @@ impl ResourceType {
                 if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
                     spec.entry("type").or_insert(json!("ClusterIP"));
                     spec.entry("sessionAffinity").or_insert(json!("None"));
-                    spec.entry("internalTrafficPolicy").or_insert(json!("Cluster"));
+                    spec.entry("internalTrafficPolicy")
+                        .or_insert(json!("Cluster"));
                     spec.entry("ipFamilies").or_insert(json!(["IPv4"]));
                     spec.entry("ipFamilyPolicy").or_insert(json!("SingleStack"));
                     if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
@@ -263,10 +446,12 @@ fn default_pod_spec(spec: &mut Value) {
         return;
     };
     s.entry("restartPolicy").or_insert(json!("Always"));
-    s.entry("terminationGracePeriodSeconds").or_insert(json!(30));
+    s.entry("terminationGracePeriodSeconds")
+        .or_insert(json!(30));
     s.entry("dnsPolicy").or_insert(json!("ClusterFirst"));
     s.entry("securityContext").or_insert(json!({}));
-    s.entry("schedulerName").or_insert(json!("default-scheduler"));
+    s.entry("schedulerName")
+        .or_insert(json!("default-scheduler"));
     s.entry("enableServiceLinks").or_insert(json!(true));
     for list in ["initContainers", "containers"] {
         if let Some(cs) = s.get_mut(list).and_then(Value::as_array_mut) {
@@ -279,11 +464,12 @@ fn default_pod_spec(spec: &mut Value) {
                 let image = c.get("image").and_then(Value::as_str).unwrap_or("");
                 // Upstream: Always for `:latest` or no tag, IfNotPresent otherwise.
                 let last = image.rsplit('/').next().unwrap_or(image);
-                let policy = if image.contains('@') || (last.contains(':') && !last.ends_with(":latest")) {
-                    "IfNotPresent"
-                } else {
-                    "Always"
-                };
+                let policy =
+                    if image.contains('@') || (last.contains(':') && !last.ends_with(":latest")) {
+                        "IfNotPresent"
+                    } else {
+                        "Always"
+                    };
                 c.entry("imagePullPolicy").or_insert(json!(policy));
                 if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
                     for p in ports {
@@ -347,7 +533,10 @@ mod tests {
         let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "a", "bogus": 1, "creationTimestamp": null}, "data": {"k": "v"}, "extra": {"x": 1}});
         let (canon, unknown) = rt.decode(&body).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(unknown, vec!["extra".to_string(), "metadata.bogus".to_string()]);
+        assert_eq!(
+            unknown,
+            vec!["extra".to_string(), "metadata.bogus".to_string()]
+        );
         assert_eq!(canon["data"]["k"], "v");
         assert!(canon.get("extra").is_none());
     }

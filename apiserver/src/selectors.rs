@@ -62,7 +62,9 @@ fn set_values(rest: &str, sel: &str) -> Result<Vec<String>, ApiError> {
 }
 
 fn bad_label(sel: &str) -> ApiError {
-    ApiError::BadRequest(format!("unable to parse requirement: found '{sel}', expected: identifier"))
+    ApiError::BadRequest(format!(
+        "unable to parse requirement: found '{sel}', expected: identifier"
+    ))
 }
 
 impl LabelSelector {
@@ -271,10 +273,16 @@ mod tests {
         let f = FieldSelector::parse("spec.nodeName=n1,status.phase!=Failed", "Pod")
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(f.matches(&pod));
-        let unscheduled = FieldSelector::parse("spec.nodeName=", "Pod").unwrap_or_else(|e| panic!("{e}"));
+        let unscheduled =
+            FieldSelector::parse("spec.nodeName=", "Pod").unwrap_or_else(|e| panic!("{e}"));
         assert!(!unscheduled.matches(&pod));
         assert!(unscheduled.matches(&json!({"spec": {}})));
-        let err = FieldSelector::parse("spec.bogus=1", "Pod").err().map(|e| e.to_string());
-        assert_eq!(err.as_deref(), Some("field label not supported: spec.bogus"));
+        let err = FieldSelector::parse("spec.bogus=1", "Pod")
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("field label not supported: spec.bogus")
+        );
     }
 }

@@ -111,7 +111,12 @@ impl Store {
     }
 
     /// Writes `key` only if its mod revision is still `expected`.
-    pub async fn update(&self, key: &str, value: Vec<u8>, expected: i64) -> Result<Written, ApiError> {
+    pub async fn update(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: i64,
+    ) -> Result<Written, ApiError> {
         let txn = Txn::new()
             .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
             .and_then([TxnOp::put(key, value, None)])

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -56,14 +56,15 @@ fn params(cn: &str, org: Option<&str>, sans: &[String]) -> Result<CertificatePar
     }
     p.distinguished_name = dn;
     for san in sans {
-        p.subject_alt_names.push(match san.parse::<std::net::IpAddr>() {
-            Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(
-                san.clone()
-                    .try_into()
-                    .map_err(|e| pki_err("subject alt name", e))?,
-            ),
-        });
+        p.subject_alt_names
+            .push(match san.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(
+                    san.clone()
+                        .try_into()
+                        .map_err(|e| pki_err("subject alt name", e))?,
+                ),
+            });
     }
     Ok(p)
 }
@@ -91,11 +92,11 @@ pub fn ensure_pki(dir: &Path, hosts: &[String]) -> Result<Pki, ApiError> {
     };
     let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|e| pki_err("ca.key", e))?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(|e| pki_err("ca.crt", e))?;
-    let mut leaf = |name: &str,
-                    cn: &str,
-                    org: Option<&str>,
-                    sans: &[String],
-                    usage: ExtendedKeyUsagePurpose|
+    let leaf = |name: &str,
+                cn: &str,
+                org: Option<&str>,
+                sans: &[String],
+                usage: ExtendedKeyUsagePurpose|
      -> Result<(String, String), ApiError> {
         let (crt, keyf) = (format!("{name}.crt"), format!("{name}.key"));
         if let (Some(c), Some(k)) = (read(dir, &crt), read(dir, &keyf)) {

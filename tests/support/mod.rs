@@ -223,21 +223,21 @@ impl Ctl {
     /// Stdout, asserting the command succeeded.
     #[track_caller]
     pub fn out(&self) -> &str {
-        assert!(self.ok, "etcdctl failed: {}{}", self.stdout, self.stderr);
+        assert!(self.ok, "command failed: {}{}", self.stdout, self.stderr);
         &self.stdout
     }
 
     /// Stderr, asserting the command failed.
     #[track_caller]
     pub fn err(&self) -> &str {
-        assert!(!self.ok, "etcdctl unexpectedly succeeded: {}", self.stdout);
+        assert!(!self.ok, "command unexpectedly succeeded: {}", self.stdout);
         &self.stderr
     }
 
     /// Stdout parsed as JSON (`-w json`).
     #[track_caller]
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(self.out()).expect("etcdctl printed JSON")
+        serde_json::from_str(self.out()).expect("the command printed JSON")
     }
 }
 
@@ -601,5 +601,151 @@ impl Drop for Cluster {
         for i in 0..self.members.len() {
             self.kill9(i);
         }
+    }
+}
+
+/// A real `capstan apiserver` process over a store, with its own cert dir and the
+/// admin kubeconfig it wrote, for the real `kubectl`.
+pub struct Apiserver {
+    /// `https://127.0.0.1:<port>`.
+    pub url: String,
+    pub kubeconfig: PathBuf,
+    etcd: String,
+    port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Apiserver {
+    /// Starts an apiserver on `etcd` (a store's client URL) and waits for `/healthz`.
+    pub async fn start(etcd: &str) -> Apiserver {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let mut a = Apiserver {
+            url: format!("https://127.0.0.1:{port}"),
+            kubeconfig: dir.path().join("kubeconfig"),
+            etcd: etcd.to_string(),
+            port,
+            child: None,
+            dir,
+        };
+        a.spawn();
+        a.wait_ready().await;
+        a
+    }
+
+    fn spawn(&mut self) {
+        let log = append_log(&self.dir.path().join("apiserver.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_capstan"))
+            .args(["apiserver", "--etcd-servers", &self.etcd])
+            .args([
+                "--bind-address",
+                "127.0.0.1",
+                "--secure-port",
+                &self.port.to_string(),
+            ])
+            .arg("--cert-dir")
+            .arg(self.dir.path().join("pki"))
+            .arg("--kubeconfig-out")
+            .arg(&self.kubeconfig)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("apiserver starts");
+        self.child = Some(child);
+    }
+
+    /// Polls `kubectl get --raw /healthz` until it answers (deadline 60 s).
+    pub async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("apiserver exited with {status}; log:\n{}", self.log());
+                }
+            }
+            if self.kubeconfig.exists() && self.kubectl(&["get", "--raw", "/healthz"]).ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("apiserver not ready in 60 s; log:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("apiserver.log")).unwrap_or_default()
+    }
+
+    /// Stops the apiserver with SIGKILL.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and cert dir.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+        self.wait_ready().await;
+    }
+
+    /// Runs the real `kubectl` with the admin kubeconfig.
+    pub fn kubectl(&self, args: &[&str]) -> Ctl {
+        self.kubectl_stdin(args, None)
+    }
+
+    /// Runs `kubectl` feeding `stdin` (manifests for `-f -`).
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Ctl {
+        use std::io::Write;
+        let mut cmd = Command::new("kubectl");
+        cmd.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["--request-timeout", "30s"])
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("kubectl runs");
+        if let Some(input) = stdin {
+            if let Some(mut s) = child.stdin.take() {
+                s.write_all(input.as_bytes()).expect("kubectl stdin");
+            }
+        }
+        let Output {
+            status,
+            stdout,
+            stderr,
+        } = child.wait_with_output().expect("kubectl finishes");
+        Ctl {
+            ok: status.success(),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        }
+    }
+
+    /// A `kubectl` process left running (for `get -w`), its stdout piped.
+    pub fn kubectl_spawn(&self, args: &[&str]) -> Child {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl runs")
+    }
+}
+
+impl Drop for Apiserver {
+    fn drop(&mut self) {
+        self.kill9();
     }
 }

@@ -1,0 +1,606 @@
+//! The HTTP surface: routing of Kubernetes REST paths to the registry, query and body
+//! decoding, authentication, content negotiation (JSON, Table) and the watch stream.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use serde_json::{json, Value};
+
+use crate::auth::{Tokens, User};
+use crate::cache::{Cache, CacheWatch};
+use crate::discovery;
+use crate::error::ApiError;
+use crate::patch::PatchType;
+use crate::registry::{DeleteOptions, FieldValidation, ListOptions, Registry, WriteOptions};
+use crate::resources::{self, ResourceType};
+use crate::selectors::{FieldSelector, LabelSelector};
+
+/// Request bodies over this are refused, as kube-apiserver does.
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// Shared state of every request.
+pub struct App {
+    pub registry: Arc<Registry>,
+    /// The watch cache of every served resource, by store prefix.
+    pub caches: HashMap<&'static str, Arc<Cache>>,
+    pub tokens: Tokens,
+    pub server_address: String,
+}
+
+/// The user a verified TLS client certificate named, set per connection.
+#[derive(Clone)]
+pub struct Peer(pub Option<User>);
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/version", get(|| async { Json(discovery::version()) }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .fallback(dispatch)
+        .with_state(app)
+}
+
+fn authenticate(app: &App, peer: Option<&Peer>, headers: &HeaderMap) -> Result<User, ApiError> {
+    if let Some(auth) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Some(token) = auth.strip_prefix("Bearer ") {
+            return app.tokens.user(token.trim()).ok_or(ApiError::Unauthorized);
+        }
+    }
+    peer.and_then(|p| p.0.clone()).ok_or(ApiError::Unauthorized)
+}
+
+fn json_response(code: StatusCode, v: &Value, warnings: &[String]) -> Response {
+    let mut resp = (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response();
+    for w in warnings {
+        let text = format!("299 - \"{}\"", w.replace('"', "\\\""));
+        if let Ok(h) = text.parse() {
+            resp.headers_mut().append(header::WARNING, h);
+        }
+    }
+    resp
+}
+
+async fn dispatch(
+    State(app): State<Arc<App>>,
+    peer: Option<Extension<Peer>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match handle(
+        &app,
+        peer.as_ref().map(|e| &e.0),
+        method,
+        &uri,
+        &headers,
+        body,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            if e.code().is_server_error() {
+                tracing::warn!(path = uri.path(), error = %e, "request failed");
+            }
+            e.into_response()
+        }
+    }
+}
+
+/// A parsed resource path.
+struct Target {
+    rt: &'static ResourceType,
+    ns: Option<String>,
+    name: Option<String>,
+    sub: Option<String>,
+    watch_path: bool,
+}
+
+/// Splits `/api/v1/...` or `/apis/{group}/{version}/...` into the parts of a resource
+/// request, or answers a discovery document.
+enum Route {
+    Discovery(Value),
+    Resource(Target),
+}
+
+fn route(path: &str, server_address: &str) -> Result<Route, ApiError> {
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let (group, version, rest): (&str, &str, &[&str]) = match segs.as_slice() {
+        ["api"] => return Ok(Route::Discovery(discovery::api_versions(server_address))),
+        ["apis"] => return Ok(Route::Discovery(discovery::api_group_list())),
+        ["openapi", "v3"] => return Ok(Route::Discovery(discovery::openapi_v3_index())),
+        ["openapi", "v3", rest @ ..] => {
+            return discovery::openapi_v3_doc(&rest.join("/"))
+                .map(Route::Discovery)
+                .ok_or(ApiError::NoRoute)
+        }
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g] => {
+            return discovery::api_group(g)
+                .map(Route::Discovery)
+                .ok_or(ApiError::NoRoute)
+        }
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return Err(ApiError::NoRoute),
+    };
+    if rest.is_empty() {
+        return discovery::resource_list(group, version)
+            .map(Route::Discovery)
+            .ok_or(ApiError::NoRoute);
+    }
+    let (watch_path, rest) = match rest {
+        ["watch", r @ ..] => (true, r),
+        r => (false, r),
+    };
+    let find = |plural: &str| resources::find(group, version, plural).ok_or(ApiError::NoRoute);
+    let s = |x: &&str| Some(x.to_string());
+    let target = match rest {
+        ["namespaces", ns, plural, tail @ ..]
+            if resources::find(group, version, plural).is_some_and(|r| r.namespaced) =>
+        {
+            let rt = find(plural)?;
+            match tail {
+                [] => Target {
+                    rt,
+                    ns: s(ns),
+                    name: None,
+                    sub: None,
+                    watch_path,
+                },
+                [name] => Target {
+                    rt,
+                    ns: s(ns),
+                    name: s(name),
+                    sub: None,
+                    watch_path,
+                },
+                [name, sub] => Target {
+                    rt,
+                    ns: s(ns),
+                    name: s(name),
+                    sub: s(sub),
+                    watch_path,
+                },
+                _ => return Err(ApiError::NoRoute),
+            }
+        }
+        [plural] => Target {
+            rt: find(plural)?,
+            ns: None,
+            name: None,
+            sub: None,
+            watch_path,
+        },
+        [plural, name] => Target {
+            rt: find(plural)?,
+            ns: None,
+            name: s(name),
+            sub: None,
+            watch_path,
+        },
+        [plural, name, sub] => Target {
+            rt: find(plural)?,
+            ns: None,
+            name: s(name),
+            sub: s(sub),
+            watch_path,
+        },
+        _ => return Err(ApiError::NoRoute),
+    };
+    if target.rt.namespaced && target.name.is_some() && target.ns.is_none() {
+        return Err(ApiError::NoRoute);
+    }
+    Ok(Route::Resource(target))
+}
+
+fn wants_table(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| {
+            a.split(',')
+                .next()
+                .is_some_and(|first| first.contains("as=Table"))
+        })
+}
+
+async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| ApiError::TooLarge)
+}
+
+fn parse_object(headers: &HeaderMap, raw: &[u8]) -> Result<Value, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    if ct.contains("yaml") {
+        serde_yaml::from_slice(raw)
+            .map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))
+    } else if ct.contains("json") || ct.is_empty() {
+        serde_json::from_slice(raw)
+            .map_err(|e| ApiError::BadRequest(format!("error decoding JSON: {e}")))
+    } else {
+        Err(ApiError::UnsupportedMediaType)
+    }
+}
+
+fn flag(q: &HashMap<String, String>, k: &str) -> bool {
+    q.get(k).is_some_and(|v| v == "true" || v == "1")
+}
+
+fn list_options(q: &HashMap<String, String>, rt: &ResourceType) -> Result<ListOptions, ApiError> {
+    Ok(ListOptions {
+        labels: LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))?,
+        fields: FieldSelector::parse(
+            q.get("fieldSelector").map(String::as_str).unwrap_or(""),
+            rt.kind,
+        )?,
+        limit: q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0),
+        continue_token: q.get("continue").filter(|c| !c.is_empty()).cloned(),
+        resource_version: q.get("resourceVersion").cloned(),
+        resource_version_match: q.get("resourceVersionMatch").cloned(),
+    })
+}
+
+async fn handle(
+    app: &App,
+    peer: Option<&Peer>,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let _user = authenticate(app, peer, headers)?;
+    let q: HashMap<String, String> = Query::<Vec<(String, String)>>::try_from_uri(uri)
+        .map(|Query(v)| v.into_iter().collect())
+        .unwrap_or_default();
+    let target = match route(uri.path(), &app.server_address)? {
+        Route::Discovery(v) if method == Method::GET => {
+            return Ok(json_response(StatusCode::OK, &v, &[]))
+        }
+        Route::Discovery(_) => return Err(ApiError::MethodNotAllowed),
+        Route::Resource(t) => t,
+    };
+    let reg = &app.registry;
+    let rt = target.rt;
+    let ns = target.ns.as_deref();
+    let wopts = WriteOptions {
+        dry_run: q.get("dryRun").is_some_and(|d| d == "All"),
+        validation: FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?,
+    };
+    let table = wants_table(headers);
+    if let Some(io) = q.get("includeObject") {
+        if !crate::table::is_valid_include_object(io) {
+            return Err(ApiError::BadRequest(format!(
+                "unrecognized includeObject value: {io:?}"
+            )));
+        }
+    }
+    let render_one = |obj: Value| -> Response {
+        if table {
+            let meta = json!({"resourceVersion": obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(json!(""))});
+            let t = crate::table::to_table(
+                rt.kind,
+                &[obj],
+                q.get("includeObject")
+                    .map(String::as_str)
+                    .unwrap_or("Metadata"),
+                meta,
+                chrono::Utc::now(),
+            );
+            json_response(StatusCode::OK, &t, &[])
+        } else {
+            json_response(StatusCode::OK, &obj, &[])
+        }
+    };
+    match (method.clone(), target.name.as_deref(), target.sub.as_deref()) {
+        (Method::GET, None, None) => {
+            let lopts = list_options(&q, rt)?;
+            let cache = app.caches.get(rt.prefix).ok_or(ApiError::NoRoute)?;
+            if target.watch_path || flag(&q, "watch") {
+                let resume = match lopts.resource_version.as_deref() {
+                    None | Some("") | Some("0") => None,
+                    Some(rv) => Some(rv.parse::<i64>().map_err(|_| {
+                        ApiError::BadRequest(format!("invalid resource version: {rv}"))
+                    })?),
+                };
+                let w = CacheWatch {
+                    namespace: target.ns.clone(),
+                    opts: lopts,
+                    allow_bookmarks: flag(&q, "allowWatchBookmarks"),
+                    send_initial_events: flag(&q, "sendInitialEvents"),
+                    timeout: q.get("timeoutSeconds").and_then(|t| t.parse().ok()).map(Duration::from_secs),
+                    table: table.then(|| q.get("includeObject").cloned().unwrap_or_else(|| "Metadata".into())),
+                };
+                let rx = cache.watch(w, resume).await?;
+                let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+                let body = Body::from_stream(futures::StreamExt::map(stream, Ok::<_, std::convert::Infallible>));
+                return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
+            }
+            let list = list_cached(reg, cache, rt, ns, &lopts).await?;
+            if table {
+                let items = list.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+                let t = crate::table::to_table(
+                    rt.kind,
+                    &items,
+                    q.get("includeObject").map(String::as_str).unwrap_or("Metadata"),
+                    list.get("metadata").cloned().unwrap_or(json!({})),
+                    chrono::Utc::now(),
+                );
+                return Ok(json_response(StatusCode::OK, &t, &[]));
+            }
+            Ok(json_response(StatusCode::OK, &list, &[]))
+        }
+        (Method::GET, Some(name), None) => Ok(render_one(reg.get(rt, ns, name).await?)),
+        (Method::GET, Some(name), Some("status")) if rt.status => Ok(render_one(reg.get(rt, ns, name).await?)),
+        (Method::GET, Some(name), Some("scale")) if rt.scale => {
+            Ok(json_response(StatusCode::OK, &to_scale(rt, &reg.get(rt, ns, name).await?), &[]))
+        }
+        (Method::POST, None, None) => {
+            let raw = read_body(body).await?;
+            let obj = parse_object(headers, &raw)?;
+            let out = reg.create(rt, ns, &obj, wopts).await?;
+            Ok(json_response(StatusCode::CREATED, &out.object, &out.warnings))
+        }
+        (Method::POST, Some(name), Some("binding")) if rt.kind == "Pod" => {
+            let raw = read_body(body).await?;
+            let b = parse_object(headers, &raw)?;
+            let node = b.pointer("/target/name").and_then(Value::as_str).unwrap_or("").to_string();
+            if node.is_empty() {
+                return Err(ApiError::invalid(rt, name, "target.name", "Required value"));
+            }
+            let pod = reg.get(rt, ns, name).await?;
+            if let Some(cur) = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+                return Err(ApiError::Conflict {
+                    resource: rt.qualified(),
+                    group: String::new(),
+                    name: name.into(),
+                    detail: format!("pod {name} is already assigned to node \"{cur}\""),
+                });
+            }
+            let patch = json!({"spec": {"nodeName": node}}).to_string();
+            reg.patch(rt, ns, name, None, PatchType::Merge, patch.as_bytes(), wopts).await?;
+            Ok(json_response(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}), &[]))
+        }
+        (Method::GET | Method::POST, Some(_), Some("log" | "exec" | "attach" | "portforward")) if rt.kind == "Pod" => {
+            Err(ApiError::BadRequest("pod logs and exec are served by the node agent, which this cluster does not run yet".into()))
+        }
+        (Method::PUT, Some(name), sub @ (None | Some("status") | Some("finalize"))) => {
+            if sub == Some("status") && !rt.status || sub == Some("finalize") && rt.kind != "Namespace" {
+                return Err(ApiError::NoRoute);
+            }
+            let raw = read_body(body).await?;
+            let obj = parse_object(headers, &raw)?;
+            let obj = if sub == Some("finalize") { finalize_body(&obj) } else { obj };
+            let out = reg.update(rt, ns, name, sub.filter(|s| *s == "status"), &obj, wopts).await?;
+            let code = if out.created { StatusCode::CREATED } else { StatusCode::OK };
+            Ok(json_response(code, &out.object, &out.warnings))
+        }
+        (Method::PUT | Method::PATCH, Some(name), Some("scale")) if rt.scale => {
+            let raw = read_body(body).await?;
+            let cur = reg.get(rt, ns, name).await?;
+            let scale = to_scale(rt, &cur);
+            let wanted = if method == Method::PUT {
+                parse_object(headers, &raw)?
+            } else {
+                let ty = patch_type(headers)?;
+                apply_patch_to(&scale, ty, &raw, "Scale")?
+            };
+            let replicas = wanted.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
+            let mut p = json!({"spec": {"replicas": replicas}});
+            if let Some(rv) = wanted.pointer("/metadata/resourceVersion").filter(|_| method == Method::PUT) {
+                p["metadata"] = json!({"resourceVersion": rv});
+            }
+            let out = reg.patch(rt, ns, name, None, PatchType::Merge, p.to_string().as_bytes(), wopts).await?;
+            Ok(json_response(StatusCode::OK, &to_scale(rt, &out.object), &[]))
+        }
+        (Method::PATCH, Some(name), sub @ (None | Some("status"))) => {
+            if sub == Some("status") && !rt.status {
+                return Err(ApiError::NoRoute);
+            }
+            let ty = patch_type(headers)?;
+            let raw = read_body(body).await?;
+            let out = reg.patch(rt, ns, name, sub, ty, &raw, wopts).await?;
+            let code = if out.created { StatusCode::CREATED } else { StatusCode::OK };
+            Ok(json_response(code, &out.object, &out.warnings))
+        }
+        (Method::DELETE, Some(name), None) => {
+            let raw = read_body(body).await?;
+            let opts = delete_options(&q, &raw)?;
+            let (obj, _gone) = reg.delete(rt, ns, name, &opts).await?;
+            Ok(json_response(StatusCode::OK, &obj, &[]))
+        }
+        (Method::DELETE, None, None) => {
+            let raw = read_body(body).await?;
+            let opts = delete_options(&q, &raw)?;
+            let lopts = list_options(&q, rt)?;
+            let list = reg.list(rt, ns, &lopts).await?;
+            let mut deleted = Vec::new();
+            for item in list.get("items").and_then(Value::as_array).cloned().unwrap_or_default() {
+                let name = item.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+                let ins = item.pointer("/metadata/namespace").and_then(Value::as_str);
+                match reg.delete(rt, ins, name, &opts).await {
+                    Ok((obj, _)) => deleted.push(obj),
+                    Err(ApiError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let out = json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(),
+                "metadata": list.get("metadata").cloned().unwrap_or(json!({})), "items": deleted});
+            Ok(json_response(StatusCode::OK, &out, &[]))
+        }
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+/// A list from the watch cache when it can serve it (no paging, no exact revision):
+/// "0" as it is, unset after the cache caught up to the store's current revision (a
+/// consistent read), N after it caught up to N. Paged and exact lists read the store.
+async fn list_cached(
+    reg: &Registry,
+    cache: &Cache,
+    rt: &ResourceType,
+    ns: Option<&str>,
+    lopts: &ListOptions,
+) -> Result<Value, ApiError> {
+    let paged = lopts.limit > 0 || lopts.continue_token.is_some();
+    let exact = lopts.resource_version_match.as_deref() == Some("Exact");
+    if paged || exact {
+        return reg.list(rt, ns, lopts).await;
+    }
+    match lopts.resource_version.as_deref() {
+        Some("0") => {}
+        None | Some("") => cache.wait_for(reg.store.revision().await?).await?,
+        Some(rv) => {
+            cache
+                .wait_for(
+                    rv.parse::<i64>().map_err(|_| {
+                        ApiError::BadRequest(format!("invalid resource version: {rv}"))
+                    })?,
+                )
+                .await?
+        }
+    }
+    let (items, rev) = cache.list(&rt.list_prefix(ns), lopts);
+    Ok(json!({
+        "kind": format!("{}List", rt.kind),
+        "apiVersion": rt.api_version(),
+        "metadata": {"resourceVersion": rev.to_string()},
+        "items": items,
+    }))
+}
+
+fn patch_type(headers: &HeaderMap) -> Result<PatchType, ApiError> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(PatchType::from_content_type)
+        .ok_or(ApiError::UnsupportedMediaType)
+}
+
+fn apply_patch_to(doc: &Value, ty: PatchType, raw: &[u8], kind: &str) -> Result<Value, ApiError> {
+    let bad = |e: String| ApiError::BadRequest(e);
+    let parsed = |raw: &[u8]| -> Result<Value, ApiError> {
+        serde_json::from_slice(raw).map_err(|e| bad(e.to_string()))
+    };
+    let out = match ty {
+        PatchType::Json => crate::patch::json_patch(doc, raw),
+        PatchType::Merge => crate::patch::merge_patch(doc, &parsed(raw)?),
+        PatchType::StrategicMerge => crate::patch::strategic_merge_patch(doc, &parsed(raw)?, kind),
+        PatchType::Apply => {
+            let p: Value = serde_yaml::from_slice(raw).map_err(|e| bad(e.to_string()))?;
+            Ok(crate::patch::apply_patch(Some(doc), &p, kind))
+        }
+    };
+    Ok(out?)
+}
+
+/// The `finalize` subresource changes only `spec.finalizers` of a namespace.
+fn finalize_body(obj: &Value) -> Value {
+    let mut o = obj.clone();
+    if let Some(m) = o.as_object_mut() {
+        m.remove("status");
+    }
+    o
+}
+
+/// The autoscaling/v1 Scale view of a Deployment or ReplicaSet.
+fn to_scale(rt: &ResourceType, obj: &Value) -> Value {
+    let meta = obj.get("metadata").cloned().unwrap_or(json!({}));
+    let selector = obj
+        .pointer("/spec/selector/matchLabels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let _ = rt;
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"), "creationTimestamp": meta.get("creationTimestamp"),
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(1))},
+        "status": {"replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": selector},
+    })
+}
+
+fn delete_options(q: &HashMap<String, String>, raw: &[u8]) -> Result<DeleteOptions, ApiError> {
+    let body: Value = if raw.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(raw)
+            .map_err(|e| ApiError::BadRequest(format!("error decoding DeleteOptions: {e}")))?
+    };
+    let grace = q
+        .get("gracePeriodSeconds")
+        .and_then(|g| g.parse().ok())
+        .or_else(|| body.get("gracePeriodSeconds").and_then(Value::as_i64));
+    let propagation = q
+        .get("propagationPolicy")
+        .cloned()
+        .or_else(|| {
+            body.get("propagationPolicy")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .or_else(
+            || match body.get("orphanDependents").and_then(Value::as_bool) {
+                Some(true) => Some("Orphan".into()),
+                _ => None,
+            },
+        );
+    if let Some(p) = &propagation {
+        if !matches!(p.as_str(), "Foreground" | "Background" | "Orphan") {
+            return Err(ApiError::BadRequest(format!(
+                "DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Unsupported value: \"{p}\": supported values: \"Foreground\", \"Background\", \"Orphan\""
+            )));
+        }
+    }
+    let dry = q.get("dryRun").is_some_and(|d| d == "All")
+        || body
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.iter().any(|d| d == "All"));
+    Ok(DeleteOptions {
+        grace_period_seconds: grace,
+        propagation_policy: propagation,
+        precondition_uid: body
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        precondition_rv: body
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        dry_run: dry,
+    })
+}
