@@ -665,7 +665,7 @@ impl Apiserver {
                     panic!("apiserver exited with {status}; log:\n{}", self.log());
                 }
             }
-            if self.kubeconfig.exists() && self.kubectl(&["get", "--raw", "/healthz"]).ok() {
+            if self.kubeconfig.exists() && self.kubectl(&["get", "--raw", "/healthz"]).ok {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
