@@ -368,6 +368,7 @@ impl Registry {
                 }
             }
             rt.apply_defaults(&mut obj);
+            rt.prepare_create(&mut obj);
             self.allocate(rt, &mut obj).await?;
             if opts.dry_run {
                 return Ok(Outcome {

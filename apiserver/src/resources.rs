@@ -337,6 +337,39 @@ impl ResourceType {
         Ok((canonical, unknown))
     }
 
+    /// What kube-apiserver's create strategy adds once the object has its uid: a Job's
+    /// generated selector and the matching template labels (unless `manualSelector`).
+    pub fn prepare_create(&self, obj: &mut Value) {
+        if self.kind != "Job" {
+            return;
+        }
+        let uid = obj.pointer("/metadata/uid").cloned().unwrap_or(json!(""));
+        let name = obj.pointer("/metadata/name").cloned().unwrap_or(json!(""));
+        let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+            return;
+        };
+        if spec.get("manualSelector") == Some(&json!(true)) {
+            return;
+        }
+        spec.insert(
+            "selector".into(),
+            json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}),
+        );
+        let template = spec.entry("template").or_insert(json!({}));
+        if let Some(t) = template.as_object_mut() {
+            let meta = t.entry("metadata").or_insert(json!({}));
+            if let Some(m) = meta.as_object_mut() {
+                let labels = m.entry("labels").or_insert(json!({}));
+                if let Some(l) = labels.as_object_mut() {
+                    l.insert("batch.kubernetes.io/controller-uid".into(), uid.clone());
+                    l.insert("batch.kubernetes.io/job-name".into(), name.clone());
+                    l.insert("controller-uid".into(), uid);
+                    l.insert("job-name".into(), name);
+                }
+            }
+        }
+    }
+
     /// Fills in the defaults kube-apiserver fills in for this kind on create and update.
     pub fn apply_defaults(&self, obj: &mut Value) {
         match self.kind {
@@ -422,6 +455,21 @@ impl ResourceType {
             "Secret" => {
                 if let Some(o) = obj.as_object_mut() {
                     o.entry("type").or_insert(json!("Opaque"));
+                    // stringData is write-only: it is merged into data, base64-encoded,
+                    // over any data key of the same name (upstream's conversion).
+                    if let Some(Value::Object(sd)) = o.remove("stringData") {
+                        use base64::Engine;
+                        let data = o.entry("data").or_insert(json!({}));
+                        if let Some(d) = data.as_object_mut() {
+                            for (k, v) in sd {
+                                let text = v.as_str().unwrap_or_default();
+                                d.insert(
+                                    k,
+                                    json!(base64::engine::general_purpose::STANDARD.encode(text)),
+                                );
+                            }
+                        }
+                    }
                 }
             }
             _ => {}

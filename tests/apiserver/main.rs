@@ -6,6 +6,7 @@
 mod support;
 
 mod kubectl;
+mod resources;
 
 use support::{Apiserver, Server};
 
