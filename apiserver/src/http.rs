@@ -335,8 +335,17 @@ async fn handle(
                     timeout: q.get("timeoutSeconds").and_then(|t| t.parse().ok()).map(Duration::from_secs),
                     table: table.then(|| q.get("includeObject").cloned().unwrap_or_else(|| "Metadata".into())),
                 };
+                let timeout = w.timeout;
                 let rx = cache.watch(w, resume).await?;
-                let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+                // The response ends at timeoutSeconds; dropping the receiver then
+                // unregisters the watcher.
+                let end = async move {
+                    match timeout {
+                        Some(t) => tokio::time::sleep(t).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let stream = futures::StreamExt::take_until(tokio_stream::wrappers::ReceiverStream::new(rx), end);
                 let body = Body::from_stream(futures::StreamExt::map(stream, Ok::<_, std::convert::Infallible>));
                 return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
             }
