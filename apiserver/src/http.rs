@@ -30,6 +30,7 @@ pub struct App {
     pub registry: Arc<Registry>,
     /// The watch cache of every served resource, by store prefix.
     pub caches: HashMap<&'static str, Arc<Cache>>,
+    pub metrics: crate::metrics::Metrics,
     pub tokens: Tokens,
     pub server_address: String,
 }
@@ -84,7 +85,9 @@ async fn dispatch(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match handle(
+    let started = std::time::Instant::now();
+    let labels = request_labels(&method, &uri, &app.server_address);
+    let resp = match handle(
         &app,
         peer.as_ref().map(|e| &e.0),
         method,
@@ -101,7 +104,52 @@ async fn dispatch(
             }
             e.into_response()
         }
+    };
+    if let Some([verb, group, version, resource, sub]) = labels {
+        let code = resp.status().as_u16().to_string();
+        app.metrics
+            .requests
+            .with_label_values(&[verb, group, version, resource, sub, code.as_str()])
+            .inc();
+        if verb != "WATCH" {
+            app.metrics
+                .duration
+                .with_label_values(&[verb, group, version, resource, sub])
+                .observe(started.elapsed().as_secs_f64());
+        }
     }
+    resp
+}
+
+/// The metric labels of a resource request (upstream's verbs are upper case there).
+fn request_labels(method: &Method, uri: &Uri, server: &str) -> Option<[&'static str; 5]> {
+    let Ok(Route::Resource(t)) = route(uri.path(), server) else {
+        return None;
+    };
+    let watch = t.watch_path
+        || uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
+    let verb = match (method.as_str(), t.name.is_some()) {
+        ("GET", true) => "GET",
+        ("GET", false) if watch => "WATCH",
+        ("GET", false) => "LIST",
+        ("POST", _) => "POST",
+        ("PUT", _) => "PUT",
+        ("PATCH", _) => "PATCH",
+        ("DELETE", true) => "DELETE",
+        ("DELETE", false) => "DELETECOLLECTION",
+        _ => return None,
+    };
+    let sub = match t.sub.as_deref() {
+        Some("status") => "status",
+        Some("scale") => "scale",
+        Some("binding") => "binding",
+        Some("finalize") => "finalize",
+        Some(_) => "other",
+        None => "",
+    };
+    Some([verb, t.rt.group, t.rt.version, t.rt.plural, sub])
 }
 
 /// A parsed resource path.
@@ -274,6 +322,13 @@ async fn handle(
     body: Body,
 ) -> Result<Response, ApiError> {
     let _user = authenticate(app, peer, headers)?;
+    if uri.path() == "/metrics" {
+        return Ok((
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            app.metrics.render(),
+        )
+            .into_response());
+    }
     let q: HashMap<String, String> = Query::<Vec<(String, String)>>::try_from_uri(uri)
         .map(|Query(v)| v.into_iter().collect())
         .unwrap_or_default();
@@ -337,6 +392,9 @@ async fn handle(
                 };
                 let timeout = w.timeout;
                 let rx = cache.watch(w, resume).await?;
+                let watchers = app.metrics.watchers.with_label_values(&[rt.group, rt.version, rt.kind]);
+                watchers.inc();
+                let guard = WatcherCount(watchers);
                 // The response ends at timeoutSeconds; dropping the receiver then
                 // unregisters the watcher.
                 let end = async move {
@@ -346,7 +404,10 @@ async fn handle(
                     }
                 };
                 let stream = futures::StreamExt::take_until(tokio_stream::wrappers::ReceiverStream::new(rx), end);
-                let body = Body::from_stream(futures::StreamExt::map(stream, Ok::<_, std::convert::Infallible>));
+                let body = Body::from_stream(futures::StreamExt::map(stream, move |b| {
+                    let _counted = &guard;
+                    Ok::<_, std::convert::Infallible>(b)
+                }));
                 return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
             }
             let list = list_cached(reg, cache, rt, ns, &lopts).await?;
@@ -462,6 +523,15 @@ async fn handle(
             Ok(json_response(StatusCode::OK, &out, &[]))
         }
         _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+/// Counts a watch in `apiserver_registered_watchers` for as long as its response lives.
+struct WatcherCount(prometheus::IntGauge);
+
+impl Drop for WatcherCount {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

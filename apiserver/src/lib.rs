@@ -10,6 +10,7 @@ pub mod cache;
 pub mod discovery;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod patch;
 pub mod registry;
 pub mod resources;
@@ -81,6 +82,7 @@ pub async fn run(cfg: Config) -> Result<(), ApiError> {
     let app = Arc::new(http::App {
         registry,
         caches,
+        metrics: metrics::Metrics::new()?,
         tokens,
         server_address: format!("{host}:{}", cfg.listen.port()),
     });

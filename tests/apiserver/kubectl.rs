@@ -75,6 +75,18 @@ async fn discovery_and_system_namespaces() {
         .out()
         .lines()
         .any(|l| l.starts_with("deployments") && l.contains("deploy")));
+    // Prometheus metrics under kube-apiserver's names, for authenticated clients.
+    let metrics = api.kubectl(&["get", "--raw", "/metrics"]);
+    let listed = metrics.out().lines().find(|l| {
+        l.starts_with("apiserver_request_total{")
+            && l.contains("resource=\"namespaces\"")
+            && l.contains("verb=\"LIST\"")
+            && l.contains("code=\"200\"")
+    });
+    assert!(listed.is_some(), "{}", metrics.stdout);
+    assert!(metrics
+        .out()
+        .contains("apiserver_request_duration_seconds_bucket"));
     // Unknown resource types get kubectl's own error.
     let err = api.kubectl(&["get", "widgets"]);
     assert!(
