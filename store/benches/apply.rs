@@ -162,7 +162,7 @@ fn fixed(batches_to_apply: usize) {
     };
     let reqs = batches(
         batches_to_apply,
-        std::env::var_os("CAPSTAN_BENCH_TXN").is_some(),
+        std::env::var("CAPSTAN_BENCH_TXN").is_ok_and(|v| v == "1"),
     );
     measured(&mut f, &reqs);
 }

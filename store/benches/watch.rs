@@ -85,7 +85,9 @@ impl Fixture {
 
     fn notify(&self, ev: &Event) {
         let rev = ev.kv.as_ref().map_or(self.rev, |kv| kv.mod_revision);
-        self.sm.watch.notify(rev, std::slice::from_ref(ev));
+        self.sm
+            .watch
+            .notify(rev, std::slice::from_ref(ev), &[], &self.sm.mvcc);
     }
 
     /// Receives the one notice each watcher was sent.
