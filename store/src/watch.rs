@@ -102,7 +102,7 @@ enum Delivery {
     Events {
         watcher: u64,
         batch: Arc<Vec<Event>>,
-        picks: Vec<u32>,
+        picks: Picks,
     },
     Compacted {
         watcher: u64,
@@ -112,6 +112,26 @@ enum Delivery {
         watcher: Option<u64>,
         rev: i64,
     },
+}
+
+/// Which events of a delivered batch are the watcher's.
+enum Picks {
+    /// Every one: no list to allocate per watcher, which for a batch of one event
+    /// (the usual batch of a lightly loaded store) was most of a fan-out's cost.
+    All,
+    /// These, by index into the batch.
+    These(Vec<u32>),
+}
+
+impl Picks {
+    /// `picks` of a batch of `n` events.
+    fn of(picks: Vec<u32>, n: usize) -> Self {
+        if picks.len() == n {
+            Picks::All
+        } else {
+            Picks::These(picks)
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -395,6 +415,8 @@ impl WatchHub {
             return;
         }
         let mut picks: Vec<(u64, Vec<u32>)> = Vec::new();
+        // One event: whoever takes anything takes it, so no per-watcher list is kept.
+        let single = events.len() == 1;
         // Which events a `prev_kv` watcher took; only tracked when some lack it.
         let mut wants_prev = vec![
             false;
@@ -429,8 +451,10 @@ impl WatchHub {
                     w.pick_slot = picks.len();
                     picks.push((key, Vec::new()));
                 }
-                if let Some((_, p)) = picks.get_mut(w.pick_slot) {
-                    p.push(i as u32);
+                if !single {
+                    if let Some((_, p)) = picks.get_mut(w.pick_slot) {
+                        p.push(i as u32);
+                    }
                 }
                 if w.prev_kv {
                     if let Some(wanted) = wants_prev.get_mut(i) {
@@ -457,7 +481,11 @@ impl WatchHub {
         if picks.is_empty() {
             return;
         }
-        let keep = renumber(events.len(), &mut picks);
+        let keep = if single {
+            vec![true]
+        } else {
+            renumber(events.len(), &mut picks)
+        };
         let mut unloaded = unloaded_prev.iter().peekable();
         let mut kept = Vec::with_capacity(keep.iter().filter(|k| **k).count());
         for (i, e) in events.iter().enumerate() {
@@ -488,10 +516,15 @@ impl WatchHub {
             let SyncState::Synced { min_rev } = w.sync else {
                 continue;
             };
+            let picks = if single {
+                Picks::All
+            } else {
+                Picks::of(p, batch.len())
+            };
             match w.tx.try_send(Delivery::Events {
                 watcher: key,
                 batch: batch.clone(),
-                picks: p,
+                picks,
             }) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -768,7 +801,7 @@ fn sync_round(shared: &Shared, sm: &StateMachine) -> bool {
                 match p.tx.try_send(Delivery::Events {
                     watcher: key,
                     batch: batch.clone(),
-                    picks: mine,
+                    picks: Picks::of(mine, batch.len()),
                 }) {
                     Ok(()) => {}
                     // Retried next round from the same revision.
@@ -915,17 +948,20 @@ impl WatchStream {
                     let Some(&(watch_id, prev_kv)) = self.by_key.get(&watcher) else {
                         continue;
                     };
-                    let events = picks
-                        .iter()
-                        .filter_map(|i| batch.get(*i as usize))
-                        .map(|e| {
-                            let mut e = e.clone();
-                            if !prev_kv {
-                                e.prev_kv = None;
-                            }
-                            e
-                        })
-                        .collect();
+                    // The previous record is copied only for a watcher that wants it.
+                    let copy = |e: &Event| Event {
+                        r#type: e.r#type,
+                        kv: e.kv.clone(),
+                        prev_kv: if prev_kv { e.prev_kv.clone() } else { None },
+                    };
+                    let events = match &picks {
+                        Picks::All => batch.iter().map(copy).collect(),
+                        Picks::These(p) => p
+                            .iter()
+                            .filter_map(|i| batch.get(*i as usize))
+                            .map(copy)
+                            .collect(),
+                    };
                     Notice::Events { watch_id, events }
                 }
                 Delivery::Compacted {
