@@ -83,7 +83,11 @@ if ((FAILOVER)); then WORKLOADS=(); fi
 # a tenth of the put rate, so the offered events/s are the same 100,000.
 FANOUT_PUTS=$((100 / SCALE))
 if ((WATCH_FANOUT)); then
-    WORKLOADS=("watch fan-out 10000 watchers / 1000 streams, 10 puts/s (events/s)|watch-latency --watchers 10000 --streams 1000 --conns 10 --put-rate 10 --val-size 256 --total $FANOUT_PUTS")
+    FANOUT="watch-latency --watchers 10000 --streams 1000 --conns 10 --put-rate 10 --val-size 256 --total $FANOUT_PUTS"
+    WORKLOADS=(
+        "watch fan-out 10000 watchers / 1000 streams, 10 puts/s (events/s)|$FANOUT"
+        "the same with prev_kv, each put replacing a record (events/s)|$FANOUT --prev-kv"
+    )
 fi
 # Memory: 1,000,000 distinct keys (sequential, so every put creates one); the RSS row
 # of the table is the point, the put row comes for free.
