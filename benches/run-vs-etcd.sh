@@ -11,6 +11,9 @@
 #   benches/run-vs-etcd.sh --members 3   # three-member clusters of each
 #   benches/run-vs-etcd.sh --failover    # three members each: leader SIGKILL under write
 #                                        # load, the write gap and acknowledged writes lost
+#   benches/run-vs-etcd.sh --watch-fanout  # only: 10,000 watchers of one prefix, event latency
+#   benches/run-vs-etcd.sh --memory-1m     # only: put 1,000,000 distinct keys (256 B values),
+#                                          # then each server's RSS
 #
 # Servers are started one after the other, never side by side, so they do not compete
 # for this machine's cores; the load generator runs on the same machine as the server.
@@ -20,6 +23,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WRITE=0
 MEMBERS=1
 FAILOVER=0
+WATCH_FANOUT=0
+MEMORY_1M=0
 SCALE=1
 BUILD=1
 while (($#)); do
@@ -31,12 +36,14 @@ while (($#)); do
             FAILOVER=1
             MEMBERS=3
             ;;
+        --watch-fanout) WATCH_FANOUT=1 ;;
+        --memory-1m) MEMORY_1M=1 ;;
         --members)
             MEMBERS=${2:?--members needs a number}
             shift
             ;;
         -h | --help)
-            sed -n '2,16p' "$0"
+            sed -n '2,19p' "$0"
             exit 0
             ;;
         *)
@@ -71,6 +78,23 @@ WORKLOADS=(
 )
 # Failover replaces the workloads: it kills a member, so nothing may run after it.
 if ((FAILOVER)); then WORKLOADS=(); fi
+# The fan-out and memory runs replace them too, each its own table (and markers).
+# Fan-out: ten times the watchers of the watch-latency row, ten per stream as there, at
+# a tenth of the put rate, so the offered events/s are the same 100,000.
+FANOUT_PUTS=$((100 / SCALE))
+if ((WATCH_FANOUT)); then
+    FANOUT="watch-latency --watchers 10000 --streams 1000 --conns 10 --put-rate 10 --val-size 256 --total $FANOUT_PUTS"
+    WORKLOADS=(
+        "watch fan-out 10000 watchers / 1000 streams, 10 puts/s (events/s)|$FANOUT"
+        "the same with prev_kv, each put replacing a record (events/s)|$FANOUT --prev-kv"
+    )
+fi
+# Memory: 1,000,000 distinct keys (sequential, so every put creates one); the RSS row
+# of the table is the point, the put row comes for free.
+MEM_KEYS=$((1000000 / SCALE))
+if ((MEMORY_1M)); then
+    WORKLOADS=("put $MEM_KEYS distinct 32 B keys, 256 B values, 100 clients / 10 conns|put $LOAD --key-size 32 --key-prefix /mem/ --key-space-size $MEM_KEYS --sequential-keys --val-size 256 --total $MEM_KEYS")
+fi
 
 # --- set-up ---------------------------------------------------------------------------
 if ((BUILD)); then
@@ -251,7 +275,15 @@ echo "$REPORT"
 if ((WRITE)); then
     DOC="$ROOT/BENCHMARKS.md"
     MARK=run-vs-etcd
-    if ((FAILOVER)); then MARK=failover; elif ((MEMBERS > 1)); then MARK=run-vs-etcd-cluster; fi
+    if ((FAILOVER)); then
+        MARK=failover
+    elif ((WATCH_FANOUT)); then
+        MARK=watch-fanout
+    elif ((MEMORY_1M)); then
+        MARK=memory-1m
+    elif ((MEMBERS > 1)); then
+        MARK=run-vs-etcd-cluster
+    fi
     BEGIN="<!-- $MARK:begin -->"
     END="<!-- $MARK:end -->"
     if ! grep -qF "$BEGIN" "$DOC" 2>/dev/null || ! grep -qF "$END" "$DOC"; then

@@ -105,6 +105,11 @@ enum Command {
         /// Puts per second.
         #[arg(long, default_value_t = 100.0)]
         put_rate: f64,
+        /// Watch with prev_kv (each event carries the replaced record), as Kubernetes'
+        /// apiserver does. Every key is put once before the watchers start, so each
+        /// measured put replaces a record.
+        #[arg(long)]
+        prev_kv: bool,
     },
     /// Keep-alive round trips, one lease and stream per client.
     LeaseKeepalive {
@@ -245,6 +250,7 @@ fn main() -> anyhow::Result<()> {
                 watchers,
                 streams,
                 put_rate,
+                prev_kv,
                 ..
             } => {
                 let opts = watch::WatchOpts {
@@ -253,6 +259,7 @@ fn main() -> anyhow::Result<()> {
                     puts: c.total,
                     put_rate: *put_rate,
                     val_size: c.val_size,
+                    prev_kv: *prev_kv,
                 };
                 watch::latency(&channels, &opts).await
             }

@@ -2,7 +2,9 @@
 //! (themselves spread over the connections), while one client puts keys under the
 //! prefix at `--put-rate`. Each event's latency is the time from just before its put
 //! was sent to its arrival at the watcher, so it includes the put's own commit (fsync)
-//! plus the fan-out; one put yields N latency samples.
+//! plus the fan-out; one put yields N latency samples. With `--prev-kv` the watchers
+//! ask for the replaced record, and every key is put once before they start, so every
+//! event carries one (Kubernetes' apiserver watches that way).
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -28,6 +30,9 @@ pub struct WatchOpts {
     pub puts: u64,
     pub put_rate: f64,
     pub val_size: usize,
+    /// Watch with `prev_kv`, as Kubernetes' apiserver does: every event then carries
+    /// the record its put replaced.
+    pub prev_kv: bool,
 }
 
 /// The end of etcd's prefix range: the prefix with its last byte incremented.
@@ -48,6 +53,7 @@ async fn open_stream(
     channel: Channel,
     prefix: &[u8],
     n: usize,
+    prev_kv: bool,
 ) -> Result<(mpsc::Sender<pb::WatchRequest>, Streaming<pb::WatchResponse>), Status> {
     let mut client = WatchClient::new(channel).max_decoding_message_size(usize::MAX);
     let (tx, rx) = mpsc::channel(n + 1);
@@ -57,6 +63,7 @@ async fn open_stream(
         let create = pb::WatchCreateRequest {
             key: prefix.to_vec(),
             range_end: prefix_end(prefix),
+            prev_kv,
             ..Default::default()
         };
         tx.send(pb::WatchRequest {
@@ -157,12 +164,32 @@ pub async fn latency(channels: &[Channel], o: &WatchOpts) -> anyhow::Result<(Rec
     let puts = usize::try_from(o.puts).context("--total too large")?;
     let sent: Arc<Vec<OnceLock<Instant>>> = Arc::new((0..puts).map(|_| OnceLock::new()).collect());
 
+    let value = random_value(o.val_size);
+    let mut kv = KvClient::new(channels[0].clone());
+    let key = |seq: usize| {
+        let mut key = prefix.clone();
+        key.extend_from_slice(format!("{seq:010}").as_bytes());
+        key
+    };
+    if o.prev_kv {
+        // Before any watcher exists, so none sees these; each measured put then
+        // replaces a record, which the prev_kv watchers receive with its event.
+        for seq in 0..puts {
+            let req = pb::PutRequest {
+                key: key(seq),
+                value: value.clone(),
+                ..Default::default()
+            };
+            kv.put(req).await.context("pre-filling the keys")?;
+        }
+    }
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut readers = Vec::with_capacity(streams);
     for s in 0..streams {
         let n = o.watchers / streams + usize::from(s < o.watchers % streams);
         let channel = channels[s % channels.len()].clone();
-        let (tx, stream) = match open_stream(channel, &prefix, n).await {
+        let (tx, stream) = match open_stream(channel, &prefix, n, o.prev_kv).await {
             Ok(x) => x,
             Err(st) => {
                 let mut rec = Recorder::new()?;
@@ -180,19 +207,15 @@ pub async fn latency(channels: &[Channel], o: &WatchOpts) -> anyhow::Result<(Rec
         )));
     }
 
-    let value = random_value(o.val_size);
-    let mut kv = KvClient::new(channels[0].clone());
     let mut put_errors = Recorder::new()?;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / o.put_rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let start = Instant::now();
     for (seq, slot) in sent.iter().enumerate() {
         tick.tick().await;
-        let mut key = prefix.clone();
-        key.extend_from_slice(format!("{seq:010}").as_bytes());
         let _ = slot.set(Instant::now());
         let req = pb::PutRequest {
-            key,
+            key: key(seq),
             value: value.clone(),
             ..Default::default()
         };

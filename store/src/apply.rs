@@ -279,7 +279,8 @@ impl StateMachine {
         self.mvcc.engine().write(out.batch, sync)?;
         self.applied_index.store(last, Ordering::SeqCst);
         self.mvcc.publish(out.rev);
-        self.watch.notify(out.rev, &out.events);
+        self.watch
+            .notify(out.rev, &out.events, &out.unloaded_prev, &self.mvcc);
         if !doomed.is_empty() {
             self.purger.submit(doomed);
         }
@@ -436,25 +437,32 @@ impl StateMachine {
         if p.lease != 0 && !self.lessor.exists(p.lease) {
             return Err(StoreError::LeaseNotFound);
         }
-        if (p.ignore_value || p.ignore_lease) && w.latest(&p.key)?.is_none() {
+        if (p.ignore_value || p.ignore_lease) && w.live(&p.key).is_none() {
             return Err(StoreError::KeyNotFound);
         }
         Ok(())
     }
 
     fn put(&self, w: &mut Writer<'_>, p: &pb::PutRequest) -> Result<pb::PutResponse> {
-        let prev = w.latest(&p.key)?;
-        let old_lease = prev.as_ref().map(|kv| kv.lease).unwrap_or(0);
+        // Only these need the previous record itself; what a plain put inherits from
+        // it (create revision, version, the lease to detach) the index has.
+        let prev = if p.prev_kv || p.ignore_value {
+            w.latest(&p.key)?
+        } else {
+            None
+        };
         let value = match (&prev, p.ignore_value) {
             (Some(kv), true) => kv.value.clone(),
             _ => p.value.clone(),
         };
-        let lease = if p.ignore_lease { old_lease } else { p.lease };
-        let (_, prev) = w.put_over(&p.key, value, lease, prev);
+        let prev_kv = if p.prev_kv { prev.clone() } else { None };
+        let lease = (!p.ignore_lease).then_some(p.lease);
+        let old_lease = w.put(&p.key, value, lease, prev).map_or(0, |l| l.lease);
+        let lease = lease.unwrap_or(old_lease);
         self.lessor.attach(&p.key, old_lease, lease, w.batch_mut());
         Ok(pb::PutResponse {
             header: None,
-            prev_kv: if p.prev_kv { prev } else { None },
+            prev_kv,
         })
     }
 
@@ -642,3 +650,6 @@ fn compare_kv(
         CompareResult::Less => ord.is_lt(),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -29,13 +29,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use capstan_proto::mvccpb::{event::EventType, Event};
+use capstan_proto::mvccpb::{event::EventType, Event, KeyValue};
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::mpsc;
 
 use crate::apply::StateMachine;
 use crate::error::StoreError;
-use crate::mvcc::{KeyRange, KvRead};
+use crate::mvcc::{KeyRange, KvRead, Revision};
 
 /// The capacity of a stream's channel, in deliveries (etcd's `chanBufLen`).
 pub const STREAM_CAPACITY: usize = 128;
@@ -102,7 +102,7 @@ enum Delivery {
     Events {
         watcher: u64,
         batch: Arc<Vec<Event>>,
-        picks: Vec<u32>,
+        picks: Picks,
     },
     Compacted {
         watcher: u64,
@@ -112,6 +112,26 @@ enum Delivery {
         watcher: Option<u64>,
         rev: i64,
     },
+}
+
+/// Which events of a delivered batch are the watcher's.
+enum Picks {
+    /// Every one: no list to allocate per watcher, which for a batch of one event
+    /// (the usual batch of a lightly loaded store) was most of a fan-out's cost.
+    All,
+    /// These, by index into the batch.
+    These(Vec<u32>),
+}
+
+impl Picks {
+    /// `picks` of a batch of `n` events.
+    fn of(picks: Vec<u32>, n: usize) -> Self {
+        if picks.len() == n {
+            Picks::All
+        } else {
+            Picks::These(picks)
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -319,6 +339,22 @@ impl Drop for WatchHub {
     }
 }
 
+/// Reads the record a put event replaced, for a `prev_kv` watcher. A failed read leaves
+/// the event without it, as etcd's watch stream does when its read fails.
+fn load_prev(view: &dyn KvRead, rev: Revision) -> Option<KeyValue> {
+    match view.load(rev) {
+        Ok(Some(kv)) => Some(kv),
+        Ok(None) => {
+            tracing::warn!(?rev, "replaced record missing: event sent without prev_kv");
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %e, ?rev, "reading a replaced record failed: event sent without prev_kv");
+            None
+        }
+    }
+}
+
 /// Renumbers per-watcher picks of `n` events into a batch holding only picked events;
 /// returns, for each old index, whether the event is kept.
 fn renumber(n: usize, picks: &mut [(u64, Vec<u32>)]) -> Vec<bool> {
@@ -360,13 +396,36 @@ impl WatchHub {
     /// Called by the applier after each durable batch, with every event at revisions up
     /// to `rev` in order. Never waits: a watcher whose channel is full is left to the
     /// syncer.
-    pub fn notify(&self, rev: i64, events: &[Event]) {
+    ///
+    /// `unloaded_prev` lists the put events sent without their `prev_kv` (the put did
+    /// not read it; see `mvcc::Writer::put`) and the revision of the record each
+    /// replaced; those records are read from `view` here, once per event, and only for
+    /// events that a `prev_kv` watcher takes. Here, because the batch that could purge
+    /// them (a compaction in this very batch) is handed to the purger only after this.
+    pub fn notify(
+        &self,
+        rev: i64,
+        events: &[Event],
+        unloaded_prev: &[(usize, Revision)],
+        view: &dyn KvRead,
+    ) {
         let mut st = self.shared.state.lock();
         st.last_rev = st.last_rev.max(rev);
         if events.is_empty() || (st.keys.is_empty() && st.ranges.is_empty()) {
             return;
         }
         let mut picks: Vec<(u64, Vec<u32>)> = Vec::new();
+        // One event: whoever takes anything takes it, so no per-watcher list is kept.
+        let single = events.len() == 1;
+        // Which events a `prev_kv` watcher took; only tracked when some lack it.
+        let mut wants_prev = vec![
+            false;
+            if unloaded_prev.is_empty() {
+                0
+            } else {
+                events.len()
+            }
+        ];
         {
             st.epoch += 1;
             let State {
@@ -392,8 +451,15 @@ impl WatchHub {
                     w.pick_slot = picks.len();
                     picks.push((key, Vec::new()));
                 }
-                if let Some((_, p)) = picks.get_mut(w.pick_slot) {
-                    p.push(i as u32);
+                if !single {
+                    if let Some((_, p)) = picks.get_mut(w.pick_slot) {
+                        p.push(i as u32);
+                    }
+                }
+                if w.prev_kv {
+                    if let Some(wanted) = wants_prev.get_mut(i) {
+                        *wanted = true;
+                    }
                 }
             };
             for (i, ev) in events.iter().enumerate() {
@@ -415,15 +481,27 @@ impl WatchHub {
         if picks.is_empty() {
             return;
         }
-        let keep = renumber(events.len(), &mut picks);
-        let batch: Arc<Vec<Event>> = Arc::new(
-            events
-                .iter()
-                .zip(&keep)
-                .filter(|(_, k)| **k)
-                .map(|(e, _)| e.clone())
-                .collect(),
-        );
+        let keep = if single {
+            vec![true]
+        } else {
+            renumber(events.len(), &mut picks)
+        };
+        let mut unloaded = unloaded_prev.iter().peekable();
+        let mut kept = Vec::with_capacity(keep.iter().filter(|k| **k).count());
+        for (i, e) in events.iter().enumerate() {
+            if !keep.get(i).copied().unwrap_or(false) {
+                continue;
+            }
+            let mut e = e.clone();
+            while unloaded.next_if(|(at, _)| *at < i).is_some() {}
+            if let Some((_, prev)) = unloaded.next_if(|(at, _)| *at == i) {
+                if wants_prev.get(i).copied().unwrap_or(false) {
+                    e.prev_kv = load_prev(view, *prev);
+                }
+            }
+            kept.push(e);
+        }
+        let batch: Arc<Vec<Event>> = Arc::new(kept);
         // Every event of this batch is newer than anything notified before, so a watcher
         // that misses this batch needs history from its first revision on.
         let first_rev = events
@@ -438,10 +516,15 @@ impl WatchHub {
             let SyncState::Synced { min_rev } = w.sync else {
                 continue;
             };
+            let picks = if single {
+                Picks::All
+            } else {
+                Picks::of(p, batch.len())
+            };
             match w.tx.try_send(Delivery::Events {
                 watcher: key,
                 batch: batch.clone(),
-                picks: p,
+                picks,
             }) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -718,7 +801,7 @@ fn sync_round(shared: &Shared, sm: &StateMachine) -> bool {
                 match p.tx.try_send(Delivery::Events {
                     watcher: key,
                     batch: batch.clone(),
-                    picks: mine,
+                    picks: Picks::of(mine, batch.len()),
                 }) {
                     Ok(()) => {}
                     // Retried next round from the same revision.
@@ -865,17 +948,20 @@ impl WatchStream {
                     let Some(&(watch_id, prev_kv)) = self.by_key.get(&watcher) else {
                         continue;
                     };
-                    let events = picks
-                        .iter()
-                        .filter_map(|i| batch.get(*i as usize))
-                        .map(|e| {
-                            let mut e = e.clone();
-                            if !prev_kv {
-                                e.prev_kv = None;
-                            }
-                            e
-                        })
-                        .collect();
+                    // The previous record is copied only for a watcher that wants it.
+                    let copy = |e: &Event| Event {
+                        r#type: e.r#type,
+                        kv: e.kv.clone(),
+                        prev_kv: if prev_kv { e.prev_kv.clone() } else { None },
+                    };
+                    let events = match &picks {
+                        Picks::All => batch.iter().map(copy).collect(),
+                        Picks::These(p) => p
+                            .iter()
+                            .filter_map(|i| batch.get(*i as usize))
+                            .map(copy)
+                            .collect(),
+                    };
                     Notice::Events { watch_id, events }
                 }
                 Delivery::Compacted {
@@ -1688,8 +1774,8 @@ mod tests {
         ws.watch(AUTO_WATCH_ID, &prefix("k/")).expect("watch");
         let mut w = store.sm.mvcc.writer();
         w.begin_txn();
-        let (kv, _) = w.put(b"k/a", b"v".to_vec(), 0).expect("put");
-        w.end_txn();
+        w.put(b"k/a", b"v".to_vec(), Some(0), None);
+        let put_rev = w.end_txn();
         let out = w.finish();
         store
             .sm
@@ -1699,7 +1785,7 @@ mod tests {
             .expect("write");
         store.sm.mvcc.publish(out.rev);
         let (late, rev) = ws.watch(AUTO_WATCH_ID, &prefix("k/")).expect("watch");
-        assert_eq!(rev, kv.mod_revision, "created at the published revision");
+        assert_eq!(rev, put_rev, "created at the published revision");
         ws.request_progress(late);
         assert_eq!(
             next(&mut ws).await,
@@ -1709,7 +1795,10 @@ mod tests {
             },
             "never below creation"
         );
-        store.sm.watch.notify(out.rev, &out.events);
+        store
+            .sm
+            .watch
+            .notify(out.rev, &out.events, &out.unloaded_prev, &store.sm.mvcc);
         let Notice::Events { watch_id, .. } = next(&mut ws).await else {
             panic!("events expected")
         };

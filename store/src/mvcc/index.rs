@@ -3,6 +3,10 @@
 //! Like etcd's `treeIndex`, it lives only in memory and is rebuilt from the history
 //! keyspace at start-up; the history is the one source of truth on disk, so the index
 //! can never disagree with it after a crash.
+//!
+//! Besides the revisions, each key keeps its live record's create revision, version and
+//! lease ([`Live`]), as etcd's `keyIndex` generations (and its lessor's key map) do, so
+//! that a put over a live key computes its new record without reading the old one.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -41,10 +45,30 @@ pub struct Change {
     pub tombstone: bool,
 }
 
+/// A key's live record as far as a put over it needs: the record's revision and the
+/// fields the new record inherits or derives (meaningless after a tombstone).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Live {
+    pub rev: Revision,
+    pub create_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+}
+
+/// One key's entry.
+struct KeyIndex {
+    changes: Vec<Change>,
+    /// The newest change's record (when it is a put). Kept here rather than derived
+    /// from `changes`, because compaction drops the change that created the key.
+    create_revision: i64,
+    version: i64,
+    lease: i64,
+}
+
 /// The key-to-revisions map.
 #[derive(Default)]
 pub struct Index {
-    keys: BTreeMap<Vec<u8>, Vec<Change>>,
+    keys: BTreeMap<Vec<u8>, KeyIndex>,
 }
 
 /// How a range request names its keys, decoded from etcd's `key`/`range_end` convention.
@@ -104,19 +128,50 @@ impl Index {
         self.keys.is_empty()
     }
 
-    /// Records a change. Changes arrive in revision order.
-    pub fn push(&mut self, key: &[u8], change: Change) {
+    /// Records a change whose record has `create_revision`, `version` and `lease` (all
+    /// zero for a tombstone, as etcd writes them). Changes arrive in revision order.
+    pub fn push(
+        &mut self,
+        key: &[u8],
+        change: Change,
+        create_revision: i64,
+        version: i64,
+        lease: i64,
+    ) {
         match self.keys.get_mut(key) {
-            Some(v) => v.push(change),
+            Some(k) => {
+                k.changes.push(change);
+                k.create_revision = create_revision;
+                k.version = version;
+                k.lease = lease;
+            }
             None => {
-                self.keys.insert(key.to_vec(), vec![change]);
+                let k = KeyIndex {
+                    changes: vec![change],
+                    create_revision,
+                    version,
+                    lease,
+                };
+                self.keys.insert(key.to_vec(), k);
             }
         }
     }
 
     /// The revision at which `key` was last put at or before `rev`, unless deleted since.
     pub fn get(&self, key: &[u8], rev: i64) -> Option<Revision> {
-        self.keys.get(key).and_then(|c| live_at(c, rev))
+        self.keys.get(key).and_then(|k| live_at(&k.changes, rev))
+    }
+
+    /// `key`'s live record now, unless it is deleted or was never written.
+    pub fn live(&self, key: &[u8]) -> Option<Live> {
+        let k = self.keys.get(key)?;
+        let last = k.changes.last()?;
+        (!last.tombstone).then_some(Live {
+            rev: last.rev,
+            create_revision: k.create_revision,
+            version: k.version,
+            lease: k.lease,
+        })
     }
 
     /// Visits live keys of `range` at `rev` in key order until `visit` returns false.
@@ -140,8 +195,8 @@ impl Index {
                     Some(e) => Bound::Excluded(&e[..]),
                     None => Bound::Unbounded,
                 };
-                for (k, changes) in self.keys.range::<[u8], _>((Bound::Included(&s[..]), upper)) {
-                    if let Some(r) = live_at(changes, rev) {
+                for (k, entry) in self.keys.range::<[u8], _>((Bound::Included(&s[..]), upper)) {
+                    if let Some(r) = live_at(&entry.changes, rev) {
                         if !visit(k, r) {
                             return;
                         }
@@ -156,7 +211,8 @@ impl Index {
     /// revisions (to delete from disk).
     pub fn compact(&mut self, rev: i64) -> Vec<Revision> {
         let mut doomed = Vec::new();
-        self.keys.retain(|_, changes| {
+        self.keys.retain(|_, k| {
+            let changes = &mut k.changes;
             let n = changes.partition_point(|c| c.rev.main <= rev);
             if n == 0 {
                 return true;
@@ -171,7 +227,8 @@ impl Index {
     /// The revisions a compaction at `rev` keeps at or below `rev` (what `HashKV` counts).
     pub fn kept_at(&self, rev: i64) -> std::collections::HashSet<Revision> {
         let mut keep = std::collections::HashSet::new();
-        for changes in self.keys.values() {
+        for k in self.keys.values() {
+            let changes = &k.changes;
             let n = changes.partition_point(|c| c.rev.main <= rev);
             if n > 0 && !changes[n - 1].tombstone {
                 keep.insert(changes[n - 1].rev);
@@ -198,6 +255,9 @@ mod tests {
                 rev: Revision::new(main, 0),
                 tombstone: false,
             },
+            main,
+            1,
+            0,
         );
     }
     fn del(i: &mut Index, k: &str, main: i64) {
@@ -207,6 +267,9 @@ mod tests {
                 rev: Revision::new(main, 0),
                 tombstone: true,
             },
+            0,
+            0,
+            0,
         );
     }
 
@@ -246,6 +309,28 @@ mod tests {
         assert_eq!(i.get(b"b", 5), None);
         assert_eq!(i.len(), 2, "b is gone entirely");
         assert_eq!(i.kept_at(5).len(), 1);
+    }
+
+    #[test]
+    fn live_state_outlives_the_changes_compaction_drops() {
+        let mut i = Index::default();
+        let change = |main| Change {
+            rev: Revision::new(main, 0),
+            tombstone: false,
+        };
+        i.push(b"a", change(2), 2, 1, 0);
+        i.push(b"a", change(3), 2, 2, 7);
+        assert_eq!(i.compact(3), vec![Revision::new(2, 0)]);
+        let live = Live {
+            rev: Revision::new(3, 0),
+            create_revision: 2,
+            version: 2,
+            lease: 7,
+        };
+        assert_eq!(i.live(b"a"), Some(live));
+        del(&mut i, "a", 4);
+        assert_eq!(i.live(b"a"), None);
+        assert_eq!(i.live(b"never"), None);
     }
 
     #[test]

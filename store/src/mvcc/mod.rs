@@ -18,7 +18,7 @@ use prost::Message;
 
 use crate::engine::{Cf, Engine, WriteBatch};
 use crate::error::{Result, StoreError};
-pub use index::{Change, Index, KeyRange, Revision};
+pub use index::{Change, Index, KeyRange, Live, Revision};
 
 const META_CURRENT_REV: &[u8] = b"current_rev";
 const META_COMPACT_REV: &[u8] = b"compact_rev";
@@ -83,7 +83,13 @@ fn load(engine: &dyn Engine) -> Result<Loaded> {
             return false;
         };
         last = rev.main;
-        index.push(&kv.key, Change { rev, tombstone });
+        index.push(
+            &kv.key,
+            Change { rev, tombstone },
+            kv.create_revision,
+            kv.version,
+            kv.lease,
+        );
         true
     })?;
     if let Some(k) = bad {
@@ -165,6 +171,7 @@ impl Mvcc {
             txn_main: 0,
             sub: 0,
             events: Vec::new(),
+            unloaded_prev: Vec::new(),
         }
     }
 
@@ -353,6 +360,9 @@ fn collect_revisions(
 pub struct WriterOutput {
     pub batch: WriteBatch,
     pub events: Vec<Event>,
+    /// Put events whose `prev_kv` was not read (see [`Writer::put`]): the event's index
+    /// in `events` and the revision of the record it replaced, in event order.
+    pub unloaded_prev: Vec<(usize, Revision)>,
     pub rev: i64,
 }
 
@@ -360,8 +370,9 @@ pub struct WriterOutput {
 pub struct Writer<'a> {
     mvcc: &'a Mvcc,
     index: RwLockWriteGuard<'a, Index>,
-    /// Records written by this batch, not yet in the engine.
-    pending: HashMap<Revision, KeyValue>,
+    /// Records written by this batch, not yet in the engine: the index of the event
+    /// that holds each.
+    pending: HashMap<Revision, usize>,
     batch: WriteBatch,
     /// Newest applied revision (committed txns of this batch included).
     rev: i64,
@@ -369,6 +380,7 @@ pub struct Writer<'a> {
     txn_main: i64,
     sub: i64,
     events: Vec<Event>,
+    unloaded_prev: Vec<(usize, Revision)>,
 }
 
 impl Writer<'_> {
@@ -409,40 +421,56 @@ impl Writer<'_> {
         }
     }
 
-    /// Puts `key`; returns the new record and the one it replaced.
+    /// The index's view of `key`'s live record (revision, create revision, version,
+    /// lease), without reading the record.
+    pub fn live(&self, key: &[u8]) -> Option<Live> {
+        self.index.live(key)
+    }
+
+    /// Puts `key` with `lease`, or with its current lease for `None` (`ignore_lease`);
+    /// returns the live state it replaced (its lease is the one to detach). Create
+    /// revision, version and lease come from the index, so nothing is read, as in etcd.
+    /// `prev` is the key's live record if the caller read it anyway (for `prev_kv` or
+    /// `ignore_value`); it then travels in the watch event. Otherwise the event goes
+    /// out without it and its revision is listed in [`WriterOutput::unloaded_prev`],
+    /// for the watch hub to read only if a watcher asks for `prev_kv` (etcd reads it
+    /// per watcher when sending).
     pub fn put(
         &mut self,
         key: &[u8],
         value: Vec<u8>,
-        lease: i64,
-    ) -> Result<(KeyValue, Option<KeyValue>)> {
-        let prev = self.latest(key)?;
-        Ok(self.put_over(key, value, lease, prev))
-    }
-
-    /// [`Writer::put`] for a caller that already read the key's latest record `prev`
-    /// (saves the second point read on the applier's hot path).
-    pub fn put_over(
-        &mut self,
-        key: &[u8],
-        value: Vec<u8>,
-        lease: i64,
+        lease: Option<i64>,
         prev: Option<KeyValue>,
-    ) -> (KeyValue, Option<KeyValue>) {
-        let (create_revision, version) = match &prev {
-            Some(p) => (p.create_revision, p.version + 1),
+    ) -> Option<Live> {
+        let live = self.index.live(key);
+        debug_assert_eq!(
+            prev.as_ref()
+                .map(|p| (p.mod_revision, p.create_revision, p.version, p.lease)),
+            live.filter(|_| prev.is_some()).map(|l| (
+                l.rev.main,
+                l.create_revision,
+                l.version,
+                l.lease
+            )),
+            "the index disagrees with the record it names"
+        );
+        let (create_revision, version) = match live {
+            Some(l) => (l.create_revision, l.version + 1),
             None => (self.txn_main, 1),
         };
+        if let (None, Some(l)) = (&prev, live) {
+            self.unloaded_prev.push((self.events.len(), l.rev));
+        }
         let kv = KeyValue {
             key: key.to_vec(),
             create_revision,
             mod_revision: self.txn_main,
             version,
             value,
-            lease,
+            lease: lease.unwrap_or_else(|| live.map_or(0, |l| l.lease)),
         };
-        self.record(false, kv.clone(), prev.clone());
-        (kv, prev)
+        self.record(false, kv, prev);
+        live
     }
 
     /// Deletes every live key in `range`; returns the deleted records.
@@ -467,7 +495,13 @@ impl Writer<'_> {
     fn record(&mut self, tombstone: bool, kv: KeyValue, prev: Option<KeyValue>) {
         let rev = Revision::new(self.txn_main, self.sub);
         self.sub += 1;
-        self.index.push(&kv.key, Change { rev, tombstone });
+        self.index.push(
+            &kv.key,
+            Change { rev, tombstone },
+            kv.create_revision,
+            kv.version,
+            kv.lease,
+        );
         self.batch.put(
             Cf::History,
             rev.to_key().to_vec(),
@@ -479,7 +513,7 @@ impl Writer<'_> {
             EventType::Put
         };
         if !tombstone {
-            self.pending.insert(rev, kv.clone());
+            self.pending.insert(rev, self.events.len());
         }
         self.events.push(Event {
             r#type: r#type as i32,
@@ -517,6 +551,7 @@ impl Writer<'_> {
         WriterOutput {
             batch: self.batch,
             events: self.events,
+            unloaded_prev: self.unloaded_prev,
             rev: self.rev,
         }
     }
@@ -541,7 +576,7 @@ impl KvRead for Writer<'_> {
 
     fn load(&self, rev: Revision) -> Result<Option<KeyValue>> {
         match self.pending.get(&rev) {
-            Some(kv) => Ok(Some(kv.clone())),
+            Some(&at) => Ok(self.events.get(at).and_then(|e| e.kv.clone())),
             None => self.mvcc.load(rev),
         }
     }

@@ -41,10 +41,10 @@ fn versions_and_revisions() {
         "an empty store is at revision 1 like etcd"
     );
     commit(&m, |w| {
-        w.put(b"a", b"1".to_vec(), 0).expect("put");
+        w.put(b"a", b"1".to_vec(), Some(0), None);
     });
     commit(&m, |w| {
-        w.put(b"a", b"2".to_vec(), 0).expect("put");
+        w.put(b"a", b"2".to_vec(), Some(0), None);
     });
     let kv = get(&m, "a", 0).expect("get").expect("present");
     assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
@@ -59,7 +59,7 @@ fn versions_and_revisions() {
     });
     assert!(get(&m, "a", 0).expect("get").is_none());
     let rev = commit(&m, |w| {
-        w.put(b"a", b"3".to_vec(), 0).expect("put");
+        w.put(b"a", b"3".to_vec(), Some(0), None);
     });
     let kv = get(&m, "a", 0).expect("get").expect("present");
     assert_eq!(
@@ -74,8 +74,8 @@ fn versions_and_revisions() {
 fn a_txn_sees_its_own_writes_and_shares_one_revision() {
     let m = open();
     let rev = commit(&m, |w| {
-        w.put(b"x", b"1".to_vec(), 0).expect("put");
-        w.put(b"y", b"2".to_vec(), 0).expect("put");
+        w.put(b"x", b"1".to_vec(), Some(0), None);
+        w.put(b"y", b"2".to_vec(), Some(0), None);
         let seen = range(
             w,
             &RangeRequest {
@@ -108,7 +108,7 @@ fn compaction_and_history() {
     let m = open();
     for i in 0..5 {
         commit(&m, |w| {
-            w.put(b"k", vec![b'0' + i], 0).expect("put");
+            w.put(b"k", vec![b'0' + i], Some(0), None);
         });
     }
     // revisions 2..=6
@@ -135,7 +135,7 @@ fn reopen_rebuilds_the_index() {
     {
         let (m, _) = Mvcc::open(engine.clone()).expect("open");
         commit(&m, |w| {
-            w.put(b"a", b"1".to_vec(), 0).expect("put");
+            w.put(b"a", b"1".to_vec(), Some(0), None);
         });
         commit(&m, |w| {
             w.delete_range(&KeyRange::new(b"a", b"")).expect("del");
@@ -152,7 +152,7 @@ async fn purger_deletes_compacted_history_in_the_background() {
     let m = open();
     for v in ["1", "2", "3"] {
         commit(&m, |w| {
-            w.put(b"a", v.as_bytes().to_vec(), 0).expect("put");
+            w.put(b"a", v.as_bytes().to_vec(), Some(0), None);
         });
     }
     let mut w = m.writer();
