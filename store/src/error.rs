@@ -144,6 +144,10 @@ pub enum StoreError {
     /// No leader is known: the client should try another member.
     #[error("etcdserver: no leader")]
     NoLeader,
+    /// A new leader took over while the request waited on the old one; a write may or
+    /// may not have taken effect (the client must not assume either).
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
     /// The member is shutting down.
     #[error("etcdserver: server stopped")]
     Stopped,
@@ -219,7 +223,12 @@ impl StoreError {
             E::NoSpace => ResourceExhausted,
             E::PermissionDenied => PermissionDenied,
             E::InvalidAuthToken => Unauthenticated,
-            E::NoLeader | E::Stopped | E::Timeout | E::NotCapable | E::MemberRemoved => Unavailable,
+            E::NoLeader
+            | E::LeaderChanged
+            | E::Stopped
+            | E::Timeout
+            | E::NotCapable
+            | E::MemberRemoved => Unavailable,
             E::Engine(_) => Internal,
         };
         tonic::Status::new(code, self.to_string())
