@@ -16,6 +16,18 @@ use capstan_chaos::runner::{self, RunConfig, Target};
 use capstan_chaos::schedule::FaultKind;
 use capstan_chaos::watchcheck::Progress;
 
+/// The kinds CI runs: every kind that differs on three members (split-leader-minority
+/// is isolate-leader there).
+const CI_FAULTS: [FaultKind; 7] = [
+    FaultKind::KillLeader,
+    FaultKind::KillFollower,
+    FaultKind::PauseLeader,
+    FaultKind::IsolateLeader,
+    FaultKind::IsolateFollower,
+    FaultKind::OneWayFromLeader,
+    FaultKind::DelayLeader,
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_three_member_cluster_under_faults_loses_nothing_and_stays_linearizable(
 ) -> anyhow::Result<()> {
@@ -40,7 +52,7 @@ async fn a_three_member_cluster_under_faults_loses_nothing_and_stays_linearizabl
         duration: Duration::from_secs(50),
         clients_per_member: 2,
         keys: 6,
-        faults: FaultKind::ALL.to_vec(),
+        faults: CI_FAULTS.to_vec(),
         recover: Duration::from_millis(2500),
         op_timeout: Duration::from_secs(5),
         out_dir: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chaos-histories"),
@@ -60,7 +72,7 @@ async fn a_three_member_cluster_under_faults_loses_nothing_and_stays_linearizabl
     let kinds: std::collections::BTreeSet<_> = report.faults.iter().map(|f| f.fault.kind).collect();
     assert_eq!(
         kinds.len(),
-        FaultKind::ALL.len(),
+        CI_FAULTS.len(),
         "seed {seed}: every fault kind ran: {kinds:?}"
     );
     assert!(
