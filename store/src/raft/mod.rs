@@ -353,11 +353,12 @@ impl RaftNode {
             // A paused or cut-off leader may never answer (or answer only when it is
             // healed), so once another member leads, waiting on the old one only delays
             // the client's retry. The batch may still have been appended there, which
-            // is why it fails rather than being sent again: a write applied twice
-            // would break linearizability, an error leaves the outcome unknown.
+            // is why it fails rather than being sent again (a write applied twice would
+            // break linearizability), and with etcd's error for an unknown outcome
+            // after a leader failure, which etcd gives only after its full timeout.
             return tokio::select! {
                 r = network::forward(c, proposal, self.request_timeout) => r,
-                () = self.leader_changed_from(leader) => Err(StoreError::LeaderChanged),
+                () = self.leader_changed_from(leader) => Err(StoreError::TimeoutDueToLeaderFail),
             };
         }
         if self.transferring.load(Ordering::SeqCst) {

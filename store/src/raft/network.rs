@@ -65,7 +65,7 @@ pub fn leader_error(status: &tonic::Status) -> StoreError {
         StoreError::Timeout,
         StoreError::Stopped,
         StoreError::NoLeader,
-        StoreError::LeaderChanged,
+        StoreError::TimeoutDueToLeaderFail,
     ] {
         if status.message() == e.to_string() {
             return e;
