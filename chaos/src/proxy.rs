@@ -23,7 +23,8 @@
 //!   minimum RTO is 200 ms) during which the stream, head-of-line blocked, delivers
 //!   nothing; and when loss is bad enough, as a connection reset. So each chunk read
 //!   on a lossy link is, with a set probability, held back 200-600 ms (with everything
-//!   after it), and with another, much smaller probability the connection is reset.
+//!   after it), and with another, much smaller probability the connection is closed
+//!   mid-stream instead, which fails every call on it as a reset would.
 //!   Chunk boundaries depend on timing, so which chunk is hit does not replay exactly
 //!   from a seed, but each connection's dice are seeded from the fault's seed.
 //!
