@@ -33,7 +33,9 @@ pub struct Args {
     pub server_bin: Option<PathBuf>,
     /// Fault kinds to use (comma-separated; default all): kill-leader, kill-follower,
     /// pause-leader, isolate-leader, isolate-follower, one-way-loss-from-leader,
-    /// delay-leader.
+    /// delay-leader, split-leader-minority (the leader's side of a partition is as
+    /// large as a minority can be: 2 of 5; with 3 members this is isolate-leader),
+    /// bridge, lossy-links.
     #[arg(long, value_delimiter = ',')]
     pub faults: Vec<String>,
     /// Client sessions per member.

@@ -9,12 +9,24 @@
 //! per directed link possible without network namespaces or root.
 //!
 //! Faults, per directed link `from -> to`:
-//! - **cut** (a member isolated): existing connections are closed, new ones closed on
-//!   accept, both ways.
+//! - **cut** (a member isolated, or a partition between two groups): existing
+//!   connections are closed, new ones closed on accept. A connection carries both a
+//!   request and its answer, so partitions cut both directions of a pair.
 //! - **stall** (one-way loss): bytes from `from` to `to` are no longer read, so they sit
 //!   in kernel buffers as a 100%-loss link would hold them in TCP retransmission;
 //!   the other direction flows. Healing resumes the stream where it stopped.
 //! - **delay**: every chunk is forwarded after a fixed delay, order preserved.
+//! - **lossy**: partial loss as TCP turns it into something an application sees. A
+//!   proxy cannot drop bytes inside a TCP stream (the receiver would read corrupt
+//!   frames, not a lost packet), and on a real network TCP retransmits what was lost,
+//!   so loss reaches the members as stalls of about a retransmission timeout (Linux's
+//!   minimum RTO is 200 ms) during which the stream, head-of-line blocked, delivers
+//!   nothing; and when loss is bad enough, as a connection reset. So each chunk read
+//!   on a lossy link is, with a set probability, held back 200-600 ms (with everything
+//!   after it), and with another, much smaller probability the connection is closed
+//!   mid-stream instead, which fails every call on it as a reset would.
+//!   Chunk boundaries depend on timing, so which chunk is hit does not replay exactly
+//!   from a seed, but each connection's dice are seeded from the fault's seed.
 //!
 //! Only loopback is touched: proxies listen on `127.0.0.1` and dial `127.0.0.1`.
 
@@ -24,6 +36,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -37,6 +51,10 @@ use crate::error::Result;
 pub struct Faults {
     /// Members cut off from every other member.
     pub isolated: BTreeSet<usize>,
+    /// Directed links that are cut (partitions insert both directions).
+    pub cut: BTreeSet<(usize, usize)>,
+    /// Directed links with partial loss.
+    pub lossy: BTreeMap<(usize, usize), Loss>,
     /// Directed links whose traffic is held (one-way loss).
     pub stalled: BTreeSet<(usize, usize)>,
     /// Directed links with added delay.
@@ -45,23 +63,61 @@ pub struct Faults {
     pub shutdown: bool,
 }
 
+/// Partial loss on a link, as TCP presents it (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Loss {
+    /// Chance per chunk, in thousandths, that the chunk is held back like a
+    /// retransmission (200-600 ms, and everything after it with it).
+    pub stall_permille: u32,
+    /// Chance per chunk, in thousandths, that the connection is reset instead.
+    pub reset_permille: u32,
+    /// Seeds each connection's dice (mixed with the link and a connection count).
+    pub seed: u64,
+}
+
 /// What a directed link does right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Link {
-    Open(Duration),
+    Open { delay: Duration, loss: Option<Loss> },
     Stalled,
     Cut,
 }
 
 impl Faults {
     fn link(&self, from: usize, to: usize) -> Link {
-        if self.shutdown || self.isolated.contains(&from) || self.isolated.contains(&to) {
+        if self.shutdown
+            || self.isolated.contains(&from)
+            || self.isolated.contains(&to)
+            || self.cut.contains(&(from, to))
+        {
             Link::Cut
         } else if self.stalled.contains(&(from, to)) {
             Link::Stalled
         } else {
-            Link::Open(self.delayed.get(&(from, to)).copied().unwrap_or_default())
+            Link::Open {
+                delay: self.delayed.get(&(from, to)).copied().unwrap_or_default(),
+                loss: self.lossy.get(&(from, to)).copied(),
+            }
         }
+    }
+}
+
+/// What the dice say for one chunk on a lossy link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Pass,
+    Stall(Duration),
+    Reset,
+}
+
+fn roll(loss: &Loss, rng: &mut StdRng) -> Fate {
+    let d: u32 = rng.random_range(0..1000);
+    if d < loss.reset_permille {
+        Fate::Reset
+    } else if d < loss.reset_permille + loss.stall_permille {
+        Fate::Stall(Duration::from_millis(rng.random_range(200..600)))
+    } else {
+        Fate::Pass
     }
 }
 
@@ -142,10 +198,13 @@ async fn accept_loop(
     pids: Arc<Mutex<Vec<Option<u32>>>>,
 ) {
     let local_port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+    let mut accepted = 0u64;
     loop {
         let Ok((conn, peer)) = listener.accept().await else {
             continue;
         };
+        accepted += 1;
+        let conn_no = accepted;
         let faults = faults.subscribe();
         let pids = pids.clone();
         tokio::spawn(async move {
@@ -175,20 +234,19 @@ async fn accept_loop(
             let _ = upstream.set_nodelay(true);
             let (cr, cw) = conn.into_split();
             let (ur, uw) = upstream.into_split();
-            let a = pump(cr, uw, from, to, faults.clone());
-            let b = pump(ur, cw, to, from, faults);
+            let a = pump(cr, uw, (from, to, conn_no), faults.clone());
+            let b = pump(ur, cw, (to, from, conn_no), faults);
             // When either direction ends (EOF or cut), drop both: the connection closes.
             tokio::select! { _ = a => {}, _ = b => {} }
         });
     }
 }
 
-/// Copies one direction (`from -> to`) under the fault table.
+/// Copies one direction (`from -> to` of connection `conn_no`) under the fault table.
 async fn pump(
     mut rd: tokio::net::tcp::OwnedReadHalf,
     mut wr: tokio::net::tcp::OwnedWriteHalf,
-    from: usize,
-    to: usize,
+    (from, to, conn_no): (usize, usize, u64),
     mut faults: watch::Receiver<Faults>,
 ) {
     // Delayed chunks go through a queue to a writer, so a delay does not throttle reads
@@ -205,6 +263,11 @@ async fn pump(
     };
     let reader = async move {
         let mut buf = vec![0u8; 64 * 1024];
+        // Created when the link first turns lossy, from that fault's seed.
+        let mut dice: Option<(u64, StdRng)> = None;
+        // A held-back chunk delays everything after it, as TCP's in-order delivery
+        // does after a retransmission.
+        let mut not_before = tokio::time::Instant::now();
         loop {
             let link = faults.borrow_and_update().link(from, to);
             match link {
@@ -214,12 +277,31 @@ async fn pump(
                         return;
                     }
                 }
-                Link::Open(delay) => {
+                Link::Open { delay, loss } => {
                     tokio::select! {
                         r = rd.read(&mut buf) => match r {
                             Ok(0) | Err(_) => return,
                             Ok(n) => {
-                                let at = tokio::time::Instant::now() + delay;
+                                let mut at = tokio::time::Instant::now() + delay;
+                                if let Some(loss) = loss {
+                                    let rng = match &mut dice {
+                                        Some((seed, rng)) if *seed == loss.seed => rng,
+                                        _ => {
+                                            let s = loss.seed
+                                                ^ ((from as u64) << 48)
+                                                ^ ((to as u64) << 32)
+                                                ^ conn_no;
+                                            &mut dice.insert((loss.seed, StdRng::seed_from_u64(s))).1
+                                        }
+                                    };
+                                    match roll(&loss, rng) {
+                                        Fate::Pass => {}
+                                        Fate::Stall(d) => at += d,
+                                        Fate::Reset => return,
+                                    }
+                                }
+                                at = at.max(not_before);
+                                not_before = at;
                                 if tx.send((at, buf[..n].to_vec())).is_err() {
                                     return;
                                 }
@@ -273,16 +355,63 @@ mod tests {
 
     #[test]
     fn links_follow_the_fault_table() {
+        let open = |ms| Link::Open {
+            delay: Duration::from_millis(ms),
+            loss: None,
+        };
         let mut f = Faults::default();
-        assert_eq!(f.link(0, 1), Link::Open(Duration::ZERO));
+        assert_eq!(f.link(0, 1), open(0));
         f.stalled.insert((0, 1));
         f.delayed.insert((1, 2), Duration::from_millis(100));
         assert_eq!(f.link(0, 1), Link::Stalled);
-        assert_eq!(f.link(1, 0), Link::Open(Duration::ZERO));
-        assert_eq!(f.link(1, 2), Link::Open(Duration::from_millis(100)));
+        assert_eq!(f.link(1, 0), open(0));
+        assert_eq!(f.link(1, 2), open(100));
+        let loss = Loss {
+            stall_permille: 50,
+            reset_permille: 5,
+            seed: 1,
+        };
+        f.lossy.insert((1, 0), loss);
+        assert_eq!(
+            f.link(1, 0),
+            Link::Open {
+                delay: Duration::ZERO,
+                loss: Some(loss)
+            }
+        );
+        // A bridge: 0 and 2 no longer talk, both still talk to 1.
+        f.cut.extend([(0, 2), (2, 0)]);
+        assert_eq!(f.link(0, 2), Link::Cut);
+        assert_eq!(f.link(2, 0), Link::Cut);
+        assert_eq!(f.link(2, 1), open(0));
         f.isolated.insert(2);
         assert_eq!(f.link(1, 2), Link::Cut);
         assert_eq!(f.link(2, 0), Link::Cut);
+    }
+
+    #[test]
+    fn lossy_dice_hit_about_the_set_fractions_and_replay_from_the_seed() {
+        let loss = Loss {
+            stall_permille: 100,
+            reset_permille: 10,
+            seed: 42,
+        };
+        let draw = |seed| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            (0..10_000)
+                .map(|_| roll(&loss, &mut rng))
+                .collect::<Vec<_>>()
+        };
+        let a = draw(7);
+        assert_eq!(a, draw(7));
+        let stalls = a.iter().filter(|f| matches!(f, Fate::Stall(_))).count();
+        let resets = a.iter().filter(|f| **f == Fate::Reset).count();
+        assert!((800..1200).contains(&stalls), "{stalls} stalls");
+        assert!((50..150).contains(&resets), "{resets} resets");
+        assert!(a.iter().all(|f| match f {
+            Fate::Stall(d) => (200..600).contains(&d.as_millis()),
+            _ => true,
+        }));
     }
 
     /// The proxy finds the dialer among the given pids (here: this test process).

@@ -61,12 +61,26 @@ pub struct RunConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct FaultRecord {
     pub fault: Fault,
-    /// The member it hit (`None`: no member qualified, e.g. no leader known).
+    /// The member it hit (the leader, for partitions; `None` for every link).
     pub member: Option<usize>,
+    /// What was hit, for the log (members, or the sides of a partition).
+    pub detail: String,
     pub injected_ns: u64,
     pub healed_ns: u64,
     /// From injection to the first acknowledged write invoked after it.
     pub gap_ms: Option<f64>,
+}
+
+/// The failover gaps of one fault kind.
+#[derive(Debug, Clone, Serialize)]
+pub struct GapStats {
+    pub kind: FaultKind,
+    /// Faults of this kind with a gap (an acknowledged write came after them).
+    pub faults: usize,
+    pub max_ms: f64,
+    pub median_ms: f64,
+    /// Faults after which a write was acknowledged before the fault was healed.
+    pub recovered_during: usize,
 }
 
 /// The outcome of a run.
@@ -120,20 +134,31 @@ impl Report {
         self.violations().is_empty()
     }
 
-    /// Failover gap per fault kind: (kind, faults, max gap ms, median gap ms).
-    pub fn gaps(&self) -> Vec<(FaultKind, usize, f64, f64)> {
-        let mut by: BTreeMap<FaultKind, Vec<f64>> = BTreeMap::new();
+    /// Failover gap per fault kind.
+    pub fn gaps(&self) -> Vec<GapStats> {
+        let mut by: BTreeMap<FaultKind, (Vec<f64>, usize)> = BTreeMap::new();
         for f in &self.faults {
             if let Some(g) = f.gap_ms {
-                by.entry(f.fault.kind).or_default().push(g);
+                let e = by.entry(f.fault.kind).or_default();
+                e.0.push(g);
+                // A gap shorter than the fault means the cluster worked around it;
+                // one as long means writes waited for the heal.
+                let held_ms = f.healed_ns.saturating_sub(f.injected_ns) as f64 / 1e6;
+                if g < held_ms {
+                    e.1 += 1;
+                }
             }
         }
         by.into_iter()
-            .map(|(k, mut g)| {
+            .map(|(kind, (mut g, during))| {
                 g.sort_by(|a, b| a.total_cmp(b));
-                let max = g.last().copied().unwrap_or_default();
-                let med = g.get(g.len() / 2).copied().unwrap_or_default();
-                (k, g.len(), max, med)
+                GapStats {
+                    kind,
+                    faults: g.len(),
+                    max_ms: g.last().copied().unwrap_or_default(),
+                    median_ms: g.get(g.len() / 2).copied().unwrap_or_default(),
+                    recovered_during: during,
+                }
             })
             .collect()
     }
@@ -163,8 +188,15 @@ impl Report {
             self.lost_writes.len(),
             self.final_revision
         );
-        for (k, n, max, med) in self.gaps() {
-            s += &format!("  {k:<26} x{n}: failover gap max {max:.0} ms, median {med:.0} ms\n");
+        for g in self.gaps() {
+            s += &format!(
+                "  {:<26} x{}: failover gap max {:.0} ms, median {:.0} ms; {} recovered before the heal\n",
+                g.kind.to_string(),
+                g.faults,
+                g.max_ms,
+                g.median_ms,
+                g.recovered_during
+            );
         }
         let v = self.violations();
         if v.is_empty() {
@@ -278,14 +310,13 @@ pub async fn run(cfg: RunConfig, target: Target) -> Result<Report> {
     if let Some(c) = cluster.as_mut() {
         for f in &schedule {
             tokio::time::sleep_until((start + f.at).into()).await;
-            let (member, undo) = inject(c, f).await?;
+            let (member, detail, undo) = inject(c, f).await?;
             let injected_ns = workload::ns(start);
             say!(
                 cfg,
-                "chaos: {:>6.1}s inject {} on {:?}",
+                "chaos: {:>6.1}s inject {} on {detail}",
                 injected_ns as f64 / 1e9,
                 f.kind,
-                member
             );
             tokio::time::sleep(f.hold).await;
             heal(c, undo)?;
@@ -299,6 +330,7 @@ pub async fn run(cfg: RunConfig, target: Target) -> Result<Report> {
             records.push(FaultRecord {
                 fault: f.clone(),
                 member,
+                detail,
                 injected_ns,
                 healed_ns,
                 gap_ms: None,
@@ -508,9 +540,47 @@ enum Undo {
     Isolated(usize),
     Stalled(Vec<(usize, usize)>),
     Delayed(Vec<(usize, usize)>),
+    Cut(Vec<(usize, usize)>),
+    Lossy(Vec<(usize, usize)>),
 }
 
-async fn inject(c: &mut Cluster, f: &Fault) -> Result<(Option<usize>, Undo)> {
+/// Both directions of every link between a member of `a` and one of `b`.
+fn links_between(a: &[usize], b: &[usize]) -> Vec<(usize, usize)> {
+    a.iter()
+        .flat_map(|&x| b.iter().flat_map(move |&y| [(x, y), (y, x)]))
+        .collect()
+}
+
+/// The two sides of `SplitLeaderMinority`: the leader with the followers from `pick` on
+/// that still leave its side a minority, and everyone else.
+fn minority_split(n: usize, leader: usize, pick: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut followers: Vec<usize> = (0..n).filter(|&i| i != leader).collect();
+    let len = followers.len().max(1);
+    followers.rotate_left((pick % len as u64) as usize);
+    let with_leader = (n.saturating_sub(1) / 2).saturating_sub(1);
+    let mut minority = vec![leader];
+    minority.extend(followers.iter().take(with_leader));
+    let majority = followers.into_iter().skip(with_leader).collect();
+    (minority, majority)
+}
+
+/// The three parts of `Bridge`: the leader's side, the bridge (one follower), the far
+/// side. The remaining followers are shared out so neither side alone is a majority.
+fn bridge_split(n: usize, leader: usize, pick: u64) -> (Vec<usize>, usize, Vec<usize>) {
+    let mut followers: Vec<usize> = (0..n).filter(|&i| i != leader).collect();
+    let len = followers.len().max(1);
+    followers.rotate_left((pick % len as u64) as usize);
+    let bridge = followers.first().copied().unwrap_or(leader);
+    let rest: Vec<usize> = followers.into_iter().skip(1).collect();
+    let near = rest.len() / 2;
+    let mut leader_side = vec![leader];
+    leader_side.extend(rest.iter().take(near));
+    (leader_side, bridge, rest.into_iter().skip(near).collect())
+}
+
+/// Injects `f`; returns the member it hit (for partitions: the leader), a description
+/// of what was cut, and what healing it takes.
+async fn inject(c: &mut Cluster, f: &Fault) -> Result<(Option<usize>, String, Undo)> {
     let n = c.len();
     let leader = c.leader().await;
     let pick = (f.pick % n as u64) as usize;
@@ -522,6 +592,7 @@ async fn inject(c: &mut Cluster, f: &Fault) -> Result<(Option<usize>, Undo)> {
     let leader = leader.unwrap_or(pick);
     let follower = follower.unwrap_or(pick);
     let peers = |m: usize| (0..n).filter(move |&j| j != m);
+    let one = |m: usize, u: Undo| (Some(m), format!("member {m}"), u);
     Ok(match f.kind {
         FaultKind::KillLeader | FaultKind::KillFollower => {
             let m = if f.kind == FaultKind::KillLeader {
@@ -530,11 +601,11 @@ async fn inject(c: &mut Cluster, f: &Fault) -> Result<(Option<usize>, Undo)> {
                 follower
             };
             c.kill(m);
-            (Some(m), Undo::Restart(m))
+            one(m, Undo::Restart(m))
         }
         FaultKind::PauseLeader => {
             c.pause(leader)?;
-            (Some(leader), Undo::Resume(leader))
+            one(leader, Undo::Resume(leader))
         }
         FaultKind::IsolateLeader | FaultKind::IsolateFollower => {
             let m = if f.kind == FaultKind::IsolateLeader {
@@ -545,12 +616,12 @@ async fn inject(c: &mut Cluster, f: &Fault) -> Result<(Option<usize>, Undo)> {
             c.net.update(|t| {
                 t.isolated.insert(m);
             });
-            (Some(m), Undo::Isolated(m))
+            one(m, Undo::Isolated(m))
         }
         FaultKind::OneWayFromLeader => {
             let links: Vec<_> = peers(leader).map(|j| (leader, j)).collect();
             c.net.update(|t| t.stalled.extend(links.iter().copied()));
-            (Some(leader), Undo::Stalled(links))
+            one(leader, Undo::Stalled(links))
         }
         FaultKind::DelayLeader => {
             let links: Vec<_> = peers(leader)
@@ -561,7 +632,35 @@ async fn inject(c: &mut Cluster, f: &Fault) -> Result<(Option<usize>, Undo)> {
                     t.delayed.insert(*l, f.delay);
                 }
             });
-            (Some(leader), Undo::Delayed(links))
+            one(leader, Undo::Delayed(links))
+        }
+        FaultKind::SplitLeaderMinority => {
+            let (minority, majority) = minority_split(n, leader, f.pick);
+            let links = links_between(&minority, &majority);
+            c.net.update(|t| t.cut.extend(links.iter().copied()));
+            let detail = format!("{minority:?} | {majority:?}");
+            (Some(leader), detail, Undo::Cut(links))
+        }
+        FaultKind::Bridge => {
+            let (near, bridge, far) = bridge_split(n, leader, f.pick);
+            let links = links_between(&near, &far);
+            c.net.update(|t| t.cut.extend(links.iter().copied()));
+            let detail = format!("{near:?} <-> {bridge} <-> {far:?}");
+            (Some(leader), detail, Undo::Cut(links))
+        }
+        FaultKind::LossyLinks => {
+            let loss = crate::proxy::Loss {
+                stall_permille: f.stall_permille,
+                reset_permille: f.reset_permille,
+                seed: f.pick,
+            };
+            let links: Vec<_> = (0..n).flat_map(|i| peers(i).map(move |j| (i, j))).collect();
+            c.net.update(|t| {
+                for l in &links {
+                    t.lossy.insert(*l, loss);
+                }
+            });
+            (None, "every peer link".into(), Undo::Lossy(links))
         }
     })
 }
@@ -581,6 +680,16 @@ fn heal(c: &mut Cluster, u: Undo) -> Result<()> {
         Undo::Delayed(links) => c.net.update(|t| {
             for l in &links {
                 t.delayed.remove(l);
+            }
+        }),
+        Undo::Cut(links) => c.net.update(|t| {
+            for l in &links {
+                t.cut.remove(l);
+            }
+        }),
+        Undo::Lossy(links) => c.net.update(|t| {
+            for l in &links {
+                t.lossy.remove(l);
             }
         }),
     }
@@ -747,4 +856,41 @@ async fn hashes(channels: &[Channel], rev: i64) -> Option<String> {
         v.sort_by_key(|(m, _)| *m);
         format!("HashKV at revision {rev} differs between members: {v:?}")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_leaders_minority_is_as_large_as_a_minority_can_be() {
+        // Five members: the leader and one follower against three.
+        let (min, maj) = minority_split(5, 2, 1);
+        assert_eq!(min.len(), 2);
+        assert_eq!(min[0], 2);
+        assert_eq!(maj.len(), 3);
+        let mut all: Vec<usize> = min.iter().chain(&maj).copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, vec![0, 1, 2, 3, 4]);
+        // Three members: the leader alone (isolate-leader).
+        let (min, mut maj) = minority_split(3, 0, 7);
+        maj.sort_unstable();
+        assert_eq!((min, maj), (vec![0], vec![1, 2]));
+        // Seven: the leader and two followers against four.
+        assert_eq!(minority_split(7, 6, 0).0.len(), 3);
+    }
+
+    #[test]
+    fn a_bridge_leaves_neither_side_a_majority_on_its_own() {
+        assert_eq!(bridge_split(3, 1, 0), (vec![1], 0, vec![2]));
+        assert_eq!(bridge_split(3, 1, 1), (vec![1], 2, vec![0]));
+        let (near, bridge, far) = bridge_split(5, 0, 2);
+        assert_eq!((near.len(), far.len()), (2, 2));
+        assert_eq!(near[0], 0);
+        assert!(!near.contains(&bridge) && !far.contains(&bridge) && bridge != 0);
+        // Only links between the two sides are cut; the bridge keeps all of its own.
+        let cut = links_between(&near, &far);
+        assert_eq!(cut.len(), 8);
+        assert!(cut.iter().all(|&(a, b)| a != bridge && b != bridge));
+    }
 }

@@ -28,10 +28,19 @@ pub enum FaultKind {
     OneWayFromLeader,
     /// Add delay to every peer link of the leader, both ways.
     DelayLeader,
+    /// Partition the leader and as many followers as still leave it a minority (one
+    /// of five, none of three, where this is `IsolateLeader`) from the majority.
+    SplitLeaderMinority,
+    /// A non-transitive partition (Jepsen's bridge): the leader's side and the far side
+    /// cannot talk, one follower (the bridge) still talks to both.
+    Bridge,
+    /// Partial loss on every peer link, both ways: stalls of a retransmission timeout
+    /// and occasional connection resets (what loss under TCP looks like).
+    LossyLinks,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 7] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::KillLeader,
         FaultKind::KillFollower,
         FaultKind::PauseLeader,
@@ -39,6 +48,9 @@ impl FaultKind {
         FaultKind::IsolateFollower,
         FaultKind::OneWayFromLeader,
         FaultKind::DelayLeader,
+        FaultKind::SplitLeaderMinority,
+        FaultKind::Bridge,
+        FaultKind::LossyLinks,
     ];
 
     /// Parses a `--faults` name (`kill-leader`, ...).
@@ -57,6 +69,9 @@ impl fmt::Display for FaultKind {
             FaultKind::IsolateFollower => "isolate-follower",
             FaultKind::OneWayFromLeader => "one-way-loss-from-leader",
             FaultKind::DelayLeader => "delay-leader",
+            FaultKind::SplitLeaderMinority => "split-leader-minority",
+            FaultKind::Bridge => "bridge",
+            FaultKind::LossyLinks => "lossy-links",
         })
     }
 }
@@ -71,6 +86,10 @@ pub struct Fault {
     pub hold: Duration,
     /// For `DelayLeader`: the added delay per direction.
     pub delay: Duration,
+    /// For `LossyLinks`: the chances per chunk, in thousandths, of a retransmission
+    /// stall and of a connection reset.
+    pub stall_permille: u32,
+    pub reset_permille: u32,
     /// Tie-breaker among candidate members (e.g. which follower), for replays.
     pub pick: u64,
 }
@@ -84,8 +103,15 @@ impl fmt::Display for Fault {
             self.kind,
             self.hold.as_secs_f64()
         )?;
-        if self.kind == FaultKind::DelayLeader {
-            write!(f, " (+{} ms)", self.delay.as_millis())?;
+        match self.kind {
+            FaultKind::DelayLeader => write!(f, " (+{} ms)", self.delay.as_millis())?,
+            FaultKind::LossyLinks => write!(
+                f,
+                " ({:.1}% stalls, {:.1}% resets per chunk)",
+                f64::from(self.stall_permille) / 10.0,
+                f64::from(self.reset_permille) / 10.0
+            )?,
+            _ => {}
         }
         Ok(())
     }
@@ -125,6 +151,11 @@ pub fn build(
             hold,
             delay: Duration::from_millis(rng.random_range(50..300)),
             pick: rng.random(),
+            // A busy link carries hundreds of chunks a second and a stall holds
+            // everything behind it, so a few percent already keeps a link stalled a
+            // good part of the time; resets are rarer, as on a real lossy link.
+            stall_permille: rng.random_range(10..50),
+            reset_permille: rng.random_range(1..8),
         });
         at += hold + recover;
     }
@@ -141,14 +172,14 @@ mod tests {
         let a = build(
             7,
             &FaultKind::ALL,
-            Duration::from_secs(60),
+            Duration::from_secs(80),
             e,
             Duration::from_secs(3),
         );
         let b = build(
             7,
             &FaultKind::ALL,
-            Duration::from_secs(60),
+            Duration::from_secs(80),
             e,
             Duration::from_secs(3),
         );
@@ -159,6 +190,6 @@ mod tests {
         }
         assert!(a
             .last()
-            .is_some_and(|f| f.at + f.hold <= Duration::from_secs(57)));
+            .is_some_and(|f| f.at + f.hold <= Duration::from_secs(77)));
     }
 }

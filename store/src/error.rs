@@ -144,6 +144,12 @@ pub enum StoreError {
     /// No leader is known: the client should try another member.
     #[error("etcdserver: no leader")]
     NoLeader,
+    /// A write waited on a leader that has since been replaced: it may or may not have
+    /// taken effect. etcd answers this (after its full request timeout) when the leader
+    /// changed during the proposal; its "leader changed", by contrast, promises nothing
+    /// was done (clients retry on it), so it must never be used for a write.
+    #[error("etcdserver: request timed out, possibly due to previous leader failure")]
+    TimeoutDueToLeaderFail,
     /// The member is shutting down.
     #[error("etcdserver: server stopped")]
     Stopped,
@@ -219,7 +225,12 @@ impl StoreError {
             E::NoSpace => ResourceExhausted,
             E::PermissionDenied => PermissionDenied,
             E::InvalidAuthToken => Unauthenticated,
-            E::NoLeader | E::Stopped | E::Timeout | E::NotCapable | E::MemberRemoved => Unavailable,
+            E::NoLeader
+            | E::TimeoutDueToLeaderFail
+            | E::Stopped
+            | E::Timeout
+            | E::NotCapable
+            | E::MemberRemoved => Unavailable,
             E::Engine(_) => Internal,
         };
         tonic::Status::new(code, self.to_string())

@@ -474,6 +474,19 @@ impl Cluster {
         }
     }
 
+    /// Sends member `i` a signal (`"-STOP"`, `"-CONT"`) with kill(1): the workspace
+    /// forbids the unsafe code a direct libc call would need.
+    pub fn signal(&self, i: usize, sig: &str) {
+        let Some(c) = &self.members[i].child else {
+            return;
+        };
+        let st = Command::new("kill")
+            .args([sig, &c.id().to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(st.success(), "kill {sig} member {i}: {st}");
+    }
+
     /// Starts member `i` again on its data dir and ports and waits until it is ready.
     pub async fn restart(&mut self, i: usize) {
         self.kill9(i);

@@ -284,6 +284,19 @@ impl RaftNode {
         *self.applied.borrow()
     }
 
+    /// Resolves once this member knows of a leader other than `old` (never while no
+    /// leader is known: an election alone does not mean the old leader is gone).
+    async fn leader_changed_from(&self, old: u64) {
+        let mut m = self.metrics.clone();
+        if m.wait_for(|m| m.current_leader.is_some_and(|l| l != old))
+            .await
+            .is_err()
+        {
+            // Raft stopped: the pending call fails on its own.
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// A client of the leader's peer service.
     fn leader_client(
         &self,
@@ -337,7 +350,16 @@ impl RaftNode {
         let leader = self.leader().ok_or(StoreError::NoLeader)?;
         if leader != self.id {
             let c = self.leader_client(leader)?;
-            return network::forward(c, proposal, self.request_timeout).await;
+            // A paused or cut-off leader may never answer (or answer only when it is
+            // healed), so once another member leads, waiting on the old one only delays
+            // the client's retry. The batch may still have been appended there, which
+            // is why it fails rather than being sent again (a write applied twice would
+            // break linearizability), and with etcd's error for an unknown outcome
+            // after a leader failure, which etcd gives only after its full timeout.
+            return tokio::select! {
+                r = network::forward(c, proposal, self.request_timeout) => r,
+                () = self.leader_changed_from(leader) => Err(StoreError::TimeoutDueToLeaderFail),
+            };
         }
         if self.transferring.load(Ordering::SeqCst) {
             return Err(StoreError::NoLeader);
@@ -378,21 +400,27 @@ impl RaftNode {
     /// One read barrier: the leader's confirmed commit point (see [`Self::read_index`]).
     async fn read_barrier(&self) -> Result<u64> {
         let work = async {
-            let leader = self.leader().ok_or(StoreError::NoLeader)?;
-            let index = if leader == self.id {
-                match self.raft.ensure_linearizable().await {
-                    Ok(l) => l.map(|l| l.index).unwrap_or(0),
-                    Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))
-                    | Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
-                        return Err(StoreError::NoLeader)
-                    }
-                    Err(_) => return Err(StoreError::Stopped),
+            loop {
+                let leader = self.leader().ok_or(StoreError::NoLeader)?;
+                if leader == self.id {
+                    return match self.raft.ensure_linearizable().await {
+                        Ok(l) => Ok(l.map(|l| l.index).unwrap_or(0)),
+                        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))
+                        | Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                            Err(StoreError::NoLeader)
+                        }
+                        Err(_) => Err(StoreError::Stopped),
+                    };
                 }
-            } else {
                 let c = self.leader_client(leader)?;
-                network::read_index(c, self.request_timeout).await?
-            };
-            Ok(index)
+                // Unlike a write, a read index is safe to ask again: the new leader's
+                // commit point, confirmed after this round began, serves every read
+                // waiting in it. So a leader change retries instead of failing.
+                tokio::select! {
+                    r = network::read_index(c, self.request_timeout) => return r,
+                    () = self.leader_changed_from(leader) => {}
+                }
+            }
         };
         tokio::time::timeout(self.request_timeout, work)
             .await

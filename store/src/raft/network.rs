@@ -65,6 +65,7 @@ pub fn leader_error(status: &tonic::Status) -> StoreError {
         StoreError::Timeout,
         StoreError::Stopped,
         StoreError::NoLeader,
+        StoreError::TimeoutDueToLeaderFail,
     ] {
         if status.message() == e.to_string() {
             return e;
