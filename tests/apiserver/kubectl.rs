@@ -151,14 +151,7 @@ async fn configmap_lifecycle_with_apply_label_and_errors() {
     assert_eq!(got.out(), "app-config");
     let none = api.kubectl(&["get", "cm", "-l", "tier in (backend)", "-o", "name"]);
     assert_eq!(none.out().trim(), "");
-    let table = api.kubectl(&["get", "cm", "app-config"]);
-    let header: Vec<&str> = table
-        .out()
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
+    let header = api.table_header(&["get", "cm", "app-config"]);
     assert_eq!(header, ["NAME", "DATA", "AGE"]);
 
     // Upstream's errors, word for word.
@@ -229,15 +222,7 @@ async fn deployment_scale_patch_and_server_side_apply() {
         d["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
         "IfNotPresent"
     );
-    let header: Vec<String> = api
-        .kubectl(&["get", "deploy"])
-        .out()
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
+    let header = api.table_header(&["get", "deploy"]);
     assert_eq!(header, ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]);
 
     assert_eq!(

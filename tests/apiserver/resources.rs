@@ -65,16 +65,7 @@ async fn every_kind_with_defaults_allocations_and_tables() {
     assert_eq!(pod["status"]["phase"], "Pending");
 
     // kubectl's tables, with upstream's columns.
-    let header = |args: &[&str]| -> Vec<String> {
-        api.kubectl(args)
-            .out()
-            .lines()
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .map(str::to_string)
-            .collect()
-    };
+    let header = |args: &[&str]| api.table_header(args);
     assert_eq!(
         header(&["get", "pods", "-n", "shop"]),
         ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]

@@ -82,6 +82,24 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
 }
 
 /// A running single-member server; killed on drop, its data dir removed.
+/// SIGKILLs a child process, if there is one (no shutdown path runs, as in a crash), and
+/// reaps it.
+fn kill_child(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// Panics, with the process's log, if it has exited.
+fn check_running(child: &mut Option<Child>, what: &str, log: impl Fn() -> String) {
+    if let Some(c) = child.as_mut() {
+        if let Ok(Some(status)) = c.try_wait() {
+            panic!("{what} exited with {status}; log:\n{}", log());
+        }
+    }
+}
+
 pub struct Server {
     /// The client URL, `http://127.0.0.1:<port>`.
     pub endpoint: String,
@@ -141,11 +159,10 @@ impl Server {
     pub async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    panic!("server exited with {status}; log:\n{}", self.log());
-                }
-            }
+            let log = self.dir.path().join("server.log");
+            check_running(&mut self.child, "server", || {
+                std::fs::read_to_string(&log).unwrap_or_default()
+            });
             if let Ok(mut c) = etcd_client::Client::connect([self.endpoint.as_str()], None).await {
                 match c.get("capstan-test-ready", None).await {
                     Ok(_) => return,
@@ -174,10 +191,7 @@ impl Server {
 
     /// SIGKILLs the server (no shutdown path runs), as a crash would.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     /// Starts the server again on the same data dir and ports and waits until ready.
@@ -441,11 +455,10 @@ impl Cluster {
     pub async fn wait_ready(&mut self, i: usize) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Some(c) = self.members[i].child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    panic!("member {i} exited with {status}; log:\n{}", self.log(i));
-                }
-            }
+            let log = self.log_path(i);
+            check_running(&mut self.members[i].child, &format!("member {i}"), || {
+                std::fs::read_to_string(&log).unwrap_or_default()
+            });
             let ep = self.members[i].endpoint.as_str();
             if let Ok(mut c) = etcd_client::Client::connect([ep], None).await {
                 if c.get("capstan-test-ready", None).await.is_ok() {
@@ -468,10 +481,7 @@ impl Cluster {
 
     /// SIGKILLs member `i`, as a crash would.
     pub fn kill9(&mut self, i: usize) {
-        if let Some(mut c) = self.members[i].child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_child(&mut self.members[i].child);
     }
 
     /// Sends member `i` a signal (`"-STOP"`, `"-CONT"`) with kill(1): the workspace
@@ -673,11 +683,10 @@ impl Apiserver {
     pub async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    panic!("apiserver exited with {status}; log:\n{}", self.log());
-                }
-            }
+            let log = self.dir.path().join("apiserver.log");
+            check_running(&mut self.child, "apiserver", || {
+                std::fs::read_to_string(&log).unwrap_or_default()
+            });
             if self.kubeconfig.exists() && self.kubectl(&["get", "--raw", "/healthz"]).ok {
                 return;
             }
@@ -692,10 +701,14 @@ impl Apiserver {
 
     /// Stops the apiserver with SIGKILL.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_child(&mut self.child);
+    }
+
+    /// The column headers of a `kubectl get` table.
+    pub fn table_header(&self, args: &[&str]) -> Vec<String> {
+        let out = self.kubectl(args);
+        let first = out.out().lines().next().unwrap_or("");
+        first.split_whitespace().map(str::to_string).collect()
     }
 
     /// Starts it again on the same port and cert dir.
