@@ -61,6 +61,16 @@ fn append_log(path: &Path) -> std::fs::File {
         .unwrap_or_else(|e| panic!("server log {}: {e}", path.display()))
 }
 
+/// Starts `cmd` with no stdin and its stdout and stderr appended to the log at `log`.
+fn spawn_logged(cmd: &mut Command, log: &Path, what: &str) -> Child {
+    let log = append_log(log);
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log fd"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what} starts: {e}"))
+}
+
 /// GETs `path` from a client URL (`http://host:port`) over plain HTTP, as monitoring
 /// does; returns the status code and body. HTTP/1.0, so the body is never chunked.
 pub fn http_get(endpoint: &str, path: &str) -> Option<(u16, String)> {
@@ -137,22 +147,16 @@ impl Server {
 
     fn spawn(&mut self) {
         let mut cmd = server_command();
-        let log = append_log(&self.dir.path().join("server.log"));
-        let child = cmd
-            .args(["--name", "default", "--data-dir"])
+        cmd.args(["--name", "default", "--data-dir"])
             .arg(self.data_dir())
             .args(["--listen-client-urls", &self.endpoint])
             .args(["--advertise-client-urls", &self.endpoint])
             .args(["--listen-peer-urls", &self.peer])
             .args(["--initial-advertise-peer-urls", &self.peer])
             .args(["--initial-cluster", &format!("default={}", self.peer)])
-            .args(&self.extra)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .spawn()
-            .expect("server starts");
-        self.child = Some(child);
+            .args(&self.extra);
+        let log = self.dir.path().join("server.log");
+        self.child = Some(spawn_logged(&mut cmd, &log, "server"));
     }
 
     /// Polls until a linearizable read succeeds (deadline 30 s).
@@ -424,14 +428,12 @@ impl Cluster {
 
     fn spawn(&mut self, i: usize) {
         let mut cmd = server_command();
-        let log = append_log(&self.log_path(i));
         let m = &self.members[i];
         let (initial_cluster, state) = match &m.joined {
             Some(ic) => (ic.as_str(), "existing"),
             None => (self.initial_cluster.as_str(), "new"),
         };
-        let child = cmd
-            .args(["--name", &m.name, "--data-dir"])
+        cmd.args(["--name", &m.name, "--data-dir"])
             .arg(self.dir.path().join(format!("{}.data", m.name)))
             .args(["--listen-client-urls", &m.endpoint])
             .args(["--advertise-client-urls", &m.endpoint])
@@ -442,12 +444,8 @@ impl Cluster {
             .args(["--initial-cluster-token", &self.token])
             // Quick elections keep the failover tests short.
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .args(&self.extra)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .spawn()
-            .expect("member starts");
+            .args(&self.extra);
+        let child = spawn_logged(&mut cmd, &self.log_path(i), "member");
         self.members[i].child = Some(child);
     }
 
@@ -658,9 +656,8 @@ impl Apiserver {
     }
 
     fn spawn(&mut self) {
-        let log = append_log(&self.dir.path().join("apiserver.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_capstan"))
-            .args(["apiserver", "--etcd-servers", &self.etcd])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_capstan"));
+        cmd.args(["apiserver", "--etcd-servers", &self.etcd])
             .args([
                 "--bind-address",
                 "127.0.0.1",
@@ -670,13 +667,9 @@ impl Apiserver {
             .arg("--cert-dir")
             .arg(self.dir.path().join("pki"))
             .arg("--kubeconfig-out")
-            .arg(&self.kubeconfig)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .spawn()
-            .expect("apiserver starts");
-        self.child = Some(child);
+            .arg(&self.kubeconfig);
+        let log = self.dir.path().join("apiserver.log");
+        self.child = Some(spawn_logged(&mut cmd, &log, "apiserver"));
     }
 
     /// Polls `kubectl get --raw /healthz` until it answers (deadline 60 s).
