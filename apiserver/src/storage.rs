@@ -58,12 +58,13 @@ impl Store {
         Ok(Store { client })
     }
 
-    /// The store's current revision (a linearizable read).
+    /// The store's current revision: the header of a linearizable read of one key that
+    /// never exists (a point read, where a count over `/registry/` would touch every key).
     pub async fn revision(&self) -> Result<i64, ApiError> {
         let resp = self
             .client
             .kv_client()
-            .get("/registry/", Some(GetOptions::new().with_count_only()))
+            .get("/registry/.revision", None)
             .await?;
         Ok(header_rev(resp.header()))
     }
