@@ -721,15 +721,28 @@ async fn a_lease_kept_alive_through_a_follower_survives() -> R {
     )
     .await?;
     let (mut keeper, mut responses) = cl.lease_keep_alive(id).await?;
-    // Three times the TTL: only renewals by the leader's clock keep it.
-    for _ in 0..9 {
-        keeper.keep_alive().await?;
-        let r = tokio::time::timeout(DEADLINE, responses.message())
-            .await?
-            .expect("stream ok")
-            .expect("a response");
-        assert_eq!(r.ttl(), 3);
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    // Three times the TTL: only renewals by the leader's clock keep it. An election
+    // (the test cluster's 500 ms election timeout can lapse on a starved machine) ends
+    // the stream with "no leader", as etcd does; like etcd's clients, open it again.
+    let mut reopened = 0;
+    let mut renewed = 0;
+    while renewed < 9 {
+        let answer = match keeper.keep_alive().await {
+            Ok(()) => tokio::time::timeout(DEADLINE, responses.message()).await?,
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(Some(r)) => {
+                assert_eq!(r.ttl(), 3);
+                renewed += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Ok(None) | Err(_) if reopened < 3 => {
+                reopened += 1;
+                (keeper, responses) = cl.lease_keep_alive(id).await?;
+            }
+            other => panic!("keep-alive stream failed {reopened} times: {other:?}"),
+        }
     }
     assert_eq!(get_on(&c, leader, "kept").await, Some(Some("alive".into())));
     let (ttl, granted) = lease_ttl(&c, follower, id).await.expect("ttl");
