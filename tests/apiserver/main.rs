@@ -5,6 +5,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod kube_rs;
 mod kubectl;
 mod resources;
 

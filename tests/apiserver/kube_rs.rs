@@ -1,0 +1,163 @@
+//! kube-rs, the Rust Kubernetes client, as a second real client: typed CRUD with
+//! optimistic concurrency, the raw watch API's 410, and a `kube::runtime` watcher that
+//! keeps going across an apiserver restart.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Client;
+
+use crate::Stack;
+
+async fn client(s: &Stack) -> Client {
+    let kc = kube::config::Kubeconfig::read_from(&s.api.kubeconfig).expect("kubeconfig");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("config");
+    Client::try_from(cfg).expect("client")
+}
+
+fn cm(name: &str, value: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(BTreeMap::from([("app".to_string(), "kube-rs".to_string())])),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([("v".to_string(), value.to_string())])),
+        ..Default::default()
+    }
+}
+
+fn api_code(e: &kube::Error) -> Option<(u16, String)> {
+    match e {
+        kube::Error::Api(ae) => Some((ae.code, ae.reason.clone())),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn typed_crud_with_conflicts_and_expired_watches() {
+    let s = Stack::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(client(&s).await, "default");
+    let created = api
+        .create(&PostParams::default(), &cm("one", "1"))
+        .await
+        .expect("create");
+    let rv = created
+        .metadata
+        .resource_version
+        .clone()
+        .expect("resourceVersion");
+    assert!(created.metadata.uid.is_some());
+    let dup = api
+        .create(&PostParams::default(), &cm("one", "1"))
+        .await
+        .expect_err("duplicate");
+    assert_eq!(api_code(&dup), Some((409, "AlreadyExists".into())));
+
+    // Replace with the current resourceVersion succeeds; with the old one, 409 Conflict.
+    let mut next = created.clone();
+    next.data = Some(BTreeMap::from([("v".to_string(), "2".to_string())]));
+    let replaced = api
+        .replace("one", &PostParams::default(), &next)
+        .await
+        .expect("replace");
+    assert_ne!(
+        replaced.metadata.resource_version.as_deref(),
+        Some(rv.as_str())
+    );
+    let stale = api
+        .replace("one", &PostParams::default(), &next)
+        .await
+        .expect_err("stale");
+    assert_eq!(api_code(&stale), Some((409, "Conflict".into())));
+
+    let patch = serde_json::json!({"data": {"w": "x"}});
+    let patched = api
+        .patch("one", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch");
+    assert_eq!(
+        patched
+            .data
+            .as_ref()
+            .and_then(|d| d.get("w"))
+            .map(String::as_str),
+        Some("x")
+    );
+    let listed = api
+        .list(&ListParams::default().labels("app=kube-rs"))
+        .await
+        .expect("list");
+    assert_eq!(listed.items.len(), 1);
+    let missing = api.get("nope").await.expect_err("missing");
+    assert_eq!(api_code(&missing), Some((404, "NotFound".into())));
+
+    // A raw watch from a resourceVersion older than the server keeps: one 410 event.
+    let mut stream = api
+        .watch(&WatchParams::default(), "1")
+        .await
+        .expect("watch")
+        .boxed();
+    match stream.next().await {
+        Some(Ok(WatchEvent::Error(e))) => {
+            assert_eq!((e.code, e.reason.as_str()), (410, "Expired"));
+        }
+        other => panic!("expected a 410 event, got {other:?}"),
+    }
+
+    api.delete("one", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let gone = api.get("one").await.expect_err("deleted");
+    assert_eq!(api_code(&gone), Some((404, "NotFound".into())));
+}
+
+/// Waits (at most 60 s) until the watcher reports an object named `want`.
+async fn wait_for(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, want: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(name)) if name == want => return,
+            Ok(Some(_)) => continue,
+            _ => panic!("the watcher never saw {want}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runtime_watcher_survives_an_apiserver_restart() {
+    let mut s = Stack::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(client(&s).await, "default");
+    api.create(&PostParams::default(), &cm("before", "1"))
+        .await
+        .expect("create");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let watched = api.clone();
+    let task = tokio::spawn(async move {
+        let mut objects = watcher(watched, watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+            .boxed();
+        while let Some(item) = objects.next().await {
+            if let Ok(o) = item {
+                let _ = tx.send(o.metadata.name.unwrap_or_default());
+            }
+        }
+    });
+    wait_for(&mut rx, "before").await;
+
+    s.api.restart().await;
+    api.create(&PostParams::default(), &cm("after", "1"))
+        .await
+        .expect("create after restart");
+    wait_for(&mut rx, "after").await;
+    task.abort();
+}
