@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use crate::error::ApiError;
 use crate::registry::{from_stored, set_rv, ListOptions};
 use crate::resources::ResourceType;
-use crate::storage::{Store, Stored};
+use crate::storage::{stored, Store};
 
 /// Events kept for watches resuming from an older resourceVersion.
 const HISTORY: usize = 10_000;
@@ -355,14 +355,6 @@ async fn bookmarks(
     }
 }
 
-fn stored(kv: &etcd_client::KeyValue) -> Stored {
-    Stored {
-        key: String::from_utf8_lossy(kv.key()).into_owned(),
-        value: kv.value().to_vec(),
-        mod_revision: kv.mod_revision(),
-    }
-}
-
 /// The cache's feed: list, then watch; on any break, list again.
 async fn feed(cache: Arc<Cache>, store: Store, mut progress: mpsc::Receiver<()>) {
     let prefix = format!("{}/", cache.rt.prefix);
@@ -412,14 +404,16 @@ async fn feed(cache: Arc<Cache>, store: Store, mut progress: mpsc::Receiver<()>)
                         seen = rev;
                         match ev.event_type() {
                             EventType::Put => {
-                                let Ok(obj) = from_stored(&stored(kv)) else { continue };
-                                cache.apply(Kind::Modified, stored(kv).key, Cached::new(obj), rev);
+                                let s = stored(kv);
+                                let Ok(obj) = from_stored(&s) else { continue };
+                                cache.apply(Kind::Modified, s.key, Cached::new(obj), rev);
                             }
                             EventType::Delete => {
                                 let Some(prev) = ev.prev_kv().and_then(|p| from_stored(&stored(p)).ok()) else { continue };
                                 let mut obj = prev;
                                 set_rv(&mut obj, rev);
-                                cache.apply(Kind::Deleted, stored(kv).key, Cached::new(obj), rev);
+                                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                                cache.apply(Kind::Deleted, key, Cached::new(obj), rev);
                             }
                         }
                     }

@@ -65,6 +65,10 @@ pub enum ApiError {
     /// A resourceVersion or continue token older than the store's compaction.
     #[error("{0}")]
     Expired(String),
+    /// The store has compacted away the revision a read asked for (etcd's
+    /// ErrCompacted); callers turn it into the 410 their request calls for.
+    #[error("the requested revision has been compacted")]
+    Compacted,
     /// A continue token older than the store's compaction; carries a fresh token.
     #[error("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.")]
     ExpiredContinue(String),
@@ -183,7 +187,7 @@ impl ApiError {
                 "RequestEntityTooLarge",
                 json!({}),
             ),
-            Expired(_) | ExpiredContinue(_) => (StatusCode::GONE, "Expired", json!({})),
+            Expired(_) | ExpiredContinue(_) | Compacted => (StatusCode::GONE, "Expired", json!({})),
             Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden", json!({})),
             TooLargeResourceVersion { .. } => (
                 StatusCode::GATEWAY_TIMEOUT,
@@ -231,6 +235,12 @@ impl From<etcd_client::Error> for ApiError {
         match &e {
             etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::DeadlineExceeded => {
                 ApiError::Timeout(s.message().to_string())
+            }
+            // etcd's ErrCompacted: OutOfRange, "mvcc: required revision has been compacted".
+            etcd_client::Error::GRpcStatus(s)
+                if s.code() == tonic::Code::OutOfRange && s.message().contains("compacted") =>
+            {
+                ApiError::Compacted
             }
             _ => ApiError::Internal(e.to_string()),
         }

@@ -86,10 +86,16 @@ async fn dispatch(
     body: Body,
 ) -> Response {
     let started = std::time::Instant::now();
-    let labels = request_labels(&method, &uri, &app.server_address);
+    // Parsed once: the handler serves it, the metrics are labelled by it.
+    let routed = route(uri.path(), &app.server_address);
+    let labels = match &routed {
+        Ok(Route::Resource(t)) => request_labels(&method, &uri, t),
+        _ => None,
+    };
     let resp = match handle(
         &app,
         peer.as_ref().map(|e| &e.0),
+        routed,
         method,
         &uri,
         &headers,
@@ -122,10 +128,7 @@ async fn dispatch(
 }
 
 /// The metric labels of a resource request (upstream's verbs are upper case there).
-fn request_labels(method: &Method, uri: &Uri, server: &str) -> Option<[&'static str; 5]> {
-    let Ok(Route::Resource(t)) = route(uri.path(), server) else {
-        return None;
-    };
+fn request_labels(method: &Method, uri: &Uri, t: &Target) -> Option<[&'static str; 5]> {
     let watch = t.watch_path
         || uri
             .query()
@@ -316,6 +319,7 @@ fn list_options(q: &HashMap<String, String>, rt: &ResourceType) -> Result<ListOp
 async fn handle(
     app: &App,
     peer: Option<&Peer>,
+    routed: Result<Route, ApiError>,
     method: Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -332,7 +336,7 @@ async fn handle(
     let q: HashMap<String, String> = Query::<Vec<(String, String)>>::try_from_uri(uri)
         .map(|Query(v)| v.into_iter().collect())
         .unwrap_or_default();
-    let target = match route(uri.path(), &app.server_address)? {
+    let target = match routed? {
         Route::Discovery(v) if method == Method::GET => {
             return Ok(json_response(StatusCode::OK, &v, &[]))
         }

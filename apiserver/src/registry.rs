@@ -181,10 +181,6 @@ fn decode_continue(token: &str) -> Result<(i64, String), ApiError> {
     Ok((rev, start.to_string()))
 }
 
-fn is_compacted(e: &ApiError) -> bool {
-    matches!(e, ApiError::Internal(m) if m.contains("compacted"))
-}
-
 impl Registry {
     /// Reads one object.
     pub async fn get(
@@ -848,7 +844,7 @@ impl Registry {
             };
             let page = match self.store.list(&prefix, start.as_deref(), rev, want).await {
                 Ok(p) => p,
-                Err(e) if is_compacted(&e) && opts.continue_token.is_some() => {
+                Err(ApiError::Compacted) if opts.continue_token.is_some() => {
                     let fresh = self.store.revision().await?;
                     let tail = start
                         .as_deref()
@@ -856,7 +852,7 @@ impl Registry {
                         .unwrap_or("");
                     return Err(ApiError::ExpiredContinue(encode_continue(fresh, tail)));
                 }
-                Err(e) if is_compacted(&e) => {
+                Err(ApiError::Compacted) => {
                     return Err(ApiError::Expired(format!(
                         "too old resource version: {rev}"
                     )))

@@ -38,7 +38,8 @@ pub struct Store {
     client: Client,
 }
 
-fn stored(kv: &etcd_client::KeyValue) -> Stored {
+/// A store key-value as the registry handles it.
+pub fn stored(kv: &etcd_client::KeyValue) -> Stored {
     Stored {
         key: String::from_utf8_lossy(kv.key()).into_owned(),
         value: kv.value().to_vec(),
