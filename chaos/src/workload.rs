@@ -408,14 +408,7 @@ pub async fn watcher(
     let mut next_rev = cfg.start_rev;
     let mut drain_until: Option<Instant> = None;
     loop {
-        let target = match *phase.borrow() {
-            Phase::Drain(r) => Some(r),
-            Phase::Run => None,
-        };
-        if target.is_some() && drain_until.is_none() {
-            drain_until = Some(Instant::now() + cfg.drain_deadline);
-        }
-        if drain_until.is_some_and(|d| Instant::now() > d) || target.is_some_and(|t| next_rev > t) {
+        if drained(&phase, &mut drain_until, cfg.drain_deadline, next_rev).1 {
             return h;
         }
         match watch_once(
@@ -439,6 +432,26 @@ pub async fn watcher(
         // The member is down or cut off; try again shortly.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The drain revision, once announced, and whether a watcher is done: that revision is
+/// behind it, or the drain deadline, which starts with the announcement, has passed.
+fn drained(
+    phase: &watch::Receiver<Phase>,
+    drain_until: &mut Option<Instant>,
+    deadline: Duration,
+    next_rev: i64,
+) -> (Option<i64>, bool) {
+    let target = match *phase.borrow() {
+        Phase::Drain(r) => Some(r),
+        Phase::Run => None,
+    };
+    if target.is_some() && drain_until.is_none() {
+        *drain_until = Some(Instant::now() + deadline);
+    }
+    let done =
+        drain_until.is_some_and(|d| Instant::now() > d) || target.is_some_and(|t| next_rev > t);
+    (target, done)
 }
 
 /// One watch stream. `Ok(true)`: done (drained, or canceled by the server).
@@ -473,16 +486,9 @@ async fn watch_once(
     let mut tick = tokio::time::interval(cfg.progress_every);
     let asked_from = *next_rev;
     loop {
-        let target = match *phase.borrow() {
-            Phase::Drain(r) => Some(r),
-            Phase::Run => None,
-        };
-        if target.is_some() && drain_until.is_none() {
-            drain_until = Some(Instant::now() + cfg.drain_deadline);
-        }
         // Everything through the drain revision may have arrived before it was known.
-        if drain_until.is_some_and(|d| Instant::now() > d) || target.is_some_and(|t| *next_rev > t)
-        {
+        let (target, done) = drained(phase, &mut drain_until, cfg.drain_deadline, *next_rev);
+        if done {
             return Ok(true);
         }
         tokio::select! {
