@@ -768,3 +768,70 @@ impl Drop for Apiserver {
         self.kill9();
     }
 }
+
+/// A `capstan` component process above the apiserver (node agent, controller-manager,
+/// scheduler), started as `capstan <subcommand> --kubeconfig <admin kubeconfig> <args>`
+/// with its log in its own temp dir; SIGKILLed on drop.
+pub struct Component {
+    what: String,
+    args: Vec<String>,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Component {
+    /// Starts `capstan <subcommand>` against `api`. Readiness is the test's to poll for,
+    /// through what a user would see (a node Ready, a pod bound...).
+    pub fn start(api: &Apiserver, subcommand: &str, args: &[&str]) -> Component {
+        let mut all = vec![
+            subcommand.to_string(),
+            "--kubeconfig".to_string(),
+            api.kubeconfig.display().to_string(),
+        ];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let mut c = Component {
+            what: subcommand.to_string(),
+            args: all,
+            child: None,
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        c.spawn();
+        c
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_capstan"));
+        cmd.args(&self.args);
+        let log = self.dir.path().join("log");
+        self.child = Some(spawn_logged(&mut cmd, &log, &self.what));
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// Panics, with its log, if the process has exited.
+    pub fn check_running(&mut self) {
+        let log = self.dir.path().join("log");
+        check_running(&mut self.child, &self.what, || {
+            std::fs::read_to_string(&log).unwrap_or_default()
+        });
+    }
+
+    /// Stops it with SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        kill_child(&mut self.child);
+    }
+
+    /// Starts it again with the same arguments.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+}
+
+impl Drop for Component {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
