@@ -47,6 +47,50 @@ pub fn stored(kv: &etcd_client::KeyValue) -> Stored {
     }
 }
 
+/// Whether a failed request may be sent again: for reads, whenever no member could
+/// serve it (a dead or leaderless member); for writes, only when it provably reached
+/// no member (no connection, or a member that refused it for want of a leader before
+/// proposing), since a write whose outcome is unknown must not be applied twice. The
+/// Go client kube-apiserver uses retries the same cases, which is why one store member
+/// going away is invisible to Kubernetes clients.
+fn retryable(e: &etcd_client::Error, read: bool) -> bool {
+    let etcd_client::Error::GRpcStatus(s) = e else {
+        return false;
+    };
+    let never_sent =
+        s.message().contains("tcp connect error") || s.message() == "etcdserver: no leader";
+    match s.code() {
+        tonic::Code::Unavailable => read || never_sent,
+        // A connection that closed under the request: a read simply goes elsewhere.
+        tonic::Code::Cancelled => read,
+        _ => false,
+    }
+}
+
+/// How long a request keeps being retried on other members.
+const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs `op` until it succeeds, fails in a way [`retryable`] refuses, or [`RETRY_FOR`]
+/// passes.
+async fn with_retries<T, F, Fut>(read: bool, mut op: F) -> Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + RETRY_FOR;
+    let mut pause = std::time::Duration::from_millis(25);
+    loop {
+        match op().await {
+            Err(e) if retryable(&e, read) && tokio::time::Instant::now() + pause < deadline => {
+                tracing::debug!(error = %e, "store request retried");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(500));
+            }
+            r => return r,
+        }
+    }
+}
+
 fn header_rev(h: Option<&etcd_client::ResponseHeader>) -> i64 {
     h.map(|h| h.revision()).unwrap_or(0)
 }
@@ -62,16 +106,20 @@ impl Store {
     /// The store's current revision: the header of a linearizable read of one key that
     /// never exists (a point read, where a count over `/registry/` would touch every key).
     pub async fn revision(&self) -> Result<i64, ApiError> {
-        let resp = self
-            .client
-            .kv_client()
-            .get("/registry/.revision", None)
-            .await?;
+        let resp = with_retries(true, || {
+            let mut kv = self.client.kv_client();
+            async move { kv.get("/registry/.revision", None).await }
+        })
+        .await?;
         Ok(header_rev(resp.header()))
     }
 
     pub async fn get(&self, key: &str) -> Result<(Option<Stored>, i64), ApiError> {
-        let resp = self.client.kv_client().get(key, None).await?;
+        let resp = with_retries(true, || {
+            let mut kv = self.client.kv_client();
+            async move { kv.get(key, None).await }
+        })
+        .await?;
         Ok((resp.kvs().first().map(stored), header_rev(resp.header())))
     }
 
@@ -95,7 +143,12 @@ impl Store {
         if limit > 0 {
             opts = opts.with_limit(limit);
         }
-        let resp = self.client.kv_client().get(from, Some(opts)).await?;
+        let resp = with_retries(true, || {
+            let mut kv = self.client.kv_client();
+            let opts = opts.clone();
+            async move { kv.get(from, Some(opts)).await }
+        })
+        .await?;
         Ok(Page {
             items: resp.kvs().iter().map(stored).collect(),
             revision: header_rev(resp.header()),
@@ -136,7 +189,12 @@ impl Store {
     }
 
     async fn cas(&self, txn: Txn) -> Result<Written, ApiError> {
-        let resp = self.client.kv_client().txn(txn).await?;
+        let resp = with_retries(false, || {
+            let mut kv = self.client.kv_client();
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await?;
         if resp.succeeded() {
             return Ok(Written::Ok(header_rev(resp.header())));
         }

@@ -122,12 +122,21 @@ async fn typed_crud_with_conflicts_and_expired_watches() {
 
 /// Waits (at most 60 s) until the watcher reports an object named `want`.
 async fn wait_for(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, want: &str) {
+    wait_for_or(rx, want, String::new).await
+}
+
+/// [`wait_for`], with `context` (a log) in the failure message.
+async fn wait_for_or(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    want: &str,
+    context: impl Fn() -> String,
+) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
             Ok(Some(name)) if name == want => return,
             Ok(Some(_)) => continue,
-            _ => panic!("the watcher never saw {want}"),
+            _ => panic!("the watcher never saw {want}\n{}", context()),
         }
     }
 }
@@ -159,5 +168,69 @@ async fn a_runtime_watcher_survives_an_apiserver_restart() {
         .await
         .expect("create after restart");
     wait_for(&mut rx, "after").await;
+    task.abort();
+}
+
+/// The apiserver on a three-member store: its store connections and watches move to the
+/// surviving members when the leader dies, so a kube-rs watcher keeps seeing writes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runtime_watcher_survives_a_store_leader_kill() {
+    let mut cluster = crate::support::Cluster::start(3).await;
+    let apiserver = crate::support::Apiserver::start(&cluster.endpoints().join(",")).await;
+    let kc = kube::config::Kubeconfig::read_from(&apiserver.kubeconfig).expect("kubeconfig");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("config");
+    let api: Api<ConfigMap> = Api::namespaced(Client::try_from(cfg).expect("client"), "default");
+    api.create(&PostParams::default(), &cm("before", "1"))
+        .await
+        .expect("create");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let watched = api.clone();
+    let task = tokio::spawn(async move {
+        let mut objects = watcher(watched, watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+            .boxed();
+        while let Some(item) = objects.next().await {
+            if let Ok(o) = item {
+                let _ = tx.send(o.metadata.name.unwrap_or_default());
+            }
+        }
+    });
+    wait_for(&mut rx, "before").await;
+
+    // Every member dies once in turn (the leader first), so whichever member carries
+    // the apiserver's store watch is killed at some point; quorum holds throughout.
+    let leader = cluster.leader().await;
+    let order: Vec<usize> = (0..3).map(|k| (leader + k) % 3).collect();
+    for (round, victim) in order.into_iter().enumerate() {
+        cluster.kill9(victim);
+        let name = format!("after-{round}");
+        // Writes fail while the survivors elect; a client retries, and the write lands
+        // once there is a leader.
+        crate::support::eventually(&format!("write {name}"), Duration::from_secs(30), || {
+            let api = api.clone();
+            let obj = cm(&name, "1");
+            async move { api.create(&PostParams::default(), &obj).await.ok() }
+        })
+        .await;
+        wait_for_or(&mut rx, &name, || apiserver.log()).await;
+        cluster.restart(victim).await;
+    }
+    let names: Vec<String> = api
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect();
+    assert!(
+        ["before", "after-0", "after-1", "after-2"]
+            .iter()
+            .all(|n| names.iter().any(|m| m == n)),
+        "{names:?}"
+    );
     task.abort();
 }
