@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod server;
+
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -24,6 +26,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a whole control plane in one process (store, apiserver and the components
+    /// above it), as k3s does.
+    Server(server::ServerArgs),
     /// Run an etcd-compatible store member (accepts etcd's flags).
     Store(StoreArgs),
     /// Store snapshots (`etcdctl snapshot save` writes them).
@@ -253,6 +258,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let rt = tokio::runtime::Runtime::new()?;
     match cli.command {
+        Command::Server(a) => rt.block_on(server::run(a, shutdown_signal())),
         Command::Store(args) => rt.block_on(run_store(args.into_config())),
         Command::Apiserver(a) => rt.block_on(async move {
             let cfg = capstan_apiserver::Config {
