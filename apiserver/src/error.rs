@@ -259,6 +259,36 @@ impl From<crate::patch::PatchError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// A protobuf body that could not be read, worded as kube-apiserver's
+    /// `transformDecodeError`: with the kind the envelope named when it got that far,
+    /// otherwise with a hex summary of the body's first 30 bytes.
+    pub fn undecodable(
+        expected_kind: &str,
+        e: &crate::protobuf::ProtobufError,
+        body: &[u8],
+    ) -> ApiError {
+        if let Some((api_version, kind)) = e.group_version_kind() {
+            let version = api_version.rsplit('/').next().unwrap_or(api_version);
+            return ApiError::BadRequest(format!(
+                "{kind} in version \"{version}\" cannot be handled as a {expected_kind}: {e}"
+            ));
+        }
+        let summary = match body {
+            [] => "<empty>".to_string(),
+            b if b.len() > 30 => format!("{} ...", hex(&b[..30])),
+            b => hex(b),
+        };
+        ApiError::BadRequest(format!(
+            "the object provided is unrecognized (must be of type {expected_kind}): {e} ({summary})"
+        ))
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 impl axum::response::IntoResponse for ApiError {
     fn into_response(self) -> axum::response::Response {
         let code = self.code();
