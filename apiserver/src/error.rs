@@ -35,8 +35,9 @@ pub enum ApiError {
         name: String,
         detail: String,
     },
-    /// The object fails validation; `causes` are (field, message) pairs.
-    #[error("{kind} \"{name}\" is invalid: {}", causes.iter().map(|(f, m)| format!("{f}: {m}")).collect::<Vec<_>>().join(", "))]
+    /// The object fails validation; `causes` are (field, message) pairs. The message
+    /// names the group-qualified kind (`Deployment.apps`), as upstream's NewInvalid.
+    #[error("{kind}{} \"{name}\" is invalid: {}", if group.is_empty() { String::new() } else { format!(".{group}") }, causes.iter().map(|(f, m)| format!("{f}: {m}")).collect::<Vec<_>>().join(", "))]
     Invalid {
         kind: String,
         group: String,
