@@ -15,7 +15,7 @@ use std::sync::LazyLock;
 
 use base64::Engine;
 use prost_reflect::{
-    DescriptorPool, DynamicMessage, Kind, MapKey, MessageDescriptor, ReflectMessage, Value,
+    DescriptorPool, DynamicMessage, MapKey, MessageDescriptor, ReflectMessage, Value,
 };
 use serde_json::{json, Map, Value as Json};
 
@@ -239,13 +239,9 @@ fn message_into(
             if entries.is_empty() {
                 continue;
             }
-            let value_kind = match field.kind() {
-                Kind::Message(entry) => entry.map_entry_value_field().kind(),
-                k => k,
-            };
             let mut m = Map::new();
             for (k, v) in entries {
-                m.insert(map_key(k), single(schema, &value_kind, v)?);
+                m.insert(map_key(k), single(schema, v)?);
             }
             Json::Object(m)
         } else if field.is_list() {
@@ -255,7 +251,7 @@ fn message_into(
             }
             items
                 .iter()
-                .map(|v| single(schema, &field.kind(), v))
+                .map(|v| single(schema, v))
                 .collect::<Result<Vec<_>, _>>()
                 .map(Json::Array)?
         } else {
@@ -264,7 +260,7 @@ fn message_into(
             if is_zero_scalar(value) && !schema.keep_zero.contains(&key) {
                 continue;
             }
-            single(schema, &field.kind(), value)?
+            single(schema, value)?
         };
         out.insert(field.name().to_string(), json);
     }
@@ -299,7 +295,7 @@ fn map_key(k: &MapKey) -> String {
 }
 
 /// One value (a field's, a list item's or a map value's) as JSON.
-fn single(schema: &Schema, kind: &Kind, v: &Value) -> Result<Json, String> {
+fn single(schema: &Schema, v: &Value) -> Result<Json, String> {
     Ok(match v {
         Value::Bool(b) => json!(b),
         Value::I32(n) => json!(n),
@@ -315,13 +311,13 @@ fn single(schema: &Schema, kind: &Kind, v: &Value) -> Result<Json, String> {
         Value::List(items) => Json::Array(
             items
                 .iter()
-                .map(|i| single(schema, kind, i))
+                .map(|i| single(schema, i))
                 .collect::<Result<_, _>>()?,
         ),
         Value::Map(entries) => {
             let mut m = Map::new();
             for (k, v) in entries {
-                m.insert(map_key(k), single(schema, kind, v)?);
+                m.insert(map_key(k), single(schema, v)?);
             }
             Json::Object(m)
         }
