@@ -57,9 +57,11 @@ pub enum ApiError {
     /// The verb is not served on this path.
     #[error("the server does not allow this method on the requested resource")]
     MethodNotAllowed,
-    /// The patch (or body) content type is not one we accept.
-    #[error("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json")]
-    UnsupportedMediaType,
+    /// The body's content type is not one the verb accepts; carries the accepted ones.
+    #[error(
+        "the body of the request was in an unknown format - accepted media types include: {0}"
+    )]
+    UnsupportedMediaType(&'static str),
     /// The request body is over the limit (3 MiB, as kube-apiserver).
     #[error("Request entity too large: limit is 3145728")]
     TooLarge,
@@ -178,7 +180,7 @@ impl ApiError {
                 "MethodNotAllowed",
                 json!({}),
             ),
-            UnsupportedMediaType => (
+            UnsupportedMediaType(_) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "UnsupportedMediaType",
                 json!({}),

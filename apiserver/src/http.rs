@@ -298,7 +298,9 @@ fn parse_object(headers: &HeaderMap, raw: &[u8], kind: &str) -> Result<Value, Ap
         serde_json::from_slice(raw)
             .map_err(|e| ApiError::BadRequest(format!("error decoding JSON: {e}")))
     } else {
-        Err(ApiError::UnsupportedMediaType)
+        Err(ApiError::UnsupportedMediaType(
+            "application/json, application/yaml, application/vnd.kubernetes.protobuf",
+        ))
     }
 }
 
@@ -585,7 +587,9 @@ fn patch_type(headers: &HeaderMap) -> Result<PatchType, ApiError> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(PatchType::from_content_type)
-        .ok_or(ApiError::UnsupportedMediaType)
+        .ok_or(ApiError::UnsupportedMediaType(
+            "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json",
+        ))
 }
 
 fn apply_patch_to(doc: &Value, ty: PatchType, raw: &[u8], kind: &str) -> Result<Value, ApiError> {

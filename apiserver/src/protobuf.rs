@@ -7,10 +7,11 @@
 //! The conversion is driven by Kubernetes' own `generated.proto` descriptors (compiled
 //! into `capstan_proto::k8s`) through `prost-reflect`, with the JSON forms Kubernetes
 //! gives its well-known types (Time, MicroTime, Duration, IntOrString, Quantity,
-//! FieldsV1, RawExtension) and the two facts the descriptors lack (inline members, and
-//! which scalars keep a zero value), from `capstan_proto::k8s::FIELD_NOTES`.
+//! FieldsV1, RawExtension) and the facts the descriptors lack (inline members, the one
+//! JSON name that differs, which scalars keep a zero value), from
+//! `capstan_proto::k8s::FIELD_NOTES`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
 use base64::Engine;
@@ -93,6 +94,8 @@ struct Schema {
     inline: HashSet<String>,
     /// `<message>.<field>` of scalars whose zero value is written to JSON.
     keep_zero: HashSet<String>,
+    /// `<message>.<field>` whose JSON name is not the field's name.
+    renamed: HashMap<String, String>,
 }
 
 static SCHEMA: LazyLock<Result<Schema, String>> = LazyLock::new(|| {
@@ -100,6 +103,7 @@ static SCHEMA: LazyLock<Result<Schema, String>> = LazyLock::new(|| {
         .map_err(|e| format!("the built-in Kubernetes descriptors do not load: {e}"))?;
     let mut inline = HashSet::new();
     let mut keep_zero = HashSet::new();
+    let mut renamed = HashMap::new();
     for line in capstan_proto::k8s::FIELD_NOTES.lines() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -108,6 +112,10 @@ static SCHEMA: LazyLock<Result<Schema, String>> = LazyLock::new(|| {
         match line.split_once(' ') {
             Some((field, "inline")) => inline.insert(field.to_string()),
             Some((field, "keepzero")) => keep_zero.insert(field.to_string()),
+            Some((field, note)) if note.starts_with("json=") => {
+                renamed.insert(field.to_string(), note["json=".len()..].to_string());
+                true
+            }
             _ => return Err(format!("bad line in the Kubernetes field notes: {line}")),
         };
     }
@@ -115,6 +123,7 @@ static SCHEMA: LazyLock<Result<Schema, String>> = LazyLock::new(|| {
         pool,
         inline,
         keep_zero,
+        renamed,
     })
 });
 
@@ -262,7 +271,11 @@ fn message_into(
             }
             single(schema, value)?
         };
-        out.insert(field.name().to_string(), json);
+        let name = schema
+            .renamed
+            .get(&key)
+            .map_or(field.name(), String::as_str);
+        out.insert(name.to_string(), json);
     }
     Ok(())
 }
@@ -923,6 +936,47 @@ mod tests {
             )),
             Err(ProtobufError::Object { .. })
         ));
+    }
+
+    #[test]
+    fn json_names_that_differ_from_the_field_name() {
+        let net = "k8s.io.api.networking.v1";
+        let class = msg(
+            &format!("{net}.IngressClass"),
+            vec![
+                ("metadata", meta("nginx")),
+                (
+                    "spec",
+                    m(
+                        &format!("{net}.IngressClassSpec"),
+                        vec![
+                            ("controller", s("example.com/ingress")),
+                            (
+                                "parameters",
+                                m(
+                                    &format!("{net}.IngressClassParametersReference"),
+                                    vec![
+                                        ("aPIGroup", s("k8s.example.com")),
+                                        ("kind", s("Params")),
+                                        ("name", s("p")),
+                                    ],
+                                ),
+                            ),
+                        ],
+                    ),
+                ),
+            ],
+        );
+        let got = to_json(&envelope(
+            "networking.k8s.io/v1",
+            "IngressClass",
+            class.encode_to_vec(),
+        ))
+        .expect("decodes");
+        assert_eq!(
+            got.pointer("/spec/parameters"),
+            Some(&json!({"apiGroup": "k8s.example.com", "kind": "Params", "name": "p"}))
+        );
     }
 
     #[test]

@@ -35,9 +35,10 @@ pub mod k8s {
 
     /// What the `.proto` files cannot say about the JSON form of a message, derived from
     /// upstream's Go struct tags by `scripts/k8s-proto-fields`: one
-    /// `<message>.<field> inline|keepzero` per line (`#` starts a comment). `inline`: the
-    /// field's members appear flattened in JSON (`json:",inline"`); `keepzero`: a scalar
-    /// whose zero value is meaningful (a Go pointer, or no omitempty), as the Go
-    /// marshaller writes every other scalar even when it is zero.
+    /// `<message>.<field> inline|keepzero|json=<name>` per line (`#` starts a comment).
+    /// `inline`: the field's members appear flattened in JSON (`json:",inline"`);
+    /// `keepzero`: a scalar whose zero value is meaningful (a Go pointer, or no
+    /// omitempty), as the Go marshaller writes every other scalar even when it is zero;
+    /// `json=`: the JSON name, where it is not the field's.
     pub const FIELD_NOTES: &str = include_str!("../k8s.io/fields.txt");
 }

@@ -477,16 +477,25 @@ async fn unreadable_protobuf_bodies_are_400_with_upstreams_message() {
         message,
         "ConfigMap in version \"v1\" cannot be handled as a ConfigMap: unexpected EOF"
     );
-    // A kind for another endpoint, and a kind nobody serves.
+    // A kind for another endpoint.
     let (code, _, message) = status(post(path, envelope(&object)).await);
     assert_eq!(code, 400);
     assert_eq!(
         message,
         "the API version in the data (v1) does not match the expected API version (apps/v1)"
     );
+    // The envelope cut short.
     let full = envelope(&object);
     let (code, _, _) = status(post(cms, full[..full.len() - 2].to_vec()).await);
     assert_eq!(code, 400);
+    // Media types the server does not read still get a 415 naming those it does.
+    let req = http::Request::post(cms)
+        .header("content-type", "text/plain")
+        .body(b"x".to_vec())
+        .expect("request");
+    let (code, reason, message) = status(client.request_text(req).await);
+    assert_eq!((code, reason.as_str()), (415, "UnsupportedMediaType"));
+    assert_eq!(message, "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf");
     // Still the 3 MiB limit.
     let mut huge = envelope(&object);
     huge.resize(3 * 1024 * 1024 + 1, 0);
