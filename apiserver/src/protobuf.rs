@@ -155,6 +155,14 @@ fn message_for(pool: &DescriptorPool, api_version: &str, kind: &str) -> Option<M
 /// Decodes a protobuf request body into the JSON object a JSON client would have sent,
 /// apiVersion and kind included.
 pub fn to_json(body: &[u8]) -> Result<Json, ProtobufError> {
+    envelope_to_json(body, 0)
+}
+
+/// How deep objects may nest inside RawExtensions of objects (none of the served types'
+/// messages is recursive, so this bounds the conversion's recursion).
+const MAX_EMBEDDED: u32 = 8;
+
+fn envelope_to_json(body: &[u8], depth: u32) -> Result<Json, ProtobufError> {
     let schema = schema()?;
     let rest = match body {
         [] => return Err(ProtobufError::Empty),
@@ -192,7 +200,7 @@ pub fn to_json(body: &[u8]) -> Result<Json, ProtobufError> {
     let mut out = Map::new();
     out.insert("apiVersion".into(), json!(api_version));
     out.insert("kind".into(), json!(kind));
-    message_into(schema, &msg, &mut out).map_err(object)?;
+    message_into(schema, &msg, &mut out, depth).map_err(object)?;
     Ok(Json::Object(out))
 }
 
@@ -233,13 +241,14 @@ fn message_into(
     schema: &Schema,
     msg: &DynamicMessage,
     out: &mut Map<String, Json>,
+    depth: u32,
 ) -> Result<(), String> {
     let desc = msg.descriptor();
     for (field, value) in msg.fields() {
         let key = format!("{}.{}", desc.full_name(), field.name());
         if schema.inline.contains(&key) {
             if let Value::Message(inner) = value {
-                message_into(schema, inner, out)?;
+                message_into(schema, inner, out, depth)?;
             }
             continue;
         }
@@ -250,7 +259,7 @@ fn message_into(
             }
             let mut m = Map::new();
             for (k, v) in entries {
-                m.insert(map_key(k), single(schema, v)?);
+                m.insert(map_key(k), single(schema, v, depth)?);
             }
             Json::Object(m)
         } else if field.is_list() {
@@ -260,7 +269,7 @@ fn message_into(
             }
             items
                 .iter()
-                .map(|v| single(schema, v))
+                .map(|v| single(schema, v, depth))
                 .collect::<Result<Vec<_>, _>>()
                 .map(Json::Array)?
         } else {
@@ -269,7 +278,7 @@ fn message_into(
             if is_zero_scalar(value) && !schema.keep_zero.contains(&key) {
                 continue;
             }
-            single(schema, value)?
+            single(schema, value, depth)?
         };
         let name = schema
             .renamed
@@ -308,7 +317,7 @@ fn map_key(k: &MapKey) -> String {
 }
 
 /// One value (a field's, a list item's or a map value's) as JSON.
-fn single(schema: &Schema, v: &Value) -> Result<Json, String> {
+fn single(schema: &Schema, v: &Value, depth: u32) -> Result<Json, String> {
     Ok(match v {
         Value::Bool(b) => json!(b),
         Value::I32(n) => json!(n),
@@ -320,17 +329,17 @@ fn single(schema: &Schema, v: &Value) -> Result<Json, String> {
         Value::String(s) => json!(s),
         Value::Bytes(b) => json!(base64::engine::general_purpose::STANDARD.encode(b)),
         Value::EnumNumber(n) => json!(n),
-        Value::Message(m) => well_known(schema, m)?,
+        Value::Message(m) => well_known(schema, m, depth)?,
         Value::List(items) => Json::Array(
             items
                 .iter()
-                .map(|i| single(schema, i))
+                .map(|i| single(schema, i, depth))
                 .collect::<Result<_, _>>()?,
         ),
         Value::Map(entries) => {
             let mut m = Map::new();
             for (k, v) in entries {
-                m.insert(map_key(k), single(schema, v)?);
+                m.insert(map_key(k), single(schema, v, depth)?);
             }
             Json::Object(m)
         }
@@ -338,7 +347,7 @@ fn single(schema: &Schema, v: &Value) -> Result<Json, String> {
 }
 
 /// A message as JSON, with Kubernetes' own JSON form for its well-known types.
-fn well_known(schema: &Schema, m: &DynamicMessage) -> Result<Json, String> {
+fn well_known(schema: &Schema, m: &DynamicMessage, depth: u32) -> Result<Json, String> {
     let int = |name: &str| -> i64 {
         match m.get_field_by_name(name).as_deref() {
             Some(Value::I64(n)) => *n,
@@ -384,12 +393,12 @@ fn well_known(schema: &Schema, m: &DynamicMessage) -> Result<Json, String> {
             }
         }
         "k8s.io.apimachinery.pkg.api.resource.Quantity" => json!(text("string")),
-        "k8s.io.apimachinery.pkg.apis.meta.v1.FieldsV1" => embedded(&bytes("Raw"))?,
-        "k8s.io.apimachinery.pkg.runtime.RawExtension" => embedded(&bytes("raw"))?,
-        UNKNOWN => embedded(&bytes("raw"))?,
+        "k8s.io.apimachinery.pkg.apis.meta.v1.FieldsV1" => embedded(&bytes("Raw"), depth)?,
+        "k8s.io.apimachinery.pkg.runtime.RawExtension" => embedded(&bytes("raw"), depth)?,
+        UNKNOWN => embedded(&bytes("raw"), depth)?,
         _ => {
             let mut out = Map::new();
-            message_into(schema, m, &mut out)?;
+            message_into(schema, m, &mut out, depth)?;
             Json::Object(out)
         }
     })
@@ -397,12 +406,15 @@ fn well_known(schema: &Schema, m: &DynamicMessage) -> Result<Json, String> {
 
 /// The bytes of a RawExtension or FieldsV1: JSON as it is, or a nested protobuf
 /// envelope, converted in turn.
-fn embedded(raw: &[u8]) -> Result<Json, String> {
+fn embedded(raw: &[u8], depth: u32) -> Result<Json, String> {
     if raw.is_empty() {
         return Ok(Json::Null);
     }
     if raw.starts_with(&MAGIC) {
-        return to_json(raw).map_err(|e| e.to_string());
+        if depth >= MAX_EMBEDDED {
+            return Err(format!("objects nested deeper than {MAX_EMBEDDED} levels"));
+        }
+        return envelope_to_json(raw, depth + 1).map_err(|e| e.to_string());
     }
     serde_json::from_slice(raw).map_err(|e| format!("error decoding embedded object: {e}"))
 }
@@ -977,6 +989,60 @@ mod tests {
             got.pointer("/spec/parameters"),
             Some(&json!({"apiGroup": "k8s.example.com", "kind": "Params", "name": "p"}))
         );
+    }
+
+    #[test]
+    fn options_types_are_meta_v1_whatever_group_version_names_them() {
+        // A grace period of 0 is a pointer set to zero ("delete now"), so it is kept.
+        let opts = msg(
+            &format!("{META}.DeleteOptions"),
+            vec![
+                ("gracePeriodSeconds", Value::I64(0)),
+                ("propagationPolicy", s("Foreground")),
+                ("dryRun", Value::List(vec![s("All")])),
+            ],
+        );
+        let got =
+            to_json(&envelope("apps/v1", "DeleteOptions", opts.encode_to_vec())).expect("decodes");
+        assert_eq!(
+            got,
+            json!({"apiVersion": "apps/v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
+                "propagationPolicy": "Foreground", "dryRun": ["All"]})
+        );
+    }
+
+    #[test]
+    fn embedded_objects_nest_within_a_bound() {
+        let revision = |inner: Vec<u8>| {
+            let rev = msg(
+                "k8s.io.api.apps.v1.ControllerRevision",
+                vec![(
+                    "data",
+                    m(
+                        "k8s.io.apimachinery.pkg.runtime.RawExtension",
+                        vec![("raw", Value::Bytes(inner.into()))],
+                    ),
+                )],
+            );
+            envelope("apps/v1", "ControllerRevision", rev.encode_to_vec())
+        };
+        let mut body = br#"{"a":1}"#.to_vec();
+        for _ in 0..2 {
+            body = revision(body);
+        }
+        let got = to_json(&body).expect("two levels");
+        assert_eq!(got.pointer("/data/data"), Some(&json!({"a": 1})));
+        assert_eq!(
+            got.pointer("/data/kind"),
+            Some(&json!("ControllerRevision"))
+        );
+        for _ in 0..20 {
+            body = revision(body);
+        }
+        assert!(matches!(to_json(&body), Err(ProtobufError::Object { .. })));
+        // Deeply nested embedded JSON is refused by the JSON parser's own limit.
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(to_json(&revision(deep.into_bytes())).is_err());
     }
 
     #[test]
