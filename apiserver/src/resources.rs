@@ -443,6 +443,17 @@ impl ResourceType {
                 ensure(obj, "status", json!({"loadBalancer": {}}));
             }
             "Namespace" => {
+                // Upstream's SetDefaults_Namespace: the name as a label, so selectors
+                // can pick namespaces by name; set on every write, like any default.
+                let name = obj.pointer("/metadata/name").cloned();
+                if let Some(name) = name.filter(|n| n.as_str().is_some_and(|n| !n.is_empty())) {
+                    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+                        let labels = meta.entry("labels").or_insert(json!({}));
+                        if let Some(l) = labels.as_object_mut() {
+                            l.insert("kubernetes.io/metadata.name".into(), name);
+                        }
+                    }
+                }
                 ensure(obj, "spec", json!({}));
                 if obj["spec"].get("finalizers").is_none() {
                     obj["spec"]["finalizers"] = json!(["kubernetes"]);
