@@ -205,6 +205,11 @@ impl Cache {
         }
     }
 
+    /// `f` of the object at `key`, if the cache holds one.
+    pub fn peek<R>(&self, key: &str, f: impl FnOnce(&Value) -> R) -> Option<R> {
+        self.inner.lock().objects.get(key).map(|c| f(&c.obj))
+    }
+
     /// The objects under `prefix` matching the selectors, and the revision they are at.
     pub fn list(&self, prefix: &str, opts: &ListOptions) -> (Vec<Value>, i64) {
         let inner = self.inner.lock();

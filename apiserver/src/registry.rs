@@ -76,6 +76,10 @@ fn tracks_generation(kind: &str) -> bool {
 
 pub struct Registry {
     pub store: Store,
+    /// The namespaces' watch cache, once it runs: a create in a namespace the cache
+    /// knows to be live needs no store read (upstream's NamespaceLifecycle admission
+    /// reads its informer the same way, and the store only when the cache has no word).
+    pub namespaces: std::sync::OnceLock<std::sync::Arc<crate::cache::Cache>>,
 }
 
 /// Decodes a stored value and stamps the revision that wrote it as its resourceVersion.
@@ -206,11 +210,16 @@ impl Registry {
         let Some(nsrt) = resources::find("", "v1", "namespaces") else {
             return Ok(());
         };
-        match self.store.get(&nsrt.key(None, ns)).await?.0 {
+        let key = nsrt.key(None, ns);
+        let live = |v: &Value| v.pointer("/metadata/deletionTimestamp").is_none();
+        if let Some(true) = self.namespaces.get().and_then(|c| c.peek(&key, live)) {
+            return Ok(());
+        }
+        match self.store.get(&key).await?.0 {
             None => Err(ApiError::not_found(nsrt, ns)),
             Some(s) => {
                 let v = from_stored(&s)?;
-                if v.pointer("/metadata/deletionTimestamp").is_some() {
+                if !live(&v) {
                     Err(ApiError::Forbidden(format!(
                         "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
                         rt.qualified()
@@ -796,6 +805,13 @@ impl Registry {
                 match self.store.update(&key, to_stored(&new), cur_rev).await? {
                     Written::Ok(rev) => {
                         set_rv(&mut new, rev);
+                        if rt.kind == "Namespace" {
+                            // Creates consult the namespace cache: once this answer is
+                            // out, it must already know the namespace is terminating.
+                            if let Some(c) = self.namespaces.get() {
+                                let _ = c.wait_for(rev).await;
+                            }
+                        }
                         return Ok((new, false));
                     }
                     Written::Conflict(_) => continue,
