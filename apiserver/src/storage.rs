@@ -33,6 +33,16 @@ pub enum Written {
     Conflict(Option<Stored>),
 }
 
+/// Outcome of [`Store::create_claiming`].
+pub enum Claimed {
+    /// Written, with its claims, at this revision.
+    Ok(i64),
+    /// The key exists already (its current value).
+    Exists(Stored),
+    /// These claims are held by other objects.
+    Taken(Vec<String>),
+}
+
 #[derive(Clone)]
 pub struct Store {
     client: Client,
@@ -165,6 +175,60 @@ impl Store {
         self.cas(txn).await
     }
 
+    /// Writes `key` only if it does not exist, together with `claims` (keys that stand
+    /// for an allocated cluster IP or node port), each only if no one holds it yet: one
+    /// transaction, so two objects can never be given the same claim.
+    pub async fn create_claiming(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        claims: &[String],
+    ) -> Result<Claimed, ApiError> {
+        let mut when = vec![Compare::create_revision(key, CompareOp::Equal, 0)];
+        let mut then = vec![TxnOp::put(key, value, None)];
+        let mut or_else = vec![TxnOp::get(key, None)];
+        for c in claims {
+            when.push(Compare::create_revision(c.as_str(), CompareOp::Equal, 0));
+            then.push(TxnOp::put(c.as_str(), key, None));
+            or_else.push(TxnOp::get(c.as_str(), None));
+        }
+        let txn = Txn::new().when(when).and_then(then).or_else(or_else);
+        let resp = with_retries(false, || {
+            let mut kv = self.client.kv_client();
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await?;
+        if resp.succeeded() {
+            return Ok(Claimed::Ok(header_rev(resp.header())));
+        }
+        let mut found = resp.op_responses().into_iter().map(|r| match r {
+            etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(stored),
+            _ => None,
+        });
+        if let Some(Some(current)) = found.next() {
+            return Ok(Claimed::Exists(current));
+        }
+        Ok(Claimed::Taken(found.flatten().map(|s| s.key).collect()))
+    }
+
+    /// Deletes `key` only if its mod revision is still `expected`, releasing `claims`
+    /// in the same transaction.
+    pub async fn delete_releasing(
+        &self,
+        key: &str,
+        expected: i64,
+        claims: &[String],
+    ) -> Result<Written, ApiError> {
+        let mut then = vec![TxnOp::delete(key, None)];
+        then.extend(claims.iter().map(|c| TxnOp::delete(c.as_str(), None)));
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
+            .and_then(then)
+            .or_else([TxnOp::get(key, None)]);
+        self.cas(txn).await
+    }
+
     /// Writes `key` only if its mod revision is still `expected`.
     pub async fn update(
         &self,
@@ -175,15 +239,6 @@ impl Store {
         let txn = Txn::new()
             .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
             .and_then([TxnOp::put(key, value, None)])
-            .or_else([TxnOp::get(key, None)]);
-        self.cas(txn).await
-    }
-
-    /// Deletes `key` only if its mod revision is still `expected`.
-    pub async fn delete(&self, key: &str, expected: i64) -> Result<Written, ApiError> {
-        let txn = Txn::new()
-            .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
-            .and_then([TxnOp::delete(key, None)])
             .or_else([TxnOp::get(key, None)]);
         self.cas(txn).await
     }

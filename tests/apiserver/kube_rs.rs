@@ -234,3 +234,62 @@ async fn a_runtime_watcher_survives_a_store_leader_kill() {
     );
     task.abort();
 }
+
+/// Services created at the same moment never share a cluster IP or a node port (the
+/// allocations are claimed atomically in the store, not picked from a list).
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_services_get_distinct_ips_and_node_ports() {
+    use k8s_openapi::api::core::v1::Service;
+    let s = Stack::start().await;
+    let api: Api<Service> = Api::namespaced(client(&s).await, "default");
+    let creates = (0..12).map(|i| {
+        let api = api.clone();
+        async move {
+            let svc: Service = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("np{i}")},
+                "spec": {"type": "NodePort", "selector": {"app": "x"},
+                         "ports": [{"port": 80}, {"port": 443}]},
+            }))
+            .expect("service");
+            api.create(&PostParams::default(), &svc)
+                .await
+                .expect("create")
+        }
+    });
+    let made = futures::future::join_all(creates).await;
+    let mut ips = std::collections::HashSet::new();
+    let mut ports = std::collections::HashSet::new();
+    for svc in &made {
+        let spec = svc.spec.as_ref().expect("spec");
+        let ip = spec.cluster_ip.clone().unwrap_or_default();
+        assert!(ips.insert(ip.clone()), "cluster IP {ip} given twice");
+        for p in spec.ports.iter().flatten() {
+            let port = p.node_port.unwrap_or(0);
+            assert!((30000..=32767).contains(&port), "node port {port}");
+            assert!(ports.insert(port), "node port {port} given twice");
+        }
+    }
+    // A port or IP freed by a delete can be asked for again.
+    let first = &made[0];
+    let name = first.metadata.name.clone().unwrap_or_default();
+    let spec = first.spec.clone().expect("spec");
+    api.delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete");
+    let again: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "again"},
+        "spec": {"type": "NodePort", "clusterIP": spec.cluster_ip,
+                 "ports": [{"port": 80, "nodePort": spec.ports.as_ref().and_then(|p| p[0].node_port)}]},
+    }))
+    .expect("service");
+    crate::support::eventually(
+        "the freed IP and port reused",
+        Duration::from_secs(10),
+        || {
+            let api = api.clone();
+            let again = again.clone();
+            async move { api.create(&PostParams::default(), &again).await.ok() }
+        },
+    )
+    .await;
+}
