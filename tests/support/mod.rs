@@ -768,3 +768,75 @@ impl Drop for Apiserver {
         self.kill9();
     }
 }
+
+/// A real `capstan controller-manager` process on an apiserver's admin kubeconfig,
+/// with quick leader election (lease 3 s, renew deadline 2 s, retry 250 ms) so a
+/// failover test stays short.
+pub struct ControllerManager {
+    kubeconfig: PathBuf,
+    extra: Vec<String>,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl ControllerManager {
+    /// Starts one on `kubeconfig` with `extra` flags; it is not waited for (a standby
+    /// never becomes ready, and readiness is what the tests observe).
+    pub fn start(kubeconfig: &Path, extra: &[&str]) -> ControllerManager {
+        let mut c = ControllerManager {
+            kubeconfig: kubeconfig.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        c.spawn();
+        c
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_capstan"));
+        cmd.arg("controller-manager")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args([
+                "--leader-elect-lease-duration",
+                "3s",
+                "--leader-elect-renew-deadline",
+                "2s",
+                "--leader-elect-retry-period",
+                "250ms",
+            ])
+            .args(&self.extra);
+        let log = self.dir.path().join("controller-manager.log");
+        self.child = Some(spawn_logged(&mut cmd, &log, "controller-manager"));
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Its combined stdout/stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("controller-manager.log")).unwrap_or_default()
+    }
+
+    /// Panics, with its log, if it has exited.
+    pub fn check_running(&mut self) {
+        let log = self.dir.path().join("controller-manager.log");
+        check_running(&mut self.child, "controller-manager", || {
+            std::fs::read_to_string(&log).unwrap_or_default()
+        });
+    }
+
+    /// SIGKILLs it, as a crash would.
+    pub fn kill9(&mut self) {
+        kill_child(&mut self.child);
+    }
+}
+
+impl Drop for ControllerManager {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -1,0 +1,1 @@
+//! The garbage collector: background, foreground and orphan propagation.

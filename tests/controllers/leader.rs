@@ -1,0 +1,1 @@
+//! Leader election: two controller-managers, one acts; killing it hands over.
