@@ -34,9 +34,79 @@ enum Command {
     Chaos(capstan_chaos::cli::Args),
     /// Run the Kubernetes API server over an etcd v3 store (kube-apiserver's flags).
     Apiserver(ApiserverArgs),
+    /// Run a node agent (the kubelet's flags); today only `--simulated` nodes.
+    Node(NodeArgs),
     /// Run the controllers (ReplicaSet, Deployment, garbage collector) against an
     /// apiserver (kube-controller-manager's flags).
     ControllerManager(ControllerManagerArgs),
+}
+
+/// The kubelet's flags where they apply, plus the simulated mode's own.
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// kubeconfig of the apiserver to register with.
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// The node's name (default: this machine's hostname).
+    #[arg(long)]
+    hostname_override: Option<String>,
+    /// Run simulated nodes: registered, heartbeating, and marking their pods Running
+    /// without containers (for tests and scale benchmarks, like kwok).
+    #[arg(long)]
+    simulated: bool,
+    /// How many simulated nodes this process runs; with more than one they are
+    /// named `<hostname>-0`, `<hostname>-1`, ...
+    #[arg(long, default_value_t = 1)]
+    simulated_nodes: usize,
+    /// CPU capacity of each simulated node.
+    #[arg(long, default_value = "4")]
+    simulated_cpu: String,
+    /// Memory capacity of each simulated node.
+    #[arg(long, default_value = "16Gi")]
+    simulated_memory: String,
+    /// Maximum number of pods per node.
+    #[arg(long, default_value_t = 110)]
+    max_pods: u32,
+    /// Labels to add when registering the node (key=value,...).
+    #[arg(long, default_value = "")]
+    node_labels: String,
+    /// Taints to register the node with (key=value:Effect,...).
+    #[arg(long, default_value = "")]
+    register_with_taints: String,
+    /// Duration of the node's Lease in seconds; it is renewed every quarter of it.
+    #[arg(long, default_value_t = 40)]
+    node_lease_duration_seconds: i32,
+    /// How often the node status is posted when it has not changed.
+    #[arg(long, default_value = "5m", value_parser = capstan_chaos::cli::parse_duration)]
+    node_status_report_frequency: std::time::Duration,
+}
+
+impl NodeArgs {
+    fn into_config(self) -> anyhow::Result<capstan_node::simulated::Config> {
+        anyhow::ensure!(
+            self.simulated,
+            "only simulated nodes exist so far (the container-runtime kubelet is issue #8); pass --simulated"
+        );
+        let node_name = match self.hostname_override {
+            Some(n) => n,
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .context("reading the hostname; pass --hostname-override")?
+                .trim()
+                .to_lowercase(),
+        };
+        Ok(capstan_node::simulated::Config {
+            kubeconfig: self.kubeconfig,
+            node_name,
+            nodes: self.simulated_nodes,
+            cpu: self.simulated_cpu,
+            memory: self.simulated_memory,
+            max_pods: self.max_pods,
+            labels: capstan_node::simulated::parse_labels(&self.node_labels)?,
+            taints: capstan_node::simulated::parse_taints(&self.register_with_taints)?,
+            lease_duration_seconds: self.node_lease_duration_seconds,
+            status_report_frequency: self.node_status_report_frequency,
+        })
+    }
 }
 
 /// kube-controller-manager's flags, with its names and defaults where they apply.
@@ -258,6 +328,15 @@ fn main() -> anyhow::Result<()> {
                 _ = shutdown_signal() => Ok(()),
             }
         }),
+        Command::Node(args) => {
+            let cfg = args.into_config()?;
+            rt.block_on(async move {
+                tokio::select! {
+                    r = capstan_node::simulated::run(cfg) => r.context("node"),
+                    _ = shutdown_signal() => Ok(()),
+                }
+            })
+        }
         Command::ControllerManager(a) => rt.block_on(async move {
             tokio::select! {
                 r = capstan_controllers::run(a.into_config()) => r.context("controller-manager"),

@@ -121,6 +121,99 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     )
 }
 
+/// The media type of aggregated discovery (`apidiscovery.k8s.io`, `version` v2 or
+/// v2beta1), as kube-apiserver names it in Content-Type.
+pub fn aggregated_media_type(version: &str) -> String {
+    format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList")
+}
+
+/// Aggregated discovery: every group (the core group alone for `/api`, the named
+/// groups for `/apis`) with every version's resources and subresources in one
+/// document, so a client learns the whole API in two requests instead of one per group
+/// version.
+pub fn aggregated(core: bool, version: &str) -> Value {
+    let mut items: Vec<Value> = Vec::new();
+    for (g, v) in group_versions() {
+        if g.is_empty() != core {
+            continue;
+        }
+        let resources: Vec<Value> = RESOURCES
+            .iter()
+            .filter(|r| r.group == g && r.version == v)
+            .map(resource_discovery)
+            .collect();
+        let entry = json!({"version": v, "resources": resources, "freshness": "Current"});
+        match items.iter_mut().find(|i| i["metadata"]["name"] == g) {
+            Some(item) => {
+                if let Some(vs) = item["versions"].as_array_mut() {
+                    vs.push(entry);
+                }
+            }
+            None => items.push(json!({
+                "metadata": {"name": g, "creationTimestamp": null},
+                "versions": [entry],
+            })),
+        }
+    }
+    json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": format!("apidiscovery.k8s.io/{version}"),
+        "metadata": {},
+        "items": items,
+    })
+}
+
+fn resource_discovery(r: &ResourceType) -> Value {
+    let gvk = |group: &str, version: &str, kind: &str| json!({"group": group, "version": version, "kind": kind});
+    let own = gvk(r.group, r.version, r.kind);
+    let sub = |name: &str, kind: Value, verbs: &[&str]| json!({"subresource": name, "responseKind": kind, "verbs": verbs});
+    let mut subs = Vec::new();
+    if r.status {
+        subs.push(sub("status", own.clone(), &["get", "patch", "update"]));
+    }
+    if r.scale {
+        subs.push(sub(
+            "scale",
+            gvk("autoscaling", "v1", "Scale"),
+            &["get", "patch", "update"],
+        ));
+    }
+    if r.kind == "Pod" {
+        subs.push(sub("binding", gvk("", "v1", "Binding"), &["create"]));
+        subs.push(sub("log", own.clone(), &["get"]));
+        subs.push(sub(
+            "exec",
+            gvk("", "v1", "PodExecOptions"),
+            &["create", "get"],
+        ));
+        subs.push(sub(
+            "eviction",
+            gvk("policy", "v1", "Eviction"),
+            &["create"],
+        ));
+    }
+    if r.kind == "Namespace" {
+        subs.push(sub("finalize", own.clone(), &["update"]));
+    }
+    let mut out = json!({
+        "resource": r.plural,
+        "responseKind": own,
+        "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+        "singularResource": r.singular,
+        "verbs": VERBS,
+    });
+    if !r.short_names.is_empty() {
+        out["shortNames"] = json!(r.short_names);
+    }
+    if !r.categories.is_empty() {
+        out["categories"] = json!(r.categories);
+    }
+    if !subs.is_empty() {
+        out["subresources"] = json!(subs);
+    }
+    out
+}
+
 /// The OpenAPI v3 index: one document per group version.
 pub fn openapi_v3_index() -> Value {
     let mut paths = serde_json::Map::new();

@@ -265,6 +265,33 @@ fn route(path: &str, server_address: &str) -> Result<Route, ApiError> {
     Ok(Route::Resource(target))
 }
 
+/// The aggregated discovery version (`v2`, `v2beta1`) the client prefers, if its Accept
+/// header names one before plain JSON: kube-apiserver serves the first media type in
+/// the client's list that it supports.
+fn wants_aggregated(headers: &HeaderMap) -> Option<&'static str> {
+    let accept = headers.get(header::ACCEPT)?.to_str().ok()?;
+    for media in accept.split(',') {
+        let params: Vec<&str> = media.split(';').map(str::trim).collect();
+        if params.first().is_some_and(|t| *t != "application/json") {
+            continue;
+        }
+        let group = params.contains(&"g=apidiscovery.k8s.io");
+        let list = params.contains(&"as=APIGroupDiscoveryList");
+        if !group && !list && params.len() == 1 {
+            return None;
+        }
+        if group && list {
+            if params.contains(&"v=v2") {
+                return Some("v2");
+            }
+            if params.contains(&"v=v2beta1") {
+                return Some("v2beta1");
+            }
+        }
+    }
+    None
+}
+
 fn wants_table(headers: &HeaderMap) -> bool {
     headers
         .get(header::ACCEPT)
@@ -336,6 +363,18 @@ async fn handle(
     let q: HashMap<String, String> = Query::<Vec<(String, String)>>::try_from_uri(uri)
         .map(|Query(v)| v.into_iter().collect())
         .unwrap_or_default();
+    if method == Method::GET && matches!(uri.path(), "/api" | "/apis") {
+        if let Some(version) = wants_aggregated(headers) {
+            let doc = discovery::aggregated(uri.path() == "/api", version);
+            let mut resp = json_response(StatusCode::OK, &doc, &[]);
+            if let Ok(ct) = discovery::aggregated_media_type(version).parse() {
+                resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+            }
+            resp.headers_mut()
+                .insert(header::VARY, header::HeaderValue::from_static("Accept"));
+            return Ok(resp);
+        }
+    }
     let target = match routed? {
         Route::Discovery(v) if method == Method::GET => {
             return Ok(json_response(StatusCode::OK, &v, &[]))

@@ -70,11 +70,44 @@ async fn discovery_and_system_namespaces() {
         names.contains(&"deployments") && names.contains(&"deployments/scale"),
         "{names:?}"
     );
-    let resources = api.kubectl(&["api-resources", "--no-headers"]);
-    assert!(resources
+    // kubectl learns the whole API from aggregated discovery: /api and /apis, and no
+    // per-group-version document (a fresh cache dir, so nothing comes from disk).
+    let cache = tempfile::tempdir().expect("tempdir");
+    let cache_dir = cache.path().display().to_string();
+    let resources = api.kubectl(&[
+        "api-resources",
+        "--no-headers",
+        "-v=6",
+        "--cache-dir",
+        &cache_dir,
+    ]);
+    let row = resources
         .out()
         .lines()
-        .any(|l| l.starts_with("deployments") && l.contains("deploy")));
+        .find(|l| l.starts_with("deployments "))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>());
+    assert_eq!(
+        row,
+        Some(vec![
+            "deployments",
+            "deploy",
+            "apps/v1",
+            "true",
+            "Deployment"
+        ]),
+        "{}",
+        resources.out()
+    );
+    let gets: Vec<&str> = resources
+        .stderr
+        .lines()
+        .filter(|l| l.contains(" GET https://"))
+        .collect();
+    assert!(
+        gets.iter().any(|l| l.contains("/apis?"))
+            && !gets.iter().any(|l| l.contains("/apis/apps/v1")),
+        "{gets:#?}"
+    );
     // Prometheus metrics under kube-apiserver's names, for authenticated clients.
     let metrics = api.kubectl(&["get", "--raw", "/metrics"]);
     let listed = metrics.out().lines().find(|l| {

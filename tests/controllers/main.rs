@@ -14,11 +14,26 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
-use support::{Apiserver, ControllerManager, Server};
+use support::{Apiserver, Component, Server};
 
-/// A store, an apiserver on it and one controller-manager.
+/// Leader election quick enough for a failover test: lease 3 s, renew deadline 2 s,
+/// retry 250 ms.
+pub const QUICK_ELECTION: &[&str] = &[
+    "--leader-elect-lease-duration",
+    "3s",
+    "--leader-elect-renew-deadline",
+    "2s",
+    "--leader-elect-retry-period",
+    "250ms",
+];
+
+/// The simulated node the tests' pods are bound to (there is no scheduler here).
+pub const NODE: &str = "sim-0";
+
+/// A store, an apiserver on it, one controller-manager and one simulated node.
 pub struct Stack {
-    pub cm: ControllerManager,
+    pub cm: Component,
+    pub node: Component,
     pub api: Apiserver,
     pub store: Server,
 }
@@ -27,8 +42,14 @@ impl Stack {
     pub async fn start() -> Stack {
         let store = Server::start().await;
         let api = Apiserver::start(&store.endpoint).await;
-        let cm = ControllerManager::start(&api.kubeconfig, &[]);
-        Stack { cm, api, store }
+        let cm = Component::start(&api, "controller-manager", QUICK_ELECTION);
+        let node = Component::start(&api, "node", &["--simulated", "--hostname-override", NODE]);
+        Stack {
+            cm,
+            node,
+            api,
+            store,
+        }
     }
 
     /// A kube-rs client through the apiserver's admin kubeconfig.

@@ -769,23 +769,29 @@ impl Drop for Apiserver {
     }
 }
 
-/// A real `capstan controller-manager` process on an apiserver's admin kubeconfig,
-/// with quick leader election (lease 3 s, renew deadline 2 s, retry 250 ms) so a
-/// failover test stays short.
-pub struct ControllerManager {
-    kubeconfig: PathBuf,
-    extra: Vec<String>,
+/// A `capstan` component process above the apiserver (node agent, controller-manager,
+/// scheduler), started as `capstan <subcommand> --kubeconfig <admin kubeconfig> <args>`
+/// with its log in its own temp dir; SIGKILLed on drop.
+pub struct Component {
+    what: String,
+    args: Vec<String>,
     child: Option<Child>,
     dir: tempfile::TempDir,
 }
 
-impl ControllerManager {
-    /// Starts one on `kubeconfig` with `extra` flags; it is not waited for (a standby
-    /// never becomes ready, and readiness is what the tests observe).
-    pub fn start(kubeconfig: &Path, extra: &[&str]) -> ControllerManager {
-        let mut c = ControllerManager {
-            kubeconfig: kubeconfig.to_path_buf(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+impl Component {
+    /// Starts `capstan <subcommand>` against `api`. Readiness is the test's to poll for,
+    /// through what a user would see (a node Ready, a pod bound...).
+    pub fn start(api: &Apiserver, subcommand: &str, args: &[&str]) -> Component {
+        let mut all = vec![
+            subcommand.to_string(),
+            "--kubeconfig".to_string(),
+            api.kubeconfig.display().to_string(),
+        ];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let mut c = Component {
+            what: subcommand.to_string(),
+            args: all,
             child: None,
             dir: tempfile::tempdir().expect("tempdir"),
         };
@@ -795,47 +801,36 @@ impl ControllerManager {
 
     fn spawn(&mut self) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_capstan"));
-        cmd.arg("controller-manager")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args([
-                "--leader-elect-lease-duration",
-                "3s",
-                "--leader-elect-renew-deadline",
-                "2s",
-                "--leader-elect-retry-period",
-                "250ms",
-            ])
-            .args(&self.extra);
-        let log = self.dir.path().join("controller-manager.log");
-        self.child = Some(spawn_logged(&mut cmd, &log, "controller-manager"));
+        cmd.args(&self.args);
+        let log = self.dir.path().join("log");
+        self.child = Some(spawn_logged(&mut cmd, &log, &self.what));
     }
 
-    /// The process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// Its combined stdout/stderr so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("controller-manager.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }
 
-    /// Panics, with its log, if it has exited.
+    /// Panics, with its log, if the process has exited.
     pub fn check_running(&mut self) {
-        let log = self.dir.path().join("controller-manager.log");
-        check_running(&mut self.child, "controller-manager", || {
+        let log = self.dir.path().join("log");
+        check_running(&mut self.child, &self.what, || {
             std::fs::read_to_string(&log).unwrap_or_default()
         });
     }
 
-    /// SIGKILLs it, as a crash would.
+    /// Stops it with SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
         kill_child(&mut self.child);
     }
+
+    /// Starts it again with the same arguments.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
 }
 
-impl Drop for ControllerManager {
+impl Drop for Component {
     fn drop(&mut self) {
         self.kill9();
     }

@@ -1,0 +1,773 @@
+//! Simulated nodes: the kubelet's API-facing behaviour without containers.
+//!
+//! What a client sees is what a real kubelet would produce: a Node with capacity,
+//! allocatable, conditions, addresses and node info; a Lease in `kube-node-lease`
+//! renewed every quarter of its duration (the kubelet's `renewInterval`); pods bound to
+//! the node turned Running and Ready with a pod IP from the node's pod CIDR; pods with a
+//! deletion timestamp deleted for good (the kubelet's final `gracePeriodSeconds=0`
+//! delete, with the pod's uid as precondition). Pods owned by a Job complete, as in
+//! kwok's default stages; the annotations [`RUN_SECONDS`] and [`EXIT_CODE`] let a test
+//! choose how long any pod runs and how it ends.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Container, Node, Pod};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::watcher;
+use kube::runtime::WatchStreamExt;
+use kube::Api;
+use serde_json::{json, Value};
+
+use crate::NodeError;
+
+/// Annotation: seconds a simulated pod runs before its containers exit.
+pub const RUN_SECONDS: &str = "sim.capstan.io/run-seconds";
+/// Annotation: the exit code its containers exit with (default 0).
+pub const EXIT_CODE: &str = "sim.capstan.io/exit-code";
+/// Label every simulated node carries, so tools can tell them from real ones.
+pub const SIMULATED_LABEL: &str = "node.capstan.io/simulated";
+
+/// How long a Job's pod runs when no annotation says otherwise.
+const JOB_POD_RUN: Duration = Duration::from_secs(1);
+
+/// One simulated node agent (any number of nodes in one process).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub kubeconfig: PathBuf,
+    /// The node's name; with `nodes > 1`, nodes are `<name>-0`, `<name>-1`, ...
+    pub node_name: String,
+    pub nodes: usize,
+    /// Capacity (and allocatable) per node.
+    pub cpu: String,
+    pub memory: String,
+    pub max_pods: u32,
+    /// `--node-labels`, added to the well-known ones.
+    pub labels: BTreeMap<String, String>,
+    /// `--register-with-taints`.
+    pub taints: Vec<Value>,
+    /// The Lease's `leaseDurationSeconds` (the kubelet's `nodeLeaseDurationSeconds`).
+    pub lease_duration_seconds: i32,
+    /// How often the node status is posted when nothing changed (the kubelet's
+    /// `nodeStatusReportFrequency`).
+    pub status_report_frequency: Duration,
+}
+
+/// Parses `--register-with-taints` (`key=value:Effect,key:Effect`).
+pub fn parse_taints(s: &str) -> Result<Vec<Value>, NodeError> {
+    let mut out = Vec::new();
+    for t in s.split(',').filter(|t| !t.is_empty()) {
+        let (kv, effect) = t
+            .rsplit_once(':')
+            .ok_or_else(|| NodeError::Flag(format!("invalid taint spec: {t}")))?;
+        if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+            return Err(NodeError::Flag(format!(
+                "invalid taint effect: {effect}, unsupported taint effect"
+            )));
+        }
+        let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+        if key.is_empty() {
+            return Err(NodeError::Flag(format!("invalid taint spec: {t}")));
+        }
+        let mut taint = json!({"key": key, "effect": effect});
+        if !value.is_empty() {
+            taint["value"] = json!(value);
+        }
+        out.push(taint);
+    }
+    Ok(out)
+}
+
+/// Parses `--node-labels` (`key=value,...`).
+pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, NodeError> {
+    s.split(',')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| NodeError::Flag(format!("invalid label: {l}")))
+        })
+        .collect()
+}
+
+/// What the agent remembers of one of its nodes.
+struct NodeState {
+    index: usize,
+    /// Host numbers in the pod CIDR handed out, by pod uid.
+    ips: HashMap<String, u32>,
+    used: BTreeSet<u32>,
+}
+
+struct Sim {
+    cfg: Config,
+    client: kube::Client,
+    nodes: Mutex<HashMap<String, NodeState>>,
+    /// Pods whose completion is scheduled, so repeated watch events do not schedule
+    /// it twice.
+    completing: Mutex<HashSet<String>>,
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn now_micro() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+fn node_ip(index: usize) -> Ipv4Addr {
+    // 172.16.0.10 upwards: one address per simulated node, none of them routable.
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 16, 0, 10)).wrapping_add(index as u32))
+}
+
+fn pod_cidr_base(index: usize) -> u32 {
+    // One /24 per node from 10.244.0.0/16 onwards, like the node-ipam controller's
+    // default cluster CIDR.
+    u32::from(Ipv4Addr::new(10, 244, 0, 0)).wrapping_add((index as u32) << 8)
+}
+
+/// Runs the simulated nodes until the process is stopped.
+pub async fn run(cfg: Config) -> Result<(), NodeError> {
+    let client = crate::client(&cfg.kubeconfig).await?;
+    let names: Vec<String> = if cfg.nodes <= 1 {
+        vec![cfg.node_name.clone()]
+    } else {
+        (0..cfg.nodes)
+            .map(|i| format!("{}-{i}", cfg.node_name))
+            .collect()
+    };
+    let sim = Arc::new(Sim {
+        nodes: Mutex::new(
+            names
+                .iter()
+                .enumerate()
+                .map(|(index, n)| {
+                    let st = NodeState {
+                        index,
+                        ips: HashMap::new(),
+                        used: BTreeSet::new(),
+                    };
+                    (n.clone(), st)
+                })
+                .collect(),
+        ),
+        cfg,
+        client,
+        completing: Mutex::new(HashSet::new()),
+    });
+    // Register every node (as the kubelet does, retrying until the apiserver takes it),
+    // then keep each one's Lease and status fresh in its own task.
+    futures::stream::iter(names.iter().cloned().enumerate())
+        .for_each_concurrent(32, |(i, name)| {
+            let sim = sim.clone();
+            async move {
+                let uid = sim.register(&name, i).await;
+                tokio::spawn(sim.heartbeat(name, uid));
+            }
+        })
+        .await;
+    tracing::info!(nodes = names.len(), "simulated nodes registered");
+    sim.pods().await;
+    Ok(())
+}
+
+impl Sim {
+    fn node_object(&self, name: &str, index: usize) -> Value {
+        let mut labels: BTreeMap<String, String> = [
+            ("kubernetes.io/hostname", name),
+            ("kubernetes.io/os", "linux"),
+            ("kubernetes.io/arch", "amd64"),
+            ("beta.kubernetes.io/os", "linux"),
+            ("beta.kubernetes.io/arch", "amd64"),
+            (SIMULATED_LABEL, "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        labels.extend(self.cfg.labels.clone());
+        let cidr = format!("{}/24", Ipv4Addr::from(pod_cidr_base(index)));
+        let mut spec = json!({"podCIDR": cidr, "podCIDRs": [cidr]});
+        if !self.cfg.taints.is_empty() {
+            spec["taints"] = json!(self.cfg.taints);
+        }
+        json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "labels": labels,
+                "annotations": {"node.alpha.kubernetes.io/ttl": "0"},
+            },
+            "spec": spec,
+            "status": self.node_status(name, index),
+        })
+    }
+
+    fn node_status(&self, name: &str, index: usize) -> Value {
+        let t = now();
+        let cond = |ty: &str, status: &str, reason: &str, message: &str| {
+            json!({"type": ty, "status": status, "reason": reason, "message": message,
+                   "lastHeartbeatTime": t, "lastTransitionTime": t})
+        };
+        let resources = json!({
+            "cpu": self.cfg.cpu,
+            "memory": self.cfg.memory,
+            "pods": self.cfg.max_pods.to_string(),
+            "ephemeral-storage": "100Gi",
+            "hugepages-1Gi": "0",
+            "hugepages-2Mi": "0",
+        });
+        json!({
+            "capacity": resources,
+            "allocatable": resources,
+            "conditions": [
+                cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+                cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+                cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+                cond("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+            ],
+            "addresses": [
+                {"type": "InternalIP", "address": node_ip(index).to_string()},
+                {"type": "Hostname", "address": name},
+            ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "nodeInfo": {
+                "architecture": "amd64",
+                "bootID": "",
+                "containerRuntimeVersion": "simulated://capstan",
+                "kernelVersion": "",
+                "kubeProxyVersion": "",
+                "kubeletVersion": "v1.32.0",
+                "machineID": "",
+                "operatingSystem": "linux",
+                "osImage": "capstan simulated node",
+                "systemUUID": "",
+            },
+        })
+    }
+
+    /// Creates the Node, or takes over an existing one (a restarted agent), and returns
+    /// its uid. Retries until the apiserver answers.
+    async fn register(&self, name: &str, index: usize) -> String {
+        let api: Api<Node> = Api::all(self.client.clone());
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let obj = self.node_object(name, index);
+            let attempt = async {
+                let node: Node =
+                    serde_json::from_value(obj.clone()).map_err(kube::Error::SerdeError)?;
+                match api.create(&PostParams::default(), &node).await {
+                    Ok(n) => Ok(n),
+                    Err(kube::Error::Api(e)) if e.code == 409 => {
+                        // Re-registration: labels, taints and status are the agent's to
+                        // set; whatever else users put on the node stays.
+                        let meta = json!({"metadata": {"labels": obj["metadata"]["labels"]},
+                                          "spec": obj["spec"]});
+                        api.patch(name, &PatchParams::default(), &Patch::Merge(&meta))
+                            .await?;
+                        api.patch_status(
+                            name,
+                            &PatchParams::default(),
+                            &Patch::Merge(&json!({"status": obj["status"]})),
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                }
+            };
+            match attempt.await {
+                Ok(n) => {
+                    tracing::info!(node = name, "node registered");
+                    return n.metadata.uid.unwrap_or_default();
+                }
+                Err(e) => {
+                    tracing::warn!(node = name, error = %e, "registering node; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(7));
+                }
+            }
+        }
+    }
+
+    /// Renews the node's Lease every quarter of its duration and re-posts the node
+    /// status every `status_report_frequency`, forever.
+    async fn heartbeat(self: Arc<Self>, name: String, uid: String) {
+        let renew = Duration::from_secs((self.cfg.lease_duration_seconds.max(4) / 4) as u64);
+        let mut tick = tokio::time::interval(renew);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_status = tokio::time::Instant::now();
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.renew_lease(&name, &uid).await {
+                tracing::warn!(node = %name, error = %e, "renewing node lease");
+            }
+            if last_status.elapsed() >= self.cfg.status_report_frequency {
+                let index = self
+                    .nodes
+                    .lock()
+                    .ok()
+                    .and_then(|n| n.get(&name).map(|s| s.index));
+                let status = self.node_status(&name, index.unwrap_or(0));
+                let api: Api<Node> = Api::all(self.client.clone());
+                match api
+                    .patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(&json!({"status": status})),
+                    )
+                    .await
+                {
+                    Ok(_) => last_status = tokio::time::Instant::now(),
+                    Err(e) => tracing::warn!(node = %name, error = %e, "posting node status"),
+                }
+            }
+        }
+    }
+
+    async fn renew_lease(&self, name: &str, uid: &str) -> Result<(), kube::Error> {
+        let api: Api<Lease> = Api::namespaced(self.client.clone(), "kube-node-lease");
+        let spec = json!({"holderIdentity": name,
+                          "leaseDurationSeconds": self.cfg.lease_duration_seconds,
+                          "renewTime": now_micro()});
+        match api
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": spec})),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                let lease = json!({
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease",
+                    "metadata": {
+                        "name": name,
+                        "namespace": "kube-node-lease",
+                        "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": name, "uid": uid}],
+                    },
+                    "spec": spec,
+                });
+                let lease: Lease =
+                    serde_json::from_value(lease).map_err(kube::Error::SerdeError)?;
+                api.create(&PostParams::default(), &lease).await.map(|_| ())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Watches the pods bound to this agent's nodes and plays the kubelet's part.
+    async fn pods(self: &Arc<Self>) {
+        let api: Api<Pod> = Api::all(self.client.clone());
+        // One node: the kubelet's own field selector. Many: one watch of all pods,
+        // filtered here, rather than thousands of watches.
+        let cfg = if self.cfg.nodes <= 1 {
+            watcher::Config::default().fields(&format!("spec.nodeName={}", self.cfg.node_name))
+        } else {
+            watcher::Config::default()
+        };
+        let events = watcher(api, cfg).default_backoff();
+        events
+            .for_each_concurrent(64, |ev| {
+                let sim = self.clone();
+                async move {
+                    match ev {
+                        Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
+                            sim.on_pod(p).await
+                        }
+                        Ok(watcher::Event::Delete(p)) => sim.forget(&p),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "pod watch"),
+                    }
+                }
+            })
+            .await;
+    }
+
+    fn owns(&self, pod: &Pod) -> Option<String> {
+        let node = pod.spec.as_ref()?.node_name.clone()?;
+        let nodes = self.nodes.lock().ok()?;
+        nodes.contains_key(&node).then_some(node)
+    }
+
+    fn forget(&self, pod: &Pod) {
+        let (Some(node), Some(uid)) = (self.owns(pod), pod.metadata.uid.as_ref()) else {
+            return;
+        };
+        if let Ok(mut nodes) = self.nodes.lock() {
+            if let Some(st) = nodes.get_mut(&node) {
+                if let Some(host) = st.ips.remove(uid) {
+                    st.used.remove(&host);
+                }
+            }
+        }
+        if let Ok(mut c) = self.completing.lock() {
+            c.remove(uid);
+        }
+    }
+
+    /// The pod's IP: from the node's /24, the same one on every call for a pod.
+    fn pod_ip(&self, node: &str, uid: &str) -> Option<(Ipv4Addr, Ipv4Addr)> {
+        let mut nodes = self.nodes.lock().ok()?;
+        let st = nodes.get_mut(node)?;
+        let host = match st.ips.get(uid) {
+            Some(h) => *h,
+            None => {
+                let h = (2..255u32).find(|h| !st.used.contains(h))?;
+                st.used.insert(h);
+                st.ips.insert(uid.to_string(), h);
+                h
+            }
+        };
+        Some((
+            Ipv4Addr::from(pod_cidr_base(st.index) + host),
+            node_ip(st.index),
+        ))
+    }
+
+    async fn on_pod(self: &Arc<Self>, pod: Pod) {
+        let Some(node) = self.owns(&pod) else { return };
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        if pod.metadata.deletion_timestamp.is_some() {
+            // The containers are "stopped" at once; the kubelet's last word is the
+            // final delete, guarded by uid so a new pod of the same name survives.
+            let dp = DeleteParams {
+                grace_period_seconds: Some(0),
+                preconditions: Some(Preconditions {
+                    uid: Some(uid),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            match api.delete(&name, &dp).await {
+                Ok(_) => tracing::debug!(namespace = %ns, pod = %name, "pod deleted"),
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                Err(e) => tracing::warn!(namespace = %ns, pod = %name, error = %e, "deleting pod"),
+            }
+            return;
+        }
+        let status = pod.status.clone().unwrap_or_default();
+        match status.phase.as_deref() {
+            Some("Succeeded" | "Failed") => return,
+            Some("Running") if status.container_statuses.is_some() => {
+                self.schedule_completion(&pod, &node);
+                return;
+            }
+            _ => {}
+        }
+        let Some((ip, host_ip)) = self.pod_ip(&node, &uid) else {
+            tracing::warn!(node = %node, namespace = %ns, pod = %name, "pod CIDR exhausted");
+            return;
+        };
+        let patch = json!({"status": running_status(&pod, ip, host_ip)});
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(p) => {
+                tracing::debug!(namespace = %ns, pod = %name, ip = %ip, "pod running");
+                self.schedule_completion(&p, &node);
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => tracing::warn!(namespace = %ns, pod = %name, error = %e, "pod status"),
+        }
+    }
+
+    /// Pods that are to end (a Job's, or annotated) end after their run time, counted
+    /// from their start so a restarted agent keeps the schedule.
+    fn schedule_completion(self: &Arc<Self>, pod: &Pod, node: &str) {
+        let ann = pod.metadata.annotations.clone().unwrap_or_default();
+        let job_owned = pod
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.kind == "Job");
+        let run = match ann.get(RUN_SECONDS).and_then(|s| s.parse::<f64>().ok()) {
+            Some(s) if s >= 0.0 => Duration::from_secs_f64(s),
+            _ if job_owned || ann.contains_key(EXIT_CODE) => JOB_POD_RUN,
+            _ => return,
+        };
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let fresh = self
+            .completing
+            .lock()
+            .map(|mut c| c.insert(uid.clone()))
+            .unwrap_or(false);
+        if !fresh {
+            return;
+        }
+        let started = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.start_time.as_ref())
+            .map(|t| t.0)
+            .unwrap_or_else(chrono::Utc::now);
+        let left = (started + chrono::Duration::from_std(run).unwrap_or_default())
+            .signed_duration_since(chrono::Utc::now())
+            .to_std()
+            .unwrap_or_default();
+        let code = ann
+            .get(EXIT_CODE)
+            .and_then(|s| s.parse::<i32>().ok())
+            .unwrap_or(0);
+        let sim = self.clone();
+        let pod = pod.clone();
+        let node = node.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(left).await;
+            let ns = pod.metadata.namespace.clone().unwrap_or_default();
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let api: Api<Pod> = Api::namespaced(sim.client.clone(), &ns);
+            let patch = json!({"status": finished_status(&pod, code)});
+            if let Err(e) = api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                tracing::warn!(node = %node, namespace = %ns, pod = %name, error = %e, "pod completion");
+            }
+        });
+    }
+}
+
+/// `Guaranteed`, `Burstable` or `BestEffort`, by upstream's rules over cpu and memory.
+fn qos_class(pod: &Pod) -> &'static str {
+    let Some(spec) = &pod.spec else {
+        return "BestEffort";
+    };
+    let all: Vec<&Container> = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .collect();
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in &all {
+        let r = c.resources.clone().unwrap_or_default();
+        let req = r.requests.unwrap_or_default();
+        let lim = r.limits.unwrap_or_default();
+        for res in ["cpu", "memory"] {
+            let l = lim.get(res);
+            // A request left out defaults to the limit.
+            let q = req.get(res).or(l);
+            if q.is_some_and(|q| q.0 != "0") || l.is_some_and(|l| l.0 != "0") {
+                any = true;
+            }
+            if l.is_none() || q.map(|q| &q.0) != l.map(|l| &l.0) {
+                guaranteed = false;
+            }
+        }
+    }
+    match (any, guaranteed) {
+        (false, _) => "BestEffort",
+        (true, true) => "Guaranteed",
+        (true, false) => "Burstable",
+    }
+}
+
+fn condition(ty: &str, status: &str, t: &str, reason: Option<&str>) -> Value {
+    let mut c =
+        json!({"type": ty, "status": status, "lastProbeTime": null, "lastTransitionTime": t});
+    if let Some(r) = reason {
+        c["reason"] = json!(r);
+    }
+    c
+}
+
+fn container_id(pod: &Pod, name: &str) -> String {
+    format!(
+        "simulated://{}-{name}",
+        pod.metadata.uid.as_deref().unwrap_or_default()
+    )
+}
+
+/// The status a kubelet posts once every container of the pod has started.
+fn running_status(pod: &Pod, ip: Ipv4Addr, host_ip: Ipv4Addr) -> Value {
+    let t = now();
+    let spec = pod.spec.clone().unwrap_or_default();
+    let ip = if spec.host_network == Some(true) {
+        host_ip
+    } else {
+        ip
+    };
+    let containers: Vec<Value> = spec
+        .containers
+        .iter()
+        .map(|c| {
+            json!({
+                "name": c.name,
+                "image": c.image,
+                "imageID": c.image,
+                "containerID": container_id(pod, &c.name),
+                "ready": true,
+                "started": true,
+                "restartCount": 0,
+                "lastState": {},
+                "state": {"running": {"startedAt": t}},
+            })
+        })
+        .collect();
+    let mut status = json!({
+        "phase": "Running",
+        "conditions": [
+            condition("PodReadyToStartContainers", "True", &t, None),
+            condition("Initialized", "True", &t, None),
+            condition("Ready", "True", &t, None),
+            condition("ContainersReady", "True", &t, None),
+            scheduled_condition(pod, &t),
+        ],
+        "hostIP": host_ip.to_string(),
+        "hostIPs": [{"ip": host_ip.to_string()}],
+        "podIP": ip.to_string(),
+        "podIPs": [{"ip": ip.to_string()}],
+        "startTime": t,
+        "qosClass": qos_class(pod),
+        "containerStatuses": containers,
+    });
+    if let Some(init) = &spec.init_containers {
+        let done: Vec<Value> = init
+            .iter()
+            .map(|c| {
+                json!({
+                    "name": c.name,
+                    "image": c.image,
+                    "imageID": c.image,
+                    "containerID": container_id(pod, &c.name),
+                    "ready": true,
+                    "restartCount": 0,
+                    "lastState": {},
+                    "state": {"terminated": {"exitCode": 0, "reason": "Completed",
+                              "startedAt": t, "finishedAt": t,
+                              "containerID": container_id(pod, &c.name)}},
+                })
+            })
+            .collect();
+        status["initContainerStatuses"] = json!(done);
+    }
+    status
+}
+
+/// PodScheduled as the scheduler set it, or set now for a pod bound by `nodeName`.
+fn scheduled_condition(pod: &Pod, t: &str) -> Value {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| c.type_ == "PodScheduled" && c.status == "True")
+        })
+        .and_then(|c| serde_json::to_value(c).ok())
+        .unwrap_or_else(|| condition("PodScheduled", "True", t, None))
+}
+
+/// The status after every container exited with `code`.
+fn finished_status(pod: &Pod, code: i32) -> Value {
+    let t = now();
+    let ok = code == 0;
+    let reason = if ok { "Completed" } else { "Error" };
+    let started = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .map(|s| s.0.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| t.clone());
+    let containers: Vec<Value> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .map(|c| {
+            json!({
+                "name": c.name,
+                "image": c.image,
+                "imageID": c.image,
+                "containerID": container_id(pod, &c.name),
+                "ready": false,
+                "started": false,
+                "restartCount": 0,
+                "lastState": {},
+                "state": {"terminated": {"exitCode": code, "reason": reason,
+                          "startedAt": started, "finishedAt": t,
+                          "containerID": container_id(pod, &c.name)}},
+            })
+        })
+        .collect();
+    json!({
+        "phase": if ok { "Succeeded" } else { "Failed" },
+        "conditions": [
+            condition("PodReadyToStartContainers", "False", &t, None),
+            condition("Initialized", "True", &t, Some("PodCompleted")),
+            condition("Ready", "False", &t, Some("PodCompleted")),
+            condition("ContainersReady", "False", &t, Some("PodCompleted")),
+            scheduled_condition(pod, &t),
+        ],
+        "containerStatuses": containers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(resources: Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c", "image": "i", "resources": resources}]},
+        }))
+        .expect("pod")
+    }
+
+    #[test]
+    fn qos_classes_follow_upstream() {
+        assert_eq!(qos_class(&pod(json!({}))), "BestEffort");
+        assert_eq!(
+            qos_class(&pod(json!({"requests": {"cpu": "100m"}}))),
+            "Burstable"
+        );
+        assert_eq!(
+            qos_class(&pod(json!({"limits": {"cpu": "1", "memory": "1Gi"}}))),
+            "Guaranteed"
+        );
+        assert_eq!(
+            qos_class(&pod(json!({"limits": {"cpu": "1", "memory": "1Gi"},
+                                  "requests": {"cpu": "500m"}}))),
+            "Burstable"
+        );
+    }
+
+    #[test]
+    fn taints_and_labels_parse_like_the_kubelet() {
+        let t = parse_taints("a=b:NoSchedule,c:NoExecute").expect("taints");
+        assert_eq!(
+            t[0],
+            json!({"key": "a", "value": "b", "effect": "NoSchedule"})
+        );
+        assert_eq!(t[1], json!({"key": "c", "effect": "NoExecute"}));
+        assert!(parse_taints("a=b:Sometimes").is_err());
+        assert!(parse_taints("nokey").is_err());
+        let l = parse_labels("zone=a,tier=web").expect("labels");
+        assert_eq!(l.get("zone").map(String::as_str), Some("a"));
+        assert!(parse_labels("novalue").is_err());
+    }
+
+    #[test]
+    fn addresses_are_distinct_per_node() {
+        assert_eq!(node_ip(0), Ipv4Addr::new(172, 16, 0, 10));
+        assert_eq!(
+            Ipv4Addr::from(pod_cidr_base(1)),
+            Ipv4Addr::new(10, 244, 1, 0)
+        );
+        assert_eq!(
+            Ipv4Addr::from(pod_cidr_base(300)),
+            Ipv4Addr::new(10, 245, 44, 0)
+        );
+    }
+}
