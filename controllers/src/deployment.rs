@@ -107,8 +107,17 @@ fn rs_owners(ds: &Store<Deployment>, rs: &ReplicaSet) -> Vec<ObjectRef<Deploymen
 }
 
 fn error_policy(d: Arc<Deployment>, err: &Error, _: Arc<Ctx>) -> Action {
+    if is_conflict(err) {
+        // Our cache was behind our own last write; the next sync reads it fresh.
+        tracing::debug!(namespace = d.namespace().unwrap_or_default(), name = d.name_any(), error = %err, "deployment sync conflicted");
+        return Action::requeue(Duration::from_millis(100));
+    }
     tracing::warn!(namespace = d.namespace().unwrap_or_default(), name = d.name_any(), error = %err, "deployment sync failed");
     Action::requeue(Duration::from_millis(500))
+}
+
+fn is_conflict(err: &Error) -> bool {
+    matches!(err, Error::Kube(kube::Error::Api(e)) if e.code == 409)
 }
 
 /// One sync: the Deployment as this reconcile changes it, its ReplicaSets, and the
