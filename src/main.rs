@@ -152,7 +152,7 @@ impl ControllerManagerArgs {
             kubeconfig: self.kubeconfig,
             election: self
                 .leader_elect
-                .then(|| capstan_controllers::leader::ElectionConfig {
+                .then_some(capstan_controllers::leader::ElectionConfig {
                     namespace: self.leader_elect_resource_namespace,
                     name: self.leader_elect_resource_name,
                     identity,

@@ -66,8 +66,8 @@ pub async fn run(
     let ds = controller.store();
     let ds2 = ds.clone();
     let rss2 = rss.clone();
-    let rs_triggers = crate::stream(rs_events)
-        .flat_map(move |rs| futures::stream::iter(rs_owners(&ds, &rs)));
+    let rs_triggers =
+        crate::stream(rs_events).flat_map(move |rs| futures::stream::iter(rs_owners(&ds, &rs)));
     let pod_triggers = crate::stream(pod_events).flat_map(move |pod| {
         let ns = pod.namespace().unwrap_or_default();
         let rs = util::controller_of(pod.metadata.owner_references.as_ref())
@@ -244,7 +244,11 @@ impl Sync<'_> {
         let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": rs.resource_version()}});
         match self
             .rs_api
-            .patch(&rs.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .patch(
+                &rs.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
             .await
         {
             Ok(r) => Ok(Some(r)),
@@ -294,11 +298,7 @@ impl Sync<'_> {
             } else {
                 rs
             };
-            let rev = rs2
-                .annotations()
-                .get(REVISION)
-                .cloned()
-                .unwrap_or_default();
+            let rev = rs2.annotations().get(REVISION).cloned().unwrap_or_default();
             self.set_revision(&rev).await?;
             if self.has_progress_deadline() && self.condition("Progressing").is_none() {
                 let msg = format!("Found new replica set \"{}\"", rs2.name_any());
@@ -413,7 +413,12 @@ impl Sync<'_> {
     /// Upstream's `SetNewReplicaSetAnnotations`: the Deployment's own annotations, the
     /// revision (keeping the one it replaces in revision-history) and, for a new set,
     /// desired/max replicas. Whether anything changed.
-    fn set_new_rs_annotations(&self, rs: &mut ReplicaSet, new_revision: &str, exists: bool) -> bool {
+    fn set_new_rs_annotations(
+        &self,
+        rs: &mut ReplicaSet,
+        new_revision: &str,
+        exists: bool,
+    ) -> bool {
         let mut changed = false;
         let d_ann = self.d.annotations().clone();
         let ann = rs.metadata.annotations.get_or_insert_with(BTreeMap::new);
@@ -463,7 +468,11 @@ impl Sync<'_> {
         let patch = json!({"metadata": {"annotations": {REVISION: rev}, "resourceVersion": self.d.resource_version()}});
         self.d = self
             .d_api
-            .patch(&self.d.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .patch(
+                &self.d.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
             .await?;
         Ok(())
     }
@@ -544,7 +553,14 @@ impl Sync<'_> {
         let out = self.replace_rs(&rs2).await?;
         if size_changes {
             let dir = if n > spec_replicas(rs) { "up" } else { "down" };
-            tracing::info!(namespace = self.d.namespace().unwrap_or_default(), deployment = self.d.name_any(), replicaset = rs.name_any(), from = spec_replicas(rs), to = n, "scaled {dir} replica set");
+            tracing::info!(
+                namespace = self.d.namespace().unwrap_or_default(),
+                deployment = self.d.name_any(),
+                replicaset = rs.name_any(),
+                from = spec_replicas(rs),
+                to = n,
+                "scaled {dir} replica set"
+            );
         }
         Ok(out)
     }
@@ -563,12 +579,22 @@ impl Sync<'_> {
         if paused && !paused_cond {
             set_condition(
                 &mut st,
-                new_condition("Progressing", "Unknown", "DeploymentPaused", "Deployment is paused"),
+                new_condition(
+                    "Progressing",
+                    "Unknown",
+                    "DeploymentPaused",
+                    "Deployment is paused",
+                ),
             );
         } else if !paused && paused_cond {
             set_condition(
                 &mut st,
-                new_condition("Progressing", "Unknown", "DeploymentResumed", "Deployment is resumed"),
+                new_condition(
+                    "Progressing",
+                    "Unknown",
+                    "DeploymentResumed",
+                    "Deployment is resumed",
+                ),
             );
         } else {
             return Ok(());
@@ -633,9 +659,15 @@ impl Sync<'_> {
         }
         let saturated = new.as_ref().is_some_and(|n| {
             spec_replicas(n) == replicas
-                && n.annotations().get(DESIRED_REPLICAS).and_then(|v| v.parse().ok())
+                && n.annotations()
+                    .get(DESIRED_REPLICAS)
+                    .and_then(|v| v.parse().ok())
                     == Some(replicas)
-                && n.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0) == replicas
+                && n.status
+                    .as_ref()
+                    .and_then(|s| s.available_replicas)
+                    .unwrap_or(0)
+                    == replicas
         });
         if saturated {
             for rs in old.iter_mut() {
@@ -879,7 +911,11 @@ impl Sync<'_> {
         if diff <= 0 {
             return Ok(());
         }
-        alive.sort_by(|a, b| revision(a).cmp(&revision(b)).then(created(a).cmp(&created(b))));
+        alive.sort_by(|a, b| {
+            revision(a)
+                .cmp(&revision(b))
+                .then(created(a).cmp(&created(b)))
+        });
         for rs in alive.iter().take(usize::try_from(diff).unwrap_or(0)) {
             let st = rs.status.clone().unwrap_or_default();
             if st.replicas != 0
@@ -888,8 +924,17 @@ impl Sync<'_> {
             {
                 continue;
             }
-            tracing::info!(namespace = self.d.namespace().unwrap_or_default(), deployment = self.d.name_any(), replicaset = rs.name_any(), "deleting old replica set");
-            match self.rs_api.delete(&rs.name_any(), &DeleteParams::default()).await {
+            tracing::info!(
+                namespace = self.d.namespace().unwrap_or_default(),
+                deployment = self.d.name_any(),
+                replicaset = rs.name_any(),
+                "deleting old replica set"
+            );
+            match self
+                .rs_api
+                .delete(&rs.name_any(), &DeleteParams::default())
+                .await
+            {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => return Err(e.into()),
@@ -911,7 +956,12 @@ impl Sync<'_> {
             updated_replicas: Some(new.map(actual).unwrap_or(0)),
             ready_replicas: Some(
                 all.iter()
-                    .map(|r| r.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0))
+                    .map(|r| {
+                        r.status
+                            .as_ref()
+                            .and_then(|s| s.ready_replicas)
+                            .unwrap_or(0)
+                    })
                     .sum(),
             ),
             available_replicas: Some(avail),
@@ -922,12 +972,22 @@ impl Sync<'_> {
         if avail >= self.replicas() - self.max_unavailable() {
             set_condition(
                 &mut st,
-                new_condition("Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability."),
+                new_condition(
+                    "Available",
+                    "True",
+                    "MinimumReplicasAvailable",
+                    "Deployment has minimum availability.",
+                ),
             );
         } else {
             set_condition(
                 &mut st,
-                new_condition("Available", "False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability."),
+                new_condition(
+                    "Available",
+                    "False",
+                    "MinimumReplicasUnavailable",
+                    "Deployment does not have minimum availability.",
+                ),
             );
         }
         st
@@ -943,7 +1003,11 @@ impl Sync<'_> {
     }
 
     /// Upstream's `syncDeploymentStatus`.
-    async fn sync_status(&mut self, new: Option<&ReplicaSet>, old: &[ReplicaSet]) -> Result<(), Error> {
+    async fn sync_status(
+        &mut self,
+        new: Option<&ReplicaSet>,
+        old: &[ReplicaSet],
+    ) -> Result<(), Error> {
         let st = self.calculate_status(new, old);
         if !status_equal(&self.status(), &st) {
             self.write_status(st).await?;
@@ -953,7 +1017,11 @@ impl Sync<'_> {
 
     /// Upstream's `syncRolloutStatus`: status plus the Progressing condition, and a
     /// requeue for when the progress deadline would pass.
-    async fn sync_rollout_status(&mut self, new: Option<&ReplicaSet>, old: &[ReplicaSet]) -> Result<(), Error> {
+    async fn sync_rollout_status(
+        &mut self,
+        new: Option<&ReplicaSet>,
+        old: &[ReplicaSet],
+    ) -> Result<(), Error> {
         let mut st = self.calculate_status(new, old);
         if !self.has_progress_deadline() {
             remove_condition(&mut st, "Progressing");
@@ -970,7 +1038,10 @@ impl Sync<'_> {
                     Some(n) => format!("ReplicaSet \"{n}\" has successfully progressed."),
                     None => "Deployment has successfully progressed.".into(),
                 };
-                set_condition(&mut st, new_condition("Progressing", "True", "NewReplicaSetAvailable", &msg));
+                set_condition(
+                    &mut st,
+                    new_condition("Progressing", "True", "NewReplicaSetAvailable", &msg),
+                );
             } else if self.progressing(&st) {
                 let msg = match &rs_name {
                     Some(n) => format!("ReplicaSet \"{n}\" is progressing."),
@@ -989,7 +1060,10 @@ impl Sync<'_> {
                     "ReplicaSet \"{}\" has timed out progressing.",
                     rs_name.unwrap_or_default()
                 );
-                set_condition(&mut st, new_condition("Progressing", "False", "ProgressDeadlineExceeded", &msg));
+                set_condition(
+                    &mut st,
+                    new_condition("Progressing", "False", "ProgressDeadlineExceeded", &msg),
+                );
             }
         }
         // A ReplicaSet's failure (pods it cannot create) is the Deployment's.
@@ -1150,7 +1224,10 @@ fn set_replicas_annotations(rs: &mut ReplicaSet, desired: i32, max: i32) -> bool
 /// maxSurge and maxUnavailable resolved against `replicas` (upstream's
 /// `ResolveFenceposts`: surge rounds up, unavailable down, and both zero means one
 /// unavailable).
-pub fn resolve_fenceposts(spec: &k8s_openapi::api::apps::v1::DeploymentSpec, replicas: i32) -> (i32, i32) {
+pub fn resolve_fenceposts(
+    spec: &k8s_openapi::api::apps::v1::DeploymentSpec,
+    replicas: i32,
+) -> (i32, i32) {
     let ru = spec
         .strategy
         .as_ref()
@@ -1158,7 +1235,11 @@ pub fn resolve_fenceposts(spec: &k8s_openapi::api::apps::v1::DeploymentSpec, rep
         .unwrap_or_default();
     let pct25 = IntOrString::String("25%".into());
     let surge = scaled(ru.max_surge.as_ref().unwrap_or(&pct25), replicas, true);
-    let unavailable = scaled(ru.max_unavailable.as_ref().unwrap_or(&pct25), replicas, false);
+    let unavailable = scaled(
+        ru.max_unavailable.as_ref().unwrap_or(&pct25),
+        replicas,
+        false,
+    );
     if surge == 0 && unavailable == 0 {
         return (0, 1);
     }
@@ -1174,7 +1255,11 @@ pub fn scaled(v: &IntOrString, total: i32, round_up: bool) -> i32 {
                 return s.parse().unwrap_or(0);
             };
             let x = p * i64::from(total);
-            let r = if round_up { (x + 99).div_euclid(100) } else { x.div_euclid(100) };
+            let r = if round_up {
+                (x + 99).div_euclid(100)
+            } else {
+                x.div_euclid(100)
+            };
             i32::try_from(r).unwrap_or(0)
         }
     }
@@ -1220,7 +1305,11 @@ pub fn equal_ignore_hash(a: &PodTemplateSpec, b: &PodTemplateSpec) -> bool {
 }
 
 fn get_condition(st: &DeploymentStatus, type_: &str) -> Option<DeploymentCondition> {
-    st.conditions.iter().flatten().find(|c| c.type_ == type_).cloned()
+    st.conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == type_)
+        .cloned()
 }
 
 fn remove_condition(st: &mut DeploymentStatus, type_: &str) {
@@ -1299,7 +1388,10 @@ mod tests {
         let p = |s: &str| IntOrString::String(s.into());
         assert_eq!(resolve_fenceposts(&spec(p("25%"), p("25%")), 10), (3, 2));
         assert_eq!(resolve_fenceposts(&spec(p("0%"), p("0%")), 10), (0, 1));
-        assert_eq!(resolve_fenceposts(&spec(IntOrString::Int(2), IntOrString::Int(0)), 5), (2, 0));
+        assert_eq!(
+            resolve_fenceposts(&spec(IntOrString::Int(2), IntOrString::Int(0)), 5),
+            (2, 0)
+        );
         assert_eq!(resolve_fenceposts(&spec(p("10%"), p("10%")), 3), (1, 0));
     }
 

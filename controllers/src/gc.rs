@@ -28,7 +28,13 @@ pub const COVERED: &[(&str, &str, &str, &str, bool)] = &[
     ("apps", "v1", "ReplicaSet", "replicasets", true),
     ("apps", "v1", "Deployment", "deployments", true),
     ("batch", "v1", "Job", "jobs", true),
-    ("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", true),
+    (
+        "discovery.k8s.io",
+        "v1",
+        "EndpointSlice",
+        "endpointslices",
+        true,
+    ),
     ("", "v1", "Endpoints", "endpoints", true),
     ("", "v1", "Service", "services", true),
     ("", "v1", "ConfigMap", "configmaps", true),
@@ -75,7 +81,10 @@ pub async fn run(client: Client) {
         let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
         let store = writer.as_reader();
         let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
-        streams.push((i, reflector::reflector(writer, watcher(api, watcher::Config::default()))));
+        streams.push((
+            i,
+            reflector::reflector(writer, watcher(api, watcher::Config::default())),
+        ));
         kinds.push(Kind {
             ar,
             namespaced: *namespaced,
@@ -92,20 +101,16 @@ pub async fn run(client: Client) {
     });
     for (i, stream) in streams {
         let gc = gc.clone();
-        tasks.spawn(
-            stream
-                .default_backoff()
-                .for_each(move |ev| {
-                    match ev {
-                        Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
-                            gc.observe(i, &o, true)
-                        }
-                        Ok(watcher::Event::Delete(o)) => gc.observe(i, &o, false),
-                        _ => {}
-                    }
-                    futures::future::ready(())
-                }),
-        );
+        tasks.spawn(stream.default_backoff().for_each(move |ev| {
+            match ev {
+                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                    gc.observe(i, &o, true)
+                }
+                Ok(watcher::Event::Delete(o)) => gc.observe(i, &o, false),
+                _ => {}
+            }
+            futures::future::ready(())
+        }));
     }
     for k in &gc.kinds {
         let _ = k.store.wait_until_ready().await;
@@ -313,12 +318,18 @@ impl Gc {
             Some((g, v)) => (g, v),
             None => ("", r.api_version.as_str()),
         };
-        let Some(kind) = self.kinds.iter().position(|k| {
-            k.ar.group == group && k.ar.version == version && k.ar.kind == r.kind
-        }) else {
+        let Some(kind) = self
+            .kinds
+            .iter()
+            .position(|k| k.ar.group == group && k.ar.version == version && k.ar.kind == r.kind)
+        else {
             return Ok(false);
         };
-        let ns = if self.kinds[kind].namespaced { ns } else { None };
+        let ns = if self.kinds[kind].namespaced {
+            ns
+        } else {
+            None
+        };
         match self.api(kind, ns).get_opt(&r.name).await? {
             Some(o) => Ok(o.uid().as_deref() != Some(r.uid.as_str())),
             None => Ok(true),
@@ -368,7 +379,12 @@ impl Gc {
         let mut blocking = 0;
         for d in self.dependents_of(&uid) {
             let Some(dep) = self.cached(&d) else { continue };
-            let Some(r) = dep.owner_references().iter().find(|r| r.uid == uid).cloned() else {
+            let Some(r) = dep
+                .owner_references()
+                .iter()
+                .find(|r| r.uid == uid)
+                .cloned()
+            else {
                 continue;
             };
             if r.block_owner_deletion == Some(true) {
@@ -413,9 +429,15 @@ impl Gc {
         self.remove_finalizer(item, owner, FOREGROUND).await
     }
 
-    async fn remove_finalizer(&self, item: &Item, obj: &DynamicObject, f: &str) -> Result<(), Error> {
+    async fn remove_finalizer(
+        &self,
+        item: &Item,
+        obj: &DynamicObject,
+        f: &str,
+    ) -> Result<(), Error> {
         let keep: Vec<&String> = obj.finalizers().iter().filter(|x| *x != f).collect();
-        let patch = json!({"metadata": {"finalizers": keep, "resourceVersion": obj.resource_version()}});
+        let patch =
+            json!({"metadata": {"finalizers": keep, "resourceVersion": obj.resource_version()}});
         ignore_gone(
             self.api(item.0, item.1.as_deref())
                 .patch(&item.2, &PatchParams::default(), &Patch::Merge(&patch))

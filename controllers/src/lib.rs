@@ -203,7 +203,13 @@ fn start(client: Client, cfg: &Config) -> tokio::task::JoinHandle<()> {
             }
             if enabled.contains(&"deployment") {
                 if let (Some(ev), Some(pev)) = (rs_events.pop(), pod_events.pop()) {
-                    inner.spawn(deployment::run(client.clone(), rss.clone(), pods.clone(), ev, pev));
+                    inner.spawn(deployment::run(
+                        client.clone(),
+                        rss.clone(),
+                        pods.clone(),
+                        ev,
+                        pev,
+                    ));
                 }
             }
             if enabled.contains(&"garbagecollector") {

@@ -221,7 +221,10 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     let (mut full, mut ready, mut avail) = (0, 0, 0);
     for p in &owned {
         let labels = p.metadata.labels.clone().unwrap_or_default();
-        if template_labels.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+        if template_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+        {
             full += 1;
         }
         if util::pod_is_ready(p) {
@@ -372,13 +375,23 @@ async fn adopt(api: &Api<Pod>, pod: &Pod, rs: &ReplicaSet) -> Result<Option<Pod>
         &rs.name_any(),
         rs.metadata.uid.as_deref().unwrap_or_default(),
     ));
-    let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.resource_version()}});
+    let patch =
+        json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.resource_version()}});
     match api
-        .patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .patch(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
         .await
     {
         Ok(p) => {
-            tracing::info!(namespace = pod.namespace().unwrap_or_default(), pod = pod.name_any(), owner = rs.name_any(), "adopted pod");
+            tracing::info!(
+                namespace = pod.namespace().unwrap_or_default(),
+                pod = pod.name_any(),
+                owner = rs.name_any(),
+                "adopted pod"
+            );
             Ok(Some(p))
         }
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
@@ -396,13 +409,22 @@ async fn release(api: &Api<Pod>, pod: &Pod, uid: &str) -> Result<(), Error> {
         .filter(|r| r.uid != uid)
         .cloned()
         .collect();
-    let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.resource_version()}});
+    let patch =
+        json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.resource_version()}});
     match api
-        .patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .patch(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
         .await
     {
         Ok(_) => {
-            tracing::info!(namespace = pod.namespace().unwrap_or_default(), pod = pod.name_any(), "released pod");
+            tracing::info!(
+                namespace = pod.namespace().unwrap_or_default(),
+                pod = pod.name_any(),
+                "released pod"
+            );
             Ok(())
         }
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
@@ -530,7 +552,13 @@ mod tests {
         let order: Vec<String> = victims(&pods, 5).iter().map(|p| p.name_any()).collect();
         assert_eq!(
             order,
-            ["unassigned", "pending", "running-unready", "ready-new", "ready-old"]
+            [
+                "unassigned",
+                "pending",
+                "running-unready",
+                "ready-new",
+                "ready-old"
+            ]
         );
     }
 }

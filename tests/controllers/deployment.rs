@@ -130,22 +130,26 @@ fn is_ready(p: &Pod) -> bool {
 /// `n` of them, all Ready.
 async fn settled_image(stack: &Stack, ns: &str, name: &str, n: usize) -> String {
     let client = stack.client().await;
-    eventually(&format!("{name}: {n} ready pods of one image"), SETTLE, || {
-        let client = client.clone();
-        async move {
-            let ps: Vec<Pod> = pods(&client, ns, &format!("app={name}"))
-                .await
-                .into_iter()
-                .filter(|p| p.metadata.deletion_timestamp.is_none())
-                .collect();
-            let images: std::collections::BTreeSet<String> = ps
-                .iter()
-                .filter_map(|p| p.spec.as_ref()?.containers.first()?.image.clone())
-                .collect();
-            (ps.len() == n && images.len() == 1 && ps.iter().all(is_ready))
-                .then(|| images.into_iter().next().unwrap_or_default())
-        }
-    })
+    eventually(
+        &format!("{name}: {n} ready pods of one image"),
+        SETTLE,
+        || {
+            let client = client.clone();
+            async move {
+                let ps: Vec<Pod> = pods(&client, ns, &format!("app={name}"))
+                    .await
+                    .into_iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .collect();
+                let images: std::collections::BTreeSet<String> = ps
+                    .iter()
+                    .filter_map(|p| p.spec.as_ref()?.containers.first()?.image.clone())
+                    .collect();
+                (ps.len() == n && images.len() == 1 && ps.iter().all(is_ready))
+                    .then(|| images.into_iter().next().unwrap_or_default())
+            }
+        },
+    )
     .await
 }
 
@@ -160,7 +164,8 @@ fn rollout_status(stack: &Stack, ns: &str, name: &str) {
         "--timeout=90s",
     ]);
     assert!(
-        out.out().contains(&format!("deployment \"{name}\" successfully rolled out")),
+        out.out()
+            .contains(&format!("deployment \"{name}\" successfully rolled out")),
         "{}",
         out.stdout
     );
@@ -168,9 +173,13 @@ fn rollout_status(stack: &Stack, ns: &str, name: &str) {
 
 /// The revisions `kubectl rollout history` lists.
 fn history(stack: &Stack, ns: &str, name: &str) -> Vec<String> {
-    let out = stack
-        .api
-        .kubectl(&["-n", ns, "rollout", "history", &format!("deployment/{name}")]);
+    let out = stack.api.kubectl(&[
+        "-n",
+        ns,
+        "rollout",
+        "history",
+        &format!("deployment/{name}"),
+    ]);
     out.out()
         .lines()
         .skip_while(|l| !l.starts_with("REVISION"))
@@ -195,7 +204,12 @@ async fn deployment_rolls_out_scales_undoes_and_pauses() {
     let d = d_api.get("web").await.expect("deployment");
     let st = d.status.clone().expect("status");
     assert_eq!(
-        (st.replicas, st.updated_replicas, st.ready_replicas, st.available_replicas),
+        (
+            st.replicas,
+            st.updated_replicas,
+            st.ready_replicas,
+            st.available_replicas
+        ),
         (Some(10), Some(10), Some(10), Some(10))
     );
     assert_eq!(st.observed_generation, d.metadata.generation);
@@ -207,24 +221,61 @@ async fn deployment_rolls_out_scales_undoes_and_pauses() {
         .collect();
     assert_eq!(
         conds.get("Available"),
-        Some(&("True".to_string(), Some("MinimumReplicasAvailable".to_string())))
+        Some(&(
+            "True".to_string(),
+            Some("MinimumReplicasAvailable".to_string())
+        ))
     );
     assert_eq!(
         conds.get("Progressing"),
-        Some(&("True".to_string(), Some("NewReplicaSetAvailable".to_string())))
+        Some(&(
+            "True".to_string(),
+            Some("NewReplicaSetAvailable".to_string())
+        ))
     );
-    assert_eq!(d.annotations().get("deployment.kubernetes.io/revision").map(String::as_str), Some("1"));
-    let rss = rs_api.list(&ListParams::default()).await.expect("rs list").items;
+    assert_eq!(
+        d.annotations()
+            .get("deployment.kubernetes.io/revision")
+            .map(String::as_str),
+        Some("1")
+    );
+    let rss = rs_api
+        .list(&ListParams::default())
+        .await
+        .expect("rs list")
+        .items;
     assert_eq!(rss.len(), 1);
     let rs1 = &rss[0];
-    let hash = rs1.labels().get("pod-template-hash").cloned().expect("hash label");
+    let hash = rs1
+        .labels()
+        .get("pod-template-hash")
+        .cloned()
+        .expect("hash label");
     assert_eq!(rs1.name_any(), format!("web-{hash}"));
-    assert_eq!(rs1.annotations().get("deployment.kubernetes.io/revision").map(String::as_str), Some("1"));
-    assert_eq!(rs1.annotations().get("deployment.kubernetes.io/desired-replicas").map(String::as_str), Some("10"));
-    assert_eq!(rs1.annotations().get("deployment.kubernetes.io/max-replicas").map(String::as_str), Some("13"));
+    assert_eq!(
+        rs1.annotations()
+            .get("deployment.kubernetes.io/revision")
+            .map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(
+        rs1.annotations()
+            .get("deployment.kubernetes.io/desired-replicas")
+            .map(String::as_str),
+        Some("10")
+    );
+    assert_eq!(
+        rs1.annotations()
+            .get("deployment.kubernetes.io/max-replicas")
+            .map(String::as_str),
+        Some("13")
+    );
 
     // Scale with kubectl.
-    stack.api.kubectl(&["-n", ns, "scale", "deployment", "web", "--replicas=12"]).out();
+    stack
+        .api
+        .kubectl(&["-n", ns, "scale", "deployment", "web", "--replicas=12"])
+        .out();
     rollout_status(&stack, ns, "web");
     settled_image(&stack, ns, "web", 12).await;
 
@@ -238,20 +289,42 @@ async fn deployment_rolls_out_scales_undoes_and_pauses() {
     assert_eq!(settled_image(&stack, ns, "web", 12).await, "nginx:1.27");
     let (violations, events) = watch.finish();
     assert!(events > 12, "the watch saw the rollout ({events} events)");
-    assert!(violations.is_empty(), "maxSurge/maxUnavailable violated: {violations:?}");
+    assert!(
+        violations.is_empty(),
+        "maxSurge/maxUnavailable violated: {violations:?}"
+    );
     assert_eq!(history(&stack, ns, "web"), ["1", "2"]);
 
     // Undo brings back the first template, as revision 3.
-    stack.api.kubectl(&["-n", ns, "rollout", "undo", "deployment/web"]).out();
+    stack
+        .api
+        .kubectl(&["-n", ns, "rollout", "undo", "deployment/web"])
+        .out();
     rollout_status(&stack, ns, "web");
     assert_eq!(settled_image(&stack, ns, "web", 12).await, "nginx:1.26");
     assert_eq!(history(&stack, ns, "web"), ["2", "3"]);
-    let rs1 = rs_api.get(&rs1.name_any()).await.expect("the first replica set is reused");
-    assert_eq!(rs1.annotations().get("deployment.kubernetes.io/revision").map(String::as_str), Some("3"));
-    assert_eq!(rs1.annotations().get("deployment.kubernetes.io/revision-history").map(String::as_str), Some("1"));
+    let rs1 = rs_api
+        .get(&rs1.name_any())
+        .await
+        .expect("the first replica set is reused");
+    assert_eq!(
+        rs1.annotations()
+            .get("deployment.kubernetes.io/revision")
+            .map(String::as_str),
+        Some("3")
+    );
+    assert_eq!(
+        rs1.annotations()
+            .get("deployment.kubernetes.io/revision-history")
+            .map(String::as_str),
+        Some("1")
+    );
 
     // A paused deployment takes template changes without rolling; resume rolls.
-    stack.api.kubectl(&["-n", ns, "rollout", "pause", "deployment/web"]).out();
+    stack
+        .api
+        .kubectl(&["-n", ns, "rollout", "pause", "deployment/web"])
+        .out();
     stack
         .api
         .kubectl(&["-n", ns, "set", "image", "deployment/web", "c=nginx:1.28"])
@@ -268,18 +341,44 @@ async fn deployment_rolls_out_scales_undoes_and_pauses() {
         }
     })
     .await;
-    assert_eq!(rs_api.list(&ListParams::default()).await.expect("rs list").items.len(), 2, "no new replica set while paused");
+    assert_eq!(
+        rs_api
+            .list(&ListParams::default())
+            .await
+            .expect("rs list")
+            .items
+            .len(),
+        2,
+        "no new replica set while paused"
+    );
     assert_eq!(settled_image(&stack, ns, "web", 12).await, "nginx:1.26");
-    stack.api.kubectl(&["-n", ns, "rollout", "resume", "deployment/web"]).out();
+    stack
+        .api
+        .kubectl(&["-n", ns, "rollout", "resume", "deployment/web"])
+        .out();
     rollout_status(&stack, ns, "web");
     assert_eq!(settled_image(&stack, ns, "web", 12).await, "nginx:1.28");
 
     // Pods that never become ready: the rollout exceeds its progress deadline, and
     // `kubectl rollout status` says so.
-    stack.apply(&deployment_yaml(ns, "stuck", 2, "nginx:1.26", "no-such-node"));
-    let out = stack.api.kubectl(&["-n", ns, "rollout", "status", "deployment/stuck", "--timeout=60s"]);
+    stack.apply(&deployment_yaml(
+        ns,
+        "stuck",
+        2,
+        "nginx:1.26",
+        "no-such-node",
+    ));
+    let out = stack.api.kubectl(&[
+        "-n",
+        ns,
+        "rollout",
+        "status",
+        "deployment/stuck",
+        "--timeout=60s",
+    ]);
     assert!(
-        out.err().contains("deployment \"stuck\" exceeded its progress deadline"),
+        out.err()
+            .contains("deployment \"stuck\" exceeded its progress deadline"),
         "{}",
         out.stderr
     );

@@ -28,7 +28,10 @@ spec:
 async fn wait_pods(client: &kube::Client, ns: &str, app: &str, n: usize) {
     eventually(&format!("{n} pods of {app}"), SETTLE, || async {
         let ps = pods(client, ns, &format!("app={app}")).await;
-        (ps.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).count() == n
+        (ps.iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .count()
+            == n
             && ps.len() == n)
             .then_some(())
     })
@@ -56,11 +59,18 @@ async fn garbage_collector_follows_propagation_policies() {
         .kubectl(&["-n", ns, "delete", "rs", "orph", "--cascade=orphan"])
         .out();
     let rs_api = Api::<ReplicaSet>::namespaced(client.clone(), ns);
-    assert!(rs_api.get_opt("orph").await.expect("get").is_none(), "kubectl waited for the deletion");
+    assert!(
+        rs_api.get_opt("orph").await.expect("get").is_none(),
+        "kubectl waited for the deletion"
+    );
     let ps = pods(&client, ns, "app=orph").await;
     assert_eq!(ps.len(), 3, "orphaned pods stay");
     for p in &ps {
-        assert!(p.owner_references().is_empty(), "{} still owned", p.name_any());
+        assert!(
+            p.owner_references().is_empty(),
+            "{} still owned",
+            p.name_any()
+        );
         assert!(p.metadata.deletion_timestamp.is_none());
     }
 
@@ -83,13 +93,27 @@ spec:
     wait_pods(&client, ns, "fg", 2).await;
     stack
         .api
-        .kubectl(&["-n", ns, "delete", "deployment", "fg", "--cascade=foreground", "--timeout=60s"])
+        .kubectl(&[
+            "-n",
+            ns,
+            "delete",
+            "deployment",
+            "fg",
+            "--cascade=foreground",
+            "--timeout=60s",
+        ])
         .out();
     let left = rs_api
         .list(&ListParams::default().labels("app=fg"))
         .await
         .expect("list")
         .items;
-    assert!(left.is_empty(), "replica sets left after foreground deletion: {left:?}");
-    assert!(pods(&client, ns, "app=fg").await.is_empty(), "pods left after foreground deletion");
+    assert!(
+        left.is_empty(),
+        "replica sets left after foreground deletion: {left:?}"
+    );
+    assert!(
+        pods(&client, ns, "app=fg").await.is_empty(),
+        "pods left after foreground deletion"
+    );
 }

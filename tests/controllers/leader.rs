@@ -55,7 +55,11 @@ async fn standby_takes_over_when_the_leader_dies() {
     })
     .await;
     let first_leads = leads(&stack.cm);
-    assert_ne!(first_leads, leads(&standby), "exactly one acquired the lease");
+    assert_ne!(
+        first_leads,
+        leads(&standby),
+        "exactly one acquired the lease"
+    );
 
     // Kill the leader; the other takes the lease and acts.
     let killed_at = Instant::now();
@@ -81,9 +85,15 @@ async fn standby_takes_over_when_the_leader_dies() {
     .await;
     let handover = killed_at.elapsed();
     survivor.check_running();
-    assert!(leads(survivor), "the {name} controller-manager took the lease ({new_holder})");
+    assert!(
+        leads(survivor),
+        "the {name} controller-manager took the lease ({new_holder})"
+    );
     // Lease 3 s, retry 250 ms: a few seconds, with room for a busy machine.
-    assert!(handover < Duration::from_secs(10), "handover took {handover:?}");
+    assert!(
+        handover < Duration::from_secs(10),
+        "handover took {handover:?}"
+    );
     stack.apply(&rs_yaml(ns, "b"));
     eventually("the new leader to create pods", SETTLE, || async {
         (pods(&client, ns, "app=b").await.len() == 2).then_some(())

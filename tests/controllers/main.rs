@@ -64,13 +64,17 @@ impl Stack {
     /// `kubectl apply -f -` of a YAML manifest, asserting success.
     #[track_caller]
     pub fn apply(&self, yaml: &str) {
-        self.api.kubectl_stdin(&["apply", "-f", "-"], Some(yaml)).out();
+        self.api
+            .kubectl_stdin(&["apply", "-f", "-"], Some(yaml))
+            .out();
     }
 
     /// Creates a namespace for one test.
     pub fn namespace(&self, ns: &str) {
         // `kubectl create namespace` sends protobuf, which the apiserver does not take.
-        self.apply(&format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n"));
+        self.apply(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n"
+        ));
     }
 }
 

@@ -79,16 +79,29 @@ async fn replicaset_keeps_counts_adopts_and_releases() {
     let ps = settle(&stack, ns, "web", 3, &mut max_seen).await;
     assert_eq!(max_seen, 3, "never more pods than replicas");
     for p in &ps {
-        assert!(p.name_any().starts_with("web-"), "generateName web-: {}", p.name_any());
+        assert!(
+            p.name_any().starts_with("web-"),
+            "generateName web-: {}",
+            p.name_any()
+        );
         assert_eq!(p.labels().get("tier").map(String::as_str), Some("web"));
     }
 
     // Scale with kubectl's scale subresource, up then down.
-    stack.api.kubectl(&["-n", ns, "scale", "rs", "web", "--replicas=7"]).out();
+    stack
+        .api
+        .kubectl(&["-n", ns, "scale", "rs", "web", "--replicas=7"])
+        .out();
     max_seen = 0;
     settle(&stack, ns, "web", 7, &mut max_seen).await;
-    assert_eq!(max_seen, 7, "never more pods than replicas while scaling up");
-    stack.api.kubectl(&["-n", ns, "scale", "rs", "web", "--replicas=2"]).out();
+    assert_eq!(
+        max_seen, 7,
+        "never more pods than replicas while scaling up"
+    );
+    stack
+        .api
+        .kubectl(&["-n", ns, "scale", "rs", "web", "--replicas=2"])
+        .out();
     settle(&stack, ns, "web", 2, &mut max_seen).await;
 
     // An orphan that matches is adopted, and the set is one over: one pod goes.
@@ -106,7 +119,15 @@ spec:
     let victim = pods(&client, ns, "app=web").await[0].name_any();
     stack
         .api
-        .kubectl(&["-n", ns, "label", "pod", &victim, "app=other", "--overwrite"])
+        .kubectl(&[
+            "-n",
+            ns,
+            "label",
+            "pod",
+            &victim,
+            "app=other",
+            "--overwrite",
+        ])
         .out();
     settle(&stack, ns, "web", 2, &mut max_seen).await;
     eventually("the relabelled pod to be released", SETTLE, || {
