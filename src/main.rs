@@ -41,6 +41,9 @@ enum Command {
     Apiserver(ApiserverArgs),
     /// Run a node agent (the kubelet's flags); today only `--simulated` nodes.
     Node(NodeArgs),
+    /// Run the controllers (ReplicaSet, Deployment, garbage collector) against an
+    /// apiserver (kube-controller-manager's flags).
+    ControllerManager(ControllerManagerArgs),
 }
 
 /// The kubelet's flags where they apply, plus the simulated mode's own.
@@ -108,6 +111,62 @@ impl NodeArgs {
             lease_duration_seconds: self.node_lease_duration_seconds,
             status_report_frequency: self.node_status_report_frequency,
         })
+    }
+}
+
+/// kube-controller-manager's flags, with its names and defaults where they apply.
+#[derive(clap::Args)]
+struct ControllerManagerArgs {
+    /// Path to a kubeconfig file for the apiserver (default: $KUBECONFIG or
+    /// ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Start a leader election client and gain leadership before acting.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    leader_elect: bool,
+    /// How long a non-leader waits after the last observed renewal before taking over.
+    #[arg(long, default_value = "15s", value_parser = capstan_chaos::cli::parse_duration)]
+    leader_elect_lease_duration: std::time::Duration,
+    /// How long the leader keeps retrying to renew before it gives up leadership.
+    #[arg(long, default_value = "10s", value_parser = capstan_chaos::cli::parse_duration)]
+    leader_elect_renew_deadline: std::time::Duration,
+    /// How long candidates wait between tries to acquire or renew.
+    #[arg(long, default_value = "2s", value_parser = capstan_chaos::cli::parse_duration)]
+    leader_elect_retry_period: std::time::Duration,
+    /// Namespace of the lease object used for locking.
+    #[arg(long, default_value = "kube-system")]
+    leader_elect_resource_namespace: String,
+    /// Name of the lease object used for locking.
+    #[arg(long, default_value = "kube-controller-manager")]
+    leader_elect_resource_name: String,
+    /// Controllers to enable: '*' for all, 'foo' enables foo, '-foo' disables foo.
+    #[arg(long, default_value = "*", value_delimiter = ',')]
+    controllers: Vec<String>,
+}
+
+impl ControllerManagerArgs {
+    fn into_config(self) -> capstan_controllers::Config {
+        let identity = format!(
+            "{}_{}",
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into()),
+            std::process::id()
+        );
+        capstan_controllers::Config {
+            kubeconfig: self.kubeconfig,
+            election: self
+                .leader_elect
+                .then_some(capstan_controllers::leader::ElectionConfig {
+                    namespace: self.leader_elect_resource_namespace,
+                    name: self.leader_elect_resource_name,
+                    identity,
+                    lease_duration: self.leader_elect_lease_duration,
+                    renew_deadline: self.leader_elect_renew_deadline,
+                    retry_period: self.leader_elect_retry_period,
+                }),
+            controllers: self.controllers,
+        }
     }
 }
 
@@ -284,6 +343,12 @@ fn main() -> anyhow::Result<()> {
                 }
             })
         }
+        Command::ControllerManager(a) => rt.block_on(async move {
+            tokio::select! {
+                r = capstan_controllers::run(a.into_config()) => r.context("controller-manager"),
+                _ = shutdown_signal() => Ok(()),
+            }
+        }),
         Command::Snapshot(SnapshotCommand::Restore {
             file,
             data_dir,

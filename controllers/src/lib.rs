@@ -1,0 +1,227 @@
+//! capstan's controller-manager: upstream's controllers (ReplicaSet, Deployment, garbage
+//! collector) on kube-rs runtime watchers, reflectors and `Controller`s, behind leader
+//! election. It is a client of the apiserver only and knows nothing of the store.
+
+pub mod deployment;
+pub mod gc;
+pub mod leader;
+pub mod replicaset;
+pub mod util;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::{Api, Client};
+
+/// Errors of the controller-manager.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A call to the apiserver failed.
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    /// The kubeconfig could not be read or used.
+    #[error("kubeconfig: {0}")]
+    Kubeconfig(String),
+    /// `--controllers` named a controller that does not exist.
+    #[error("unknown controller {0:?} in --controllers")]
+    UnknownController(String),
+    /// This process was the leader and lost the lease; it must stop acting.
+    #[error("leaderelection lost: {0}")]
+    LeaderLost(String),
+    /// A sync did not reach its goal (it is retried).
+    #[error("{0}")]
+    Sync(String),
+}
+
+/// The controllers this manager runs (upstream's names for `--controllers`).
+pub const CONTROLLERS: &[&str] = &["replicaset", "deployment", "garbagecollector"];
+
+/// kube-controller-manager's settings that apply here.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Kubeconfig file (None: the environment's, as kubectl finds it).
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Leader election, or None to act at once.
+    pub election: Option<leader::ElectionConfig>,
+    /// `--controllers`: `*`, names, `-name` to disable.
+    pub controllers: Vec<String>,
+}
+
+impl Config {
+    /// Whether `--controllers` enables `name` (upstream's rules: a `-name` disables it,
+    /// a `name` enables it, `*` enables the defaults).
+    pub fn enabled(&self, name: &str) -> bool {
+        let mut star = false;
+        for c in &self.controllers {
+            if c == name {
+                return true;
+            }
+            if c.strip_prefix('-') == Some(name) {
+                return false;
+            }
+            star |= c == "*";
+        }
+        star
+    }
+}
+
+/// Connects to the apiserver named by the kubeconfig.
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, Error> {
+    let cfg = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| Error::Kubeconfig(format!("{}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| Error::Kubeconfig(e.to_string()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| Error::Kubeconfig(e.to_string()))?,
+    };
+    Client::try_from(cfg).map_err(Error::Kube)
+}
+
+/// Runs the controller-manager until it fails or loses leadership.
+pub async fn run(cfg: Config) -> Result<(), Error> {
+    for c in &cfg.controllers {
+        let name = c.trim_start_matches('-');
+        if name != "*" && !CONTROLLERS.contains(&name) {
+            return Err(Error::UnknownController(c.clone()));
+        }
+    }
+    let client = client(cfg.kubeconfig.as_deref()).await?;
+    let mut elector = cfg
+        .election
+        .clone()
+        .map(|e| leader::Elector::new(client.clone(), e));
+    if let Some(e) = elector.as_mut() {
+        e.acquire().await;
+    }
+    let controllers = start(client, &cfg);
+    match elector.as_mut() {
+        Some(e) => {
+            let lost = e.keep().await;
+            controllers.abort();
+            Err(lost)
+        }
+        None => {
+            let _ = controllers.await;
+            Ok(())
+        }
+    }
+}
+
+/// Objects a shared cache changed (applied or deleted), delivered after the change.
+pub type Events<K> = tokio::sync::mpsc::UnboundedReceiver<Arc<K>>;
+
+/// A receiver as a stream.
+pub fn stream<T: Send + 'static>(
+    rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
+}
+
+/// How often every object is reconciled again regardless of events: deletions that
+/// happened while a watch was reconnecting are only noticed by a relist, and the
+/// relist replaces a cache without telling which objects went away.
+pub const RESYNC: Duration = Duration::from_secs(30);
+
+/// A tick every [`RESYNC`], for `reconcile_all_on`.
+pub fn resync() -> impl futures::Stream<Item = ()> + Send + Sync {
+    futures::stream::unfold((), |()| async {
+        tokio::time::sleep(RESYNC).await;
+        Some(((), ()))
+    })
+}
+
+/// A shared cache of `K` (one watch), and a task that keeps it and tells each of
+/// `subscribers` about every object it applies or deletes.
+fn cache<K>(
+    tasks: &mut tokio::task::JoinSet<()>,
+    api: Api<K>,
+    subscribers: usize,
+) -> (reflector::Store<K>, Vec<Events<K>>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..subscribers)
+        .map(|_| tokio::sync::mpsc::unbounded_channel())
+        .unzip();
+    tasks.spawn(
+        reflector(writer, watcher(api, watcher::Config::default()))
+            .default_backoff()
+            .touched_objects()
+            .for_each(move |o| {
+                if let Ok(o) = o {
+                    let o = Arc::new(o);
+                    for tx in &txs {
+                        let _ = tx.send(o.clone());
+                    }
+                }
+                futures::future::ready(())
+            }),
+    );
+    (store, rxs)
+}
+
+/// Starts the enabled controllers on shared caches of pods and ReplicaSets.
+fn start(client: Client, cfg: &Config) -> tokio::task::JoinHandle<()> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let (pods, mut pod_events) = cache(&mut tasks, Api::<Pod>::all(client.clone()), 2);
+    let (rss, mut rs_events) = cache(&mut tasks, Api::<ReplicaSet>::all(client.clone()), 1);
+    let enabled: Vec<&str> = CONTROLLERS
+        .iter()
+        .copied()
+        .filter(|c| cfg.enabled(c))
+        .collect();
+    tracing::info!(controllers = ?enabled, "starting controllers");
+    {
+        let (pods, rss) = (pods.clone(), rss.clone());
+        let client = client.clone();
+        let enabled = enabled.clone();
+        tasks.spawn(async move {
+            // Nothing acts on a partial picture of the cluster.
+            let _ = pods.wait_until_ready().await;
+            let _ = rss.wait_until_ready().await;
+            let mut inner = tokio::task::JoinSet::new();
+            if enabled.contains(&"replicaset") {
+                if let Some(ev) = pod_events.pop() {
+                    inner.spawn(replicaset::run(client.clone(), pods.clone(), ev));
+                }
+            }
+            if enabled.contains(&"deployment") {
+                if let (Some(ev), Some(pev)) = (rs_events.pop(), pod_events.pop()) {
+                    inner.spawn(deployment::run(
+                        client.clone(),
+                        rss.clone(),
+                        pods.clone(),
+                        ev,
+                        pev,
+                    ));
+                }
+            }
+            if enabled.contains(&"garbagecollector") {
+                inner.spawn(gc::run(client.clone()));
+            }
+            while inner.join_next().await.is_some() {}
+        });
+    }
+    tokio::spawn(async move {
+        while tasks.join_next().await.is_some() {}
+        // Keep the function's shape obvious to readers: everything above runs until
+        // the process stops or leadership is lost.
+        tokio::time::sleep(Duration::ZERO).await;
+    })
+}
