@@ -768,3 +768,67 @@ impl Drop for Apiserver {
         self.kill9();
     }
 }
+
+/// A real `capstan scheduler` process reaching an apiserver through its admin
+/// kubeconfig; killed on drop.
+pub struct Scheduler {
+    kubeconfig: PathBuf,
+    extra: Vec<String>,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Scheduler {
+    /// Starts a scheduler with extra flags (`["--leader-elect=false"]`). It is not
+    /// waited for: tests poll for what it does.
+    pub fn start(kubeconfig: &Path, extra: &[&str]) -> Scheduler {
+        let mut s = Scheduler {
+            kubeconfig: kubeconfig.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_capstan"));
+        cmd.args(["scheduler", "--kubeconfig"])
+            .arg(&self.kubeconfig)
+            .args(&self.extra)
+            .env("CAPSTAN_LOG_LEVEL", "info,capstan_scheduler=debug");
+        let log = self.dir.path().join("scheduler.log");
+        self.child = Some(spawn_logged(&mut cmd, &log, "scheduler"));
+    }
+
+    /// The scheduler's combined stdout/stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("scheduler.log")).unwrap_or_default()
+    }
+
+    /// Panics, with its log, if the process has exited.
+    pub fn check_running(&mut self) {
+        let log = self.dir.path().join("scheduler.log");
+        check_running(&mut self.child, "scheduler", || {
+            std::fs::read_to_string(&log).unwrap_or_default()
+        });
+    }
+
+    /// SIGKILLs the scheduler, as a crash would.
+    pub fn kill9(&mut self) {
+        kill_child(&mut self.child);
+    }
+
+    /// Starts it again with the same flags.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
