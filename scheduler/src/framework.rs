@@ -730,3 +730,326 @@ fn inter_pod_scores(cache: &Cache, pod: &PodInfo, nodes: &[(&NodeInfo, &NodeSpec
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rand::SeedableRng;
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::types::NodeSpec;
+
+    fn pod(v: Value) -> Arc<PodInfo> {
+        let mut v = v;
+        if v["metadata"]["namespace"].is_null() {
+            v["metadata"]["namespace"] = json!("default");
+        }
+        Arc::new(PodInfo::new(Arc::new(
+            serde_json::from_value(v).expect("a valid pod"),
+        )))
+    }
+
+    fn simple_pod(name: &str, cpu: &str) -> Arc<PodInfo> {
+        pod(json!({
+            "metadata": {"name": name, "labels": {"app": name}},
+            "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": cpu}}}]},
+        }))
+    }
+
+    fn node(name: &str, cpu: &str, extra: Value) -> NodeSpec {
+        let mut v = json!({
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+            "status": {"allocatable": {"cpu": cpu, "memory": "4Gi", "pods": "10"}},
+        });
+        if let Value::Object(m) = extra {
+            for (k, val) in m {
+                match k.as_str() {
+                    "labels" => {
+                        for (lk, lv) in val.as_object().into_iter().flatten() {
+                            v["metadata"]["labels"][lk] = lv.clone();
+                        }
+                    }
+                    _ => v["spec"][k] = val,
+                }
+            }
+        }
+        NodeSpec::new(Arc::new(serde_json::from_value(v).expect("a valid node")))
+    }
+
+    fn run(cache: &mut Cache, p: &PodInfo) -> Result<String, ScheduleError> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        schedule(cache, p, &mut 0, &mut rng)
+    }
+
+    #[test]
+    fn message_format_matches_upstream() {
+        let mut c = Cache::default();
+        c.set_node(node("a", "1", json!({})));
+        c.set_node(node("b", "1", json!({"unschedulable": true})));
+        c.set_node(node(
+            "c",
+            "4",
+            json!({"taints": [{"key": "k", "value": "v", "effect": "NoExecute"}]}),
+        ));
+        let err = run(&mut c, &simple_pod("p", "2")).expect_err("nothing fits");
+        assert_eq!(
+            err.to_string(),
+            "0/3 nodes are available: 1 Insufficient cpu, 1 node(s) had untolerated taint {k: v}, \
+             1 node(s) were unschedulable. preemption: 0/3 nodes are available: \
+             1 No preemption victims found for incoming pod, 2 Preemption is not helpful for scheduling.."
+        );
+        let mut never = (*simple_pod("p", "2")).pod.as_ref().clone();
+        never.spec.as_mut().expect("spec").preemption_policy = Some("Never".into());
+        let never = PodInfo::new(Arc::new(never));
+        assert!(run(&mut c, &never)
+            .expect_err("nothing fits")
+            .to_string()
+            .ends_with(" preemption: not eligible due to preemptionPolicy=Never.."));
+        assert_eq!(
+            run(&mut Cache::default(), &simple_pod("p", "1"))
+                .expect_err("no nodes")
+                .to_string(),
+            "no nodes available to schedule pods"
+        );
+    }
+
+    #[test]
+    fn requests_count_init_containers_sidecars_and_overhead() {
+        let p = pod(json!({
+            "metadata": {"name": "p"},
+            "spec": {
+                "containers": [
+                    {"name": "a", "resources": {"requests": {"cpu": "200m", "memory": "1Gi"}}},
+                    {"name": "b", "resources": {"limits": {"cpu": "300m"}}},
+                ],
+                "initContainers": [
+                    {"name": "big-init", "resources": {"requests": {"cpu": "2"}}},
+                    {"name": "sidecar", "restartPolicy": "Always", "resources": {"requests": {"cpu": "100m"}}},
+                ],
+                "overhead": {"cpu": "50m"},
+            },
+        }));
+        // max(containers 500m + sidecar 100m, init 2000m) + overhead 50m.
+        assert_eq!(p.requests.get("cpu"), Some(&2050));
+        assert_eq!(p.requests.get("memory"), Some(&((1i64 << 30) * 1000)));
+        let mut c = Cache::default();
+        c.set_node(node("small", "2", json!({})));
+        let err = run(&mut c, &p).expect_err("2050m > 2");
+        assert!(err
+            .to_string()
+            .starts_with("0/1 nodes are available: 1 Insufficient cpu."));
+    }
+
+    #[test]
+    fn assumed_pods_count_and_too_many_pods() {
+        let mut c = Cache::default();
+        c.set_node(node("a", "1", json!({})));
+        let p1 = simple_pod("p1", "600m");
+        let n = run(&mut c, &p1).expect("fits");
+        c.place(p1, &n, true);
+        let err = run(&mut c, &simple_pod("p2", "600m")).expect_err("the assumed pod holds 600m");
+        assert!(err.to_string().contains("1 Insufficient cpu"));
+        c.remove_pod("default/p1");
+        assert_eq!(
+            run(&mut c, &simple_pod("p2", "600m")).expect("fits again"),
+            "a"
+        );
+        // The pods limit.
+        let mut c = Cache::default();
+        c.set_node(node("tiny", "8", json!({})));
+        for i in 0..10 {
+            c.place(simple_pod(&format!("x{i}"), "1m"), "tiny", false);
+        }
+        let err = run(&mut c, &simple_pod("one-more", "1m")).expect_err("10 pods max");
+        assert!(err.to_string().contains("1 Too many pods"), "{err}");
+    }
+
+    #[test]
+    fn least_allocated_and_balanced_prefer_the_emptier_node() {
+        let mut c = Cache::default();
+        c.set_node(node("busy", "4", json!({})));
+        c.set_node(node("idle", "4", json!({})));
+        c.place(simple_pod("load", "3"), "busy", false);
+        for i in 0..5 {
+            assert_eq!(
+                run(&mut c, &simple_pod(&format!("p{i}"), "100m")).expect("fits"),
+                "idle"
+            );
+        }
+        let n = c.nodes.get("idle").expect("idle");
+        let spec = n.spec.clone().expect("spec");
+        let p = simple_pod("q", "1");
+        // cpu (100m nonzero default? no: 1 cpu requested) 1/4 used -> 75; memory: 200Mi
+        // default of 4Gi -> 95; average 85.
+        assert_eq!(least_allocated(&p, n, &spec), 85);
+        // Requested fractions: cpu 1/4, memory 0 -> std 0.125 -> 87.
+        assert_eq!(balanced(&p, n, &spec), 87);
+    }
+
+    #[test]
+    fn taints_tolerations_and_prefer_no_schedule() {
+        let mut c = Cache::default();
+        c.set_node(node(
+            "soft",
+            "4",
+            json!({"taints": [{"key": "k", "effect": "PreferNoSchedule"}]}),
+        ));
+        c.set_node(node("clean", "4", json!({})));
+        for i in 0..3 {
+            let p = simple_pod(&format!("p{i}"), "10m");
+            let n = run(&mut c, &p).expect("fits");
+            assert_eq!(n, "clean", "PreferNoSchedule steers away");
+            c.place(p, &n, false);
+        }
+        let tolerant = pod(json!({
+            "metadata": {"name": "t"},
+            "spec": {"containers": [{"name": "c"}], "tolerations": [{"operator": "Exists"}]},
+        }));
+        // Tolerating everything, the emptier node wins.
+        assert_eq!(run(&mut c, &tolerant).expect("fits"), "soft");
+    }
+
+    #[test]
+    fn node_affinity_operators() {
+        let mut c = Cache::default();
+        c.set_node(node("a", "4", json!({"labels": {"gen": "3", "zone": "x"}})));
+        c.set_node(node("b", "4", json!({"labels": {"gen": "5", "zone": "y"}})));
+        let p = |exprs: Value| {
+            pod(json!({
+                "metadata": {"name": "p"},
+                "spec": {"containers": [{"name": "c"}], "affinity": {"nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": exprs}]},
+                }}},
+            }))
+        };
+        assert_eq!(
+            run(
+                &mut c,
+                &p(json!([{"key": "gen", "operator": "Gt", "values": ["4"]}]))
+            )
+            .expect("b"),
+            "b"
+        );
+        assert_eq!(
+            run(
+                &mut c,
+                &p(json!([{"key": "gen", "operator": "Lt", "values": ["4"]}]))
+            )
+            .expect("a"),
+            "a"
+        );
+        assert_eq!(
+            run(
+                &mut c,
+                &p(json!([{"key": "zone", "operator": "NotIn", "values": ["y"]}]))
+            )
+            .expect("a"),
+            "a"
+        );
+        let err = run(
+            &mut c,
+            &p(json!([{"key": "missing", "operator": "Exists"}])),
+        )
+        .expect_err("none");
+        assert!(err
+            .to_string()
+            .contains("2 node(s) didn't match Pod's node affinity/selector"));
+        let by_name = pod(json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c"}], "affinity": {"nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["b"]}]}]},
+            }}},
+        }));
+        assert_eq!(run(&mut c, &by_name).expect("b"), "b");
+    }
+
+    #[test]
+    fn hard_topology_spread() {
+        let mut c = Cache::default();
+        c.set_node(node("a1", "8", json!({"labels": {"zone": "a"}})));
+        c.set_node(node("b1", "8", json!({"labels": {"zone": "b"}})));
+        c.set_node(node("nozone", "8", json!({})));
+        let spread = |name: &str| {
+            pod(json!({
+                "metadata": {"name": name, "labels": {"app": "w"}},
+                "spec": {"containers": [{"name": "c"}], "topologySpreadConstraints": [{
+                    "maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule",
+                    "labelSelector": {"matchLabels": {"app": "w"}},
+                }]},
+            }))
+        };
+        c.place(spread("w0"), "a1", false);
+        // Zone a has 1, b has 0: another in a would make the skew 2.
+        let p = spread("w1");
+        assert_eq!(run(&mut c, &p).expect("b"), "b1");
+        c.place(p, "b1", false);
+        c.place(spread("w2"), "a1", false);
+        // Zone b still counts as a domain while its node is cordoned (upstream's
+        // nodeTaintsPolicy Ignore): a at 2 against b at 1 is at the skew.
+        c.set_node(node(
+            "b1",
+            "8",
+            json!({"labels": {"zone": "b"}, "unschedulable": true}),
+        ));
+        let err = run(&mut c, &spread("w3")).expect_err("zone a is at the skew, b1 cordoned");
+        assert_eq!(
+            err.to_string(),
+            "0/3 nodes are available: 1 node(s) didn't match pod topology spread constraints, \
+             1 node(s) didn't match pod topology spread constraints (missing required label), \
+             1 node(s) were unschedulable. \
+             preemption: 0/3 nodes are available: 1 No preemption victims found for incoming pod, \
+             2 Preemption is not helpful for scheduling.."
+        );
+    }
+
+    #[test]
+    fn existing_pods_anti_affinity_and_preferred_pod_affinity() {
+        let mut c = Cache::default();
+        for n in ["a", "b", "c"] {
+            c.set_node(node(n, "8", json!({})));
+        }
+        let loner = pod(json!({
+            "metadata": {"name": "loner", "labels": {"role": "loner"}},
+            "spec": {"containers": [{"name": "c"}], "affinity": {"podAntiAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": [{
+                    "labelSelector": {"matchLabels": {"app": "noisy"}},
+                    "topologyKey": "kubernetes.io/hostname",
+                }],
+            }}},
+        }));
+        c.place(loner, "a", false);
+        let noisy = pod(json!({
+            "metadata": {"name": "noisy", "labels": {"app": "noisy"}},
+            "spec": {"containers": [{"name": "c"}], "nodeSelector": {"kubernetes.io/hostname": "a"}},
+        }));
+        let err = run(&mut c, &noisy).expect_err("the loner forbids a");
+        assert!(
+            err.to_string()
+                .contains("1 node(s) didn't satisfy existing pods anti-affinity rules"),
+            "{err}"
+        );
+        c.place(simple_pod("friend", "10m"), "c", false);
+        let social = pod(json!({
+            "metadata": {"name": "social"},
+            "spec": {"containers": [{"name": "c"}], "affinity": {"podAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": {
+                    "labelSelector": {"matchLabels": {"app": "friend"}},
+                    "topologyKey": "kubernetes.io/hostname",
+                }}],
+            }}},
+        }));
+        assert_eq!(run(&mut c, &social).expect("fits"), "c");
+    }
+
+    #[test]
+    fn sampling_looks_at_a_share_of_large_clusters() {
+        assert_eq!(nodes_to_find(50), 50);
+        assert_eq!(nodes_to_find(100), 100);
+        assert_eq!(nodes_to_find(1000), 420);
+        assert_eq!(nodes_to_find(5000), 500);
+        assert_eq!(nodes_to_find(100_000), 5000);
+    }
+}

@@ -274,3 +274,94 @@ impl Queue {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn pod(name: &str, priority: i32) -> Arc<PodInfo> {
+        Arc::new(PodInfo::new(Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"containers": [{"name": "c"}], "priority": priority},
+            }))
+            .expect("a valid pod"),
+        )))
+    }
+
+    #[test]
+    fn priority_then_arrival_order() {
+        let mut q = Queue::default();
+        let t = Instant::now();
+        q.upsert(pod("low-1", 0), t);
+        q.upsert(pod("high", 100), t);
+        q.upsert(pod("low-2", 0), t);
+        let order: Vec<String> = std::iter::from_fn(|| q.pop(t))
+            .map(|p| p.name.clone())
+            .collect();
+        assert_eq!(order, vec!["high", "low-1", "low-2"]);
+    }
+
+    #[test]
+    fn backoff_doubles_to_ten_seconds() {
+        let secs: Vec<u64> = (1..=6).map(|a| backoff(a).as_secs()).collect();
+        assert_eq!(secs, vec![1, 2, 4, 8, 10, 10]);
+    }
+
+    #[test]
+    fn unschedulable_pods_wait_for_a_change_and_their_backoff() {
+        let mut q = Queue::default();
+        let t = Instant::now();
+        q.upsert(pod("p", 0), t);
+        assert!(q.pop(t).is_some());
+        q.unschedulable("default/p", t);
+        assert!(
+            q.pop(t + Duration::from_secs(60)).is_none(),
+            "no change, no retry"
+        );
+        // Our own status write is an update that changes nothing scheduling reads.
+        let mut with_status = (*pod("p", 0).pod).clone();
+        with_status.status = Some(Default::default());
+        assert!(!q.upsert(Arc::new(PodInfo::new(Arc::new(with_status))), t));
+        q.cluster_changed(t);
+        assert!(q.pop(t).is_none(), "still backing off");
+        assert_eq!(q.next_backoff(), Some(t + INITIAL_BACKOFF));
+        assert!(q.pop(t + INITIAL_BACKOFF).is_some());
+        // Second failure: 2 s.
+        q.unschedulable("default/p", t);
+        q.cluster_changed(t + Duration::from_secs(1));
+        assert!(q.pop(t + Duration::from_secs(1)).is_none());
+        assert!(q.pop(t + Duration::from_secs(2)).is_some());
+    }
+
+    #[test]
+    fn a_change_during_the_attempt_is_not_lost() {
+        let mut q = Queue::default();
+        let t = Instant::now();
+        q.upsert(pod("p", 0), t);
+        assert!(q.pop(t).is_some());
+        q.cluster_changed(t);
+        q.unschedulable("default/p", t);
+        assert!(
+            q.pop(t + INITIAL_BACKOFF).is_some(),
+            "retried after backoff alone"
+        );
+    }
+
+    #[test]
+    fn stale_unschedulable_pods_are_flushed() {
+        let mut q = Queue::default();
+        let t = Instant::now();
+        q.upsert(pod("p", 0), t);
+        q.pop(t);
+        q.unschedulable("default/p", t);
+        q.flush_stale_unschedulable(t + Duration::from_secs(10));
+        assert!(q.pop(t + Duration::from_secs(10)).is_none());
+        q.flush_stale_unschedulable(t + MAX_UNSCHEDULABLE);
+        assert!(q.pop(t + MAX_UNSCHEDULABLE).is_some());
+    }
+}
