@@ -800,7 +800,7 @@ mod tests {
              1 node(s) were unschedulable. preemption: 0/3 nodes are available: \
              1 No preemption victims found for incoming pod, 2 Preemption is not helpful for scheduling.."
         );
-        let mut never = (*simple_pod("p", "2")).pod.as_ref().clone();
+        let mut never = simple_pod("p", "2").pod.as_ref().clone();
         never.spec.as_mut().expect("spec").preemption_policy = Some("Never".into());
         let never = PodInfo::new(Arc::new(never));
         assert!(run(&mut c, &never)
