@@ -325,6 +325,10 @@ fn schedule_one(shared: &Arc<Shared>, pod: Arc<PodInfo>, rng: &mut rand::rngs::S
     let k = pod.key();
     let mut st = shared.state.lock();
     let st = &mut *st;
+    if !st.queue.contains(&k) {
+        // Deleted, or bound by someone else, between the pop and now.
+        return;
+    }
     let result = framework::schedule(&mut st.cache, &pod, &mut st.next_start, rng);
     match result {
         Ok(node) => {
