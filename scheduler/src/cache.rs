@@ -64,8 +64,9 @@ impl NodeInfo {
 #[derive(Debug, Default)]
 pub struct Cache {
     pub nodes: HashMap<String, NodeInfo>,
-    /// Names of nodes with an object, in a stable order for round-robin sampling.
-    node_names: Vec<String>,
+    /// Names of nodes with an object, in a stable order for round-robin sampling
+    /// (shared, so a scheduling cycle takes it without copying every name).
+    node_names: Arc<Vec<String>>,
     names_dirty: bool,
     /// Placed pod key -> node name.
     placed: HashMap<String, String>,
@@ -101,18 +102,19 @@ impl Cache {
     }
 
     /// Names of every node with an object, in a stable order.
-    pub fn node_names(&mut self) -> &[String] {
+    pub fn node_names(&mut self) -> Arc<Vec<String>> {
         if self.names_dirty {
-            self.node_names = self
+            let mut names: Vec<String> = self
                 .nodes
                 .iter()
                 .filter(|(_, n)| n.spec.is_some())
                 .map(|(k, _)| k.clone())
                 .collect();
-            self.node_names.sort();
+            names.sort();
+            self.node_names = Arc::new(names);
             self.names_dirty = false;
         }
-        &self.node_names
+        self.node_names.clone()
     }
 
     /// Places (or re-places) a pod on `node`; `assumed` when it is this scheduler's

@@ -418,7 +418,7 @@ pub fn schedule(
     start: &mut usize,
     rng: &mut impl Rng,
 ) -> Result<String, ScheduleError> {
-    let names: Vec<String> = cache.node_names().to_vec();
+    let names = cache.node_names();
     let cache: &Cache = cache;
     let total = names.len();
     if total == 0 {
