@@ -50,6 +50,9 @@ pub struct Queue {
     active: BinaryHeap<(i32, Reverse<u64>, String, u64)>,
     backoff: BinaryHeap<Reverse<(Instant, String, u64)>>,
     seq: u64,
+    /// Keys of pods unschedulable or in flight: the only ones a cluster change
+    /// concerns, so that a change costs nothing with a long active queue.
+    waiting: std::collections::HashSet<String>,
 }
 
 /// Backoff after `attempts` failed attempts.
@@ -88,6 +91,7 @@ impl Queue {
         let seq = self.seq;
         if let Some(e) = self.entries.get_mut(key) {
             e.state = State::Active;
+            self.waiting.remove(key);
             e.generation += 1;
             self.active
                 .push((e.pod.priority, Reverse(seq), key.to_string(), e.generation));
@@ -103,6 +107,7 @@ impl Queue {
             return;
         }
         e.state = State::Backoff;
+        self.waiting.remove(key);
         e.generation += 1;
         self.backoff
             .push(Reverse((e.backoff_until, key.to_string(), e.generation)));
@@ -152,6 +157,7 @@ impl Queue {
     /// A pending pod was deleted or bound elsewhere.
     pub fn remove(&mut self, key: &str) {
         self.entries.remove(key);
+        self.waiting.remove(key);
     }
 
     /// Keys of every queued pod.
@@ -187,6 +193,7 @@ impl Queue {
             if let Some(e) = self.entries.get_mut(&key) {
                 if e.generation == generation && e.state == State::Active {
                     e.state = State::InFlight;
+                    self.waiting.insert(key.clone());
                     e.generation += 1;
                     e.moved = false;
                     return Some(e.pod.clone());
@@ -204,6 +211,7 @@ impl Queue {
     /// The in-flight pod was bound (or assumed and handed to binding): forget it.
     pub fn done(&mut self, key: &str) {
         self.entries.remove(key);
+        self.waiting.remove(key);
     }
 
     /// No node fits the in-flight pod: it waits for a cluster change (after its
@@ -218,6 +226,7 @@ impl Queue {
             self.enter_backoff(key, now);
         } else {
             e.state = State::Unschedulable;
+            self.waiting.insert(key.to_string());
             e.generation += 1;
             e.since = now;
         }
@@ -244,19 +253,17 @@ impl Queue {
     /// A cluster change that may make unschedulable pods fit: they are tried again
     /// once their backoff has passed; pods in flight remember it.
     pub fn cluster_changed(&mut self, now: Instant) {
-        let keys: Vec<String> = self
-            .entries
-            .iter_mut()
-            .filter_map(|(k, e)| match e.state {
-                State::Unschedulable => Some(k.clone()),
-                State::InFlight => {
-                    e.moved = true;
-                    None
+        let mut retry = Vec::new();
+        for k in &self.waiting {
+            if let Some(e) = self.entries.get_mut(k) {
+                match e.state {
+                    State::Unschedulable => retry.push(k.clone()),
+                    State::InFlight => e.moved = true,
+                    _ => {}
                 }
-                _ => None,
-            })
-            .collect();
-        for k in keys {
+            }
+        }
+        for k in retry {
             self.enter_backoff(&k, now);
         }
     }
@@ -264,10 +271,14 @@ impl Queue {
     /// Tries again pods that have waited longer than [`MAX_UNSCHEDULABLE`].
     pub fn flush_stale_unschedulable(&mut self, now: Instant) {
         let keys: Vec<String> = self
-            .entries
+            .waiting
             .iter()
-            .filter(|(_, e)| e.state == State::Unschedulable && now - e.since >= MAX_UNSCHEDULABLE)
-            .map(|(k, _)| k.clone())
+            .filter(|k| {
+                self.entries.get(*k).is_some_and(|e| {
+                    e.state == State::Unschedulable && now - e.since >= MAX_UNSCHEDULABLE
+                })
+            })
+            .cloned()
             .collect();
         for k in keys {
             self.enter_backoff(&k, now);

@@ -280,6 +280,7 @@ const FLUSH_EVERY: Duration = Duration::from_secs(30);
 async fn schedule_loop(shared: Arc<Shared>) {
     let mut rng = rand::rngs::StdRng::from_os_rng();
     let mut last_flush = Instant::now();
+    let mut last_gauges = Instant::now();
     loop {
         let now = Instant::now();
         let (popped, next) = {
@@ -293,20 +294,29 @@ async fn schedule_loop(shared: Arc<Shared>) {
             } else {
                 None
             };
-            let (a, b, u, _) = st.queue.counts();
-            metrics::PENDING_PODS
-                .with_label_values(&["active"])
-                .set(a as i64);
-            metrics::PENDING_PODS
-                .with_label_values(&["backoff"])
-                .set(b as i64);
-            metrics::PENDING_PODS
-                .with_label_values(&["unschedulable"])
-                .set(u as i64);
+            // Counting walks the whole queue: once a second, not per pod.
+            if now - last_gauges >= Duration::from_secs(1) {
+                last_gauges = now;
+                let (a, b, u, _) = st.queue.counts();
+                metrics::PENDING_PODS
+                    .with_label_values(&["active"])
+                    .set(a as i64);
+                metrics::PENDING_PODS
+                    .with_label_values(&["backoff"])
+                    .set(b as i64);
+                metrics::PENDING_PODS
+                    .with_label_values(&["unschedulable"])
+                    .set(u as i64);
+            }
             (popped, st.queue.next_backoff())
         };
         match popped {
-            Some(pod) => schedule_one(&shared, pod, &mut rng),
+            Some(pod) => {
+                schedule_one(&shared, pod, &mut rng);
+                // Deciding never awaits: yield so that the lease renewal and shutdown
+                // beside this loop run even while the queue stays full.
+                tokio::task::yield_now().await;
+            }
             None => {
                 let until = next.unwrap_or(now + FLUSH_EVERY).min(now + FLUSH_EVERY);
                 tokio::select! {
