@@ -160,3 +160,76 @@ fn event_line(describe: &str, cols: &[&str]) -> bool {
             && l.contains(&format!("{from}  {message}"))
     })
 }
+
+/// Many pods created at once through kube-rs onto little room: the scheduler decides
+/// faster than its watch shows its own bindings, and must still never put more on a
+/// node than it holds.
+#[tokio::test]
+async fn a_burst_never_overcommits() {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, ListParams, PostParams};
+
+    let mut s = Stack::start().await;
+    for n in ["n1", "n2", "n3"] {
+        s.apply(&node(n, "2", "8Gi").json());
+    }
+    let kc = kube::config::Kubeconfig::read_from(&s.api.kubeconfig).expect("kubeconfig");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("client config");
+    let client = kube::Client::try_from(cfg).expect("client");
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let creates = (0..30).map(|i| {
+        let pods = pods.clone();
+        async move {
+            let p: Pod =
+                serde_json::from_value(pod(&format!("burst-{i}"), "500m")).expect("a valid pod");
+            pods.create(&PostParams::default(), &p).await
+        }
+    });
+    for r in futures::stream::iter(creates)
+        .buffer_unordered(30)
+        .collect::<Vec<_>>()
+        .await
+    {
+        r.expect("create");
+    }
+    // 4 fit per node; wait for 12 bound and 18 told why not.
+    let (bound, pending) = s
+        .poll("12 pods bound and 18 reported unschedulable", Duration::from_secs(30), |s| {
+            let out = s.api.kubectl(&[
+                "get",
+                "pods",
+                "-o",
+                r#"jsonpath={range .items[*]}{.metadata.name},{.spec.nodeName},{.status.conditions[?(@.type=="PodScheduled")].reason}{"\n"}{end}"#,
+            ]);
+            let mut bound: BTreeMap<String, usize> = BTreeMap::new();
+            let mut pending = 0;
+            for l in out.out().lines() {
+                match l.split(',').collect::<Vec<_>>()[..] {
+                    [_, "", "Unschedulable"] => pending += 1,
+                    [_, node, _] if !node.is_empty() => {
+                        *bound.entry(node.to_string()).or_default() += 1
+                    }
+                    _ => {}
+                }
+            }
+            let total: usize = bound.values().sum();
+            (total >= 12 && pending >= 18).then_some((bound, pending))
+        })
+        .await;
+    assert_eq!(
+        bound,
+        BTreeMap::from([("n1".into(), 4), ("n2".into(), 4), ("n3".into(), 4)])
+    );
+    assert_eq!(pending, 18);
+    // And the apiserver agrees: no node's pods ask for more than its 2 cpu.
+    let list = pods.list(&ListParams::default()).await.expect("list");
+    let on_nodes = list
+        .items
+        .iter()
+        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some())
+        .count();
+    assert_eq!(on_nodes, 12);
+}
