@@ -233,3 +233,21 @@ async fn a_burst_never_overcommits() {
         .count();
     assert_eq!(on_nodes, 12);
 }
+
+/// A restarted scheduler rebuilds its view from the apiserver: pods bound before the
+/// restart still count against their node.
+#[tokio::test]
+async fn a_restarted_scheduler_counts_what_is_bound() {
+    let mut s = Stack::start_with(1, &["--leader-elect=false"]).await;
+    s.apply(&node("n1", "2", "4Gi").json());
+    s.apply(&pod("before", "1"));
+    assert_eq!(s.bound("before").await, "n1");
+    s.sched[0].restart();
+    s.apply(&pod("after", "1"));
+    assert_eq!(s.bound("after").await, "n1");
+    s.apply(&pod("too-many", "1"));
+    assert_eq!(
+        s.failed_scheduling("too-many").await,
+        "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod.."
+    );
+}
