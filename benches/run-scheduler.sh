@@ -19,7 +19,7 @@ cleanup() {
 trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-client=$(port); peer=$(port); api=$(port)
+client=$(port); peer=$(port); api=$(port); sched=$(port)
 
 "$BIN_DIR/capstan" store --data-dir "$work/store" \
     --listen-client-urls "http://127.0.0.1:$client" --advertise-client-urls "http://127.0.0.1:$client" \
@@ -34,7 +34,7 @@ for _ in $(seq 200); do
     [ -f "$work/kubeconfig" ] && kubectl --kubeconfig "$work/kubeconfig" get --raw /healthz >/dev/null 2>&1 && break
     sleep 0.1
 done
-"$BIN_DIR/capstan" scheduler --kubeconfig "$work/kubeconfig" --log-level warn 2>"$work/scheduler.log" &
+"$BIN_DIR/capstan" scheduler --kubeconfig "$work/kubeconfig" --bind-address 127.0.0.1 --secure-port "$sched" --log-level warn 2>"$work/scheduler.log" &
 pids+=($!)
 sched_pid=$!
 "$BIN_DIR/capstan-bench" scheduler-throughput --kubeconfig "$work/kubeconfig" "$@"

@@ -62,6 +62,12 @@ struct SchedulerArgs {
     /// Name of the lease object.
     #[arg(long, default_value = "kube-scheduler")]
     leader_elect_resource_name: String,
+    /// The address to serve /healthz and /metrics on (HTTPS).
+    #[arg(long, default_value = "0.0.0.0")]
+    bind_address: std::net::IpAddr,
+    /// The port to serve HTTPS on (0 disables it).
+    #[arg(long, default_value_t = 10259)]
+    secure_port: u16,
 }
 
 /// kube-apiserver's flags, with its names and defaults where they apply.
@@ -236,6 +242,8 @@ fn main() -> anyhow::Result<()> {
                 retry_period: a.leader_elect_retry_period,
                 lease_namespace: a.leader_elect_resource_namespace,
                 lease_name: a.leader_elect_resource_name,
+                serve: (a.secure_port != 0)
+                    .then(|| std::net::SocketAddr::new(a.bind_address, a.secure_port)),
             };
             capstan_scheduler::run(cfg, shutdown_signal())
                 .await

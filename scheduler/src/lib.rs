@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod quantity;
 pub mod queue;
 mod scheduler;
+mod serve;
 pub mod types;
 
 use std::path::PathBuf;
@@ -33,6 +34,8 @@ pub struct Config {
     pub retry_period: Duration,
     pub lease_namespace: String,
     pub lease_name: String,
+    /// Where `/healthz` and `/metrics` are served over HTTPS (`None`: not served).
+    pub serve: Option<std::net::SocketAddr>,
 }
 
 impl Default for Config {
@@ -45,6 +48,7 @@ impl Default for Config {
             retry_period: Duration::from_secs(2),
             lease_namespace: "kube-system".into(),
             lease_name: "kube-scheduler".into(),
+            serve: Some(std::net::SocketAddr::from(([0, 0, 0, 0], 10259))),
         }
     }
 }
@@ -65,6 +69,9 @@ pub enum Error {
     /// rebuilds its state from scratch, and so do we.
     #[error("leaderelection lost: {0}")]
     LeaderLost(String),
+    /// The health and metrics endpoint could not be set up.
+    #[error("serving: {0}")]
+    Serve(String),
 }
 
 pub use scheduler::run;

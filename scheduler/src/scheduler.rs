@@ -70,7 +70,18 @@ pub async fn run(
     // at once (as upstream's informers start before its election).
     let watches = tokio::spawn(watch_nodes(shared.clone()));
     let pod_watch = tokio::spawn(watch_pods(shared.clone()));
-    let result = run_elected(cfg, identity, shared, shutdown).await;
+    let serving = cfg.serve.map(crate::serve::serve);
+    let result = async {
+        match serving {
+            // Health and metrics answer whether or not this instance leads.
+            Some(serving) => tokio::select! {
+                r = serving => r,
+                r = run_elected(cfg, identity, shared, shutdown) => r,
+            },
+            None => run_elected(cfg, identity, shared, shutdown).await,
+        }
+    }
+    .await;
     watches.abort();
     pod_watch.abort();
     result

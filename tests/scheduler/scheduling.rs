@@ -251,3 +251,35 @@ async fn a_restarted_scheduler_counts_what_is_bound() {
         "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod.."
     );
 }
+
+/// `curl -k` of the scheduler's own HTTPS endpoint.
+fn curl(url: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sk", "--max-time", "10", url])
+        .output()
+        .expect("curl runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn serves_health_and_metrics() {
+    let mut s = Stack::start().await;
+    s.apply(&node("n1", "2", "4Gi").json());
+    s.apply(&pod("one", "1"));
+    s.bound("one").await;
+    s.apply(&pod("too-big", "4"));
+    s.failed_scheduling("too-big").await;
+    let url = s.sched[0].url.clone();
+    assert_eq!(curl(&format!("{url}/healthz")), "ok");
+    let metrics = s
+        .poll("the attempts in /metrics", Duration::from_secs(10), |_| {
+            let m = curl(&format!("{url}/metrics"));
+            m.contains(r#"scheduler_schedule_attempts_total{profile="default-scheduler",result="scheduled"} 1"#)
+                .then_some(m)
+        })
+        .await;
+    assert!(
+        metrics.contains(r#"scheduler_schedule_attempts_total{profile="default-scheduler",result="unschedulable"}"#),
+        "{metrics}"
+    );
+}

@@ -772,6 +772,8 @@ impl Drop for Apiserver {
 /// A real `capstan scheduler` process reaching an apiserver through its admin
 /// kubeconfig; killed on drop.
 pub struct Scheduler {
+    /// `https://127.0.0.1:<port>`: /healthz and /metrics.
+    pub url: String,
     kubeconfig: PathBuf,
     extra: Vec<String>,
     child: Option<Child>,
@@ -783,6 +785,7 @@ impl Scheduler {
     /// waited for: tests poll for what it does.
     pub fn start(kubeconfig: &Path, extra: &[&str]) -> Scheduler {
         let mut s = Scheduler {
+            url: format!("https://127.0.0.1:{}", free_port()),
             kubeconfig: kubeconfig.to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
@@ -794,8 +797,10 @@ impl Scheduler {
 
     fn spawn(&mut self) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_capstan"));
+        let port = self.url.rsplit(':').next().unwrap_or_default();
         cmd.args(["scheduler", "--kubeconfig"])
             .arg(&self.kubeconfig)
+            .args(["--bind-address", "127.0.0.1", "--secure-port", port])
             .args(&self.extra)
             .env("CAPSTAN_LOG_LEVEL", "info,capstan_scheduler=debug");
         let log = self.dir.path().join("scheduler.log");
