@@ -206,7 +206,13 @@ async fn watch_pods(shared: Arc<Shared>) {
         match ev {
             Event::Init => st.relist_pods = Some(HashSet::new()),
             Event::InitApply(p) | Event::Apply(p) => {
-                let info = Arc::new(PodInfo::new(Arc::new(p)));
+                let bound = p
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.as_ref())
+                    .is_some_and(|n| !n.is_empty());
+                let info = PodInfo::new(Arc::new(p));
+                let info = Arc::new(if bound { info.slim() } else { info });
                 if let Some(seen) = st.relist_pods.as_mut() {
                     seen.insert(info.key());
                 }

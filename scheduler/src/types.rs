@@ -271,7 +271,8 @@ impl PodInfo {
     pub fn new(pod: Arc<Pod>) -> PodInfo {
         let meta = &pod.metadata;
         let namespace = meta.namespace.clone().unwrap_or_default();
-        let spec = pod.spec.clone().unwrap_or_default();
+        let no_spec = k8s_openapi::api::core::v1::PodSpec::default();
+        let spec = pod.spec.as_ref().unwrap_or(&no_spec);
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
         let mut host_ports = Vec::new();
         for c in &spec.containers {
@@ -363,6 +364,24 @@ impl PodInfo {
     /// `namespace/name`.
     pub fn key(&self) -> String {
         key(&self.namespace, &self.name)
+    }
+
+    /// The same, keeping of the object only its identity: what a placed pod needs.
+    /// Every placed pod stays in the cache for as long as it runs, and its whole
+    /// object (managed fields, status, every container) was most of the memory.
+    pub fn slim(mut self) -> PodInfo {
+        let m = &self.pod.metadata;
+        let slim = Pod {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: m.name.clone(),
+                namespace: m.namespace.clone(),
+                uid: m.uid.clone(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        self.pod = Arc::new(slim);
+        self
     }
 
     /// Whether this pod has any pod (anti-)affinity term that other pods' placement
