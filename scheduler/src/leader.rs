@@ -63,10 +63,17 @@ impl Elector {
         let mut last_renewed = Instant::now();
         loop {
             tokio::time::sleep(self.cfg.retry_period).await;
-            match self.try_acquire_or_renew().await {
-                Ok(true) => last_renewed = Instant::now(),
-                Ok(false) => return Error::LeaderLost("the lease is held by another".into()),
-                Err(e) => tracing::warn!(error = %e, "failed to renew lease"),
+            // A renewal stuck on an unresponsive apiserver must not outlast the
+            // deadline: past it a standby may take the lease while we still schedule.
+            let left = self
+                .cfg
+                .renew_deadline
+                .saturating_sub(last_renewed.elapsed());
+            match tokio::time::timeout(left, self.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => last_renewed = Instant::now(),
+                Ok(Ok(false)) => return Error::LeaderLost("the lease is held by another".into()),
+                Ok(Err(e)) => tracing::warn!(error = %e, "failed to renew lease"),
+                Err(_) => tracing::warn!("lease renewal timed out"),
             }
             if last_renewed.elapsed() > self.cfg.renew_deadline {
                 return Error::LeaderLost(format!(

@@ -91,3 +91,31 @@ async fn one_leader_binds_and_a_standby_takes_over() {
     eprintln!("hand-over to a bound pod took {took:?}");
     assert!(took < Duration::from_secs(10), "hand-over took {took:?}");
 }
+
+/// A leader stopped with SIGTERM gives the lease up, so the standby takes over without
+/// waiting out the 15 s lease duration.
+#[tokio::test]
+async fn a_stopped_leader_releases_the_lease() {
+    let mut s = Stack::start_with(2, &["--leader-elect-retry-period=250ms"]).await;
+    s.apply(&node("n1", "8", "16Gi").json());
+    let leader = s
+        .poll("a lease holder", Duration::from_secs(20), |s| {
+            Some(holder(s)).filter(|h| !h.is_empty())
+        })
+        .await;
+    let active = s
+        .poll("the holder's log", Duration::from_secs(10), |s| {
+            (0..2).find(|i| s.sched[*i].log().contains("successfully acquired lease"))
+        })
+        .await;
+    s.sched[active].terminate();
+    let stopped = Instant::now();
+    s.apply(&pod("after-stop", "100m"));
+    assert_eq!(s.bound("after-stop").await, "n1");
+    let took = stopped.elapsed();
+    assert_ne!(holder(&s), leader);
+    assert!(
+        took < Duration::from_secs(8),
+        "took {took:?}, as if the lease had expired"
+    );
+}

@@ -825,6 +825,18 @@ impl Scheduler {
         kill_child(&mut self.child);
     }
 
+    /// Sends SIGTERM (a graceful stop) with kill(1) and waits for the process to exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let st = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()
+                .expect("kill(1) runs");
+            assert!(st.success(), "kill -TERM scheduler: {st}");
+            let _ = c.wait();
+        }
+    }
+
     /// Starts it again with the same flags.
     pub fn restart(&mut self) {
         self.kill9();
