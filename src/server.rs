@@ -96,10 +96,32 @@ pub async fn run(
     };
     let apiserver = async { capstan_apiserver::run(api_cfg).await.context("apiserver") };
     let kubeconfig = a.write_kubeconfig.clone();
+    let identity = format!("{name}_{}", std::process::id());
     let components = async move {
         wait_for_file(&kubeconfig).await;
         tracing::info!(kubeconfig = %kubeconfig.display(), "control plane components starting");
-        std::future::pending::<anyhow::Result<()>>().await
+        let controllers = capstan_controllers::Config {
+            kubeconfig: Some(kubeconfig.clone()),
+            election: Some(capstan_controllers::leader::ElectionConfig {
+                namespace: "kube-system".into(),
+                name: "kube-controller-manager".into(),
+                identity,
+                lease_duration: Duration::from_secs(15),
+                renew_deadline: Duration::from_secs(10),
+                retry_period: Duration::from_secs(2),
+            }),
+            controllers: vec!["*".into()],
+        };
+        let scheduler = capstan_scheduler::Config {
+            kubeconfig: Some(kubeconfig.clone()),
+            // The apiserver's /healthz covers the process; no second HTTPS port.
+            serve: None,
+            ..capstan_scheduler::Config::default()
+        };
+        tokio::select! {
+            r = capstan_controllers::run(controllers) => r.context("controller-manager"),
+            r = capstan_scheduler::run(scheduler, std::future::pending()) => r.context("scheduler"),
+        }
     };
     tokio::select! {
         r = store => r,

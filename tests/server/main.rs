@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::{eventually, free_port};
+use support::{eventually, free_port, Component};
 
 /// A `capstan server` process with its own data dir; SIGKILLed on drop.
 struct ServerProcess {
@@ -145,4 +145,48 @@ async fn one_process_serves_the_api_and_keeps_its_data_across_a_crash() {
     srv.wait_ready().await;
     let got = srv.kubectl(&["get", "configmap", "keep", "-o", "jsonpath={.data.k}"]);
     assert_eq!(got.out(), "v", "{}", srv.log());
+}
+
+/// The whole control plane in one process schedules and runs a Deployment: the
+/// controller-manager makes the pods, the scheduler binds them to a (simulated) node,
+/// and `kubectl rollout status` sees it complete.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deployment_comes_up_on_a_single_server() {
+    let mut srv = ServerProcess::start(&[]);
+    srv.wait_ready().await;
+    let mut node = Component::with_kubeconfig(
+        &srv.kubeconfig(),
+        "node",
+        &["--simulated", "--hostname-override", "worker"],
+    );
+    let out = srv.kubectl(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx:1.27",
+        "--replicas=3",
+    ]);
+    assert!(out.ok, "{}", out.stderr);
+    let status = srv.kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    node.check_running();
+    assert!(
+        status.ok && status.out().contains("successfully rolled out"),
+        "{}\n{}\nserver log:\n{}\nnode log:\n{}",
+        status.stdout,
+        status.stderr,
+        srv.log(),
+        node.log()
+    );
+    let nodes = srv.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[*].spec.nodeName}",
+    ]);
+    assert_eq!(
+        nodes.out().split_whitespace().collect::<Vec<_>>(),
+        ["worker"; 3]
+    );
 }
