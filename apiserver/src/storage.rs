@@ -101,6 +101,14 @@ where
     }
 }
 
+/// What the `get`s of a failed transaction's else branch read, in order.
+fn read_back(resp: etcd_client::TxnResponse) -> impl Iterator<Item = Option<Stored>> {
+    resp.op_responses().into_iter().map(|r| match r {
+        etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(stored),
+        _ => None,
+    })
+}
+
 fn header_rev(h: Option<&etcd_client::ResponseHeader>) -> i64 {
     h.map(|h| h.revision()).unwrap_or(0)
 }
@@ -166,15 +174,6 @@ impl Store {
         })
     }
 
-    /// Writes `key` only if it does not exist.
-    pub async fn create(&self, key: &str, value: Vec<u8>) -> Result<Written, ApiError> {
-        let txn = Txn::new()
-            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, value, None)])
-            .or_else([TxnOp::get(key, None)]);
-        self.cas(txn).await
-    }
-
     /// Writes `key` only if it does not exist, together with `claims` (keys that stand
     /// for an allocated cluster IP or node port), each only if no one holds it yet: one
     /// transaction, so two objects can never be given the same claim.
@@ -192,20 +191,13 @@ impl Store {
             then.push(TxnOp::put(c.as_str(), key, None));
             or_else.push(TxnOp::get(c.as_str(), None));
         }
-        let txn = Txn::new().when(when).and_then(then).or_else(or_else);
-        let resp = with_retries(false, || {
-            let mut kv = self.client.kv_client();
-            let txn = txn.clone();
-            async move { kv.txn(txn).await }
-        })
-        .await?;
+        let resp = self
+            .txn(Txn::new().when(when).and_then(then).or_else(or_else))
+            .await?;
         if resp.succeeded() {
             return Ok(Claimed::Ok(header_rev(resp.header())));
         }
-        let mut found = resp.op_responses().into_iter().map(|r| match r {
-            etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(stored),
-            _ => None,
-        });
+        let mut found = read_back(resp);
         if let Some(Some(current)) = found.next() {
             return Ok(Claimed::Exists(current));
         }
@@ -243,21 +235,22 @@ impl Store {
         self.cas(txn).await
     }
 
-    async fn cas(&self, txn: Txn) -> Result<Written, ApiError> {
-        let resp = with_retries(false, || {
+    /// Runs a write transaction (retried only when it provably reached no member).
+    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, ApiError> {
+        Ok(with_retries(false, || {
             let mut kv = self.client.kv_client();
             let txn = txn.clone();
             async move { kv.txn(txn).await }
         })
-        .await?;
+        .await?)
+    }
+
+    async fn cas(&self, txn: Txn) -> Result<Written, ApiError> {
+        let resp = self.txn(txn).await?;
         if resp.succeeded() {
             return Ok(Written::Ok(header_rev(resp.header())));
         }
-        let current = resp.op_responses().into_iter().find_map(|r| match r {
-            etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(stored),
-            _ => None,
-        });
-        Ok(Written::Conflict(current))
+        Ok(Written::Conflict(read_back(resp).flatten().next()))
     }
 
     /// A watch on every key under `prefix`, from `start_revision` on, with previous

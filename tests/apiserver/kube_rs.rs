@@ -120,6 +120,29 @@ async fn typed_crud_with_conflicts_and_expired_watches() {
     assert_eq!(api_code(&gone), Some((404, "NotFound".into())));
 }
 
+/// A `kube::runtime` watcher of `api` in a task, reporting each applied object's name.
+fn watch_names(
+    api: &Api<ConfigMap>,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let watched = api.clone();
+    let task = tokio::spawn(async move {
+        let mut objects = watcher(watched, watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+            .boxed();
+        while let Some(item) = objects.next().await {
+            if let Ok(o) = item {
+                let _ = tx.send(o.metadata.name.unwrap_or_default());
+            }
+        }
+    });
+    (task, rx)
+}
+
 /// Waits (at most 60 s) until the watcher reports an object named `want`.
 async fn wait_for(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, want: &str) {
     wait_for_or(rx, want, String::new).await
@@ -148,19 +171,7 @@ async fn a_runtime_watcher_survives_an_apiserver_restart() {
     api.create(&PostParams::default(), &cm("before", "1"))
         .await
         .expect("create");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let watched = api.clone();
-    let task = tokio::spawn(async move {
-        let mut objects = watcher(watched, watcher::Config::default())
-            .default_backoff()
-            .applied_objects()
-            .boxed();
-        while let Some(item) = objects.next().await {
-            if let Ok(o) = item {
-                let _ = tx.send(o.metadata.name.unwrap_or_default());
-            }
-        }
-    });
+    let (task, mut rx) = watch_names(&api);
     wait_for(&mut rx, "before").await;
 
     s.api.restart().await;
@@ -185,19 +196,7 @@ async fn a_runtime_watcher_survives_a_store_leader_kill() {
     api.create(&PostParams::default(), &cm("before", "1"))
         .await
         .expect("create");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let watched = api.clone();
-    let task = tokio::spawn(async move {
-        let mut objects = watcher(watched, watcher::Config::default())
-            .default_backoff()
-            .applied_objects()
-            .boxed();
-        while let Some(item) = objects.next().await {
-            if let Ok(o) = item {
-                let _ = tx.send(o.metadata.name.unwrap_or_default());
-            }
-        }
-    });
+    let (task, mut rx) = watch_names(&api);
     wait_for(&mut rx, "before").await;
 
     // Every member dies once in turn (the leader first), so whichever member carries
