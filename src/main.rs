@@ -144,6 +144,12 @@ struct ControllerManagerArgs {
     /// Controllers to enable: '*' for all, 'foo' enables foo, '-foo' disables foo.
     #[arg(long, default_value = "*", value_delimiter = ',')]
     controllers: Vec<String>,
+    /// How often node health is checked.
+    #[arg(long, default_value = "5s", value_parser = capstan_chaos::cli::parse_duration)]
+    node_monitor_period: std::time::Duration,
+    /// How long a node's kubelet may stay silent before the node is marked unhealthy.
+    #[arg(long, default_value = "50s", value_parser = capstan_chaos::cli::parse_duration)]
+    node_monitor_grace_period: std::time::Duration,
 }
 
 impl ControllerManagerArgs {
@@ -168,6 +174,10 @@ impl ControllerManagerArgs {
                     retry_period: self.leader_elect_retry_period,
                 }),
             controllers: self.controllers,
+            node_monitor: capstan_controllers::nodelifecycle::Settings {
+                monitor_period: self.node_monitor_period,
+                grace_period: self.node_monitor_grace_period,
+            },
         }
     }
 }

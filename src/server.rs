@@ -111,6 +111,7 @@ pub async fn run(
                 retry_period: Duration::from_secs(2),
             }),
             controllers: vec!["*".into()],
+            node_monitor: Default::default(),
         };
         let scheduler = capstan_scheduler::Config {
             kubeconfig: Some(kubeconfig.clone()),

@@ -5,6 +5,7 @@
 pub mod deployment;
 pub mod gc;
 pub mod leader;
+pub mod nodelifecycle;
 pub mod replicaset;
 pub mod util;
 
@@ -38,7 +39,12 @@ pub enum Error {
 }
 
 /// The controllers this manager runs (upstream's names for `--controllers`).
-pub const CONTROLLERS: &[&str] = &["replicaset", "deployment", "garbagecollector"];
+pub const CONTROLLERS: &[&str] = &[
+    "replicaset",
+    "deployment",
+    "garbagecollector",
+    "nodelifecycle",
+];
 
 /// kube-controller-manager's settings that apply here.
 #[derive(Clone, Debug)]
@@ -49,6 +55,8 @@ pub struct Config {
     pub election: Option<leader::ElectionConfig>,
     /// `--controllers`: `*`, names, `-name` to disable.
     pub controllers: Vec<String>,
+    /// `--node-monitor-period` and `--node-monitor-grace-period`.
+    pub node_monitor: nodelifecycle::Settings,
 }
 
 impl Config {
@@ -191,6 +199,7 @@ fn start(client: Client, cfg: &Config) -> tokio::task::JoinHandle<()> {
         let (pods, rss) = (pods.clone(), rss.clone());
         let client = client.clone();
         let enabled = enabled.clone();
+        let node_monitor = cfg.node_monitor.clone();
         tasks.spawn(async move {
             // Nothing acts on a partial picture of the cluster.
             let _ = pods.wait_until_ready().await;
@@ -214,6 +223,9 @@ fn start(client: Client, cfg: &Config) -> tokio::task::JoinHandle<()> {
             }
             if enabled.contains(&"garbagecollector") {
                 inner.spawn(gc::run(client.clone()));
+            }
+            if enabled.contains(&"nodelifecycle") {
+                inner.spawn(nodelifecycle::run(client.clone(), node_monitor));
             }
             while inner.join_next().await.is_some() {}
         });

@@ -8,6 +8,7 @@ mod support;
 mod deployment;
 mod gc;
 mod leader;
+mod nodelifecycle;
 mod replicaset;
 
 use std::time::Duration;
