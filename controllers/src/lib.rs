@@ -4,6 +4,7 @@
 
 pub mod deployment;
 pub mod gc;
+pub mod job;
 pub mod leader;
 pub mod replicaset;
 pub mod util;
@@ -38,7 +39,7 @@ pub enum Error {
 }
 
 /// The controllers this manager runs (upstream's names for `--controllers`).
-pub const CONTROLLERS: &[&str] = &["replicaset", "deployment", "garbagecollector"];
+pub const CONTROLLERS: &[&str] = &["replicaset", "deployment", "job", "garbagecollector"];
 
 /// kube-controller-manager's settings that apply here.
 #[derive(Clone, Debug)]
@@ -179,7 +180,7 @@ where
 /// Starts the enabled controllers on shared caches of pods and ReplicaSets.
 fn start(client: Client, cfg: &Config) -> tokio::task::JoinHandle<()> {
     let mut tasks = tokio::task::JoinSet::new();
-    let (pods, mut pod_events) = cache(&mut tasks, Api::<Pod>::all(client.clone()), 2);
+    let (pods, mut pod_events) = cache(&mut tasks, Api::<Pod>::all(client.clone()), 3);
     let (rss, mut rs_events) = cache(&mut tasks, Api::<ReplicaSet>::all(client.clone()), 1);
     let enabled: Vec<&str> = CONTROLLERS
         .iter()
@@ -210,6 +211,11 @@ fn start(client: Client, cfg: &Config) -> tokio::task::JoinHandle<()> {
                         ev,
                         pev,
                     ));
+                }
+            }
+            if enabled.contains(&"job") {
+                if let Some(ev) = pod_events.pop() {
+                    inner.spawn(job::run(client.clone(), pods.clone(), ev));
                 }
             }
             if enabled.contains(&"garbagecollector") {

@@ -95,12 +95,7 @@ struct RolloutWatch {
 
 impl RolloutWatch {
     /// Starts watching and returns once the watch has listed the pods.
-    async fn start(
-        client: kube::Client,
-        ns: &str,
-        name: &str,
-        check: Check,
-    ) -> RolloutWatch {
+    async fn start(client: kube::Client, ns: &str, name: &str, check: Check) -> RolloutWatch {
         let api = Api::<Pod>::namespaced(client, ns);
         let violations = Arc::new(Mutex::new(Vec::new()));
         let events = Arc::new(Mutex::new(0));
@@ -401,10 +396,24 @@ async fn deployment_rolls_out_scales_undoes_and_pauses() {
 
     // Recreate: the old pods are all gone before a new one is created.
     let recreate = "{type: Recreate}";
-    stack.apply(&deployment_yaml_with(ns, "rec", 3, "nginx:1.26", NODE, recreate));
+    stack.apply(&deployment_yaml_with(
+        ns,
+        "rec",
+        3,
+        "nginx:1.26",
+        NODE,
+        recreate,
+    ));
     rollout_status(&stack, ns, "rec");
     let watch = RolloutWatch::start(client.clone(), ns, "rec", one_image_at_a_time()).await;
-    stack.apply(&deployment_yaml_with(ns, "rec", 3, "nginx:1.27", NODE, recreate));
+    stack.apply(&deployment_yaml_with(
+        ns,
+        "rec",
+        3,
+        "nginx:1.27",
+        NODE,
+        recreate,
+    ));
     rollout_status(&stack, ns, "rec");
     assert_eq!(settled_image(&stack, ns, "rec", 3).await, "nginx:1.27");
     let (violations, events) = watch.finish();

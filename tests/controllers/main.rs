@@ -7,6 +7,7 @@ mod support;
 
 mod deployment;
 mod gc;
+mod job;
 mod leader;
 mod replicaset;
 
