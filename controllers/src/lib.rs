@@ -6,6 +6,7 @@ pub mod deployment;
 pub mod gc;
 pub mod job;
 pub mod leader;
+pub mod namespace;
 pub mod replicaset;
 pub mod util;
 
@@ -39,7 +40,13 @@ pub enum Error {
 }
 
 /// The controllers this manager runs (upstream's names for `--controllers`).
-pub const CONTROLLERS: &[&str] = &["replicaset", "deployment", "job", "garbagecollector"];
+pub const CONTROLLERS: &[&str] = &[
+    "replicaset",
+    "deployment",
+    "job",
+    "garbagecollector",
+    "namespace",
+];
 
 /// kube-controller-manager's settings that apply here.
 #[derive(Clone, Debug)]
@@ -217,6 +224,9 @@ fn start(client: Client, cfg: &Config) -> tokio::task::JoinHandle<()> {
                 if let Some(ev) = pod_events.pop() {
                     inner.spawn(job::run(client.clone(), pods.clone(), ev));
                 }
+            }
+            if enabled.contains(&"namespace") {
+                inner.spawn(namespace::run(client.clone()));
             }
             if enabled.contains(&"garbagecollector") {
                 inner.spawn(gc::run(client.clone()));

@@ -9,6 +9,7 @@ mod deployment;
 mod gc;
 mod job;
 mod leader;
+mod namespace;
 mod replicaset;
 
 use std::time::Duration;
