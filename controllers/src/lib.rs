@@ -3,6 +3,7 @@
 //! election. It is a client of the apiserver only and knows nothing of the store.
 
 pub mod deployment;
+pub mod endpoints;
 pub mod gc;
 pub mod job;
 pub mod leader;
@@ -46,6 +47,8 @@ pub const CONTROLLERS: &[&str] = &[
     "job",
     "garbagecollector",
     "namespace",
+    "endpoint",
+    "endpointslice",
 ];
 
 /// kube-controller-manager's settings that apply here.
@@ -187,7 +190,7 @@ where
 /// Starts the enabled controllers on shared caches of pods and ReplicaSets.
 fn start(client: Client, cfg: &Config) -> tokio::task::JoinHandle<()> {
     let mut tasks = tokio::task::JoinSet::new();
-    let (pods, mut pod_events) = cache(&mut tasks, Api::<Pod>::all(client.clone()), 3);
+    let (pods, mut pod_events) = cache(&mut tasks, Api::<Pod>::all(client.clone()), 4);
     let (rss, mut rs_events) = cache(&mut tasks, Api::<ReplicaSet>::all(client.clone()), 1);
     let enabled: Vec<&str> = CONTROLLERS
         .iter()
@@ -223,6 +226,12 @@ fn start(client: Client, cfg: &Config) -> tokio::task::JoinHandle<()> {
             if enabled.contains(&"job") {
                 if let Some(ev) = pod_events.pop() {
                     inner.spawn(job::run(client.clone(), pods.clone(), ev));
+                }
+            }
+            // One reconcile writes both the Endpoints and the EndpointSlice.
+            if enabled.contains(&"endpoint") || enabled.contains(&"endpointslice") {
+                if let Some(ev) = pod_events.pop() {
+                    inner.spawn(endpoints::run(client.clone(), pods.clone(), ev));
                 }
             }
             if enabled.contains(&"namespace") {

@@ -6,6 +6,7 @@
 mod support;
 
 mod deployment;
+mod endpoints;
 mod gc;
 mod job;
 mod leader;
