@@ -816,7 +816,10 @@ impl Sync<'_> {
                 break;
             }
             let n = spec_replicas(rs);
-            if n == 0 || n == available(rs) {
+            // A status that still counts pods of a larger spec (the set was just
+            // scaled down) has no unhealthy pods to drop; upstream refuses the
+            // resulting scale-up as an invalid request.
+            if n == 0 || n <= available(rs) {
                 continue;
             }
             let down = (max_scaled_down - cleaned).min(n - available(rs));

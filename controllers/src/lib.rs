@@ -3,8 +3,11 @@
 //! election. It is a client of the apiserver only and knows nothing of the store.
 
 pub mod deployment;
+pub mod endpoints;
 pub mod gc;
+pub mod job;
 pub mod leader;
+pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
 pub mod util;
@@ -42,7 +45,11 @@ pub enum Error {
 pub const CONTROLLERS: &[&str] = &[
     "replicaset",
     "deployment",
+    "job",
     "garbagecollector",
+    "namespace",
+    "endpoint",
+    "endpointslice",
     "nodelifecycle",
 ];
 
@@ -187,7 +194,7 @@ where
 /// Starts the enabled controllers on shared caches of pods and ReplicaSets.
 fn start(client: Client, cfg: &Config) -> tokio::task::JoinHandle<()> {
     let mut tasks = tokio::task::JoinSet::new();
-    let (pods, mut pod_events) = cache(&mut tasks, Api::<Pod>::all(client.clone()), 2);
+    let (pods, mut pod_events) = cache(&mut tasks, Api::<Pod>::all(client.clone()), 4);
     let (rss, mut rs_events) = cache(&mut tasks, Api::<ReplicaSet>::all(client.clone()), 1);
     let enabled: Vec<&str> = CONTROLLERS
         .iter()
@@ -220,6 +227,20 @@ fn start(client: Client, cfg: &Config) -> tokio::task::JoinHandle<()> {
                         pev,
                     ));
                 }
+            }
+            if enabled.contains(&"job") {
+                if let Some(ev) = pod_events.pop() {
+                    inner.spawn(job::run(client.clone(), pods.clone(), ev));
+                }
+            }
+            // One reconcile writes both the Endpoints and the EndpointSlice.
+            if enabled.contains(&"endpoint") || enabled.contains(&"endpointslice") {
+                if let Some(ev) = pod_events.pop() {
+                    inner.spawn(endpoints::run(client.clone(), pods.clone(), ev));
+                }
+            }
+            if enabled.contains(&"namespace") {
+                inner.spawn(namespace::run(client.clone()));
             }
             if enabled.contains(&"garbagecollector") {
                 inner.spawn(gc::run(client.clone()));

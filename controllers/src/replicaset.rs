@@ -45,7 +45,7 @@ pub struct Expectations(Mutex<HashMap<String, Expectation>>);
 impl Expectations {
     /// Whether every recorded creation is in the cache and every recorded deletion gone
     /// from it (or being deleted), or the record expired.
-    fn satisfied(&self, key: &str, ns: &str, pods: &Store<Pod>) -> bool {
+    pub fn satisfied(&self, key: &str, ns: &str, pods: &Store<Pod>) -> bool {
         let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let Some(e) = all.get_mut(key) else {
             return true;
@@ -65,7 +65,8 @@ impl Expectations {
         false
     }
 
-    fn expect(&self, key: &str, creates: Vec<String>, deletes: Vec<String>) {
+    /// Records pods created (by name) and deleted, to be seen in the cache.
+    pub fn expect(&self, key: &str, creates: Vec<String>, deletes: Vec<String>) {
         if creates.is_empty() && deletes.is_empty() {
             return;
         }

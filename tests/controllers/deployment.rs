@@ -16,6 +16,24 @@ use crate::support::eventually;
 use crate::{pods, Stack, NODE, SETTLE};
 
 fn deployment_yaml(ns: &str, name: &str, replicas: i32, image: &str, node: &str) -> String {
+    deployment_yaml_with(
+        ns,
+        name,
+        replicas,
+        image,
+        node,
+        "{type: RollingUpdate, rollingUpdate: {maxSurge: 3, maxUnavailable: 2}}",
+    )
+}
+
+fn deployment_yaml_with(
+    ns: &str,
+    name: &str,
+    replicas: i32,
+    image: &str,
+    node: &str,
+    strategy: &str,
+) -> String {
     format!(
         "apiVersion: apps/v1
 kind: Deployment
@@ -24,9 +42,7 @@ spec:
   replicas: {replicas}
   progressDeadlineSeconds: 5
   selector: {{matchLabels: {{app: {name}}}}}
-  strategy:
-    type: RollingUpdate
-    rollingUpdate: {{maxSurge: 3, maxUnavailable: 2}}
+  strategy: {strategy}
   template:
     metadata: {{labels: {{app: {name}}}}}
     spec:
@@ -36,9 +52,41 @@ spec:
     )
 }
 
-/// Watches the pods of `app=<name>` and records every moment at which fewer than
-/// `min_ready` were Ready (and not terminating) or more than `max_total` existed (not
-/// terminating), once the first moment with `min_ready` ready pods has passed.
+/// A check of one observed moment: every pod of the deployment (terminating ones
+/// included); a violation's description.
+type Check = Box<dyn Fn(&[&Pod]) -> Option<String> + Send>;
+
+/// At most `max_total` live (not terminating) pods and at least `min_ready` of them
+/// Ready: maxSurge and maxUnavailable.
+fn surge_and_unavailable(min_ready: usize, max_total: usize) -> Check {
+    Box::new(move |pods| {
+        let live: Vec<&&Pod> = pods
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect();
+        let ready = live.iter().filter(|p| is_ready(p)).count();
+        (ready < min_ready || live.len() > max_total).then(|| {
+            format!(
+                "{ready} ready of {} live pods (want >= {min_ready} ready, <= {max_total} live)",
+                live.len()
+            )
+        })
+    })
+}
+
+/// Never pods of two templates at once, terminating ones included: Recreate.
+fn one_image_at_a_time() -> Check {
+    Box::new(|pods| {
+        let images: std::collections::BTreeSet<String> = pods
+            .iter()
+            .filter_map(|p| p.spec.as_ref()?.containers.first()?.image.clone())
+            .collect();
+        (images.len() > 1).then(|| format!("pods of {images:?} at once"))
+    })
+}
+
+/// Watches the pods of `app=<name>` and records every observed moment that fails a
+/// check.
 struct RolloutWatch {
     violations: Arc<Mutex<Vec<String>>>,
     events: Arc<Mutex<usize>>,
@@ -47,13 +95,7 @@ struct RolloutWatch {
 
 impl RolloutWatch {
     /// Starts watching and returns once the watch has listed the pods.
-    async fn start(
-        client: kube::Client,
-        ns: &str,
-        name: &str,
-        min_ready: usize,
-        max_total: usize,
-    ) -> RolloutWatch {
+    async fn start(client: kube::Client, ns: &str, name: &str, check: Check) -> RolloutWatch {
         let api = Api::<Pod>::namespaced(client, ns);
         let violations = Arc::new(Mutex::new(Vec::new()));
         let events = Arc::new(Mutex::new(0));
@@ -86,16 +128,9 @@ impl RolloutWatch {
                     continue;
                 }
                 *e.lock().expect("lock") += 1;
-                let live: Vec<&Pod> = pods
-                    .values()
-                    .filter(|p| p.metadata.deletion_timestamp.is_none())
-                    .collect();
-                let ready = live.iter().filter(|p| is_ready(p)).count();
-                if ready < min_ready || live.len() > max_total {
-                    v.lock().expect("lock").push(format!(
-                        "{ready} ready of {} live pods (want >= {min_ready} ready, <= {max_total} live)",
-                        live.len()
-                    ));
+                let all: Vec<&Pod> = pods.values().collect();
+                if let Some(violation) = check(&all) {
+                    v.lock().expect("lock").push(violation);
                 }
             }
         });
@@ -280,7 +315,7 @@ async fn deployment_rolls_out_scales_undoes_and_pauses() {
     settled_image(&stack, ns, "web", 12).await;
 
     // Roll to a new image: never fewer than 12 - 2 ready, never more than 12 + 3 pods.
-    let watch = RolloutWatch::start(client.clone(), ns, "web", 10, 15).await;
+    let watch = RolloutWatch::start(client.clone(), ns, "web", surge_and_unavailable(10, 15)).await;
     stack
         .api
         .kubectl(&["-n", ns, "set", "image", "deployment/web", "c=nginx:1.27"])
@@ -358,6 +393,32 @@ async fn deployment_rolls_out_scales_undoes_and_pauses() {
         .out();
     rollout_status(&stack, ns, "web");
     assert_eq!(settled_image(&stack, ns, "web", 12).await, "nginx:1.28");
+
+    // Recreate: the old pods are all gone before a new one is created.
+    let recreate = "{type: Recreate}";
+    stack.apply(&deployment_yaml_with(
+        ns,
+        "rec",
+        3,
+        "nginx:1.26",
+        NODE,
+        recreate,
+    ));
+    rollout_status(&stack, ns, "rec");
+    let watch = RolloutWatch::start(client.clone(), ns, "rec", one_image_at_a_time()).await;
+    stack.apply(&deployment_yaml_with(
+        ns,
+        "rec",
+        3,
+        "nginx:1.27",
+        NODE,
+        recreate,
+    ));
+    rollout_status(&stack, ns, "rec");
+    assert_eq!(settled_image(&stack, ns, "rec", 3).await, "nginx:1.27");
+    let (violations, events) = watch.finish();
+    assert!(events > 3, "the watch saw the rollout ({events} events)");
+    assert!(violations.is_empty(), "Recreate overlapped: {violations:?}");
 
     // Pods that never become ready: the rollout exceeds its progress deadline, and
     // `kubectl rollout status` says so.

@@ -6,8 +6,11 @@
 mod support;
 
 mod deployment;
+mod endpoints;
 mod gc;
+mod job;
 mod leader;
+mod namespace;
 mod nodelifecycle;
 mod replicaset;
 
@@ -84,7 +87,7 @@ impl Drop for Stack {
         // What the controllers did is the first thing a failure needs.
         if std::thread::panicking() {
             let log = self.cm.log();
-            let tail: Vec<&str> = log.lines().rev().take(400).collect();
+            let tail: Vec<&str> = log.lines().rev().take(4000).collect();
             eprintln!("controller-manager log (last 400 lines):");
             for l in tail.into_iter().rev() {
                 eprintln!("{l}");

@@ -140,6 +140,63 @@ spec:
     })
     .await;
 
+    // Ready pods count as available only after minReadySeconds.
+    stack.apply(&format!(
+        "apiVersion: apps/v1
+kind: ReplicaSet
+metadata: {{name: slow, namespace: {ns}}}
+spec:
+  replicas: 2
+  minReadySeconds: 3
+  selector: {{matchLabels: {{app: slow}}}}
+  template:
+    metadata: {{labels: {{app: slow}}}}
+    spec:
+      nodeName: {node}
+      containers: [{{name: c, image: nginx:1.27}}]
+",
+        node = crate::NODE
+    ));
+    let rs_api = Api::<ReplicaSet>::namespaced(client.clone(), ns);
+    let ready_at = eventually("slow: 2 ready replicas", SETTLE, || async {
+        let st = rs_api.get("slow").await.ok()?.status?;
+        (st.ready_replicas == Some(2)).then_some(st)
+    })
+    .await;
+    eventually("slow: 2 available replicas", SETTLE, || async {
+        let st = rs_api.get("slow").await.ok()?.status?;
+        (st.available_replicas == Some(2)).then_some(())
+    })
+    .await;
+    let pods_ready: Vec<_> = pods(&client, ns, "app=slow")
+        .await
+        .iter()
+        .filter_map(|p| {
+            p.status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .find(|c| c.type_ == "Ready")?
+                .last_transition_time
+                .clone()
+        })
+        .collect();
+    assert_eq!(pods_ready.len(), 2);
+    // Available no sooner than minReadySeconds after the later pod became Ready
+    // (whole seconds, as the API stores times).
+    let latest = pods_ready.iter().map(|t| t.0).max().expect("two pods");
+    let available_at = k8s_openapi::chrono::Utc::now();
+    assert!(
+        available_at - latest >= k8s_openapi::chrono::Duration::seconds(2),
+        "available {}s after ready",
+        (available_at - latest).num_seconds()
+    );
+    assert!(
+        ready_at.available_replicas.unwrap_or(0) < 2,
+        "available as soon as ready: {ready_at:?}"
+    );
+
     // kubectl shows the upstream columns with the controller's status.
     let out = stack.api.kubectl(&["-n", ns, "get", "rs", "web"]);
     let line = out.out().lines().nth(1).unwrap_or_default().to_string();
