@@ -1045,6 +1045,26 @@ mod tests {
     }
 
     #[test]
+    fn heartbeats_are_not_scheduling_changes() {
+        let a = node("a", "4", json!({}));
+        let mut beat = a.node.as_ref().clone();
+        beat.status.as_mut().expect("status").conditions =
+            Some(vec![k8s_openapi::api::core::v1::NodeCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]);
+        assert!(a.same_for_scheduling(&NodeSpec::new(Arc::new(beat))));
+        let tainted = node(
+            "a",
+            "4",
+            json!({"taints": [{"key": "k", "effect": "NoSchedule"}]}),
+        );
+        assert!(!a.same_for_scheduling(&tainted));
+        assert!(!a.same_for_scheduling(&node("a", "8", json!({}))));
+    }
+
+    #[test]
     fn sampling_looks_at_a_share_of_large_clusters() {
         assert_eq!(nodes_to_find(50), 50);
         assert_eq!(nodes_to_find(100), 100);

@@ -159,8 +159,18 @@ async fn watch_nodes(shared: Arc<Shared>) {
                 if let Some(seen) = st.relist_nodes.as_mut() {
                     seen.insert(spec.name.clone());
                 }
+                // Status heartbeats change nothing a filter reads; only a new node or
+                // new labels, taints, room or cordon can make a waiting pod fit.
+                let relevant = st
+                    .cache
+                    .nodes
+                    .get(&spec.name)
+                    .and_then(|n| n.spec.as_ref())
+                    .is_none_or(|old| !old.same_for_scheduling(&spec));
                 st.cache.set_node(spec);
-                st.queue.cluster_changed(now);
+                if relevant {
+                    st.queue.cluster_changed(now);
+                }
             }
             Event::Delete(n) => {
                 st.cache
@@ -274,8 +284,16 @@ fn on_pod(st: &mut State, info: Arc<PodInfo>) {
         return;
     }
     if st.cache.is_assumed(&k) {
-        // Our binding is in flight or the watch has not caught up with it.
-        return;
+        let same = st
+            .cache
+            .placed_pod(&k)
+            .is_some_and(|(_, p)| p.uid == info.uid);
+        if same {
+            // Our binding is in flight or the watch has not caught up with it.
+            return;
+        }
+        // A new pod under the old one's name: the assumption was about the old one.
+        st.cache.remove_pod(&k);
     }
     if info.scheduler_name != SCHEDULER_NAME || info.terminating || info.terminal || info.gated {
         st.queue.remove(&k);

@@ -474,6 +474,17 @@ impl NodeSpec {
     }
 }
 
+impl NodeSpec {
+    /// Whether the two versions of a node are the same to every filter and score.
+    pub fn same_for_scheduling(&self, other: &NodeSpec) -> bool {
+        self.labels == other.labels
+            && self.allocatable == other.allocatable
+            && self.max_pods == other.max_pods
+            && self.taints == other.taints
+            && self.unschedulable == other.unschedulable
+    }
+}
+
 /// Whether `t` tolerates `taint` (same key, or an empty key with Exists; the value
 /// for Equal; the effect, or every effect when empty).
 pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
