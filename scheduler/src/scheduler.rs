@@ -38,9 +38,14 @@ struct State {
     relist_nodes: Option<HashSet<String>>,
 }
 
+/// Bindings in flight at most. Deciding never waits for them (the pod is assumed
+/// first), but a burst of thousands must not open thousands of apiserver connections.
+const MAX_BINDS_IN_FLIGHT: usize = 256;
+
 struct Shared {
     state: Mutex<State>,
     wake: Notify,
+    bind_slots: tokio::sync::Semaphore,
     client: kube::Client,
     recorder: Recorder,
 }
@@ -63,6 +68,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         state: Mutex::new(State::default()),
         wake: Notify::new(),
+        bind_slots: tokio::sync::Semaphore::new(MAX_BINDS_IN_FLIGHT),
         recorder: Recorder::start(client.clone(), identity.clone()),
         client: client.clone(),
     });
@@ -401,6 +407,8 @@ fn schedule_one(shared: &Arc<Shared>, pod: Arc<PodInfo>, rng: &mut rand::rngs::S
 }
 
 async fn bind(shared: Arc<Shared>, pod: Arc<PodInfo>, node: String, started: Instant) {
+    // Never closed, so acquiring only waits.
+    let _slot = shared.bind_slots.acquire().await;
     let api: Api<Pod> = Api::namespaced(shared.client.clone(), &pod.namespace);
     let binding = Binding {
         metadata: ObjectMeta {
