@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Binding, Namespace, Node, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::chrono::Utc;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -31,11 +31,13 @@ struct State {
     queue: Queue,
     nodes_synced: bool,
     pods_synced: bool,
+    namespaces_synced: bool,
     /// Round-robin start of the feasible-node search.
     next_start: usize,
     /// Keys seen during a watch (re)list, to drop what the relist no longer has.
     relist_pods: Option<HashSet<String>>,
     relist_nodes: Option<HashSet<String>>,
+    relist_namespaces: Option<HashSet<String>>,
 }
 
 /// Bindings in flight at most. Deciding never waits for them (the pod is assumed
@@ -76,6 +78,7 @@ pub async fn run(
     // at once (as upstream's informers start before its election).
     let watches = tokio::spawn(watch_nodes(shared.clone()));
     let pod_watch = tokio::spawn(watch_pods(shared.clone()));
+    let ns_watch = tokio::spawn(watch_namespaces(shared.clone()));
     let serving = cfg.serve.map(crate::serve::serve);
     let result = async {
         match serving {
@@ -90,6 +93,7 @@ pub async fn run(
     .await;
     watches.abort();
     pod_watch.abort();
+    ns_watch.abort();
     result
 }
 
@@ -197,6 +201,53 @@ async fn watch_nodes(shared: Arc<Shared>) {
                 }
                 st.nodes_synced = true;
                 st.queue.cluster_changed(now);
+            }
+        }
+        drop(st);
+        shared.wake.notify_one();
+    }
+}
+
+/// Namespace labels, which affinity terms with a namespaceSelector match against.
+async fn watch_namespaces(shared: Arc<Shared>) {
+    let api: Api<Namespace> = Api::all(shared.client.clone());
+    let mut stream = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    loop {
+        let ev = match stream.try_next().await {
+            Ok(Some(ev)) => ev,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "namespace watch failed; retrying");
+                continue;
+            }
+        };
+        let mut st = shared.state.lock();
+        let now = Instant::now();
+        match ev {
+            Event::Init => st.relist_namespaces = Some(HashSet::new()),
+            Event::InitApply(ns) | Event::Apply(ns) => {
+                let name = ns.metadata.name.unwrap_or_default();
+                let labels = ns.metadata.labels.unwrap_or_default();
+                if let Some(seen) = st.relist_namespaces.as_mut() {
+                    seen.insert(name.clone());
+                }
+                if st.cache.namespaces.get(&name) != Some(&labels) {
+                    st.cache.namespaces.insert(name, labels);
+                    st.queue.cluster_changed(now);
+                }
+            }
+            Event::Delete(ns) => {
+                st.cache
+                    .namespaces
+                    .remove(ns.metadata.name.as_deref().unwrap_or(""));
+            }
+            Event::InitDone => {
+                if let Some(seen) = st.relist_namespaces.take() {
+                    st.cache.namespaces.retain(|n, _| seen.contains(n));
+                }
+                st.namespaces_synced = true;
             }
         }
         drop(st);
@@ -330,7 +381,7 @@ async fn schedule_loop(shared: Arc<Shared>) {
                 st.queue.flush_stale_unschedulable(now);
                 last_flush = now;
             }
-            let popped = if st.nodes_synced && st.pods_synced {
+            let popped = if st.nodes_synced && st.pods_synced && st.namespaces_synced {
                 st.queue.pop(now)
             } else {
                 None
