@@ -14,6 +14,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use parking_lot::Mutex;
+use rand::SeedableRng;
 use tokio::sync::Notify;
 
 use crate::cache::Cache;
@@ -420,8 +421,6 @@ async fn schedule_loop(shared: Arc<Shared>) {
     }
 }
 
-use rand::SeedableRng;
-
 fn schedule_one(shared: &Arc<Shared>, pod: Arc<PodInfo>, rng: &mut rand::rngs::StdRng) {
     let started = Instant::now();
     let k = pod.key();
@@ -449,6 +448,7 @@ fn schedule_one(shared: &Arc<Shared>, pod: Arc<PodInfo>, rng: &mut rand::rngs::S
                 .observe(started.elapsed().as_secs_f64());
             let msg = err.to_string();
             tracing::info!(namespace = %pod.namespace, pod = %pod.name, reason = %msg, "unable to schedule pod");
+            // Both are rejections (upstream's "no nodes" is UnschedulableAndUnresolvable).
             let reason = match err {
                 ScheduleError::NoNodes | ScheduleError::Fit(_) => "Unschedulable",
             };
