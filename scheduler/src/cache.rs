@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::types::{HostPort, NodeSpec, PodInfo, Resources};
+use crate::types::{HostPort, NamespaceLabels, NodeSpec, PodInfo, Resources};
 
 /// A node and what is placed on it.
 #[derive(Debug, Default)]
@@ -64,6 +64,8 @@ impl NodeInfo {
 #[derive(Debug, Default)]
 pub struct Cache {
     pub nodes: HashMap<String, NodeInfo>,
+    /// Namespace labels, for affinity terms with a namespace selector.
+    pub namespaces: NamespaceLabels,
     /// Names of nodes with an object, in a stable order for round-robin sampling
     /// (shared, so a scheduling cycle takes it without copying every name).
     node_names: Arc<Vec<String>>,

@@ -209,7 +209,7 @@ fn pre_filter<'a>(cache: &Cache, pod: &'a PodInfo) -> Pre<'a> {
     for (n, other) in cache.pods_with_affinity() {
         let Some(spec) = &n.spec else { continue };
         for t in &other.required_anti_affinity {
-            if t.matches(pod) {
+            if t.matches(pod, &cache.namespaces) {
                 if let Some(v) = label(spec, &t.topology_key) {
                     pre.existing_anti
                         .insert((t.topology_key.clone(), v.to_string()));
@@ -224,7 +224,10 @@ fn pre_filter<'a>(cache: &Cache, pod: &'a PodInfo) -> Pre<'a> {
                 continue;
             }
             if !pod.required_affinity.is_empty()
-                && pod.required_affinity.iter().all(|t| t.matches(other))
+                && pod
+                    .required_affinity
+                    .iter()
+                    .all(|t| t.matches(other, &cache.namespaces))
             {
                 for t in &pod.required_affinity {
                     if let Some(v) = label(spec, &t.topology_key) {
@@ -235,7 +238,7 @@ fn pre_filter<'a>(cache: &Cache, pod: &'a PodInfo) -> Pre<'a> {
                 }
             }
             for t in &pod.required_anti_affinity {
-                if t.matches(other) {
+                if t.matches(other, &cache.namespaces) {
                     if let Some(v) = label(spec, &t.topology_key) {
                         *pre.anti_counts
                             .entry((t.topology_key.clone(), v.to_string()))
@@ -244,8 +247,11 @@ fn pre_filter<'a>(cache: &Cache, pod: &'a PodInfo) -> Pre<'a> {
                 }
             }
         }
-        pre.affinity_self_ok =
-            pre.affinity_counts.is_empty() && pod.required_affinity.iter().all(|t| t.matches(pod));
+        pre.affinity_self_ok = pre.affinity_counts.is_empty()
+            && pod
+                .required_affinity
+                .iter()
+                .all(|t| t.matches(pod, &cache.namespaces));
     }
     for c in pod.spread.iter().filter(|c| c.hard) {
         let counts = domain_counts(cache, pod, c);
@@ -680,27 +686,27 @@ fn inter_pod_scores(cache: &Cache, pod: &PodInfo, nodes: &[(&NodeInfo, &NodeSpec
     for (n, other) in placed {
         let Some(spec) = &n.spec else { continue };
         for (w, t) in &pod.preferred_affinity {
-            if t.matches(other) {
+            if t.matches(other, &cache.namespaces) {
                 add(spec, &t.topology_key, i64::from(*w));
             }
         }
         for (w, t) in &pod.preferred_anti_affinity {
-            if t.matches(other) {
+            if t.matches(other, &cache.namespaces) {
                 add(spec, &t.topology_key, -i64::from(*w));
             }
         }
         for (w, t) in &other.preferred_affinity {
-            if t.matches(pod) {
+            if t.matches(pod, &cache.namespaces) {
                 add(spec, &t.topology_key, i64::from(*w));
             }
         }
         for (w, t) in &other.preferred_anti_affinity {
-            if t.matches(pod) {
+            if t.matches(pod, &cache.namespaces) {
                 add(spec, &t.topology_key, -i64::from(*w));
             }
         }
         for t in &other.required_affinity {
-            if t.matches(pod) {
+            if t.matches(pod, &cache.namespaces) {
                 add(spec, &t.topology_key, 1);
             }
         }
@@ -1042,6 +1048,70 @@ mod tests {
             }}},
         }));
         assert_eq!(run(&mut c, &social).expect("fits"), "c");
+    }
+
+    #[test]
+    fn namespace_selectors_in_affinity_terms() {
+        let mut c = Cache::default();
+        c.set_node(node("a", "8", json!({})));
+        c.set_node(node("b", "8", json!({})));
+        c.namespaces.insert(
+            "team-a".into(),
+            [("team".to_string(), "a".to_string())].into(),
+        );
+        c.namespaces.insert("other".into(), Default::default());
+        let db = |ns: &str, name: &str| {
+            pod(json!({
+                "metadata": {"name": name, "namespace": ns, "labels": {"app": "db"}},
+                "spec": {"containers": [{"name": "c"}]},
+            }))
+        };
+        c.place(db("team-a", "db-a"), "a", false);
+        c.place(db("other", "db-other"), "b", false);
+        let anti = |sel: Value| {
+            pod(json!({
+                "metadata": {"name": "p", "namespace": "default"},
+                "spec": {"containers": [{"name": "c"}], "affinity": {"podAntiAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": [{
+                        "labelSelector": {"matchLabels": {"app": "db"}},
+                        "namespaceSelector": sel,
+                        "topologyKey": "kubernetes.io/hostname",
+                    }],
+                }}},
+            }))
+        };
+        // Only team=a namespaces count: node a is out, b is fine.
+        assert_eq!(
+            run(&mut c, &anti(json!({"matchLabels": {"team": "a"}}))).expect("b"),
+            "b"
+        );
+        // {} is every namespace: both nodes are out.
+        let err = run(&mut c, &anti(json!({}))).expect_err("db pods everywhere");
+        assert!(
+            err.to_string()
+                .contains("2 node(s) didn't match pod anti-affinity rules"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn heartbeats_are_not_scheduling_changes() {
+        let a = node("a", "4", json!({}));
+        let mut beat = a.node.as_ref().clone();
+        beat.status.as_mut().expect("status").conditions =
+            Some(vec![k8s_openapi::api::core::v1::NodeCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]);
+        assert!(a.same_for_scheduling(&NodeSpec::new(Arc::new(beat))));
+        let tainted = node(
+            "a",
+            "4",
+            json!({"taints": [{"key": "k", "effect": "NoSchedule"}]}),
+        );
+        assert!(!a.same_for_scheduling(&tainted));
+        assert!(!a.same_for_scheduling(&node("a", "8", json!({}))));
     }
 
     #[test]

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Binding, Namespace, Node, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::chrono::Utc;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use parking_lot::Mutex;
+use rand::SeedableRng;
 use tokio::sync::Notify;
 
 use crate::cache::Cache;
@@ -31,16 +32,23 @@ struct State {
     queue: Queue,
     nodes_synced: bool,
     pods_synced: bool,
+    namespaces_synced: bool,
     /// Round-robin start of the feasible-node search.
     next_start: usize,
     /// Keys seen during a watch (re)list, to drop what the relist no longer has.
     relist_pods: Option<HashSet<String>>,
     relist_nodes: Option<HashSet<String>>,
+    relist_namespaces: Option<HashSet<String>>,
 }
+
+/// Bindings in flight at most. Deciding never waits for them (the pod is assumed
+/// first), but a burst of thousands must not open thousands of apiserver connections.
+const MAX_BINDS_IN_FLIGHT: usize = 256;
 
 struct Shared {
     state: Mutex<State>,
     wake: Notify,
+    bind_slots: tokio::sync::Semaphore,
     client: kube::Client,
     recorder: Recorder,
 }
@@ -63,6 +71,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         state: Mutex::new(State::default()),
         wake: Notify::new(),
+        bind_slots: tokio::sync::Semaphore::new(MAX_BINDS_IN_FLIGHT),
         recorder: Recorder::start(client.clone(), identity.clone()),
         client: client.clone(),
     });
@@ -70,6 +79,7 @@ pub async fn run(
     // at once (as upstream's informers start before its election).
     let watches = tokio::spawn(watch_nodes(shared.clone()));
     let pod_watch = tokio::spawn(watch_pods(shared.clone()));
+    let ns_watch = tokio::spawn(watch_namespaces(shared.clone()));
     let serving = cfg.serve.map(crate::serve::serve);
     let result = async {
         match serving {
@@ -84,6 +94,7 @@ pub async fn run(
     .await;
     watches.abort();
     pod_watch.abort();
+    ns_watch.abort();
     result
 }
 
@@ -159,8 +170,18 @@ async fn watch_nodes(shared: Arc<Shared>) {
                 if let Some(seen) = st.relist_nodes.as_mut() {
                     seen.insert(spec.name.clone());
                 }
+                // Status heartbeats change nothing a filter reads; only a new node or
+                // new labels, taints, room or cordon can make a waiting pod fit.
+                let relevant = st
+                    .cache
+                    .nodes
+                    .get(&spec.name)
+                    .and_then(|n| n.spec.as_ref())
+                    .is_none_or(|old| !old.same_for_scheduling(&spec));
                 st.cache.set_node(spec);
-                st.queue.cluster_changed(now);
+                if relevant {
+                    st.queue.cluster_changed(now);
+                }
             }
             Event::Delete(n) => {
                 st.cache
@@ -181,6 +202,53 @@ async fn watch_nodes(shared: Arc<Shared>) {
                 }
                 st.nodes_synced = true;
                 st.queue.cluster_changed(now);
+            }
+        }
+        drop(st);
+        shared.wake.notify_one();
+    }
+}
+
+/// Namespace labels, which affinity terms with a namespaceSelector match against.
+async fn watch_namespaces(shared: Arc<Shared>) {
+    let api: Api<Namespace> = Api::all(shared.client.clone());
+    let mut stream = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    loop {
+        let ev = match stream.try_next().await {
+            Ok(Some(ev)) => ev,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "namespace watch failed; retrying");
+                continue;
+            }
+        };
+        let mut st = shared.state.lock();
+        let now = Instant::now();
+        match ev {
+            Event::Init => st.relist_namespaces = Some(HashSet::new()),
+            Event::InitApply(ns) | Event::Apply(ns) => {
+                let name = ns.metadata.name.unwrap_or_default();
+                let labels = ns.metadata.labels.unwrap_or_default();
+                if let Some(seen) = st.relist_namespaces.as_mut() {
+                    seen.insert(name.clone());
+                }
+                if st.cache.namespaces.get(&name) != Some(&labels) {
+                    st.cache.namespaces.insert(name, labels);
+                    st.queue.cluster_changed(now);
+                }
+            }
+            Event::Delete(ns) => {
+                st.cache
+                    .namespaces
+                    .remove(ns.metadata.name.as_deref().unwrap_or(""));
+            }
+            Event::InitDone => {
+                if let Some(seen) = st.relist_namespaces.take() {
+                    st.cache.namespaces.retain(|n, _| seen.contains(n));
+                }
+                st.namespaces_synced = true;
             }
         }
         drop(st);
@@ -274,8 +342,16 @@ fn on_pod(st: &mut State, info: Arc<PodInfo>) {
         return;
     }
     if st.cache.is_assumed(&k) {
-        // Our binding is in flight or the watch has not caught up with it.
-        return;
+        let same = st
+            .cache
+            .placed_pod(&k)
+            .is_some_and(|(_, p)| p.uid == info.uid);
+        if same {
+            // Our binding is in flight or the watch has not caught up with it.
+            return;
+        }
+        // A new pod under the old one's name: the assumption was about the old one.
+        st.cache.remove_pod(&k);
     }
     if info.scheduler_name != SCHEDULER_NAME || info.terminating || info.terminal || info.gated {
         st.queue.remove(&k);
@@ -306,7 +382,7 @@ async fn schedule_loop(shared: Arc<Shared>) {
                 st.queue.flush_stale_unschedulable(now);
                 last_flush = now;
             }
-            let popped = if st.nodes_synced && st.pods_synced {
+            let popped = if st.nodes_synced && st.pods_synced && st.namespaces_synced {
                 st.queue.pop(now)
             } else {
                 None
@@ -345,8 +421,6 @@ async fn schedule_loop(shared: Arc<Shared>) {
     }
 }
 
-use rand::SeedableRng;
-
 fn schedule_one(shared: &Arc<Shared>, pod: Arc<PodInfo>, rng: &mut rand::rngs::StdRng) {
     let started = Instant::now();
     let k = pod.key();
@@ -374,6 +448,7 @@ fn schedule_one(shared: &Arc<Shared>, pod: Arc<PodInfo>, rng: &mut rand::rngs::S
                 .observe(started.elapsed().as_secs_f64());
             let msg = err.to_string();
             tracing::info!(namespace = %pod.namespace, pod = %pod.name, reason = %msg, "unable to schedule pod");
+            // Both are rejections (upstream's "no nodes" is UnschedulableAndUnresolvable).
             let reason = match err {
                 ScheduleError::NoNodes | ScheduleError::Fit(_) => "Unschedulable",
             };
@@ -383,6 +458,8 @@ fn schedule_one(shared: &Arc<Shared>, pod: Arc<PodInfo>, rng: &mut rand::rngs::S
 }
 
 async fn bind(shared: Arc<Shared>, pod: Arc<PodInfo>, node: String, started: Instant) {
+    // Never closed, so acquiring only waits.
+    let _slot = shared.bind_slots.acquire().await;
     let api: Api<Pod> = Api::namespaced(shared.client.clone(), &pod.namespace);
     let binding = Binding {
         metadata: ObjectMeta {

@@ -51,9 +51,13 @@ impl HostPort {
 pub enum Namespaces {
     /// `namespaceSelector: {}`: every namespace.
     All,
-    /// The listed namespaces (the pod's own when the term names none).
-    Some(Vec<String>),
+    /// The listed namespaces (the pod's own when the term names none and has no
+    /// selector), plus those whose labels match the selector.
+    Some(Vec<String>, Option<LabelSelector>),
 }
+
+/// Namespace name -> its labels, for terms with a `namespaceSelector`.
+pub type NamespaceLabels = HashMap<String, BTreeMap<String, String>>;
 
 /// A pod (anti-)affinity term with its namespaces resolved.
 #[derive(Clone, Debug)]
@@ -67,14 +71,14 @@ impl AffinityTerm {
     fn from_api(t: &PodAffinityTerm, own_ns: &str) -> AffinityTerm {
         let mut ns: Vec<String> = t.namespaces.clone().unwrap_or_default();
         let namespaces = match &t.namespace_selector {
-            // An empty namespace selector selects every namespace. A non-empty one would
-            // need namespace labels, which this scheduler does not watch: it adds none.
+            // An empty namespace selector selects every namespace.
             Some(sel) if selector_is_empty(sel) => Namespaces::All,
-            _ => {
+            Some(sel) => Namespaces::Some(ns, Some(sel.clone())),
+            None => {
                 if ns.is_empty() {
                     ns.push(own_ns.to_string());
                 }
-                Namespaces::Some(ns)
+                Namespaces::Some(ns, None)
             }
         };
         AffinityTerm {
@@ -85,10 +89,17 @@ impl AffinityTerm {
     }
 
     /// Whether `pod` is one of the pods this term is about.
-    pub fn matches(&self, pod: &PodInfo) -> bool {
+    pub fn matches(&self, pod: &PodInfo, ns_labels: &NamespaceLabels) -> bool {
         let ns_ok = match &self.namespaces {
             Namespaces::All => true,
-            Namespaces::Some(list) => list.contains(&pod.namespace),
+            Namespaces::Some(list, sel) => {
+                list.contains(&pod.namespace)
+                    || sel.as_ref().is_some_and(|sel| {
+                        ns_labels
+                            .get(&pod.namespace)
+                            .is_some_and(|labels| selector_matches(sel, labels))
+                    })
+            }
         };
         // A term without a label selector selects nothing.
         ns_ok
@@ -471,6 +482,17 @@ impl NodeSpec {
             unschedulable: spec.unschedulable.unwrap_or(false),
             node,
         }
+    }
+}
+
+impl NodeSpec {
+    /// Whether the two versions of a node are the same to every filter and score.
+    pub fn same_for_scheduling(&self, other: &NodeSpec) -> bool {
+        self.labels == other.labels
+            && self.allocatable == other.allocatable
+            && self.max_pods == other.max_pods
+            && self.taints == other.taints
+            && self.unschedulable == other.unschedulable
     }
 }
 
