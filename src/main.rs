@@ -116,13 +116,9 @@ impl NodeArgs {
     }
 }
 
-/// kube-controller-manager's flags, with its names and defaults where they apply.
+/// The `--leader-elect-*` flags kube-controller-manager and kube-scheduler share.
 #[derive(clap::Args)]
-struct ControllerManagerArgs {
-    /// Path to a kubeconfig file for the apiserver (default: $KUBECONFIG or
-    /// ~/.kube/config).
-    #[arg(long)]
-    kubeconfig: Option<PathBuf>,
+struct LeaderElectArgs {
     /// Start a leader election client and gain leadership before acting.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     leader_elect: bool,
@@ -138,9 +134,36 @@ struct ControllerManagerArgs {
     /// Namespace of the lease object used for locking.
     #[arg(long, default_value = "kube-system")]
     leader_elect_resource_namespace: String,
-    /// Name of the lease object used for locking.
-    #[arg(long, default_value = "kube-controller-manager")]
-    leader_elect_resource_name: String,
+    /// Name of the lease object used for locking (default: the component's own name).
+    #[arg(long)]
+    leader_elect_resource_name: Option<String>,
+}
+
+impl LeaderElectArgs {
+    fn config(self, component: &str) -> Option<capstan_client::leader::LeaderConfig> {
+        self.leader_elect
+            .then(|| capstan_client::leader::LeaderConfig {
+                namespace: self.leader_elect_resource_namespace,
+                name: self
+                    .leader_elect_resource_name
+                    .unwrap_or_else(|| component.to_string()),
+                identity: capstan_client::identity(),
+                lease_duration: self.leader_elect_lease_duration,
+                renew_deadline: self.leader_elect_renew_deadline,
+                retry_period: self.leader_elect_retry_period,
+            })
+    }
+}
+
+/// kube-controller-manager's flags, with its names and defaults where they apply.
+#[derive(clap::Args)]
+struct ControllerManagerArgs {
+    /// Path to a kubeconfig file for the apiserver (default: $KUBECONFIG or
+    /// ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    leader: LeaderElectArgs,
     /// Controllers to enable: '*' for all, 'foo' enables foo, '-foo' disables foo.
     #[arg(long, default_value = "*", value_delimiter = ',')]
     controllers: Vec<String>,
@@ -154,25 +177,9 @@ struct ControllerManagerArgs {
 
 impl ControllerManagerArgs {
     fn into_config(self) -> capstan_controllers::Config {
-        let identity = format!(
-            "{}_{}",
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_else(|_| "localhost".into()),
-            std::process::id()
-        );
         capstan_controllers::Config {
             kubeconfig: self.kubeconfig,
-            election: self
-                .leader_elect
-                .then_some(capstan_controllers::leader::ElectionConfig {
-                    namespace: self.leader_elect_resource_namespace,
-                    name: self.leader_elect_resource_name,
-                    identity,
-                    lease_duration: self.leader_elect_lease_duration,
-                    renew_deadline: self.leader_elect_renew_deadline,
-                    retry_period: self.leader_elect_retry_period,
-                }),
+            election: self.leader.config("kube-controller-manager"),
             controllers: self.controllers,
             node_monitor: capstan_controllers::nodelifecycle::Settings {
                 monitor_period: self.node_monitor_period,
@@ -188,24 +195,8 @@ struct SchedulerArgs {
     /// Path to a kubeconfig to reach the apiserver with (else the default one).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
-    /// Start a leader election client and gain leadership before scheduling.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    leader_elect: bool,
-    /// How long a non-leader waits after the last observed renewal before taking over.
-    #[arg(long, default_value = "15s", value_parser = capstan_chaos::cli::parse_duration)]
-    leader_elect_lease_duration: std::time::Duration,
-    /// How long the leader keeps trying to renew before it gives up leading.
-    #[arg(long, default_value = "10s", value_parser = capstan_chaos::cli::parse_duration)]
-    leader_elect_renew_deadline: std::time::Duration,
-    /// How often candidates try to acquire or renew the lease.
-    #[arg(long, default_value = "2s", value_parser = capstan_chaos::cli::parse_duration)]
-    leader_elect_retry_period: std::time::Duration,
-    /// Namespace of the lease object.
-    #[arg(long, default_value = "kube-system")]
-    leader_elect_resource_namespace: String,
-    /// Name of the lease object.
-    #[arg(long, default_value = "kube-scheduler")]
-    leader_elect_resource_name: String,
+    #[command(flatten)]
+    leader: LeaderElectArgs,
     /// The address to serve /healthz and /metrics on (HTTPS).
     #[arg(long, default_value = "0.0.0.0")]
     bind_address: std::net::IpAddr,
@@ -396,12 +387,7 @@ fn main() -> anyhow::Result<()> {
         Command::Scheduler(a) => rt.block_on(async move {
             let cfg = capstan_scheduler::Config {
                 kubeconfig: a.kubeconfig,
-                leader_elect: a.leader_elect,
-                lease_duration: a.leader_elect_lease_duration,
-                renew_deadline: a.leader_elect_renew_deadline,
-                retry_period: a.leader_elect_retry_period,
-                lease_namespace: a.leader_elect_resource_namespace,
-                lease_name: a.leader_elect_resource_name,
+                election: a.leader.config("kube-scheduler"),
                 serve: (a.secure_port != 0)
                     .then(|| std::net::SocketAddr::new(a.bind_address, a.secure_port)),
             };

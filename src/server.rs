@@ -96,16 +96,15 @@ pub async fn run(
     };
     let apiserver = async { capstan_apiserver::run(api_cfg).await.context("apiserver") };
     let kubeconfig = a.write_kubeconfig.clone();
-    let identity = format!("{name}_{}", std::process::id());
     let components = async move {
         wait_for_file(&kubeconfig).await;
         tracing::info!(kubeconfig = %kubeconfig.display(), "control plane components starting");
         let controllers = capstan_controllers::Config {
             kubeconfig: Some(kubeconfig.clone()),
-            election: Some(capstan_controllers::leader::ElectionConfig {
+            election: Some(capstan_client::leader::LeaderConfig {
                 namespace: "kube-system".into(),
                 name: "kube-controller-manager".into(),
-                identity,
+                identity: capstan_client::identity(),
                 lease_duration: Duration::from_secs(15),
                 renew_deadline: Duration::from_secs(10),
                 retry_period: Duration::from_secs(2),

@@ -6,7 +6,6 @@ pub mod deployment;
 pub mod endpoints;
 pub mod gc;
 pub mod job;
-pub mod leader;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
@@ -27,15 +26,15 @@ pub enum Error {
     /// A call to the apiserver failed.
     #[error(transparent)]
     Kube(#[from] kube::Error),
-    /// The kubeconfig could not be read or used.
-    #[error("kubeconfig: {0}")]
-    Kubeconfig(String),
+    /// No client for the apiserver could be made from the kubeconfig.
+    #[error(transparent)]
+    Connect(#[from] capstan_client::ClientError),
     /// `--controllers` named a controller that does not exist.
     #[error("unknown controller {0:?} in --controllers")]
     UnknownController(String),
     /// This process was the leader and lost the lease; it must stop acting.
     #[error("leaderelection lost: {0}")]
-    LeaderLost(String),
+    LeaderLost(capstan_client::leader::Lost),
     /// A sync did not reach its goal (it is retried).
     #[error("{0}")]
     Sync(String),
@@ -59,7 +58,7 @@ pub struct Config {
     /// Kubeconfig file (None: the environment's, as kubectl finds it).
     pub kubeconfig: Option<std::path::PathBuf>,
     /// Leader election, or None to act at once.
-    pub election: Option<leader::ElectionConfig>,
+    pub election: Option<capstan_client::leader::LeaderConfig>,
     /// `--controllers`: `*`, names, `-name` to disable.
     pub controllers: Vec<String>,
     /// `--node-monitor-period` and `--node-monitor-grace-period`.
@@ -84,23 +83,6 @@ impl Config {
     }
 }
 
-/// Connects to the apiserver named by the kubeconfig.
-pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, Error> {
-    let cfg = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| Error::Kubeconfig(format!("{}: {e}", path.display())))?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .map_err(|e| Error::Kubeconfig(e.to_string()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| Error::Kubeconfig(e.to_string()))?,
-    };
-    Client::try_from(cfg).map_err(Error::Kube)
-}
-
 /// Runs the controller-manager until it fails or loses leadership.
 pub async fn run(cfg: Config) -> Result<(), Error> {
     for c in &cfg.controllers {
@@ -109,20 +91,20 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
             return Err(Error::UnknownController(c.clone()));
         }
     }
-    let client = client(cfg.kubeconfig.as_deref()).await?;
+    let client = capstan_client::client(cfg.kubeconfig.as_deref()).await?;
     let mut elector = cfg
         .election
         .clone()
-        .map(|e| leader::Elector::new(client.clone(), e));
+        .map(|e| capstan_client::leader::Elector::new(client.clone(), e));
     if let Some(e) = elector.as_mut() {
         e.acquire().await;
     }
     let controllers = start(client, &cfg);
     match elector.as_mut() {
         Some(e) => {
-            let lost = e.keep().await;
+            let lost = e.hold().await;
             controllers.abort();
-            Err(lost)
+            Err(Error::LeaderLost(lost))
         }
         None => {
             let _ = controllers.await;

@@ -8,7 +8,6 @@
 pub mod cache;
 pub mod events;
 pub mod framework;
-pub mod leader;
 pub mod metrics;
 pub mod quantity;
 pub mod queue;
@@ -27,13 +26,8 @@ pub const SCHEDULER_NAME: &str = "default-scheduler";
 pub struct Config {
     /// Kubeconfig to reach the apiserver with (else the in-cluster/default one).
     pub kubeconfig: Option<PathBuf>,
-    /// Take part in leader election before scheduling.
-    pub leader_elect: bool,
-    pub lease_duration: Duration,
-    pub renew_deadline: Duration,
-    pub retry_period: Duration,
-    pub lease_namespace: String,
-    pub lease_name: String,
+    /// Leader election (the `--leader-elect-*` flags), or None to schedule at once.
+    pub election: Option<capstan_client::leader::LeaderConfig>,
     /// Where `/healthz` and `/metrics` are served over HTTPS (`None`: not served).
     pub serve: Option<std::net::SocketAddr>,
 }
@@ -42,12 +36,14 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             kubeconfig: None,
-            leader_elect: true,
-            lease_duration: Duration::from_secs(15),
-            renew_deadline: Duration::from_secs(10),
-            retry_period: Duration::from_secs(2),
-            lease_namespace: "kube-system".into(),
-            lease_name: "kube-scheduler".into(),
+            election: Some(capstan_client::leader::LeaderConfig {
+                namespace: "kube-system".into(),
+                name: "kube-scheduler".into(),
+                identity: capstan_client::identity(),
+                lease_duration: Duration::from_secs(15),
+                renew_deadline: Duration::from_secs(10),
+                retry_period: Duration::from_secs(2),
+            }),
             serve: Some(std::net::SocketAddr::from(([0, 0, 0, 0], 10259))),
         }
     }
@@ -56,19 +52,16 @@ impl Default for Config {
 /// Why the scheduler stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The kubeconfig could not be read or used.
-    #[error("kubeconfig: {0}")]
-    Kubeconfig(#[from] kube::config::KubeconfigError),
-    /// No kubeconfig was given and none could be inferred.
-    #[error("no kubeconfig: {0}")]
-    InferConfig(#[from] kube::config::InferConfigError),
-    /// The Kubernetes client could not be built.
+    /// No client for the apiserver could be made from the kubeconfig.
+    #[error(transparent)]
+    Connect(#[from] capstan_client::ClientError),
+    /// A request to the apiserver failed.
     #[error("client: {0}")]
     Client(#[from] kube::Error),
     /// This instance held the lease and lost it; upstream exits so that a fresh start
     /// rebuilds its state from scratch, and so do we.
     #[error("leaderelection lost: {0}")]
-    LeaderLost(String),
+    LeaderLost(capstan_client::leader::Lost),
     /// The health and metrics endpoint could not be set up.
     #[error("serving: {0}")]
     Serve(String),

@@ -20,11 +20,11 @@ use tokio::sync::Notify;
 use crate::cache::Cache;
 use crate::events::{PodEvent, Recorder};
 use crate::framework::{self, ScheduleError};
-use crate::leader::{Elector, LeaderConfig};
 use crate::metrics;
 use crate::queue::Queue;
 use crate::types::{key, NodeSpec, PodInfo};
 use crate::{Config, Error, SCHEDULER_NAME};
+use capstan_client::leader::Elector;
 
 #[derive(Default)]
 struct State {
@@ -58,16 +58,12 @@ pub async fn run(
     cfg: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
-    let kcfg = match &cfg.kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await?
-        }
-        None => kube::Config::infer().await?,
-    };
-    let client = kube::Client::try_from(kcfg)?;
-    let identity = identity();
+    let client = capstan_client::client(cfg.kubeconfig.as_deref()).await?;
+    let identity = cfg
+        .election
+        .as_ref()
+        .map(|e| e.identity.clone())
+        .unwrap_or_else(capstan_client::identity);
     let shared = Arc::new(Shared {
         state: Mutex::new(State::default()),
         wake: Notify::new(),
@@ -86,9 +82,9 @@ pub async fn run(
             // Health and metrics answer whether or not this instance leads.
             Some(serving) => tokio::select! {
                 r = serving => r,
-                r = run_elected(cfg, identity, shared, shutdown) => r,
+                r = run_elected(cfg, shared, shutdown) => r,
             },
-            None => run_elected(cfg, identity, shared, shutdown).await,
+            None => run_elected(cfg, shared, shutdown).await,
         }
     }
     .await;
@@ -100,51 +96,31 @@ pub async fn run(
 
 async fn run_elected(
     cfg: Config,
-    identity: String,
     shared: Arc<Shared>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
     tokio::pin!(shutdown);
-    if !cfg.leader_elect {
+    let Some(election) = cfg.election.clone() else {
         tokio::select! {
             _ = schedule_loop(shared) => {}
             _ = &mut shutdown => {}
         }
         return Ok(());
-    }
-    let mut elector = Elector::new(
-        shared.client.clone(),
-        LeaderConfig {
-            namespace: cfg.lease_namespace.clone(),
-            name: cfg.lease_name.clone(),
-            identity: identity.clone(),
-            lease_duration: cfg.lease_duration,
-            renew_deadline: cfg.renew_deadline,
-            retry_period: cfg.retry_period,
-        },
-    );
-    tracing::info!(identity = %identity, lease = %format!("{}/{}", cfg.lease_namespace, cfg.lease_name), "attempting to acquire leader lease");
+    };
+    let mut elector = Elector::new(shared.client.clone(), election);
     tokio::select! {
         _ = elector.acquire() => {}
         _ = &mut shutdown => return Ok(()),
     }
     let outcome = tokio::select! {
         _ = schedule_loop(shared) => Ok(()),
-        lost = elector.hold() => Err(lost),
+        lost = elector.hold() => Err(Error::LeaderLost(lost)),
         _ = &mut shutdown => Ok(()),
     };
     if outcome.is_ok() {
         elector.release().await;
     }
     outcome
-}
-
-/// hostname_<random>, as upstream's `id := hostname + "_" + uuid`.
-fn identity() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into());
-    format!("{host}_{:016x}", rand::random::<u64>())
 }
 
 async fn watch_nodes(shared: Arc<Shared>) {

@@ -12,9 +12,19 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::chrono::Utc;
 use kube::api::{Api, PostParams};
 
-use crate::Error;
+/// Why a leader stopped leading (upstream exits then, so that a fresh start rebuilds
+/// its state, and so do the components).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lost(pub String);
 
-/// Lease timings (kube-scheduler's `--leader-elect-*` flags).
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Lease timings (the `--leader-elect-*` flags of kube-scheduler and
+/// kube-controller-manager).
 #[derive(Debug, Clone)]
 pub struct LeaderConfig {
     pub namespace: String,
@@ -44,6 +54,7 @@ impl Elector {
 
     /// Waits until this candidate holds the lease.
     pub async fn acquire(&mut self) {
+        tracing::info!(lease = %format!("{}/{}", self.cfg.namespace, self.cfg.name), identity = %self.cfg.identity, "attempting to acquire leader lease");
         loop {
             match self.try_acquire_or_renew().await {
                 Ok(true) => {
@@ -59,7 +70,7 @@ impl Elector {
 
     /// Renews the lease every retry period; returns once a renewal has not succeeded
     /// within the renew deadline (leadership lost).
-    pub async fn hold(&mut self) -> Error {
+    pub async fn hold(&mut self) -> Lost {
         let mut last_renewed = Instant::now();
         loop {
             tokio::time::sleep(self.cfg.retry_period).await;
@@ -71,12 +82,12 @@ impl Elector {
                 .saturating_sub(last_renewed.elapsed());
             match tokio::time::timeout(left, self.try_acquire_or_renew()).await {
                 Ok(Ok(true)) => last_renewed = Instant::now(),
-                Ok(Ok(false)) => return Error::LeaderLost("the lease is held by another".into()),
+                Ok(Ok(false)) => return Lost("the lease is held by another".into()),
                 Ok(Err(e)) => tracing::warn!(error = %e, "failed to renew lease"),
                 Err(_) => tracing::warn!("lease renewal timed out"),
             }
             if last_renewed.elapsed() > self.cfg.renew_deadline {
-                return Error::LeaderLost(format!(
+                return Lost(format!(
                     "failed to renew the lease within {:?}",
                     self.cfg.renew_deadline
                 ));
