@@ -1,4 +1,4 @@
-//! Compiles the etcd v3 protobufs with protox (a pure-Rust protobuf compiler), so a
+//! Compiles the etcd v3 protobufs and the CRI (`runtime.v1`) with protox (a pure-Rust protobuf compiler), so a
 //! build needs no `protoc` on the machine, then generates prost types and tonic
 //! clients and servers from the descriptor set.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -14,6 +14,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(files, ["."])?;
     tonic_prost_build::configure()
         .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    // The CRI (kubelet to container runtime): the node agent is only ever its client.
+    let cri = "cri/runtime/v1/api.proto";
+    println!("cargo:rerun-if-changed={cri}");
+    let fds = protox::compile([cri], ["cri"])?;
+    tonic_prost_build::configure()
+        .build_server(false)
         .build_client(true)
         .compile_fds(fds)?;
     Ok(())

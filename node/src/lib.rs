@@ -10,6 +10,8 @@
 //! running containers, so one process can stand in for many nodes in tests and scale
 //! benchmarks. The container-runtime mode (CRI to containerd) is issue #8.
 
+pub mod kubelet;
+pub mod registration;
 pub mod simulated;
 
 use std::path::PathBuf;

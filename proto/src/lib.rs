@@ -24,3 +24,9 @@ pub mod etcdserverpb {
 pub mod raftpb {
     tonic::include_proto!("raftpb");
 }
+
+/// The Container Runtime Interface (`runtime.v1`, cri-api v0.32.13): the
+/// RuntimeService and ImageService clients the node agent talks to containerd with.
+pub mod cri {
+    tonic::include_proto!("runtime.v1");
+}
