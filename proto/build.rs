@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "etcd/authpb/auth.proto",
         "raft/raftpb.proto",
     ];
+    println!("cargo:rerun-if-changed=build.rs");
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }
