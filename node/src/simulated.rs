@@ -389,7 +389,7 @@ impl Sim {
 }
 
 /// `Guaranteed`, `Burstable` or `BestEffort`, by upstream's rules over cpu and memory.
-fn qos_class(pod: &Pod) -> &'static str {
+pub(crate) fn qos_class(pod: &Pod) -> &'static str {
     let Some(spec) = &pod.spec else {
         return "BestEffort";
     };
@@ -506,7 +506,7 @@ fn running_status(pod: &Pod, ip: Ipv4Addr, host_ip: Ipv4Addr) -> Value {
 }
 
 /// PodScheduled as the scheduler set it, or set now for a pod bound by `nodeName`.
-fn scheduled_condition(pod: &Pod, t: &str) -> Value {
+pub(crate) fn scheduled_condition(pod: &Pod, t: &str) -> Value {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
