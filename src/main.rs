@@ -82,6 +82,9 @@ struct NodeArgs {
     /// images that come this way.
     #[arg(long)]
     image_archive: Vec<PathBuf>,
+    /// Where container logs are written (the kubelet's `podLogsDir`).
+    #[arg(long, default_value = "/var/log/pods")]
+    pod_logs_dir: PathBuf,
     /// Duration of the node's Lease in seconds; it is renewed every quarter of it.
     #[arg(long, default_value_t = 40)]
     node_lease_duration_seconds: i32,
@@ -121,6 +124,7 @@ impl NodeArgs {
                     status_report_frequency: self.node_status_report_frequency,
                 },
                 image_archives: self.image_archive,
+                pod_logs_dir: self.pod_logs_dir,
             }));
         }
         Ok(NodeConfig::Simulated(capstan_node::simulated::Config {

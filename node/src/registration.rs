@@ -72,10 +72,30 @@ pub fn healthy_conditions() -> Value {
                "lastHeartbeatTime": t, "lastTransitionTime": t})
     };
     json!([
-        cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
-        cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-        cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
-        cond("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+        cond(
+            "MemoryPressure",
+            "False",
+            "KubeletHasSufficientMemory",
+            "kubelet has sufficient memory available"
+        ),
+        cond(
+            "DiskPressure",
+            "False",
+            "KubeletHasNoDiskPressure",
+            "kubelet has no disk pressure"
+        ),
+        cond(
+            "PIDPressure",
+            "False",
+            "KubeletHasSufficientPID",
+            "kubelet has sufficient PID available"
+        ),
+        cond(
+            "Ready",
+            "True",
+            "KubeletReady",
+            "kubelet is posting ready status"
+        ),
     ])
 }
 
@@ -124,7 +144,8 @@ pub async fn register(client: &kube::Client, source: &dyn NodeSource, name: &str
     loop {
         let obj = source.node_object(name);
         let attempt = async {
-            let node: Node = serde_json::from_value(obj.clone()).map_err(kube::Error::SerdeError)?;
+            let node: Node =
+                serde_json::from_value(obj.clone()).map_err(kube::Error::SerdeError)?;
             match api.create(&PostParams::default(), &node).await {
                 Ok(n) => Ok(n),
                 Err(kube::Error::Api(e)) if e.code == 409 => {

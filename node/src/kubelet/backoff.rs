@@ -61,7 +61,11 @@ mod tests {
     fn doubles_from_ten_seconds_to_five_minutes() {
         let mut b = Backoff::default();
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        assert_eq!(b.remaining("k", t0, t0), None, "the first failure restarts at once");
+        assert_eq!(
+            b.remaining("k", t0, t0),
+            None,
+            "the first failure restarts at once"
+        );
         b.next("k", t0);
         assert_eq!(b.current("k"), Some(INITIAL));
         let t1 = t0 + Duration::from_secs(2);

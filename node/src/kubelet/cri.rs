@@ -4,7 +4,7 @@
 //! expansion, resources as cgroup limits).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use capstan_proto::cri;
 use capstan_proto::cri::image_service_client::ImageServiceClient;
@@ -22,9 +22,6 @@ pub const POD_NAME: &str = "io.kubernetes.pod.name";
 pub const POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
 pub const POD_UID: &str = "io.kubernetes.pod.uid";
 pub const CONTAINER_NAME: &str = "io.kubernetes.container.name";
-
-/// Where the kubelet keeps container logs (the CRI's `log_directory`).
-pub const POD_LOG_ROOT: &str = "/var/log/pods";
 
 /// Connects to a runtime endpoint (`unix:///run/containerd/containerd.sock`, or a bare
 /// path). The connection is lazy, so the runtime may come up after the agent.
@@ -77,10 +74,10 @@ fn pod_labels(pod: &Pod) -> HashMap<String, String> {
     l
 }
 
-/// The pod's log directory, `/var/log/pods/<namespace>_<name>_<uid>`.
-pub fn log_directory(pod: &Pod) -> String {
-    let (name, ns, uid) = meta(pod);
-    format!("{POD_LOG_ROOT}/{ns}_{name}_{uid}")
+/// The pod's log directory, `<pod logs dir>/<namespace>_<name>_<uid>` (the pod logs
+/// dir is `/var/log/pods` by default).
+pub fn log_directory(root: &Path, ns: &str, name: &str, uid: &str) -> PathBuf {
+    root.join(format!("{ns}_{name}_{uid}"))
 }
 
 fn namespaces(pod: &Pod) -> cri::NamespaceOption {
@@ -105,8 +102,11 @@ fn namespaces(pod: &Pod) -> cri::NamespaceOption {
 }
 
 /// The sandbox config (the same one is sent with every CreateContainer).
-pub fn sandbox_config(pod: &Pod, attempt: u32) -> cri::PodSandboxConfig {
+pub fn sandbox_config(pod: &Pod, attempt: u32, logs: &Path) -> cri::PodSandboxConfig {
     let (name, ns, uid) = meta(pod);
+    let log_directory = log_directory(logs, &ns, &name, &uid)
+        .to_string_lossy()
+        .into_owned();
     let spec = pod.spec.clone().unwrap_or_default();
     let port_mappings = spec
         .containers
@@ -132,7 +132,7 @@ pub fn sandbox_config(pod: &Pod, attempt: u32) -> cri::PodSandboxConfig {
             attempt,
         }),
         hostname: spec.hostname.clone().unwrap_or(name),
-        log_directory: log_directory(pod),
+        log_directory,
         port_mappings,
         labels: pod_labels(pod),
         annotations: pod

@@ -56,6 +56,8 @@ pub struct Config {
     pub labels: BTreeMap<String, String>,
     pub taints: Vec<Value>,
     pub heartbeat: Heartbeat,
+    /// Where container logs go (`/var/log/pods`; the kubelet's `podLogsDir`).
+    pub pod_logs_dir: PathBuf,
     /// Image archives imported into the runtime's `k8s.io` namespace at start, with
     /// `ctr` (no registry may be reachable).
     pub image_archives: Vec<PathBuf>,
@@ -196,14 +198,12 @@ impl Kubelet {
                     }
                 }
                 Ok(watcher::Event::Apply(p)) => {
-                    if let (Some(uid), Ok(mut pods)) = (p.metadata.uid.clone(), self.pods.lock())
-                    {
+                    if let (Some(uid), Ok(mut pods)) = (p.metadata.uid.clone(), self.pods.lock()) {
                         pods.insert(uid, p);
                     }
                 }
                 Ok(watcher::Event::Delete(p)) => {
-                    if let (Some(uid), Ok(mut pods)) = (p.metadata.uid.as_ref(), self.pods.lock())
-                    {
+                    if let (Some(uid), Ok(mut pods)) = (p.metadata.uid.as_ref(), self.pods.lock()) {
                         pods.remove(uid);
                     }
                 }
@@ -268,26 +268,15 @@ impl Kubelet {
         });
         futures::future::join_all(syncs).await;
         // What is left belongs to pods gone from the API (or never ours).
-        let orphans: Vec<String> = r
+        let orphans: Vec<api::PodSandbox> = r
             .sandboxes
             .into_iter()
             .filter(|(uid, _)| !uid.is_empty() && !known.contains(uid))
-            .flat_map(|(_, s)| s.into_iter().map(|s| s.id))
+            .flat_map(|(_, s)| s)
             .collect();
-        for id in orphans {
-            tracing::info!(sandbox = %id, "removing the sandbox of a pod gone from the API");
-            let mut rt = self.runtime.clone();
-            let _ = rt
-                .stop_pod_sandbox(api::StopPodSandboxRequest {
-                    pod_sandbox_id: id.clone(),
-                })
-                .await;
-            if let Err(e) = rt
-                .remove_pod_sandbox(api::RemovePodSandboxRequest { pod_sandbox_id: id })
-                .await
-            {
-                tracing::warn!(error = %e, "removing sandbox");
-            }
+        for s in orphans {
+            tracing::info!(sandbox = %s.id, "removing the sandbox of a pod gone from the API");
+            self.remove_sandbox(&s).await;
         }
         if let (Ok(mut st), Ok(mut b)) = (self.state.lock(), self.backoff.lock()) {
             let gone: Vec<String> = st.keys().filter(|u| !known.contains(*u)).cloned().collect();
@@ -370,8 +359,8 @@ impl Kubelet {
         let mut sandbox = ready_sandbox;
         if sandbox.is_none() && sandboxes.is_empty() {
             let mut rt = self.runtime.clone();
-            let config = cri::sandbox_config(pod, 0);
-            if let Err(e) = std::fs::create_dir_all(cri::log_directory(pod)) {
+            let config = cri::sandbox_config(pod, 0, &self.cfg.pod_logs_dir);
+            if let Err(e) = std::fs::create_dir_all(&config.log_directory) {
                 tracing::warn!(namespace = %ns, pod = %name, error = %e, "pod log directory");
             }
             match rt
@@ -570,7 +559,8 @@ impl Kubelet {
         if ok && attempt >= 2 {
             // Keep the newest dead attempt (for lastState and `logs --previous`);
             // older ones are garbage, as the kubelet's container GC decides.
-            self.remove_attempts_before(&uid, &c.name, attempt - 1).await;
+            self.remove_attempts_before(&uid, &c.name, attempt - 1)
+                .await;
         }
         ok
     }
@@ -720,7 +710,11 @@ impl Kubelet {
             .create_container(api::CreateContainerRequest {
                 pod_sandbox_id: sandbox.id.clone(),
                 config: Some(config),
-                sandbox_config: Some(cri::sandbox_config(pod, sandbox_attempt)),
+                sandbox_config: Some(cri::sandbox_config(
+                    pod,
+                    sandbox_attempt,
+                    &self.cfg.pod_logs_dir,
+                )),
             })
             .await;
         let id = match created {
@@ -841,6 +835,40 @@ impl Kubelet {
         });
     }
 
+    /// Stops and removes a sandbox (and with it its containers), then the pod's log
+    /// directory. False if the runtime refused.
+    async fn remove_sandbox(&self, s: &api::PodSandbox) -> bool {
+        let mut rt = self.runtime.clone();
+        let (ns, name, uid) = (
+            label(&s.labels, cri::POD_NAMESPACE),
+            label(&s.labels, cri::POD_NAME),
+            label(&s.labels, cri::POD_UID),
+        );
+        if let Err(e) = rt
+            .stop_pod_sandbox(api::StopPodSandboxRequest {
+                pod_sandbox_id: s.id.clone(),
+            })
+            .await
+        {
+            tracing::warn!(namespace = %ns, pod = %name, error = %e, "StopPodSandbox");
+            return false;
+        }
+        if let Err(e) = rt
+            .remove_pod_sandbox(api::RemovePodSandboxRequest {
+                pod_sandbox_id: s.id.clone(),
+            })
+            .await
+        {
+            tracing::warn!(namespace = %ns, pod = %name, error = %e, "RemovePodSandbox");
+            return false;
+        }
+        if !uid.is_empty() {
+            let dir = cri::log_directory(&self.cfg.pod_logs_dir, ns, name, uid);
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        true
+    }
+
     async fn terminate(
         &self,
         pod: &Pod,
@@ -879,24 +907,9 @@ impl Kubelet {
                 }
             });
         futures::future::join_all(stops).await;
-        let mut rt = self.runtime.clone();
-        for s in sandboxes {
-            if let Err(e) = rt
-                .stop_pod_sandbox(api::StopPodSandboxRequest {
-                    pod_sandbox_id: s.id.clone(),
-                })
-                .await
-            {
-                tracing::warn!(namespace = %ns, pod = %name, error = %e, "StopPodSandbox");
-                return;
-            }
-            if let Err(e) = rt
-                .remove_pod_sandbox(api::RemovePodSandboxRequest {
-                    pod_sandbox_id: s.id,
-                })
-                .await
-            {
-                tracing::warn!(namespace = %ns, pod = %name, error = %e, "RemovePodSandbox");
+        for s in &sandboxes {
+            if !self.remove_sandbox(s).await {
+                // Retried on the next relist (the pod is still terminating).
                 return;
             }
         }

@@ -221,7 +221,8 @@ fn condition(
         }
         _ => json!(crate::registration::now()),
     };
-    let mut c = json!({"type": ty, "status": status, "lastProbeTime": null, "lastTransitionTime": t});
+    let mut c =
+        json!({"type": ty, "status": status, "lastProbeTime": null, "lastTransitionTime": t});
     if let Some(r) = reason {
         c["reason"] = json!(r);
     }
@@ -291,7 +292,10 @@ pub fn pod_status(v: &PodView) -> Value {
         } else {
             (
                 Some("ContainersNotReady"),
-                Some(format!("containers with unready status: [{}]", unready.join(" "))),
+                Some(format!(
+                    "containers with unready status: [{}]",
+                    unready.join(" ")
+                )),
             )
         }
     };
@@ -380,13 +384,31 @@ mod tests {
     #[test]
     fn phases_follow_get_phase() {
         let none = json!({});
-        assert_eq!(phase("Always", &[], &[st(waiting(), none.clone())]), "Pending");
-        assert_eq!(phase("Always", &[], &[st(running(), none.clone())]), "Running");
-        assert_eq!(phase("Never", &[], &[st(exit(0), none.clone())]), "Succeeded");
+        assert_eq!(
+            phase("Always", &[], &[st(waiting(), none.clone())]),
+            "Pending"
+        );
+        assert_eq!(
+            phase("Always", &[], &[st(running(), none.clone())]),
+            "Running"
+        );
+        assert_eq!(
+            phase("Never", &[], &[st(exit(0), none.clone())]),
+            "Succeeded"
+        );
         assert_eq!(phase("Never", &[], &[st(exit(3), none.clone())]), "Failed");
-        assert_eq!(phase("OnFailure", &[], &[st(exit(0), none.clone())]), "Succeeded");
-        assert_eq!(phase("OnFailure", &[], &[st(exit(1), none.clone())]), "Running");
-        assert_eq!(phase("Always", &[], &[st(exit(0), none.clone())]), "Running");
+        assert_eq!(
+            phase("OnFailure", &[], &[st(exit(0), none.clone())]),
+            "Succeeded"
+        );
+        assert_eq!(
+            phase("OnFailure", &[], &[st(exit(1), none.clone())]),
+            "Running"
+        );
+        assert_eq!(
+            phase("Always", &[], &[st(exit(0), none.clone())]),
+            "Running"
+        );
         // CrashLoopBackOff: waiting with a last termination counts as stopped.
         assert_eq!(phase("Always", &[], &[st(waiting(), exit(1))]), "Running");
         // One container still being created keeps the pod Pending.
@@ -400,19 +422,35 @@ mod tests {
         );
         // Init containers: pending, failed with Never, failed and retried.
         assert_eq!(
-            phase("Always", &[st(running(), none.clone())], &[st(waiting(), none.clone())]),
+            phase(
+                "Always",
+                &[st(running(), none.clone())],
+                &[st(waiting(), none.clone())]
+            ),
             "Pending"
         );
         assert_eq!(
-            phase("Never", &[st(exit(1), none.clone())], &[st(waiting(), none.clone())]),
+            phase(
+                "Never",
+                &[st(exit(1), none.clone())],
+                &[st(waiting(), none.clone())]
+            ),
             "Failed"
         );
         assert_eq!(
-            phase("OnFailure", &[st(waiting(), exit(1))], &[st(waiting(), none.clone())]),
+            phase(
+                "OnFailure",
+                &[st(waiting(), exit(1))],
+                &[st(waiting(), none.clone())]
+            ),
             "Pending"
         );
         assert_eq!(
-            phase("Never", &[st(exit(0), none.clone())], &[st(running(), none)]),
+            phase(
+                "Never",
+                &[st(exit(0), none.clone())],
+                &[st(running(), none)]
+            ),
             "Running"
         );
     }

@@ -1,0 +1,361 @@
+//! Integration tests of the real kubelet (`capstan node` without `--simulated`): a real
+//! store, a real apiserver, a private containerd (see `containerd.rs`) and the node
+//! agent process, observed through the real `kubectl` as a user would, and through
+//! containerd itself (`ctr`, the CRI) for what must be gone.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod containerd;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use capstan_proto::cri;
+use containerd::{Containerd, BUSYBOX};
+use support::{eventually, Apiserver, Component, Server};
+
+/// Fields drop in order: the node agent goes first, containerd (which cleans up what
+/// the node left) last.
+struct Stack {
+    node: Component,
+    api: Apiserver,
+    _store: Server,
+    containerd: Containerd,
+}
+
+const NODE: &str = "kn1";
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn stack() -> Stack {
+    let containerd = Containerd::start().await;
+    let store = Server::start().await;
+    let api = Apiserver::start(&store.endpoint).await;
+    let endpoint = format!("unix://{}", containerd.socket.display());
+    let node = Component::start(
+        &api,
+        "node",
+        &[
+            "--hostname-override",
+            NODE,
+            "--container-runtime-endpoint",
+            &endpoint,
+            "--image-archive",
+            &containerd.image_archive.display().to_string(),
+            "--pod-logs-dir",
+            &containerd.pod_logs_dir.display().to_string(),
+            "--node-lease-duration-seconds",
+            "4",
+        ],
+    );
+    Stack {
+        node,
+        api,
+        _store: store,
+        containerd,
+    }
+}
+
+/// `kubectl get <args> -o jsonpath=<path>`, or None when kubectl fails.
+fn jsonpath(api: &Apiserver, args: &[&str], path: &str) -> Option<String> {
+    let jp = format!("jsonpath={path}");
+    let mut all = args.to_vec();
+    all.extend(["-o", &jp]);
+    let out = api.kubectl(&all);
+    out.ok.then(|| out.out().to_string())
+}
+
+/// `kubectl get pod <name> --no-headers` as columns (NAME READY STATUS RESTARTS AGE).
+fn pod_row(api: &Apiserver, name: &str) -> Vec<String> {
+    let out = api.kubectl(&["get", "pod", name, "--no-headers"]);
+    if !out.ok {
+        return Vec::new();
+    }
+    // RESTARTS may read `1 (2s ago)`; split on runs of two spaces or more.
+    out.stdout
+        .trim()
+        .split("  ")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn pod_yaml(name: &str, policy: &str, command: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  nodeName: {NODE}
+  restartPolicy: {policy}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: [sh, -c, '{command}']
+---
+"#
+    )
+}
+
+/// Sandboxes and containers the runtime holds for a pod uid, over the CRI.
+async fn runtime_objects(c: &Containerd, uid: &str) -> (usize, usize) {
+    let mut rt = c.runtime();
+    let sel = HashMap::from([("io.kubernetes.pod.uid".to_string(), uid.to_string())]);
+    let sandboxes = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest {
+            filter: Some(cri::PodSandboxFilter {
+                label_selector: sel.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("ListPodSandbox")
+        .into_inner()
+        .items
+        .len();
+    let containers = rt
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                label_selector: sel,
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("ListContainers")
+        .into_inner()
+        .containers
+        .len();
+    (sandboxes, containers)
+}
+
+#[tokio::test]
+async fn a_real_node_runs_pods_in_containerd() {
+    let mut s = stack().await;
+    let api = &s.api;
+
+    // The node registers Ready, with the machine's facts and the runtime's version.
+    eventually("node kn1 Ready", WAIT, || {
+        s.node.check_running();
+        let out = api.kubectl(&["get", "nodes", "--no-headers"]);
+        let ok = out.ok && out.stdout.split_whitespace().take(2).eq([NODE, "Ready"]);
+        async move { ok.then_some(()) }
+    })
+    .await;
+    let runtime = jsonpath(
+        api,
+        &["get", "node", NODE],
+        "{.status.nodeInfo.containerRuntimeVersion}",
+    );
+    assert!(
+        runtime
+            .as_deref()
+            .is_some_and(|r| r.starts_with("containerd://")),
+        "{runtime:?}"
+    );
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(
+        jsonpath(api, &["get", "node", NODE], "{.status.capacity.cpu}"),
+        Some(cpus.to_string())
+    );
+    assert_eq!(
+        jsonpath(api, &["get", "node", NODE], "{.status.allocatable.pods}"),
+        Some("110".to_string())
+    );
+    assert!(
+        api.kubectl(&["get", "lease", "-n", "kube-node-lease", NODE])
+            .ok
+    );
+
+    // Five pods at once: a server, one that succeeds, one that fails, one that keeps
+    // crashing, and one whose image is nowhere.
+    let mut manifest = String::new();
+    manifest += &format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: web}}
+spec:
+  nodeName: {NODE}
+  terminationGracePeriodSeconds: 1
+  initContainers:
+  - name: prepare
+    image: {BUSYBOX}
+    command: [sh, -c, 'echo init done']
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    env:
+    - {{name: GREETING, value: hi}}
+    - {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
+    - {{name: MESSAGE, value: '$(GREETING) from $(POD_NAME)'}}
+    command: [sh, -c]
+    args: ['echo $MESSAGE; mkdir /www; echo hello > /www/index.html; exec httpd -f -p 8080 -h /www']
+---
+"#
+    );
+    manifest += &pod_yaml("done", "Never", "exit 0");
+    manifest += &pod_yaml("fail", "Never", "echo failing; exit 3");
+    manifest += &pod_yaml("crash", "Always", "exit 1");
+    manifest += &format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: noimage}}
+spec:
+  nodeName: {NODE}
+  containers:
+  - {{name: c, image: "nothere.invalid/x:1"}}
+"#
+    );
+    let out = api.kubectl_stdin(&["apply", "-f", "-"], Some(&manifest));
+    out.out();
+
+    // web: Running and 1/1 ready, with an IP on the pod network that serves HTTP.
+    eventually("web Running 1/1", WAIT, || {
+        s.node.check_running();
+        let row = pod_row(api, "web");
+        let ok = row.get(1).map(String::as_str) == Some("1/1")
+            && row.get(2).map(String::as_str) == Some("Running");
+        async move { ok.then_some(()) }
+    })
+    .await;
+    let ip = jsonpath(api, &["get", "pod", "web"], "{.status.podIP}").unwrap_or_default();
+    assert!(
+        ip.starts_with(&s.containerd.subnet_prefix),
+        "pod IP {ip} is not on the CNI bridge's subnet {}0/24",
+        s.containerd.subnet_prefix
+    );
+    let body = eventually("web answers HTTP", WAIT, || {
+        let r = support::http_get(&format!("{ip}:8080"), "/");
+        async move { r.filter(|(code, _)| *code == 200).map(|(_, b)| b) }
+    })
+    .await;
+    assert_eq!(body.trim(), "hello");
+    let status: serde_json::Value =
+        api.kubectl(&["get", "pod", "web", "-o", "json"]).json()["status"].clone();
+    assert_eq!(status["phase"], "Running");
+    assert_eq!(status["qosClass"], "BestEffort");
+    assert!(status["hostIP"].is_string() && status["startTime"].is_string());
+    assert_eq!(
+        status["initContainerStatuses"][0]["state"]["terminated"]["reason"],
+        "Completed"
+    );
+    for cond in [
+        "PodReadyToStartContainers",
+        "Initialized",
+        "ContainersReady",
+        "Ready",
+        "PodScheduled",
+    ] {
+        let c = status["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == cond))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(c["status"], "True", "{cond}: {status}");
+    }
+    // The container's output, with env expanded, is in its CRI log file.
+    let uid = jsonpath(api, &["get", "pod", "web"], "{.metadata.uid}").unwrap_or_default();
+    let log_file = s
+        .containerd
+        .pod_logs_dir
+        .join(format!("default_web_{uid}/c/0.log"));
+    let log = eventually("web's log", WAIT, || {
+        let l = std::fs::read_to_string(&log_file).ok();
+        async move { l.filter(|l| l.contains("hi from web")) }
+    })
+    .await;
+    assert!(log.contains(" stdout F hi from web"), "{log}");
+
+    // done: Completed and Succeeded; fail: Error and Failed with its exit code.
+    for (name, status, phase) in [
+        ("done", "Completed", "Succeeded"),
+        ("fail", "Error", "Failed"),
+    ] {
+        eventually(&format!("{name} {status}"), WAIT, || {
+            let row = pod_row(api, name);
+            let p = jsonpath(api, &["get", "pod", name], "{.status.phase}");
+            let ok = row.get(2).map(String::as_str) == Some(status) && p.as_deref() == Some(phase);
+            async move { ok.then_some(()) }
+        })
+        .await;
+    }
+    assert_eq!(
+        jsonpath(
+            api,
+            &["get", "pod", "fail"],
+            "{.status.containerStatuses[0].state.terminated.exitCode}"
+        ),
+        Some("3".to_string())
+    );
+
+    // crash: restarted, then held back in CrashLoopBackOff.
+    eventually("crash in CrashLoopBackOff", WAIT, || {
+        s.node.check_running();
+        let row = pod_row(api, "crash");
+        let restarts = row
+            .get(3)
+            .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+            .unwrap_or(0);
+        let ok = row.get(2).map(String::as_str) == Some("CrashLoopBackOff") && restarts >= 1;
+        async move { ok.then_some(()) }
+    })
+    .await;
+    let waiting = jsonpath(
+        api,
+        &["get", "pod", "crash"],
+        "{.status.containerStatuses[0].state.waiting.message}",
+    )
+    .unwrap_or_default();
+    assert!(
+        waiting.starts_with("back-off 10s restarting failed container=c pod=crash_default("),
+        "{waiting}"
+    );
+    assert_eq!(
+        jsonpath(api, &["get", "pod", "crash"], "{.status.phase}"),
+        Some("Running".to_string())
+    );
+
+    // noimage: the pull fails (no registry is reachable) and backs off; Pending.
+    eventually("noimage ErrImagePull or ImagePullBackOff", WAIT, || {
+        let row = pod_row(api, "noimage");
+        let ok = matches!(
+            row.get(2).map(String::as_str),
+            Some("ErrImagePull" | "ImagePullBackOff")
+        );
+        async move { ok.then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        jsonpath(api, &["get", "pod", "noimage"], "{.status.phase}"),
+        Some("Pending".to_string())
+    );
+
+    // kubectl delete returns once the kubelet has stopped the pod and deleted it for
+    // good; by then containerd holds nothing of it.
+    let out = api.kubectl(&["delete", "pod", "web", "--timeout=60s"]);
+    out.out();
+    assert_eq!(runtime_objects(&s.containerd, &uid).await, (0, 0));
+    assert!(
+        !s.containerd
+            .pod_logs_dir
+            .join(format!("default_web_{uid}"))
+            .exists(),
+        "the pod's log directory is removed with it"
+    );
+    let out = api.kubectl(&["delete", "pods", "--all", "--timeout=60s"]);
+    out.out();
+    assert_eq!(
+        api.kubectl(&["get", "pods", "--no-headers"]).out().trim(),
+        ""
+    );
+    assert_eq!(s.containerd.ctr_containers(), Vec::<String>::new());
+    let mut rt = s.containerd.runtime();
+    let left = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .expect("ListPodSandbox")
+        .into_inner()
+        .items;
+    assert!(left.is_empty(), "sandboxes left: {left:?}");
+}
