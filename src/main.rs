@@ -82,6 +82,9 @@ struct NodeArgs {
     /// images that come this way.
     #[arg(long)]
     image_archive: Vec<PathBuf>,
+    /// The kubelet's state directory (pod volumes live under `<root-dir>/pods`).
+    #[arg(long, default_value = "/var/lib/kubelet")]
+    root_dir: PathBuf,
     /// Where container logs are written (the kubelet's `podLogsDir`).
     #[arg(long, default_value = "/var/log/pods")]
     pod_logs_dir: PathBuf,
@@ -125,6 +128,7 @@ impl NodeArgs {
                 },
                 image_archives: self.image_archive,
                 pod_logs_dir: self.pod_logs_dir,
+                root_dir: self.root_dir,
             }));
         }
         Ok(NodeConfig::Simulated(capstan_node::simulated::Config {

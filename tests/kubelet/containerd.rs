@@ -24,6 +24,8 @@ pub struct Containerd {
     pub subnet_prefix: String,
     pub image_archive: PathBuf,
     pub pod_logs_dir: PathBuf,
+    /// The kubelet's `--root-dir` (pod volumes).
+    pub root_dir: PathBuf,
     bridge: String,
     child: Option<Child>,
     dir: tempfile::TempDir,
@@ -155,6 +157,7 @@ state = "{state}"
             subnet_prefix,
             image_archive,
             pod_logs_dir: d.join("pods"),
+            root_dir: d.join("kubelet"),
             bridge,
             child: Some(child),
             dir,

@@ -44,6 +44,8 @@ async fn stack() -> Stack {
             &containerd.image_archive.display().to_string(),
             "--pod-logs-dir",
             &containerd.pod_logs_dir.display().to_string(),
+            "--root-dir",
+            &containerd.root_dir.display().to_string(),
             "--node-lease-duration-seconds",
             "4",
         ],
@@ -358,4 +360,118 @@ spec:
         .into_inner()
         .items;
     assert!(left.is_empty(), "sandboxes left: {left:?}");
+}
+
+#[tokio::test]
+async fn probes_and_volumes_work_in_real_containers() {
+    let mut s = stack().await;
+    let api = &s.api;
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: settings}}
+data: {{greeting: hello-config}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: probed}}
+spec:
+  nodeName: {NODE}
+  terminationGracePeriodSeconds: 1
+  volumes:
+  - {{name: data, emptyDir: {{}}}}
+  - {{name: cfg, configMap: {{name: settings}}}}
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: [sh, -c, 'touch /tmp/healthy; echo ready > /data/state; httpd -p 8080 -h /data; sleep 3; rm /tmp/healthy; sleep 3600']
+    volumeMounts: [{{name: data, mountPath: /data}}]
+    livenessProbe: {{exec: {{command: [cat, /tmp/healthy]}}, periodSeconds: 1, failureThreshold: 1}}
+    readinessProbe: {{httpGet: {{path: /state, port: 8080}}, periodSeconds: 1}}
+  - name: reader
+    image: {BUSYBOX}
+    command: [sh, -c, 'while ! [ -f /shared/state ]; do sleep 0.1; done; cat /shared/state /etc/cfg/greeting; echo; sleep 3600']
+    volumeMounts: [{{name: data, mountPath: /shared}}, {{name: cfg, mountPath: /etc/cfg, readOnly: true}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: unready}}
+spec:
+  nodeName: {NODE}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: [sleep, "3600"]
+    readinessProbe: {{tcpSocket: {{port: 9999}}, periodSeconds: 1}}
+"#
+    );
+    api.kubectl_stdin(&["apply", "-f", "-"], Some(&manifest))
+        .out();
+
+    // The readiness probe (HTTP, served from the emptyDir) makes probed 2/2 ready.
+    eventually("probed 2/2 Running", WAIT, || {
+        s.node.check_running();
+        let row = pod_row(api, "probed");
+        let ok = row.get(1).map(String::as_str) == Some("2/2")
+            && row.get(2).map(String::as_str) == Some("Running");
+        async move { ok.then_some(()) }
+    })
+    .await;
+    // The second container sees the first one's file (one emptyDir) and the ConfigMap.
+    let uid = jsonpath(api, &["get", "pod", "probed"], "{.metadata.uid}").unwrap_or_default();
+    let log_file = s
+        .containerd
+        .pod_logs_dir
+        .join(format!("default_probed_{uid}/reader/0.log"));
+    eventually("reader's log", Duration::from_secs(20), || {
+        let l = std::fs::read_to_string(&log_file).unwrap_or_default();
+        async move {
+            (l.contains(" stdout F ready") && l.contains(" stdout F hello-config")).then_some(())
+        }
+    })
+    .await;
+    // Three seconds in, the liveness probe fails and the container is restarted.
+    eventually(
+        "probed's container restarted by its liveness probe",
+        WAIT,
+        || {
+            let n = jsonpath(
+                api,
+                &["get", "pod", "probed"],
+                "{.status.containerStatuses[?(@.name==\"c\")].restartCount}",
+            );
+            let last = jsonpath(
+                api,
+                &["get", "pod", "probed"],
+                "{.status.containerStatuses[?(@.name==\"c\")].lastState.terminated.exitCode}",
+            );
+            let ok = n
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|n| n >= 1)
+                && last.is_some_and(|l| !l.is_empty() && l != "0");
+            async move { ok.then_some(()) }
+        },
+    )
+    .await;
+
+    // A readiness probe that never passes: Running but not ready.
+    eventually("unready Running 0/1", WAIT, || {
+        let row = pod_row(api, "unready");
+        let ready = jsonpath(
+            api,
+            &["get", "pod", "unready"],
+            "{.status.conditions[?(@.type==\"Ready\")].reason}",
+        );
+        let ok = row.get(1).map(String::as_str) == Some("0/1")
+            && row.get(2).map(String::as_str) == Some("Running")
+            && ready.as_deref() == Some("ContainersNotReady");
+        async move { ok.then_some(()) }
+    })
+    .await;
+
+    api.kubectl(&["delete", "pods", "--all", "--timeout=60s"])
+        .out();
+    assert_eq!(s.containerd.ctr_containers(), Vec::<String>::new());
+    assert_eq!(runtime_objects(&s.containerd, &uid).await, (0, 0));
 }

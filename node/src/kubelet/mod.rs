@@ -15,7 +15,9 @@
 pub mod backoff;
 pub mod cri;
 pub mod machine;
+pub mod prober;
 pub mod status;
+pub mod volumes;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -56,6 +58,8 @@ pub struct Config {
     pub labels: BTreeMap<String, String>,
     pub taints: Vec<Value>,
     pub heartbeat: Heartbeat,
+    /// The kubelet's own state (`--root-dir`, `/var/lib/kubelet`): pod volumes.
+    pub root_dir: PathBuf,
     /// Where container logs go (`/var/log/pods`; the kubelet's `podLogsDir`).
     pub pod_logs_dir: PathBuf,
     /// Image archives imported into the runtime's `k8s.io` namespace at start, with
@@ -85,6 +89,7 @@ struct Kubelet {
     backoff: Mutex<Backoff>,
     /// Pods being stopped for deletion (in their own task).
     terminating: Mutex<HashSet<String>>,
+    prober: Arc<prober::Prober>,
     /// Woken by the pod watch so a new pod does not wait for the next relist.
     wake: tokio::sync::Notify,
 }
@@ -162,12 +167,13 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         runtime_name: version.runtime_name,
         host_ip: node_ip.to_string(),
         client,
-        runtime,
+        runtime: runtime.clone(),
         images,
         pods: Mutex::new(HashMap::new()),
         state: Mutex::new(HashMap::new()),
         backoff: Mutex::new(Backoff::default()),
         terminating: Mutex::new(HashSet::new()),
+        prober: Arc::new(prober::Prober::new(runtime.clone())),
         wake: tokio::sync::Notify::new(),
         cfg,
     });
@@ -248,6 +254,14 @@ impl Kubelet {
     }
 
     async fn sync_all(self: &Arc<Self>, mut r: Relist) {
+        let running: HashSet<String> = r
+            .containers
+            .values()
+            .flatten()
+            .filter(|c| c.state == api::ContainerState::ContainerRunning as i32)
+            .map(|c| c.id.clone())
+            .collect();
+        self.prober.retain(&running);
         let pods: Vec<Pod> = match self.pods.lock() {
             Ok(p) => p.values().cloned().collect(),
             Err(_) => return,
@@ -427,7 +441,38 @@ impl Kubelet {
                 }
             }
         }
-        self.write_status(pod, sandbox.is_some(), pod_ip, &observed)
+        // Probe what runs; their verdicts go into the status.
+        let grace = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30);
+        let mut probes = HashMap::new();
+        for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+            let Some(l) = observed.get(&c.name).and_then(|o| o.latest.as_ref()) else {
+                continue;
+            };
+            if l.state != api::ContainerState::ContainerRunning as i32 {
+                continue;
+            }
+            if c.liveness_probe.is_some()
+                || c.readiness_probe.is_some()
+                || c.startup_probe.is_some()
+            {
+                self.prober.ensure(
+                    &name,
+                    c,
+                    &l.id,
+                    pod_ip.as_deref().unwrap_or_default(),
+                    grace,
+                );
+                probes.insert(
+                    c.name.clone(),
+                    (self.prober.ready(c, &l.id), self.prober.started(c, &l.id)),
+                );
+            }
+        }
+        self.write_status(pod, sandbox.is_some(), pod_ip, &observed, &probes)
             .await;
     }
 
@@ -704,7 +749,23 @@ impl Kubelet {
             pod_ip: pod_ip.unwrap_or_default(),
             host_ip: &self.host_ip,
         };
-        let config = cri::container_config(pod, c, &image_id, attempt, &refs);
+        let mounts = match volumes::mounts(&self.client, pod, c, &self.cfg.root_dir).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(namespace = %ns, pod = %name, container = %c.name, error = %e, "volumes");
+                self.set_waiting(
+                    &uid,
+                    &c.name,
+                    Some(Waiting {
+                        reason: "CreateContainerConfigError".into(),
+                        message: e.to_string(),
+                    }),
+                );
+                return false;
+            }
+        };
+        let mut config = cri::container_config(pod, c, &image_id, attempt, &refs);
+        config.mounts = mounts;
         let mut rt = self.runtime.clone();
         let created = rt
             .create_container(api::CreateContainerRequest {
@@ -760,6 +821,7 @@ impl Kubelet {
         sandbox_ready: bool,
         pod_ip: Option<String>,
         observed: &HashMap<String, Observed>,
+        probes: &HashMap<String, (bool, bool)>,
     ) {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
@@ -785,6 +847,7 @@ impl Kubelet {
             runtime_name: &self.runtime_name,
             containers: observed,
             waiting: &waiting,
+            probes,
         });
         if written.as_ref() == Some(&status) {
             return;
@@ -836,7 +899,7 @@ impl Kubelet {
     }
 
     /// Stops and removes a sandbox (and with it its containers), then the pod's log
-    /// directory. False if the runtime refused.
+    /// directory and volumes. False if the runtime refused.
     async fn remove_sandbox(&self, s: &api::PodSandbox) -> bool {
         let mut rt = self.runtime.clone();
         let (ns, name, uid) = (
@@ -865,6 +928,7 @@ impl Kubelet {
         if !uid.is_empty() {
             let dir = cri::log_directory(&self.cfg.pod_logs_dir, ns, name, uid);
             let _ = std::fs::remove_dir_all(dir);
+            let _ = std::fs::remove_dir_all(volumes::pod_dir(&self.cfg.root_dir, uid));
         }
         true
     }

@@ -40,6 +40,9 @@ pub struct PodView<'a> {
     pub runtime_name: &'a str,
     pub containers: &'a HashMap<String, Observed>,
     pub waiting: &'a HashMap<String, Waiting>,
+    /// Probe verdicts (ready, started) of running app containers, by name; a running
+    /// container not listed is ready and started.
+    pub probes: &'a HashMap<String, (bool, bool)>,
 }
 
 /// Nanoseconds since the epoch (the CRI's timestamps) as an API `Time`.
@@ -83,6 +86,7 @@ fn container_status(
     default_waiting: &str,
     init: bool,
     runtime: &str,
+    probes: Option<(bool, bool)>,
 ) -> Value {
     let image = spec.image.clone().unwrap_or_default();
     let Some(latest) = obs.and_then(|o| o.latest.as_ref()) else {
@@ -103,9 +107,9 @@ fn container_status(
     let running = latest.state == cri::ContainerState::ContainerRunning as i32;
     let (state, last, ready) = if running {
         let st = json!({"running": {"startedAt": time(latest.started_at)}});
-        // A running init container is not ready; a running app container with no
-        // readiness probe is.
-        (st, previous, !init)
+        // A running init container is not ready; a running app container is unless its
+        // readiness probe says otherwise.
+        (st, previous, !init && probes.is_none_or(|p| p.0))
     } else if exited(latest) {
         match waiting {
             // About to be restarted (back-off): waiting, the exit in lastState.
@@ -137,7 +141,7 @@ fn container_status(
         "lastState": last,
         "state": state,
     });
-    s["started"] = json!(running);
+    s["started"] = json!(running && probes.is_none_or(|p| p.1));
     s
 }
 
@@ -247,6 +251,7 @@ pub fn pod_status(v: &PodView) -> Value {
                 "PodInitializing",
                 true,
                 v.runtime_name,
+                None,
             )
         })
         .collect();
@@ -268,6 +273,7 @@ pub fn pod_status(v: &PodView) -> Value {
                 app_default,
                 false,
                 v.runtime_name,
+                v.probes.get(&c.name).copied(),
             )
         })
         .collect();
@@ -462,7 +468,7 @@ mod tests {
             "spec": {"containers": [{"name": "c", "image": "i"}]},
         }))
         .expect("pod");
-        let (c, w) = (HashMap::new(), HashMap::new());
+        let (c, w, p) = (HashMap::new(), HashMap::new(), HashMap::new());
         let s = pod_status(&PodView {
             pod: &pod,
             old: None,
@@ -472,6 +478,7 @@ mod tests {
             runtime_name: "containerd",
             containers: &c,
             waiting: &w,
+            probes: &p,
         });
         assert_eq!(s["phase"], "Pending");
         assert_eq!(
