@@ -363,7 +363,7 @@ spec:
 }
 
 #[tokio::test]
-async fn probes_and_volumes_work_in_real_containers() {
+async fn probes_volumes_and_limits_work_in_real_containers() {
     let mut s = stack().await;
     let api = &s.api;
     let manifest = format!(
@@ -404,6 +404,18 @@ spec:
     image: {BUSYBOX}
     command: [sleep, "3600"]
     readinessProbe: {{tcpSocket: {{port: 9999}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: limited}}
+spec:
+  nodeName: {NODE}
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: [sh, -c, 'cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.shares']
+    resources: {{limits: {{cpu: 500m, memory: 64Mi}}}}
 "#
     );
     api.kubectl_stdin(&["apply", "-f", "-"], Some(&manifest))
