@@ -269,6 +269,38 @@ spec:
     .await;
     assert!(log.contains(" stdout F hi from web"), "{log}");
 
+    // A restarted agent finds its pods in the runtime: web keeps its one sandbox and
+    // its container, not restarted.
+    let container_id = jsonpath(
+        api,
+        &["get", "pod", "web"],
+        "{.status.containerStatuses[0].containerID}",
+    );
+    s.node.restart();
+    // A pod created now runs only once the new agent syncs, and every sync covers
+    // every pod: by then web has been looked at too.
+    api.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(&pod_yaml("after", "Never", "sleep 3600")),
+    )
+    .out();
+    eventually("after Running", WAIT, || {
+        let row = pod_row(api, "after");
+        let ok = row.get(2).map(String::as_str) == Some("Running");
+        async move { ok.then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        jsonpath(
+            api,
+            &["get", "pod", "web"],
+            "{.status.containerStatuses[0].containerID}"
+        ),
+        container_id
+    );
+    assert_eq!(pod_row(api, "web").get(3).map(String::as_str), Some("0"));
+    assert_eq!(runtime_objects(&s.containerd, &uid).await, (1, 2));
+
     // done: Completed and Succeeded; fail: Error and Failed with its exit code.
     for (name, status, phase) in [
         ("done", "Completed", "Succeeded"),
