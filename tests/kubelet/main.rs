@@ -349,6 +349,17 @@ spec:
         jsonpath(api, &["get", "pod", "crash"], "{.status.phase}"),
         Some("Running".to_string())
     );
+    // What happened is in the pod's events, as `kubectl describe` shows them.
+    let described = api.kubectl(&["describe", "pod", "crash"]);
+    let described = described.out();
+    for line in [
+        "Container image \"capstan.local/busybox:1\" already present on machine",
+        "Created container: c",
+        "Started container c",
+        "Back-off restarting failed container c in pod crash_default(",
+    ] {
+        assert!(described.contains(line), "no {line:?} in:\n{described}");
+    }
 
     // noimage: the pull fails (no registry is reachable) and backs off; Pending.
     eventually("noimage ErrImagePull or ImagePullBackOff", WAIT, || {

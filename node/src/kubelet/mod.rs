@@ -14,6 +14,7 @@
 
 pub mod backoff;
 pub mod cri;
+pub mod events;
 pub mod machine;
 pub mod prober;
 pub mod status;
@@ -90,8 +91,12 @@ struct Kubelet {
     /// Pods being stopped for deletion (in their own task).
     terminating: Mutex<HashSet<String>>,
     prober: Arc<prober::Prober>,
+    events: events::Recorder,
     /// Woken by the pod watch so a new pod does not wait for the next relist.
     wake: tokio::sync::Notify,
+    /// Set once the watch's first list is in: until then every sandbox would look
+    /// like an orphan, and a restarted agent would kill the pods it should adopt.
+    listed: tokio::sync::watch::Sender<bool>,
 }
 
 /// What the relist read from the runtime, grouped by pod uid.
@@ -166,7 +171,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     let k = Arc::new(Kubelet {
         runtime_name: version.runtime_name,
         host_ip: node_ip.to_string(),
-        client,
+        client: client.clone(),
         runtime: runtime.clone(),
         images,
         pods: Mutex::new(HashMap::new()),
@@ -174,7 +179,9 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         backoff: Mutex::new(Backoff::default()),
         terminating: Mutex::new(HashSet::new()),
         prober: Arc::new(prober::Prober::new(runtime.clone())),
+        events: events::Recorder::new(client.clone(), cfg.node_name.clone()),
         wake: tokio::sync::Notify::new(),
+        listed: tokio::sync::watch::Sender::new(false),
         cfg,
     });
     tokio::spawn(k.clone().watch_pods());
@@ -202,6 +209,7 @@ impl Kubelet {
                     if let (Some(f), Ok(mut pods)) = (fresh.take(), self.pods.lock()) {
                         *pods = f;
                     }
+                    self.listed.send_replace(true);
                 }
                 Ok(watcher::Event::Apply(p)) => {
                     if let (Some(uid), Ok(mut pods)) = (p.metadata.uid.clone(), self.pods.lock()) {
@@ -220,6 +228,8 @@ impl Kubelet {
     }
 
     async fn sync_loop(self: &Arc<Self>) {
+        let mut listed = self.listed.subscribe();
+        let _ = listed.wait_for(|l| *l).await;
         loop {
             match self.relist().await {
                 Ok(r) => self.sync_all(r).await,
@@ -536,23 +546,29 @@ impl Kubelet {
                         self.set_waiting(&uid, &c.name, None);
                     }
                 }
-                Some(_) => self.set_waiting(&uid, &c.name, None),
+                Some(_) => {
+                    self.set_waiting(&uid, &c.name, None);
+                }
             }
         }
         started
     }
 
-    fn set_waiting(&self, uid: &str, container: &str, w: Option<Waiting>) {
-        if let Ok(mut st) = self.state.lock() {
-            let e = st.entry(uid.to_string()).or_default();
-            match w {
-                Some(w) => {
-                    e.waiting.insert(container.to_string(), w);
-                }
-                None => {
-                    e.waiting.remove(container);
-                }
+    /// Sets (or clears) a container's waiting reason; true if the reason changed, so
+    /// events are recorded once per transition rather than on every sync.
+    fn set_waiting(&self, uid: &str, container: &str, w: Option<Waiting>) -> bool {
+        let Ok(mut st) = self.state.lock() else {
+            return false;
+        };
+        let e = st.entry(uid.to_string()).or_default();
+        match w {
+            Some(w) => {
+                let reason = w.reason.clone();
+                e.waiting
+                    .insert(container.to_string(), w)
+                    .is_none_or(|old| old.reason != reason)
             }
+            None => e.waiting.remove(container).is_some(),
         }
     }
 
@@ -583,7 +599,7 @@ impl Kubelet {
         if let Some(Err(d)) = verdict {
             let name = pod.metadata.name.clone().unwrap_or_default();
             let ns = pod.metadata.namespace.clone().unwrap_or_default();
-            self.set_waiting(
+            let changed = self.set_waiting(
                 &uid,
                 &c.name,
                 Some(Waiting {
@@ -595,6 +611,18 @@ impl Kubelet {
                     ),
                 }),
             );
+            if changed {
+                self.events.record(
+                    pod,
+                    self.about(pod, &c.name),
+                    true,
+                    "BackOff",
+                    format!(
+                        "Back-off restarting failed container {} in pod {name}_{ns}({uid})",
+                        c.name
+                    ),
+                );
+            }
             return false;
         }
         let attempt = last.metadata.as_ref().map(|m| m.attempt + 1).unwrap_or(1);
@@ -664,6 +692,13 @@ impl Kubelet {
             .map(|i| i.id);
         if policy != "Always" {
             if let Some(id) = present {
+                self.events.record(
+                    pod,
+                    self.about(pod, &c.name),
+                    false,
+                    "Pulled",
+                    format!("Container image \"{image}\" already present on machine"),
+                );
                 return Some(id);
             }
         }
@@ -688,7 +723,7 @@ impl Kubelet {
             .ok()
             .and_then(|b| b.remaining(&key, now, now).map(|_| ()));
         if in_backoff.is_some() {
-            self.set_waiting(
+            let changed = self.set_waiting(
                 &uid,
                 &c.name,
                 Some(Waiting {
@@ -696,8 +731,25 @@ impl Kubelet {
                     message: format!("Back-off pulling image \"{image}\""),
                 }),
             );
+            if changed {
+                self.events.record(
+                    pod,
+                    self.about(pod, &c.name),
+                    false,
+                    "BackOff",
+                    format!("Back-off pulling image \"{image}\""),
+                );
+            }
             return None;
         }
+        self.events.record(
+            pod,
+            self.about(pod, &c.name),
+            false,
+            "Pulling",
+            format!("Pulling image \"{image}\""),
+        );
+        let pull_start = std::time::Instant::now();
         let pulled = tokio::time::timeout(
             PULL_TIMEOUT,
             images.pull_image(api::PullImageRequest {
@@ -707,7 +759,19 @@ impl Kubelet {
         )
         .await;
         match pulled {
-            Ok(Ok(r)) => Some(r.into_inner().image_ref),
+            Ok(Ok(r)) => {
+                self.events.record(
+                    pod,
+                    self.about(pod, &c.name),
+                    false,
+                    "Pulled",
+                    format!(
+                        "Successfully pulled image \"{image}\" in {:?}",
+                        pull_start.elapsed()
+                    ),
+                );
+                Some(r.into_inner().image_ref)
+            }
             failed => {
                 let message = match failed {
                     Ok(Err(s)) => cri::grpc_message(&s),
@@ -717,6 +781,13 @@ impl Kubelet {
                 if let Ok(mut b) = self.backoff.lock() {
                     b.next(&key, SystemTime::now());
                 }
+                self.events.record(
+                    pod,
+                    self.about(pod, &c.name),
+                    true,
+                    "Failed",
+                    format!("Failed to pull image \"{image}\": {message}"),
+                );
                 self.set_waiting(
                     &uid,
                     &c.name,
@@ -793,6 +864,13 @@ impl Kubelet {
                 return false;
             }
         };
+        self.events.record(
+            pod,
+            self.about(pod, &c.name),
+            false,
+            "Created",
+            format!("Created container: {}", c.name),
+        );
         if let Err(e) = rt
             .start_container(api::StartContainerRequest {
                 container_id: id.clone(),
@@ -811,6 +889,13 @@ impl Kubelet {
             return false;
         }
         tracing::info!(namespace = %ns, pod = %name, container = %c.name, id = %id, attempt, "container started");
+        self.events.record(
+            pod,
+            self.about(pod, &c.name),
+            false,
+            "Started",
+            format!("Started container {}", c.name),
+        );
         self.set_waiting(&uid, &c.name, None);
         true
     }
@@ -869,6 +954,20 @@ impl Kubelet {
             }
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => tracing::warn!(namespace = %ns, pod = %name, error = %e, "pod status"),
+        }
+    }
+
+    /// Which of the pod's containers a name is, for an event's `fieldPath`.
+    fn about<'a>(&self, pod: &Pod, container: &'a str) -> events::About<'a> {
+        let init = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten())
+            .any(|c| c.name == container);
+        if init {
+            events::About::InitContainer(container)
+        } else {
+            events::About::Container(container)
         }
     }
 
@@ -956,6 +1055,14 @@ impl Kubelet {
             .iter()
             .filter(|c| c.state == api::ContainerState::ContainerRunning as i32)
             .map(|c| {
+                let cname = label(&c.labels, cri::CONTAINER_NAME);
+                self.events.record(
+                    pod,
+                    self.about(pod, cname),
+                    false,
+                    "Killing",
+                    format!("Stopping container {cname}"),
+                );
                 let mut rt = self.runtime.clone();
                 let id = c.id.clone();
                 async move {
