@@ -195,21 +195,27 @@ state = "{state}"
         connect(&self.socket)
     }
 
-    /// `ctr -n k8s.io containers ls -q`: every container containerd holds (sandboxes
-    /// included), as an operator would list them.
-    pub fn ctr_containers(&self) -> Vec<String> {
+    /// Runs `ctr -n k8s.io <args>` on this containerd, as an operator would; its
+    /// stdout.
+    pub fn ctr(&self, args: &[&str]) -> String {
         let out = Command::new("ctr")
             .arg("--address")
             .arg(&self.socket)
-            .args(["-n", "k8s.io", "containers", "ls", "-q"])
+            .args(["-n", "k8s.io"])
+            .args(args)
             .output()
             .expect("ctr runs");
         assert!(
             out.status.success(),
-            "ctr: {}",
+            "ctr {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8_lossy(&out.stdout)
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ctr containers ls -q`: every container containerd holds, sandboxes included.
+    pub fn ctr_containers(&self) -> Vec<String> {
+        self.ctr(&["containers", "ls", "-q"])
             .lines()
             .map(str::to_string)
             .collect()

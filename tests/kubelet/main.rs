@@ -301,6 +301,38 @@ spec:
     assert_eq!(pod_row(api, "web").get(3).map(String::as_str), Some("0"));
     assert_eq!(runtime_objects(&s.containerd, &uid).await, (1, 2));
 
+    // The sandbox dies (its pause process killed): the pod gets a new one and its
+    // container is restarted in it, serving again.
+    let mut rt = s.containerd.runtime();
+    let sandbox = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest {
+            filter: Some(cri::PodSandboxFilter {
+                label_selector: HashMap::from([("io.kubernetes.pod.uid".to_string(), uid.clone())]),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("ListPodSandbox")
+        .into_inner()
+        .items
+        .remove(0);
+    s.containerd
+        .ctr(&["tasks", "kill", "-s", "SIGKILL", &sandbox.id]);
+    eventually("web restarted in a new sandbox", WAIT, || {
+        s.node.check_running();
+        let row = pod_row(api, "web");
+        let ok = row.get(1).map(String::as_str) == Some("1/1")
+            && row.get(3).and_then(|r| r.split_whitespace().next()) == Some("1");
+        async move { ok.then_some(()) }
+    })
+    .await;
+    let ip = jsonpath(api, &["get", "pod", "web"], "{.status.podIP}").unwrap_or_default();
+    eventually("web answers HTTP again", WAIT, || {
+        let r = support::http_get(&format!("{ip}:8080"), "/");
+        async move { r.filter(|(code, _)| *code == 200).map(|_| ()) }
+    })
+    .await;
+
     // done: Completed and Succeeded; fail: Error and Failed with its exit code.
     for (name, status, phase) in [
         ("done", "Completed", "Succeeded"),

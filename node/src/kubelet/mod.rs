@@ -380,10 +380,49 @@ impl Kubelet {
             }
             return;
         }
+        let policy = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.clone())
+            .unwrap_or_else(|| "Always".into());
+        let newest_attempt = sandboxes
+            .first()
+            .and_then(|s| s.metadata.as_ref())
+            .map(|m| m.attempt);
+        let mut sandbox_attempt = newest_attempt.unwrap_or(0);
         let mut sandbox = ready_sandbox;
-        if sandbox.is_none() && sandboxes.is_empty() {
+        // No sandbox yet, or the sandbox died (its pause process exited, the node
+        // rebooted): as upstream, the pod is killed and gets a new sandbox, unless it
+        // must not restart (Never, with containers already run).
+        let recreate = newest_attempt.is_some()
+            && sandbox.is_none()
+            && (policy != "Never" || containers.is_empty());
+        if recreate {
+            tracing::info!(namespace = %ns, pod = %name, "pod sandbox changed; it will be killed and re-created");
             let mut rt = self.runtime.clone();
-            let config = cri::sandbox_config(pod, 0, &self.cfg.pod_logs_dir);
+            for c in containers
+                .iter()
+                .filter(|c| c.state == api::ContainerState::ContainerRunning as i32)
+            {
+                let _ = rt
+                    .stop_container(api::StopContainerRequest {
+                        container_id: c.id.clone(),
+                        timeout: 0,
+                    })
+                    .await;
+            }
+            for s in &sandboxes {
+                let _ = rt
+                    .stop_pod_sandbox(api::StopPodSandboxRequest {
+                        pod_sandbox_id: s.id.clone(),
+                    })
+                    .await;
+            }
+            sandbox_attempt += 1;
+        }
+        if sandbox.is_none() && (sandboxes.is_empty() || recreate) {
+            let mut rt = self.runtime.clone();
+            let config = cri::sandbox_config(pod, sandbox_attempt, &self.cfg.pod_logs_dir);
             if let Err(e) = std::fs::create_dir_all(&config.log_directory) {
                 tracing::warn!(namespace = %ns, pod = %name, error = %e, "pod log directory");
             }
@@ -396,7 +435,7 @@ impl Kubelet {
             {
                 Ok(r) => {
                     let id = r.into_inner().pod_sandbox_id;
-                    tracing::info!(namespace = %ns, pod = %name, sandbox = %id, "sandbox started");
+                    tracing::info!(namespace = %ns, pod = %name, sandbox = %id, attempt = sandbox_attempt, "sandbox started");
                     sandbox = Some(api::PodSandbox {
                         id,
                         ..Default::default()
@@ -407,11 +446,6 @@ impl Kubelet {
                 }
             }
         }
-        let sandbox_attempt = sandboxes
-            .first()
-            .and_then(|s| s.metadata.as_ref())
-            .map(|m| m.attempt)
-            .unwrap_or(0);
         let mut pod_ip = None;
         if let Some(s) = &sandbox {
             let mut rt = self.runtime.clone();
