@@ -438,7 +438,7 @@ spec:
 }
 
 #[tokio::test]
-async fn probes_volumes_and_limits_work_in_real_containers() {
+async fn probes_volumes_limits_and_service_env_work_in_real_containers() {
     let mut s = stack().await;
     let api = &s.api;
     let manifest = format!(
@@ -446,6 +446,24 @@ async fn probes_volumes_and_limits_work_in_real_containers() {
 kind: ConfigMap
 metadata: {{name: settings}}
 data: {{greeting: hello-config}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: my-svc}}
+spec:
+  selector: {{app: nothing}}
+  ports: [{{name: http, port: 80}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: envs}}
+spec:
+  nodeName: {NODE}
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: [sh, -c, 'echo host=$MY_SVC_SERVICE_HOST port=$MY_SVC_SERVICE_PORT_HTTP link=$MY_SVC_PORT']
 ---
 apiVersion: v1
 kind: Pod

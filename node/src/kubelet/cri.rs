@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use capstan_proto::cri;
 use capstan_proto::cri::image_service_client::ImageServiceClient;
 use capstan_proto::cri::runtime_service_client::RuntimeServiceClient;
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, Service};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::NodeError;
@@ -153,10 +153,63 @@ pub fn sandbox_config(pod: &Pod, attempt: u32, logs: &Path) -> cri::PodSandboxCo
     }
 }
 
-/// Values the downward API's `fieldRef` can name, for env.
+/// What a container's environment is made of besides its own `env`: the values the
+/// downward API's `fieldRef` can name, and the service variables.
 pub struct FieldRefs<'a> {
     pub pod_ip: &'a str,
     pub host_ip: &'a str,
+    /// From [`service_env`], first in the environment.
+    pub service_env: &'a [(String, String)],
+}
+
+/// The variables the kubelet derives from Services (docker-links style):
+/// `<SVC>_SERVICE_HOST`, `<SVC>_SERVICE_PORT[_<PORT NAME>]`, `<SVC>_PORT` and
+/// `<SVC>_PORT_<port>_<PROTO>[_PROTO|_PORT|_ADDR]`, for services with a cluster IP.
+pub fn service_env(services: &[Service]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for svc in services {
+        let Some(spec) = &svc.spec else { continue };
+        let ip = spec.cluster_ip.clone().unwrap_or_default();
+        if ip.is_empty() || ip == "None" {
+            continue;
+        }
+        let ports = spec.ports.clone().unwrap_or_default();
+        let Some(first) = ports.first() else { continue };
+        let prefix = svc
+            .metadata
+            .name
+            .clone()
+            .unwrap_or_default()
+            .to_uppercase()
+            .replace('-', "_");
+        let proto = |p: &k8s_openapi::api::core::v1::ServicePort| {
+            p.protocol.clone().unwrap_or_else(|| "TCP".into())
+        };
+        out.push((format!("{prefix}_SERVICE_HOST"), ip.clone()));
+        out.push((format!("{prefix}_SERVICE_PORT"), first.port.to_string()));
+        for p in &ports {
+            if let Some(n) = p.name.as_deref().filter(|n| !n.is_empty()) {
+                let n = n.to_uppercase().replace('-', "_");
+                out.push((format!("{prefix}_SERVICE_PORT_{n}"), p.port.to_string()));
+            }
+        }
+        out.push((
+            format!("{prefix}_PORT"),
+            format!("{}://{ip}:{}", proto(first).to_lowercase(), first.port),
+        ));
+        for p in &ports {
+            let pr = proto(p);
+            let var = format!("{prefix}_PORT_{}_{}", p.port, pr.to_uppercase());
+            out.push((
+                var.clone(),
+                format!("{}://{ip}:{}", pr.to_lowercase(), p.port),
+            ));
+            out.push((format!("{var}_PROTO"), pr.to_lowercase()));
+            out.push((format!("{var}_PORT"), p.port.to_string()));
+            out.push((format!("{var}_ADDR"), ip.clone()));
+        }
+    }
+    out
 }
 
 fn field_ref(pod: &Pod, path: &str, f: &FieldRefs) -> Option<String> {
@@ -268,12 +321,12 @@ fn resources(c: &Container) -> cri::LinuxContainerResources {
     }
 }
 
-/// The container's environment: `env` in order, `$(VAR)` expanded against the
-/// variables before it, `fieldRef` from the downward API. References to ConfigMaps
+/// The container's environment: the service variables, then `env` in order, `$(VAR)`
+/// expanded against the variables before it, `fieldRef` from the downward API. References to ConfigMaps
 /// and Secrets are not resolved yet; such variables are left out.
 pub fn environment(pod: &Pod, c: &Container, f: &FieldRefs) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = Vec::new();
-    let mut known: HashMap<String, String> = HashMap::new();
+    let mut env: Vec<(String, String)> = f.service_env.to_vec();
+    let mut known: HashMap<String, String> = env.iter().cloned().collect();
     for e in c.env.iter().flatten() {
         let v = match (&e.value, &e.value_from) {
             (_, Some(from)) => match from.field_ref.as_ref() {
@@ -365,6 +418,25 @@ mod tests {
         let env = HashMap::from([("A".to_string(), "x".to_string())]);
         assert_eq!(expand("$(A)-$(B)-$$(A)-$", &env), "x-$(B)-$(A)-$");
         assert_eq!(expand("a$(A", &env), "a$(A");
+    }
+
+    #[test]
+    fn services_become_docker_link_variables() {
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "my-svc"},
+            "spec": {"clusterIP": "10.96.0.5",
+                     "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]},
+        }))
+        .expect("service");
+        let env: HashMap<String, String> = service_env(&[svc]).into_iter().collect();
+        assert_eq!(env["MY_SVC_SERVICE_HOST"], "10.96.0.5");
+        assert_eq!(env["MY_SVC_SERVICE_PORT"], "80");
+        assert_eq!(env["MY_SVC_SERVICE_PORT_HTTP"], "80");
+        assert_eq!(env["MY_SVC_PORT"], "tcp://10.96.0.5:80");
+        assert_eq!(env["MY_SVC_PORT_80_TCP"], "tcp://10.96.0.5:80");
+        assert_eq!(env["MY_SVC_PORT_80_TCP_PROTO"], "tcp");
+        assert_eq!(env["MY_SVC_PORT_80_TCP_PORT"], "80");
+        assert_eq!(env["MY_SVC_PORT_80_TCP_ADDR"], "10.96.0.5");
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime};
 
 use capstan_proto::cri as api;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, Service};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::watcher;
 use kube::runtime::WatchStreamExt;
@@ -850,9 +850,12 @@ impl Kubelet {
         let Some(image_id) = self.ensure_image(pod, c).await else {
             return false;
         };
+        let services = self.services_for(pod).await;
+        let service_env = cri::service_env(&services);
         let refs = FieldRefs {
             pod_ip: pod_ip.unwrap_or_default(),
             host_ip: &self.host_ip,
+            service_env: &service_env,
         };
         let mounts = match volumes::mounts(&self.client, pod, c, &self.cfg.root_dir).await {
             Ok(m) => m,
@@ -989,6 +992,33 @@ impl Kubelet {
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => tracing::warn!(namespace = %ns, pod = %name, error = %e, "pod status"),
         }
+    }
+
+    /// The Services whose variables go into the pod's containers: those of its
+    /// namespace (unless `enableServiceLinks` is false) and the apiserver's own
+    /// `kubernetes` service, as of the container's start.
+    async fn services_for(&self, pod: &Pod) -> Vec<Service> {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let links = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.enable_service_links)
+            .unwrap_or(true);
+        let mut out: Vec<Service> = Vec::new();
+        if links {
+            let api: Api<Service> = Api::namespaced(self.client.clone(), &ns);
+            match api.list(&Default::default()).await {
+                Ok(l) => out.extend(l.items),
+                Err(e) => tracing::warn!(namespace = %ns, error = %e, "listing services for env"),
+            }
+        }
+        if !links || ns != "default" {
+            let api: Api<Service> = Api::namespaced(self.client.clone(), "default");
+            if let Ok(Some(k)) = api.get_opt("kubernetes").await {
+                out.push(k);
+            }
+        }
+        out
     }
 
     /// Which of the pod's containers a name is, for an event's `fieldPath`.
