@@ -82,6 +82,16 @@ struct NodeArgs {
     /// images that come this way.
     #[arg(long)]
     image_archive: Vec<PathBuf>,
+    /// Cluster DNS server addresses for pods with `dnsPolicy: ClusterFirst`
+    /// (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    cluster_dns: Vec<String>,
+    /// The cluster's DNS domain, searched by pods.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// The host resolver file pods with `dnsPolicy: Default` inherit.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
     /// The kubelet's state directory (pod volumes live under `<root-dir>/pods`).
     #[arg(long, default_value = "/var/lib/kubelet")]
     root_dir: PathBuf,
@@ -129,6 +139,12 @@ impl NodeArgs {
                 image_archives: self.image_archive,
                 pod_logs_dir: self.pod_logs_dir,
                 root_dir: self.root_dir,
+                dns: capstan_node::kubelet::cri::Dns {
+                    cluster_dns: self.cluster_dns,
+                    cluster_domain: self.cluster_domain,
+                    ..Default::default()
+                }
+                .with_host_file(&self.resolv_conf),
             }));
         }
         Ok(NodeConfig::Simulated(capstan_node::simulated::Config {

@@ -48,6 +48,8 @@ async fn stack() -> Stack {
             &containerd.root_dir.display().to_string(),
             "--node-lease-duration-seconds",
             "4",
+            "--cluster-dns",
+            "10.96.0.10",
         ],
     );
     Stack {
@@ -438,7 +440,7 @@ spec:
 }
 
 #[tokio::test]
-async fn probes_volumes_limits_and_service_env_work_in_real_containers() {
+async fn probes_volumes_limits_env_and_dns_work_in_real_containers() {
     let mut s = stack().await;
     let api = &s.api;
     let manifest = format!(
@@ -463,7 +465,7 @@ spec:
   containers:
   - name: c
     image: {BUSYBOX}
-    command: [sh, -c, 'echo host=$MY_SVC_SERVICE_HOST port=$MY_SVC_SERVICE_PORT_HTTP link=$MY_SVC_PORT']
+    command: [sh, -c, 'echo host=$MY_SVC_SERVICE_HOST port=$MY_SVC_SERVICE_PORT_HTTP link=$MY_SVC_PORT; cat /etc/resolv.conf']
 ---
 apiVersion: v1
 kind: Pod

@@ -101,8 +101,90 @@ fn namespaces(pod: &Pod) -> cri::NamespaceOption {
     }
 }
 
+/// The node's DNS settings: `--cluster-dns`, `--cluster-domain`, and the host's
+/// resolv.conf (`--resolv-conf`) for `dnsPolicy: Default`.
+#[derive(Clone, Debug, Default)]
+pub struct Dns {
+    pub cluster_dns: Vec<String>,
+    pub cluster_domain: String,
+    pub host_servers: Vec<String>,
+    pub host_searches: Vec<String>,
+    pub host_options: Vec<String>,
+}
+
+impl Dns {
+    /// Reads the host's resolver settings from a resolv.conf.
+    pub fn with_host_file(mut self, path: &Path) -> Dns {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        for line in text.lines() {
+            let mut f = line.split_whitespace();
+            match f.next() {
+                Some("nameserver") => self.host_servers.extend(f.next().map(str::to_string)),
+                Some("search") | Some("domain") => {
+                    self.host_searches = f.map(str::to_string).collect()
+                }
+                Some("options") => self.host_options = f.map(str::to_string).collect(),
+                _ => {}
+            }
+        }
+        self
+    }
+
+    /// The pod's resolver config by its `dnsPolicy` and `dnsConfig`, as the kubelet
+    /// builds it: ClusterFirst points at the cluster DNS with the namespace's search
+    /// path and `ndots:5` (falling back to the host's settings when no `--cluster-dns`
+    /// is set, or for a host-network pod); Default is the host's; None only what
+    /// `dnsConfig` says.
+    pub fn for_pod(&self, pod: &Pod) -> cri::DnsConfig {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
+        let host_net = spec.host_network == Some(true);
+        let cluster = !self.cluster_dns.is_empty()
+            && match policy {
+                "ClusterFirstWithHostNet" => true,
+                "ClusterFirst" => !host_net,
+                _ => false,
+            };
+        let mut c = if cluster {
+            let d = &self.cluster_domain;
+            let mut searches = vec![format!("{ns}.svc.{d}"), format!("svc.{d}"), d.clone()];
+            searches.extend(self.host_searches.iter().cloned());
+            cri::DnsConfig {
+                servers: self.cluster_dns.clone(),
+                searches,
+                options: vec!["ndots:5".into()],
+            }
+        } else if policy == "None" {
+            cri::DnsConfig::default()
+        } else {
+            cri::DnsConfig {
+                servers: self.host_servers.clone(),
+                searches: self.host_searches.clone(),
+                options: self.host_options.clone(),
+            }
+        };
+        if let Some(extra) = &spec.dns_config {
+            c.servers
+                .extend(extra.nameservers.iter().flatten().cloned());
+            c.searches.extend(extra.searches.iter().flatten().cloned());
+            for o in extra.options.iter().flatten() {
+                let opt = match &o.value {
+                    Some(v) => format!("{}:{v}", o.name.clone().unwrap_or_default()),
+                    None => o.name.clone().unwrap_or_default(),
+                };
+                let key = opt.split(':').next().unwrap_or_default().to_string();
+                c.options
+                    .retain(|x| x.split(':').next().unwrap_or_default() != key);
+                c.options.push(opt);
+            }
+        }
+        c
+    }
+}
+
 /// The sandbox config (the same one is sent with every CreateContainer).
-pub fn sandbox_config(pod: &Pod, attempt: u32, logs: &Path) -> cri::PodSandboxConfig {
+pub fn sandbox_config(pod: &Pod, attempt: u32, logs: &Path, dns: &Dns) -> cri::PodSandboxConfig {
     let (name, ns, uid) = meta(pod);
     let log_directory = log_directory(logs, &ns, &name, &uid)
         .to_string_lossy()
@@ -133,6 +215,7 @@ pub fn sandbox_config(pod: &Pod, attempt: u32, logs: &Path) -> cri::PodSandboxCo
         }),
         hostname: spec.hostname.clone().unwrap_or(name),
         log_directory,
+        dns_config: Some(dns.for_pod(pod)),
         port_mappings,
         labels: pod_labels(pod),
         annotations: pod
@@ -437,6 +520,43 @@ mod tests {
         assert_eq!(env["MY_SVC_PORT_80_TCP_PROTO"], "tcp");
         assert_eq!(env["MY_SVC_PORT_80_TCP_PORT"], "80");
         assert_eq!(env["MY_SVC_PORT_80_TCP_ADDR"], "10.96.0.5");
+    }
+
+    #[test]
+    fn cluster_first_pods_resolve_through_the_cluster_dns() {
+        let dns = Dns {
+            cluster_dns: vec!["10.96.0.10".into()],
+            cluster_domain: "cluster.local".into(),
+            host_servers: vec!["192.0.2.53".into()],
+            host_searches: vec!["example.org".into()],
+            host_options: vec![],
+        };
+        let pod = |spec: serde_json::Value| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p", "namespace": "shop"}, "spec": spec,
+            }))
+            .expect("pod")
+        };
+        let c = dns.for_pod(&pod(serde_json::json!({"containers": []})));
+        assert_eq!(c.servers, ["10.96.0.10"]);
+        assert_eq!(
+            c.searches,
+            [
+                "shop.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local",
+                "example.org"
+            ]
+        );
+        assert_eq!(c.options, ["ndots:5"]);
+        let c = dns.for_pod(&pod(
+            serde_json::json!({"containers": [], "hostNetwork": true}),
+        ));
+        assert_eq!(c.servers, ["192.0.2.53"]);
+        let c = dns.for_pod(&pod(serde_json::json!({"containers": [], "dnsPolicy": "None",
+            "dnsConfig": {"nameservers": ["1.1.1.1"], "options": [{"name": "ndots", "value": "2"}]}})));
+        assert_eq!(c.servers, ["1.1.1.1"]);
+        assert_eq!(c.options, ["ndots:2"]);
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub struct Config {
     pub labels: BTreeMap<String, String>,
     pub taints: Vec<Value>,
     pub heartbeat: Heartbeat,
+    /// `--cluster-dns`, `--cluster-domain` and the host's resolver (`--resolv-conf`).
+    pub dns: cri::Dns,
     /// The kubelet's own state (`--root-dir`, `/var/lib/kubelet`): pod volumes.
     pub root_dir: PathBuf,
     /// Where container logs go (`/var/log/pods`; the kubelet's `podLogsDir`).
@@ -422,7 +424,8 @@ impl Kubelet {
         }
         if sandbox.is_none() && (sandboxes.is_empty() || recreate) {
             let mut rt = self.runtime.clone();
-            let config = cri::sandbox_config(pod, sandbox_attempt, &self.cfg.pod_logs_dir);
+            let config =
+                cri::sandbox_config(pod, sandbox_attempt, &self.cfg.pod_logs_dir, &self.cfg.dns);
             if let Err(e) = std::fs::create_dir_all(&config.log_directory) {
                 tracing::warn!(namespace = %ns, pod = %name, error = %e, "pod log directory");
             }
@@ -883,6 +886,7 @@ impl Kubelet {
                     pod,
                     sandbox_attempt,
                     &self.cfg.pod_logs_dir,
+                    &self.cfg.dns,
                 )),
             })
             .await;
