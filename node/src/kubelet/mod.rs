@@ -43,8 +43,9 @@ use crate::NodeError;
 
 /// The relist period (the PLEG's).
 const RELIST: Duration = Duration::from_secs(1);
-/// How long an image pull may take before it counts as failed.
-const PULL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an image pull may take before it counts as failed (the kubelet's
+/// `--runtime-request-timeout` default).
+const PULL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A real node agent.
 #[derive(Clone, Debug)]
@@ -92,6 +93,8 @@ struct Kubelet {
     backoff: Mutex<Backoff>,
     /// Pods being stopped for deletion (in their own task).
     terminating: Mutex<HashSet<String>>,
+    /// Pods whose sync task is running.
+    syncing: Mutex<HashSet<String>>,
     prober: Arc<prober::Prober>,
     events: events::Recorder,
     /// Woken by the pod watch so a new pod does not wait for the next relist.
@@ -180,6 +183,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         state: Mutex::new(HashMap::new()),
         backoff: Mutex::new(Backoff::default()),
         terminating: Mutex::new(HashSet::new()),
+        syncing: Mutex::new(HashSet::new()),
         prober: Arc::new(prober::Prober::new(runtime.clone())),
         events: events::Recorder::new(client.clone(), cfg.node_name.clone()),
         wake: tokio::sync::Notify::new(),
@@ -279,20 +283,32 @@ impl Kubelet {
             Err(_) => return,
         };
         let known: HashSet<String> = pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
-        let syncs = pods.into_iter().map(|pod| {
+        for pod in pods {
             let uid = pod.metadata.uid.clone().unwrap_or_default();
             let sandboxes = r.sandboxes.remove(&uid).unwrap_or_default();
             let containers = r.containers.remove(&uid).unwrap_or_default();
-            let k = self.clone();
-            async move {
-                if pod.metadata.deletion_timestamp.is_some() {
-                    k.start_termination(pod, sandboxes, containers);
-                } else {
-                    k.sync_pod(&pod, sandboxes, containers).await;
-                }
+            if pod.metadata.deletion_timestamp.is_some() {
+                self.start_termination(pod, sandboxes, containers);
+                continue;
             }
-        });
-        futures::future::join_all(syncs).await;
+            // Each pod syncs in a task of its own (one at a time per pod), so a slow
+            // image pull holds up only its pod, as the kubelet's pod workers do.
+            let fresh = self
+                .syncing
+                .lock()
+                .map(|mut s| s.insert(uid.clone()))
+                .unwrap_or(false);
+            if !fresh {
+                continue;
+            }
+            let k = self.clone();
+            tokio::spawn(async move {
+                k.sync_pod(&pod, sandboxes, containers).await;
+                if let Ok(mut s) = k.syncing.lock() {
+                    s.remove(&uid);
+                }
+            });
+        }
         // What is left belongs to pods gone from the API (or never ours).
         let orphans: Vec<api::PodSandbox> = r
             .sandboxes
