@@ -562,6 +562,14 @@ spec:
     )
     .await;
 
+    eventually("the liveness events", WAIT, || {
+        let d = api.kubectl(&["describe", "pod", "probed"]).stdout;
+        let ok = d.contains("Liveness probe failed:")
+            && d.contains("Container c failed liveness probe, will be restarted");
+        async move { ok.then_some(()) }
+    })
+    .await;
+
     // A readiness probe that never passes: Running but not ready.
     eventually("unready Running 0/1", WAIT, || {
         let row = pod_row(api, "unready");
@@ -576,6 +584,69 @@ spec:
         async move { ok.then_some(()) }
     })
     .await;
+
+    eventually("the readiness event", WAIT, || {
+        let d = api.kubectl(&["describe", "pod", "unready"]).stdout;
+        let ok = d.contains("Readiness probe failed: dial tcp ");
+        async move { ok.then_some(()) }
+    })
+    .await;
+
+    // Resources become the container's cgroup limits: memory, CFS quota, shares.
+    eventually("limited Completed", WAIT, || {
+        let row = pod_row(api, "limited");
+        let ok = row.get(2).map(String::as_str) == Some("Completed");
+        async move { ok.then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        jsonpath(api, &["get", "pod", "limited"], "{.status.qosClass}"),
+        Some("Guaranteed".to_string())
+    );
+    let luid = jsonpath(api, &["get", "pod", "limited"], "{.metadata.uid}").unwrap_or_default();
+    let log = std::fs::read_to_string(
+        s.containerd
+            .pod_logs_dir
+            .join(format!("default_limited_{luid}/c/0.log")),
+    )
+    .unwrap_or_default();
+    let values: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .collect();
+    assert_eq!(values, ["67108864", "50000", "512"], "{log}");
+
+    // Services that existed when the container started are in its environment.
+    eventually("envs Completed", WAIT, || {
+        let row = pod_row(api, "envs");
+        let ok = row.get(2).map(String::as_str) == Some("Completed");
+        async move { ok.then_some(()) }
+    })
+    .await;
+    let cluster_ip =
+        jsonpath(api, &["get", "service", "my-svc"], "{.spec.clusterIP}").unwrap_or_default();
+    assert!(!cluster_ip.is_empty());
+    let euid = jsonpath(api, &["get", "pod", "envs"], "{.metadata.uid}").unwrap_or_default();
+    let log = std::fs::read_to_string(
+        s.containerd
+            .pod_logs_dir
+            .join(format!("default_envs_{euid}/c/0.log")),
+    )
+    .unwrap_or_default();
+    assert!(
+        log.contains(&format!(
+            "stdout F host={cluster_ip} port=80 link=tcp://{cluster_ip}:80"
+        )),
+        "{log}"
+    );
+    // Its resolver is the cluster DNS (`--cluster-dns`), searching its namespace.
+    for line in [
+        "stdout F nameserver 10.96.0.10",
+        "stdout F search default.svc.cluster.local svc.cluster.local cluster.local",
+        "stdout F options ndots:5",
+    ] {
+        assert!(log.contains(line), "no {line:?} in {log}");
+    }
 
     api.kubectl(&["delete", "pods", "--all", "--timeout=60s"])
         .out();

@@ -96,7 +96,7 @@ struct Kubelet {
     /// Pods whose sync task is running.
     syncing: Mutex<HashSet<String>>,
     prober: Arc<prober::Prober>,
-    events: events::Recorder,
+    events: Arc<events::Recorder>,
     /// Woken by the pod watch so a new pod does not wait for the next relist.
     wake: tokio::sync::Notify,
     /// Set once the watch's first list is in: until then every sandbox would look
@@ -173,6 +173,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         cfg.node_name.clone(),
         uid,
     ));
+    let recorder = Arc::new(events::Recorder::new(client.clone(), cfg.node_name.clone()));
     let k = Arc::new(Kubelet {
         runtime_name: version.runtime_name,
         host_ip: node_ip.to_string(),
@@ -184,8 +185,8 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         backoff: Mutex::new(Backoff::default()),
         terminating: Mutex::new(HashSet::new()),
         syncing: Mutex::new(HashSet::new()),
-        prober: Arc::new(prober::Prober::new(runtime.clone())),
-        events: events::Recorder::new(client.clone(), cfg.node_name.clone()),
+        prober: Arc::new(prober::Prober::new(runtime.clone(), recorder.clone())),
+        events: recorder,
         wake: tokio::sync::Notify::new(),
         listed: tokio::sync::watch::Sender::new(false),
         cfg,
@@ -522,13 +523,8 @@ impl Kubelet {
                 || c.readiness_probe.is_some()
                 || c.startup_probe.is_some()
             {
-                self.prober.ensure(
-                    &name,
-                    c,
-                    &l.id,
-                    pod_ip.as_deref().unwrap_or_default(),
-                    grace,
-                );
+                self.prober
+                    .ensure(pod, c, &l.id, pod_ip.as_deref().unwrap_or_default(), grace);
                 probes.insert(
                     c.name.clone(),
                     (self.prober.ready(c, &l.id), self.prober.started(c, &l.id)),

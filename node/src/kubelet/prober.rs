@@ -12,11 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use capstan_proto::cri as api;
-use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::api::core::v1::{Container, Pod, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::cri::Runtime;
+use super::events::{About, Recorder};
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Kind {
@@ -28,6 +29,7 @@ pub enum Kind {
 /// The probe results of every running container, by container id.
 pub struct Prober {
     runtime: Runtime,
+    events: Arc<Recorder>,
     ready: Mutex<HashMap<String, bool>>,
     started: Mutex<HashMap<String, bool>>,
     workers: Mutex<HashSet<(String, Kind)>>,
@@ -51,13 +53,24 @@ struct Target {
     container: Container,
     pod_ip: String,
     grace: i64,
-    pod: String,
+    pod: Pod,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Liveness => "Liveness",
+            Kind::Readiness => "Readiness",
+            Kind::Startup => "Startup",
+        }
+    }
 }
 
 impl Prober {
-    pub fn new(runtime: Runtime) -> Prober {
+    pub fn new(runtime: Runtime, events: Arc<Recorder>) -> Prober {
         Prober {
             runtime,
+            events,
             ready: Mutex::new(HashMap::new()),
             started: Mutex::new(HashMap::new()),
             workers: Mutex::new(HashSet::new()),
@@ -65,7 +78,7 @@ impl Prober {
     }
 
     /// Starts the workers a running container's probes need (once per container).
-    pub fn ensure(self: &Arc<Self>, pod: &str, c: &Container, id: &str, pod_ip: &str, grace: i64) {
+    pub fn ensure(self: &Arc<Self>, pod: &Pod, c: &Container, id: &str, pod_ip: &str, grace: i64) {
         for kind in [Kind::Startup, Kind::Liveness, Kind::Readiness] {
             let Some(probe) = probe_of(c, kind).cloned() else {
                 continue;
@@ -83,7 +96,7 @@ impl Prober {
                 container: c.clone(),
                 pod_ip: pod_ip.to_string(),
                 grace,
-                pod: pod.to_string(),
+                pod: pod.clone(),
             };
             tokio::spawn(self.clone().worker(kind, probe, t));
         }
@@ -143,7 +156,9 @@ impl Prober {
         while self.running(&t.id).await {
             let gated = kind != Kind::Startup && !self.started(&t.container, &t.id);
             if !gated {
-                let ok = self.probe(&probe, &t, timeout).await;
+                let result = self.probe(&probe, &t, timeout).await;
+                let ok = result.is_ok();
+                let failure = result.err().unwrap_or_default();
                 if ok {
                     successes += 1;
                     failures = 0;
@@ -161,7 +176,10 @@ impl Prober {
                             None
                         };
                         if let (Some(v), Ok(mut r)) = (verdict, self.ready.lock()) {
-                            r.insert(t.id.clone(), v);
+                            let was = r.insert(t.id.clone(), v);
+                            if !v && was != Some(false) {
+                                self.unhealthy(&t, kind, &failure);
+                            }
                         }
                     }
                     Kind::Startup if ok => {
@@ -171,8 +189,21 @@ impl Prober {
                         break;
                     }
                     Kind::Liveness | Kind::Startup if failures >= failure_threshold => {
-                        tracing::info!(pod = %t.pod, container = %t.container.name, probe = ?kind,
+                        let pod = t.pod.metadata.name.clone().unwrap_or_default();
+                        tracing::info!(pod = %pod, container = %t.container.name, probe = ?kind,
                                        "probe failed; container will be restarted");
+                        self.unhealthy(&t, kind, &failure);
+                        self.events.record(
+                            &t.pod,
+                            About::Container(&t.container.name),
+                            false,
+                            "Killing",
+                            format!(
+                                "Container {} failed {} probe, will be restarted",
+                                t.container.name,
+                                kind.name().to_lowercase()
+                            ),
+                        );
                         let mut rt = self.runtime.clone();
                         let grace = probe.termination_grace_period_seconds.unwrap_or(t.grace);
                         if let Err(e) = rt
@@ -182,7 +213,7 @@ impl Prober {
                             })
                             .await
                         {
-                            tracing::warn!(pod = %t.pod, error = %e, "stopping container after a failed probe");
+                            tracing::warn!(pod = %pod, error = %e, "stopping container after a failed probe");
                         }
                         break;
                     }
@@ -196,7 +227,18 @@ impl Prober {
         }
     }
 
-    async fn probe(&self, probe: &Probe, t: &Target, timeout: Duration) -> bool {
+    fn unhealthy(&self, t: &Target, kind: Kind, failure: &str) {
+        self.events.record(
+            &t.pod,
+            About::Container(&t.container.name),
+            true,
+            "Unhealthy",
+            format!("{} probe failed: {failure}", kind.name()),
+        );
+    }
+
+    /// Runs one probe: Ok, or why it failed (for the Unhealthy event).
+    async fn probe(&self, probe: &Probe, t: &Target, timeout: Duration) -> Result<(), String> {
         if let Some(exec) = &probe.exec {
             let mut rt = self.runtime.clone();
             let r = rt
@@ -206,7 +248,19 @@ impl Prober {
                     timeout: i64::try_from(timeout.as_secs()).unwrap_or(1),
                 })
                 .await;
-            return r.is_ok_and(|r| r.into_inner().exit_code == 0);
+            return match r {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    if r.exit_code == 0 {
+                        Ok(())
+                    } else {
+                        let mut out = String::from_utf8_lossy(&r.stdout).into_owned();
+                        out += &String::from_utf8_lossy(&r.stderr);
+                        Err(out.trim().to_string())
+                    }
+                }
+                Err(e) => Err(e.message().to_string()),
+            };
         }
         let port = |p: &IntOrString| -> Option<u16> {
             match p {
@@ -223,19 +277,23 @@ impl Prober {
         if let Some(tcp) = &probe.tcp_socket {
             let host = tcp.host.clone().unwrap_or_else(|| t.pod_ip.clone());
             let Some(p) = port(&tcp.port) else {
-                return false;
+                return Err(format!("unknown port {:?}", tcp.port));
             };
             let connect = tokio::net::TcpStream::connect((host.as_str(), p));
-            return matches!(tokio::time::timeout(timeout, connect).await, Ok(Ok(_)));
+            return match tokio::time::timeout(timeout, connect).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(format!("dial tcp {host}:{p}: connect: {e}")),
+                Err(_) => Err(format!("dial tcp {host}:{p}: i/o timeout")),
+            };
         }
         if let Some(http) = &probe.http_get {
             if http.scheme.as_deref() == Some("HTTPS") {
                 // Not supported yet: counts as a failure rather than a false success.
-                return false;
+                return Err("HTTPS probes are not supported by this node".into());
             }
             let host = http.host.clone().unwrap_or_else(|| t.pod_ip.clone());
             let Some(p) = port(&http.port) else {
-                return false;
+                return Err(format!("unknown port {:?}", http.port));
             };
             let path = http.path.clone().unwrap_or_else(|| "/".into());
             let request = async {
@@ -252,17 +310,28 @@ impl Prober {
                 let n = s.read(&mut buf).await?;
                 Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf[..n]).to_string())
             };
+            let url = format!("http://{host}:{p}{path}");
             return match tokio::time::timeout(timeout, request).await {
-                Ok(Ok(head)) => head
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|c| c.parse::<u16>().ok())
-                    .is_some_and(|c| (200..400).contains(&c)),
-                _ => false,
+                Ok(Ok(head)) => {
+                    let code = head
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|c| c.parse::<u16>().ok())
+                        .unwrap_or(0);
+                    if (200..400).contains(&code) {
+                        Ok(())
+                    } else {
+                        Err(format!("HTTP probe failed with statuscode: {code}"))
+                    }
+                }
+                Ok(Err(e)) => Err(format!("Get \"{url}\": {e}")),
+                Err(_) => Err(format!(
+                    "Get \"{url}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
+                )),
             };
         }
         // gRPC probes are not supported yet; they pass rather than restart a healthy
         // container.
-        true
+        Ok(())
     }
 }
