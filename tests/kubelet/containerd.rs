@@ -46,6 +46,47 @@ pub fn connect(socket: &Path) -> Runtime {
     RuntimeServiceClient::new(channel)
 }
 
+/// Pids of the containerd shims started for the containerd at `socket` (their command
+/// line names it, and it is unique to one fixture).
+fn shims_of(socket: &Path) -> Vec<u32> {
+    let want = socket.display().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.first().is_some_and(|a| a.contains("containerd-shim")) && args.contains(&want) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Pids whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(child) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // The parent pid is the second field after the parenthesised command.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
 /// overlayfs cannot stack on overlayfs (a container's /tmp); native works anywhere.
 fn snapshotter(dir: &Path) -> &'static str {
     let fs = Command::new("stat")
@@ -272,6 +313,19 @@ impl Drop for Containerd {
             }
             let _ = c.kill();
             let _ = c.wait();
+        }
+        // A container created while the sandboxes were being removed (a node agent's
+        // request still in flight) keeps its shim alive after containerd is gone: kill
+        // the shims serving our socket, their container processes first.
+        for shim in shims_of(&self.socket) {
+            for child in children_of(shim) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &child.to_string()])
+                    .status();
+            }
+            let _ = Command::new("kill")
+                .args(["-KILL", &shim.to_string()])
+                .status();
         }
         // Anything still mounted under our dirs (a snapshot, a netns, a shm) would keep
         // the temp dir from being removed.
