@@ -1,8 +1,9 @@
 //! Compiles the protobufs with protox (a pure-Rust protobuf compiler), so a build needs
 //! no `protoc` on the machine: etcd's v3 API and capstan's Raft protocol become prost
-//! types and tonic clients and servers; Kubernetes' `generated.proto` files become an
-//! encoded file descriptor set (`k8s.bin`), read at run time by the apiserver, which
-//! decodes protobuf request bodies by reflection rather than with generated types.
+//! types and tonic clients and servers, the CRI (`runtime.v1`) a tonic client;
+//! Kubernetes' `generated.proto` files become an encoded file descriptor set
+//! (`k8s.bin`), read at run time by the apiserver, which decodes protobuf request
+//! bodies by reflection rather than with generated types.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "etcd/etcdserverpb/rpc.proto",
@@ -10,12 +11,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "etcd/authpb/auth.proto",
         "raft/raftpb.proto",
     ];
+    println!("cargo:rerun-if-changed=build.rs");
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["."])?;
     tonic_prost_build::configure()
         .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    // The CRI (kubelet to container runtime): the node agent is only ever its client.
+    let cri = "cri/runtime/v1/api.proto";
+    println!("cargo:rerun-if-changed={cri}");
+    let fds = protox::compile([cri], ["cri"])?;
+    tonic_prost_build::configure()
+        .build_server(false)
         .build_client(true)
         .compile_fds(fds)?;
 

@@ -39,7 +39,8 @@ enum Command {
     Chaos(capstan_chaos::cli::Args),
     /// Run the Kubernetes API server over an etcd v3 store (kube-apiserver's flags).
     Apiserver(ApiserverArgs),
-    /// Run a node agent (the kubelet's flags); today only `--simulated` nodes.
+    /// Run a node agent (the kubelet's flags): pods in containerd over the CRI, or
+    /// `--simulated` nodes.
     Node(NodeArgs),
     /// Run the controllers (ReplicaSet, Deployment, garbage collector) against an
     /// apiserver (kube-controller-manager's flags).
@@ -80,6 +81,33 @@ struct NodeArgs {
     /// Taints to register the node with (key=value:Effect,...).
     #[arg(long, default_value = "")]
     register_with_taints: String,
+    /// The CRI endpoint of the container runtime (containerd's socket).
+    #[arg(long, default_value = "unix:///run/containerd/containerd.sock")]
+    container_runtime_endpoint: String,
+    /// The node's address (default: the source address of the default route).
+    #[arg(long)]
+    node_ip: Option<std::net::IpAddr>,
+    /// An image archive (docker-archive or OCI tar) to import into the runtime's
+    /// `k8s.io` namespace at start, with `ctr`; repeatable. No registry is needed for
+    /// images that come this way.
+    #[arg(long)]
+    image_archive: Vec<PathBuf>,
+    /// Cluster DNS server addresses for pods with `dnsPolicy: ClusterFirst`
+    /// (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    cluster_dns: Vec<String>,
+    /// The cluster's DNS domain, searched by pods.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// The host resolver file pods with `dnsPolicy: Default` inherit.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
+    /// The kubelet's state directory (pod volumes live under `<root-dir>/pods`).
+    #[arg(long, default_value = "/var/lib/kubelet")]
+    root_dir: PathBuf,
+    /// Where container logs are written (the kubelet's `podLogsDir`).
+    #[arg(long, default_value = "/var/log/pods")]
+    pod_logs_dir: PathBuf,
     /// Duration of the node's Lease in seconds; it is renewed every quarter of it.
     #[arg(long, default_value_t = 40)]
     node_lease_duration_seconds: i32,
@@ -88,12 +116,14 @@ struct NodeArgs {
     node_status_report_frequency: std::time::Duration,
 }
 
+/// Which node agent `capstan node` runs.
+enum NodeConfig {
+    Kubelet(capstan_node::kubelet::Config),
+    Simulated(capstan_node::simulated::Config),
+}
+
 impl NodeArgs {
-    fn into_config(self) -> anyhow::Result<capstan_node::simulated::Config> {
-        anyhow::ensure!(
-            self.simulated,
-            "only simulated nodes exist so far (the container-runtime kubelet is issue #8); pass --simulated"
-        );
+    fn into_config(self) -> anyhow::Result<NodeConfig> {
         let node_name = match self.hostname_override {
             Some(n) => n,
             None => std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -101,18 +131,44 @@ impl NodeArgs {
                 .trim()
                 .to_lowercase(),
         };
-        Ok(capstan_node::simulated::Config {
+        let labels = capstan_node::registration::parse_labels(&self.node_labels)?;
+        let taints = capstan_node::registration::parse_taints(&self.register_with_taints)?;
+        if !self.simulated {
+            return Ok(NodeConfig::Kubelet(capstan_node::kubelet::Config {
+                kubeconfig: self.kubeconfig,
+                node_name,
+                runtime_endpoint: self.container_runtime_endpoint,
+                node_ip: self.node_ip,
+                max_pods: self.max_pods,
+                labels,
+                taints,
+                heartbeat: capstan_node::registration::Heartbeat {
+                    lease_duration_seconds: self.node_lease_duration_seconds,
+                    status_report_frequency: self.node_status_report_frequency,
+                },
+                image_archives: self.image_archive,
+                pod_logs_dir: self.pod_logs_dir,
+                root_dir: self.root_dir,
+                dns: capstan_node::kubelet::cri::Dns {
+                    cluster_dns: self.cluster_dns,
+                    cluster_domain: self.cluster_domain,
+                    ..Default::default()
+                }
+                .with_host_file(&self.resolv_conf),
+            }));
+        }
+        Ok(NodeConfig::Simulated(capstan_node::simulated::Config {
             kubeconfig: self.kubeconfig,
             node_name,
             nodes: self.simulated_nodes,
             cpu: self.simulated_cpu,
             memory: self.simulated_memory,
             max_pods: self.max_pods,
-            labels: capstan_node::simulated::parse_labels(&self.node_labels)?,
-            taints: capstan_node::simulated::parse_taints(&self.register_with_taints)?,
+            labels,
+            taints,
             lease_duration_seconds: self.node_lease_duration_seconds,
             status_report_frequency: self.node_status_report_frequency,
-        })
+        }))
     }
 }
 
@@ -372,8 +428,14 @@ fn main() -> anyhow::Result<()> {
         Command::Node(args) => {
             let cfg = args.into_config()?;
             rt.block_on(async move {
+                let agent = async move {
+                    match cfg {
+                        NodeConfig::Kubelet(c) => capstan_node::kubelet::run(c).await,
+                        NodeConfig::Simulated(c) => capstan_node::simulated::run(c).await,
+                    }
+                };
                 tokio::select! {
-                    r = capstan_node::simulated::run(cfg) => r.context("node"),
+                    r = agent => r.context("node"),
                     _ = shutdown_signal() => Ok(()),
                 }
             })

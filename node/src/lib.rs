@@ -4,12 +4,16 @@
 //! through the Kubernetes API (kube-rs); it knows nothing of the store, the
 //! controllers or the scheduler.
 //!
-//! Today it has one mode, `--simulated` (kwok's idea): it registers nodes, keeps their
-//! Leases renewed and plays the kubelet's part for pods bound to them (Running and
-//! Ready with a pod IP, Job pods completing, graceful deletions finished) without
-//! running containers, so one process can stand in for many nodes in tests and scale
-//! benchmarks. The container-runtime mode (CRI to containerd) is issue #8.
+//! Two modes share the Node's registration and Lease renewal ([`registration`]):
+//! - [`kubelet`], the real one: pods bound to the node run in containerd, driven over
+//!   the CRI socket (runtime.v1), exactly as the upstream kubelet drives it;
+//! - [`simulated`] (kwok's idea): nodes registered, Leases renewed and the kubelet's
+//!   part played for pods bound to them (Running and Ready with a pod IP, Job pods
+//!   completing, graceful deletions finished) without running containers, so one
+//!   process can stand in for many nodes in tests and scale benchmarks.
 
+pub mod kubelet;
+pub mod registration;
 pub mod simulated;
 
 use std::path::PathBuf;
@@ -31,6 +35,17 @@ pub enum NodeError {
     /// A flag value is unusable (bad quantity, label or taint syntax).
     #[error("invalid flag: {0}")]
     Flag(String),
+    /// The container runtime endpoint cannot be used.
+    #[error("container runtime endpoint {endpoint}: {message}")]
+    Runtime {
+        /// `--container-runtime-endpoint`.
+        endpoint: String,
+        /// Why not.
+        message: String,
+    },
+    /// An `--image-archive` could not be imported into the runtime.
+    #[error("importing image archive {0}")]
+    ImageImport(String),
 }
 
 /// A kube-rs client for the cluster a kubeconfig describes.

@@ -16,14 +16,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Container, Node, Pod};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::watcher;
 use kube::runtime::WatchStreamExt;
 use kube::Api;
 use serde_json::{json, Value};
 
+use crate::registration::{self, now, Heartbeat, NodeSource};
 use crate::NodeError;
 
 /// Annotation: seconds a simulated pod runs before its containers exit.
@@ -58,42 +58,7 @@ pub struct Config {
     pub status_report_frequency: Duration,
 }
 
-/// Parses `--register-with-taints` (`key=value:Effect,key:Effect`).
-pub fn parse_taints(s: &str) -> Result<Vec<Value>, NodeError> {
-    let mut out = Vec::new();
-    for t in s.split(',').filter(|t| !t.is_empty()) {
-        let (kv, effect) = t
-            .rsplit_once(':')
-            .ok_or_else(|| NodeError::Flag(format!("invalid taint spec: {t}")))?;
-        if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
-            return Err(NodeError::Flag(format!(
-                "invalid taint effect: {effect}, unsupported taint effect"
-            )));
-        }
-        let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
-        if key.is_empty() {
-            return Err(NodeError::Flag(format!("invalid taint spec: {t}")));
-        }
-        let mut taint = json!({"key": key, "effect": effect});
-        if !value.is_empty() {
-            taint["value"] = json!(value);
-        }
-        out.push(taint);
-    }
-    Ok(out)
-}
-
-/// Parses `--node-labels` (`key=value,...`).
-pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, NodeError> {
-    s.split(',')
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            l.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .ok_or_else(|| NodeError::Flag(format!("invalid label: {l}")))
-        })
-        .collect()
-}
+pub use crate::registration::{parse_labels, parse_taints};
 
 /// What the agent remembers of one of its nodes.
 struct NodeState {
@@ -110,14 +75,6 @@ struct Sim {
     /// Pods whose completion is scheduled, so repeated watch events do not schedule
     /// it twice.
     completing: Mutex<HashSet<String>>,
-}
-
-fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-fn now_micro() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 fn node_ip(index: usize) -> Ipv4Addr {
@@ -162,12 +119,23 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     });
     // Register every node (as the kubelet does, retrying until the apiserver takes it),
     // then keep each one's Lease and status fresh in its own task.
-    futures::stream::iter(names.iter().cloned().enumerate())
-        .for_each_concurrent(32, |(i, name)| {
+    let hb = Heartbeat {
+        lease_duration_seconds: sim.cfg.lease_duration_seconds,
+        status_report_frequency: sim.cfg.status_report_frequency,
+    };
+    futures::stream::iter(names.iter().cloned())
+        .for_each_concurrent(32, |name| {
             let sim = sim.clone();
             async move {
-                let uid = sim.register(&name, i).await;
-                tokio::spawn(sim.heartbeat(name, uid));
+                let uid = registration::register(&sim.client, sim.as_ref(), &name).await;
+                let source: Arc<dyn NodeSource> = sim.clone();
+                tokio::spawn(registration::heartbeat(
+                    sim.client.clone(),
+                    source,
+                    hb,
+                    name,
+                    uid,
+                ));
             }
         })
         .await;
@@ -177,20 +145,20 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
 }
 
 impl Sim {
-    fn node_object(&self, name: &str, index: usize) -> Value {
-        let mut labels: BTreeMap<String, String> = [
-            ("kubernetes.io/hostname", name),
-            ("kubernetes.io/os", "linux"),
-            ("kubernetes.io/arch", "amd64"),
-            ("beta.kubernetes.io/os", "linux"),
-            ("beta.kubernetes.io/arch", "amd64"),
-            (SIMULATED_LABEL, "true"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        labels.extend(self.cfg.labels.clone());
-        let cidr = format!("{}/24", Ipv4Addr::from(pod_cidr_base(index)));
+    fn index(&self, name: &str) -> usize {
+        self.nodes
+            .lock()
+            .ok()
+            .and_then(|n| n.get(name).map(|s| s.index))
+            .unwrap_or(0)
+    }
+}
+
+impl NodeSource for Sim {
+    fn node_object(&self, name: &str) -> Value {
+        let mut labels = registration::node_labels(name, &self.cfg.labels);
+        labels.insert(SIMULATED_LABEL.to_string(), "true".to_string());
+        let cidr = format!("{}/24", Ipv4Addr::from(pod_cidr_base(self.index(name))));
         let mut spec = json!({"podCIDR": cidr, "podCIDRs": [cidr]});
         if !self.cfg.taints.is_empty() {
             spec["taints"] = json!(self.cfg.taints);
@@ -204,16 +172,11 @@ impl Sim {
                 "annotations": {"node.alpha.kubernetes.io/ttl": "0"},
             },
             "spec": spec,
-            "status": self.node_status(name, index),
+            "status": self.node_status(name),
         })
     }
 
-    fn node_status(&self, name: &str, index: usize) -> Value {
-        let t = now();
-        let cond = |ty: &str, status: &str, reason: &str, message: &str| {
-            json!({"type": ty, "status": status, "reason": reason, "message": message,
-                   "lastHeartbeatTime": t, "lastTransitionTime": t})
-        };
+    fn node_status(&self, name: &str) -> Value {
         let resources = json!({
             "cpu": self.cfg.cpu,
             "memory": self.cfg.memory,
@@ -225,14 +188,9 @@ impl Sim {
         json!({
             "capacity": resources,
             "allocatable": resources,
-            "conditions": [
-                cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
-                cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-                cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
-                cond("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
-            ],
+            "conditions": registration::healthy_conditions(),
             "addresses": [
-                {"type": "InternalIP", "address": node_ip(index).to_string()},
+                {"type": "InternalIP", "address": node_ip(self.index(name)).to_string()},
                 {"type": "Hostname", "address": name},
             ],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
@@ -250,118 +208,9 @@ impl Sim {
             },
         })
     }
+}
 
-    /// Creates the Node, or takes over an existing one (a restarted agent), and returns
-    /// its uid. Retries until the apiserver answers.
-    async fn register(&self, name: &str, index: usize) -> String {
-        let api: Api<Node> = Api::all(self.client.clone());
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            let obj = self.node_object(name, index);
-            let attempt = async {
-                let node: Node =
-                    serde_json::from_value(obj.clone()).map_err(kube::Error::SerdeError)?;
-                match api.create(&PostParams::default(), &node).await {
-                    Ok(n) => Ok(n),
-                    Err(kube::Error::Api(e)) if e.code == 409 => {
-                        // Re-registration: labels, taints and status are the agent's to
-                        // set; whatever else users put on the node stays.
-                        let meta = json!({"metadata": {"labels": obj["metadata"]["labels"]},
-                                          "spec": obj["spec"]});
-                        api.patch(name, &PatchParams::default(), &Patch::Merge(&meta))
-                            .await?;
-                        api.patch_status(
-                            name,
-                            &PatchParams::default(),
-                            &Patch::Merge(&json!({"status": obj["status"]})),
-                        )
-                        .await
-                    }
-                    Err(e) => Err(e),
-                }
-            };
-            match attempt.await {
-                Ok(n) => {
-                    tracing::info!(node = name, "node registered");
-                    return n.metadata.uid.unwrap_or_default();
-                }
-                Err(e) => {
-                    tracing::warn!(node = name, error = %e, "registering node; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(7));
-                }
-            }
-        }
-    }
-
-    /// Renews the node's Lease every quarter of its duration and re-posts the node
-    /// status every `status_report_frequency`, forever.
-    async fn heartbeat(self: Arc<Self>, name: String, uid: String) {
-        let renew = Duration::from_secs((self.cfg.lease_duration_seconds.max(4) / 4) as u64);
-        let mut tick = tokio::time::interval(renew);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_status = tokio::time::Instant::now();
-        loop {
-            tick.tick().await;
-            if let Err(e) = self.renew_lease(&name, &uid).await {
-                tracing::warn!(node = %name, error = %e, "renewing node lease");
-            }
-            if last_status.elapsed() >= self.cfg.status_report_frequency {
-                let index = self
-                    .nodes
-                    .lock()
-                    .ok()
-                    .and_then(|n| n.get(&name).map(|s| s.index));
-                let status = self.node_status(&name, index.unwrap_or(0));
-                let api: Api<Node> = Api::all(self.client.clone());
-                match api
-                    .patch_status(
-                        &name,
-                        &PatchParams::default(),
-                        &Patch::Merge(&json!({"status": status})),
-                    )
-                    .await
-                {
-                    Ok(_) => last_status = tokio::time::Instant::now(),
-                    Err(e) => tracing::warn!(node = %name, error = %e, "posting node status"),
-                }
-            }
-        }
-    }
-
-    async fn renew_lease(&self, name: &str, uid: &str) -> Result<(), kube::Error> {
-        let api: Api<Lease> = Api::namespaced(self.client.clone(), "kube-node-lease");
-        let spec = json!({"holderIdentity": name,
-                          "leaseDurationSeconds": self.cfg.lease_duration_seconds,
-                          "renewTime": now_micro()});
-        match api
-            .patch(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"spec": spec})),
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 404 => {
-                let lease = json!({
-                    "apiVersion": "coordination.k8s.io/v1",
-                    "kind": "Lease",
-                    "metadata": {
-                        "name": name,
-                        "namespace": "kube-node-lease",
-                        "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": name, "uid": uid}],
-                    },
-                    "spec": spec,
-                });
-                let lease: Lease =
-                    serde_json::from_value(lease).map_err(kube::Error::SerdeError)?;
-                api.create(&PostParams::default(), &lease).await.map(|_| ())
-            }
-            Err(e) => Err(e),
-        }
-    }
-
+impl Sim {
     /// Watches the pods bound to this agent's nodes and plays the kubelet's part.
     async fn pods(self: &Arc<Self>) {
         let api: Api<Pod> = Api::all(self.client.clone());
@@ -540,7 +389,7 @@ impl Sim {
 }
 
 /// `Guaranteed`, `Burstable` or `BestEffort`, by upstream's rules over cpu and memory.
-fn qos_class(pod: &Pod) -> &'static str {
+pub(crate) fn qos_class(pod: &Pod) -> &'static str {
     let Some(spec) = &pod.spec else {
         return "BestEffort";
     };
@@ -657,7 +506,7 @@ fn running_status(pod: &Pod, ip: Ipv4Addr, host_ip: Ipv4Addr) -> Value {
 }
 
 /// PodScheduled as the scheduler set it, or set now for a pod bound by `nodeName`.
-fn scheduled_condition(pod: &Pod, t: &str) -> Value {
+pub(crate) fn scheduled_condition(pod: &Pod, t: &str) -> Value {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
@@ -741,21 +590,6 @@ mod tests {
                                   "requests": {"cpu": "500m"}}))),
             "Burstable"
         );
-    }
-
-    #[test]
-    fn taints_and_labels_parse_like_the_kubelet() {
-        let t = parse_taints("a=b:NoSchedule,c:NoExecute").expect("taints");
-        assert_eq!(
-            t[0],
-            json!({"key": "a", "value": "b", "effect": "NoSchedule"})
-        );
-        assert_eq!(t[1], json!({"key": "c", "effect": "NoExecute"}));
-        assert!(parse_taints("a=b:Sometimes").is_err());
-        assert!(parse_taints("nokey").is_err());
-        let l = parse_labels("zone=a,tier=web").expect("labels");
-        assert_eq!(l.get("zone").map(String::as_str), Some("a"));
-        assert!(parse_labels("novalue").is_err());
     }
 
     #[test]

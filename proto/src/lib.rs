@@ -42,3 +42,9 @@ pub mod k8s {
     /// `json=`: the JSON name, where it is not the field's.
     pub const FIELD_NOTES: &str = include_str!("../k8s.io/fields.txt");
 }
+
+/// The Container Runtime Interface (`runtime.v1`, cri-api v0.32.13): the
+/// RuntimeService and ImageService clients the node agent talks to containerd with.
+pub mod cri {
+    tonic::include_proto!("runtime.v1");
+}

@@ -1,0 +1,655 @@
+//! Integration tests of the real kubelet (`capstan node` without `--simulated`): a real
+//! store, a real apiserver, a private containerd (see `containerd.rs`) and the node
+//! agent process, observed through the real `kubectl` as a user would, and through
+//! containerd itself (`ctr`, the CRI) for what must be gone.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod containerd;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use capstan_proto::cri;
+use containerd::{Containerd, BUSYBOX};
+use support::{eventually, Apiserver, Component, Server};
+
+/// Fields drop in order: the node agent goes first, containerd (which cleans up what
+/// the node left) last.
+struct Stack {
+    node: Component,
+    api: Apiserver,
+    _store: Server,
+    containerd: Containerd,
+}
+
+const NODE: &str = "kn1";
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn stack() -> Stack {
+    let containerd = Containerd::start().await;
+    let store = Server::start().await;
+    let api = Apiserver::start(&store.endpoint).await;
+    let endpoint = format!("unix://{}", containerd.socket.display());
+    let node = Component::start(
+        &api,
+        "node",
+        &[
+            "--hostname-override",
+            NODE,
+            "--container-runtime-endpoint",
+            &endpoint,
+            "--image-archive",
+            &containerd.image_archive.display().to_string(),
+            "--pod-logs-dir",
+            &containerd.pod_logs_dir.display().to_string(),
+            "--root-dir",
+            &containerd.root_dir.display().to_string(),
+            "--node-lease-duration-seconds",
+            "4",
+            "--cluster-dns",
+            "10.96.0.10",
+        ],
+    );
+    Stack {
+        node,
+        api,
+        _store: store,
+        containerd,
+    }
+}
+
+/// `kubectl get <args> -o jsonpath=<path>`, or None when kubectl fails.
+fn jsonpath(api: &Apiserver, args: &[&str], path: &str) -> Option<String> {
+    let jp = format!("jsonpath={path}");
+    let mut all = args.to_vec();
+    all.extend(["-o", &jp]);
+    let out = api.kubectl(&all);
+    out.ok.then(|| out.out().to_string())
+}
+
+/// `kubectl get pod <name> --no-headers` as columns (NAME READY STATUS RESTARTS AGE).
+fn pod_row(api: &Apiserver, name: &str) -> Vec<String> {
+    let out = api.kubectl(&["get", "pod", name, "--no-headers"]);
+    if !out.ok {
+        return Vec::new();
+    }
+    // RESTARTS may read `1 (2s ago)`; split on runs of two spaces or more.
+    out.stdout
+        .trim()
+        .split("  ")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn pod_yaml(name: &str, policy: &str, command: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  nodeName: {NODE}
+  restartPolicy: {policy}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: [sh, -c, '{command}']
+---
+"#
+    )
+}
+
+/// Sandboxes and containers the runtime holds for a pod uid, over the CRI.
+async fn runtime_objects(c: &Containerd, uid: &str) -> (usize, usize) {
+    let mut rt = c.runtime();
+    let sel = HashMap::from([("io.kubernetes.pod.uid".to_string(), uid.to_string())]);
+    let sandboxes = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest {
+            filter: Some(cri::PodSandboxFilter {
+                label_selector: sel.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("ListPodSandbox")
+        .into_inner()
+        .items
+        .len();
+    let containers = rt
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                label_selector: sel,
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("ListContainers")
+        .into_inner()
+        .containers
+        .len();
+    (sandboxes, containers)
+}
+
+#[tokio::test]
+async fn a_real_node_runs_pods_in_containerd() {
+    let mut s = stack().await;
+    let api = &s.api;
+
+    // The node registers Ready, with the machine's facts and the runtime's version.
+    eventually("node kn1 Ready", WAIT, || {
+        s.node.check_running();
+        let out = api.kubectl(&["get", "nodes", "--no-headers"]);
+        let ok = out.ok && out.stdout.split_whitespace().take(2).eq([NODE, "Ready"]);
+        async move { ok.then_some(()) }
+    })
+    .await;
+    let runtime = jsonpath(
+        api,
+        &["get", "node", NODE],
+        "{.status.nodeInfo.containerRuntimeVersion}",
+    );
+    assert!(
+        runtime
+            .as_deref()
+            .is_some_and(|r| r.starts_with("containerd://")),
+        "{runtime:?}"
+    );
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(
+        jsonpath(api, &["get", "node", NODE], "{.status.capacity.cpu}"),
+        Some(cpus.to_string())
+    );
+    assert_eq!(
+        jsonpath(api, &["get", "node", NODE], "{.status.allocatable.pods}"),
+        Some("110".to_string())
+    );
+    assert!(
+        api.kubectl(&["get", "lease", "-n", "kube-node-lease", NODE])
+            .ok
+    );
+
+    // Five pods at once: a server, one that succeeds, one that fails, one that keeps
+    // crashing, and one whose image is nowhere.
+    let mut manifest = String::new();
+    manifest += &format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: web}}
+spec:
+  nodeName: {NODE}
+  terminationGracePeriodSeconds: 1
+  initContainers:
+  - name: prepare
+    image: {BUSYBOX}
+    command: [sh, -c, 'echo init done']
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    env:
+    - {{name: GREETING, value: hi}}
+    - {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
+    - {{name: MESSAGE, value: '$(GREETING) from $(POD_NAME)'}}
+    command: [sh, -c]
+    args: ['echo $MESSAGE; mkdir /www; echo hello > /www/index.html; exec httpd -f -p 8080 -h /www']
+---
+"#
+    );
+    manifest += &pod_yaml("done", "Never", "exit 0");
+    manifest += &pod_yaml("fail", "Never", "echo failing; exit 3");
+    manifest += &pod_yaml("crash", "Always", "exit 1");
+    manifest += &format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: noimage}}
+spec:
+  nodeName: {NODE}
+  containers:
+  - {{name: c, image: "nothere.invalid/x:1"}}
+"#
+    );
+    let out = api.kubectl_stdin(&["apply", "-f", "-"], Some(&manifest));
+    out.out();
+
+    // web: Running and 1/1 ready, with an IP on the pod network that serves HTTP.
+    eventually("web Running 1/1", WAIT, || {
+        s.node.check_running();
+        let row = pod_row(api, "web");
+        let ok = row.get(1).map(String::as_str) == Some("1/1")
+            && row.get(2).map(String::as_str) == Some("Running");
+        async move { ok.then_some(()) }
+    })
+    .await;
+    let ip = jsonpath(api, &["get", "pod", "web"], "{.status.podIP}").unwrap_or_default();
+    assert!(
+        ip.starts_with(&s.containerd.subnet_prefix),
+        "pod IP {ip} is not on the CNI bridge's subnet {}0/24",
+        s.containerd.subnet_prefix
+    );
+    let body = eventually("web answers HTTP", WAIT, || {
+        let r = support::http_get(&format!("{ip}:8080"), "/");
+        async move { r.filter(|(code, _)| *code == 200).map(|(_, b)| b) }
+    })
+    .await;
+    assert_eq!(body.trim(), "hello");
+    let status: serde_json::Value =
+        api.kubectl(&["get", "pod", "web", "-o", "json"]).json()["status"].clone();
+    assert_eq!(status["phase"], "Running");
+    assert_eq!(status["qosClass"], "BestEffort");
+    assert!(status["hostIP"].is_string() && status["startTime"].is_string());
+    assert_eq!(
+        status["initContainerStatuses"][0]["state"]["terminated"]["reason"],
+        "Completed"
+    );
+    for cond in [
+        "PodReadyToStartContainers",
+        "Initialized",
+        "ContainersReady",
+        "Ready",
+        "PodScheduled",
+    ] {
+        let c = status["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == cond))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(c["status"], "True", "{cond}: {status}");
+    }
+    // The container's output, with env expanded, is in its CRI log file.
+    let uid = jsonpath(api, &["get", "pod", "web"], "{.metadata.uid}").unwrap_or_default();
+    let log_file = s
+        .containerd
+        .pod_logs_dir
+        .join(format!("default_web_{uid}/c/0.log"));
+    let log = eventually("web's log", WAIT, || {
+        let l = std::fs::read_to_string(&log_file).ok();
+        async move { l.filter(|l| l.contains("hi from web")) }
+    })
+    .await;
+    assert!(log.contains(" stdout F hi from web"), "{log}");
+
+    // A restarted agent finds its pods in the runtime: web keeps its one sandbox and
+    // its container, not restarted.
+    let container_id = jsonpath(
+        api,
+        &["get", "pod", "web"],
+        "{.status.containerStatuses[0].containerID}",
+    );
+    s.node.restart();
+    // A pod created now runs only once the new agent syncs, and every sync covers
+    // every pod: by then web has been looked at too.
+    api.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(&pod_yaml("after", "Never", "sleep 3600")),
+    )
+    .out();
+    eventually("after Running", WAIT, || {
+        let row = pod_row(api, "after");
+        let ok = row.get(2).map(String::as_str) == Some("Running");
+        async move { ok.then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        jsonpath(
+            api,
+            &["get", "pod", "web"],
+            "{.status.containerStatuses[0].containerID}"
+        ),
+        container_id
+    );
+    assert_eq!(pod_row(api, "web").get(3).map(String::as_str), Some("0"));
+    assert_eq!(runtime_objects(&s.containerd, &uid).await, (1, 2));
+
+    // The sandbox dies (its pause process killed): the pod gets a new one and its
+    // container is restarted in it, serving again.
+    let mut rt = s.containerd.runtime();
+    let sandbox = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest {
+            filter: Some(cri::PodSandboxFilter {
+                label_selector: HashMap::from([("io.kubernetes.pod.uid".to_string(), uid.clone())]),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("ListPodSandbox")
+        .into_inner()
+        .items
+        .remove(0);
+    s.containerd
+        .ctr(&["tasks", "kill", "-s", "SIGKILL", &sandbox.id]);
+    eventually("web restarted in a new sandbox", WAIT, || {
+        s.node.check_running();
+        let row = pod_row(api, "web");
+        let ok = row.get(1).map(String::as_str) == Some("1/1")
+            && row.get(3).and_then(|r| r.split_whitespace().next()) == Some("1");
+        async move { ok.then_some(()) }
+    })
+    .await;
+    let ip = jsonpath(api, &["get", "pod", "web"], "{.status.podIP}").unwrap_or_default();
+    eventually("web answers HTTP again", WAIT, || {
+        let r = support::http_get(&format!("{ip}:8080"), "/");
+        async move { r.filter(|(code, _)| *code == 200).map(|_| ()) }
+    })
+    .await;
+
+    // done: Completed and Succeeded; fail: Error and Failed with its exit code.
+    for (name, status, phase) in [
+        ("done", "Completed", "Succeeded"),
+        ("fail", "Error", "Failed"),
+    ] {
+        eventually(&format!("{name} {status}"), WAIT, || {
+            let row = pod_row(api, name);
+            let p = jsonpath(api, &["get", "pod", name], "{.status.phase}");
+            let ok = row.get(2).map(String::as_str) == Some(status) && p.as_deref() == Some(phase);
+            async move { ok.then_some(()) }
+        })
+        .await;
+    }
+    assert_eq!(
+        jsonpath(
+            api,
+            &["get", "pod", "fail"],
+            "{.status.containerStatuses[0].state.terminated.exitCode}"
+        ),
+        Some("3".to_string())
+    );
+
+    // crash: restarted, then held back in CrashLoopBackOff.
+    eventually("crash in CrashLoopBackOff", WAIT, || {
+        s.node.check_running();
+        let row = pod_row(api, "crash");
+        let restarts = row
+            .get(3)
+            .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+            .unwrap_or(0);
+        let ok = row.get(2).map(String::as_str) == Some("CrashLoopBackOff") && restarts >= 1;
+        async move { ok.then_some(()) }
+    })
+    .await;
+    let waiting = jsonpath(
+        api,
+        &["get", "pod", "crash"],
+        "{.status.containerStatuses[0].state.waiting.message}",
+    )
+    .unwrap_or_default();
+    assert!(
+        waiting.starts_with("back-off 10s restarting failed container=c pod=crash_default("),
+        "{waiting}"
+    );
+    assert_eq!(
+        jsonpath(api, &["get", "pod", "crash"], "{.status.phase}"),
+        Some("Running".to_string())
+    );
+    // What happened is in the pod's events, as `kubectl describe` shows them.
+    let described = api.kubectl(&["describe", "pod", "crash"]);
+    let described = described.out();
+    for line in [
+        "Container image \"capstan.local/busybox:1\" already present on machine",
+        "Created container: c",
+        "Started container c",
+        "Back-off restarting failed container c in pod crash_default(",
+    ] {
+        assert!(described.contains(line), "no {line:?} in:\n{described}");
+    }
+
+    // noimage: the pull fails (no registry is reachable) and backs off; Pending.
+    eventually("noimage ErrImagePull or ImagePullBackOff", WAIT, || {
+        let row = pod_row(api, "noimage");
+        let ok = matches!(
+            row.get(2).map(String::as_str),
+            Some("ErrImagePull" | "ImagePullBackOff")
+        );
+        async move { ok.then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        jsonpath(api, &["get", "pod", "noimage"], "{.status.phase}"),
+        Some("Pending".to_string())
+    );
+
+    // kubectl delete returns once the kubelet has stopped the pod and deleted it for
+    // good; by then containerd holds nothing of it.
+    let out = api.kubectl(&["delete", "pod", "web", "--timeout=60s"]);
+    out.out();
+    assert_eq!(runtime_objects(&s.containerd, &uid).await, (0, 0));
+    assert!(
+        !s.containerd
+            .pod_logs_dir
+            .join(format!("default_web_{uid}"))
+            .exists(),
+        "the pod's log directory is removed with it"
+    );
+    let out = api.kubectl(&["delete", "pods", "--all", "--timeout=60s"]);
+    out.out();
+    assert_eq!(
+        api.kubectl(&["get", "pods", "--no-headers"]).out().trim(),
+        ""
+    );
+    assert_eq!(s.containerd.ctr_containers(), Vec::<String>::new());
+    let mut rt = s.containerd.runtime();
+    let left = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .expect("ListPodSandbox")
+        .into_inner()
+        .items;
+    assert!(left.is_empty(), "sandboxes left: {left:?}");
+}
+
+#[tokio::test]
+async fn probes_volumes_limits_env_and_dns_work_in_real_containers() {
+    let mut s = stack().await;
+    let api = &s.api;
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: settings}}
+data: {{greeting: hello-config}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: my-svc}}
+spec:
+  selector: {{app: nothing}}
+  ports: [{{name: http, port: 80}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: envs}}
+spec:
+  nodeName: {NODE}
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: [sh, -c, 'echo host=$MY_SVC_SERVICE_HOST port=$MY_SVC_SERVICE_PORT_HTTP link=$MY_SVC_PORT; cat /etc/resolv.conf']
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: probed}}
+spec:
+  nodeName: {NODE}
+  terminationGracePeriodSeconds: 1
+  volumes:
+  - {{name: data, emptyDir: {{}}}}
+  - {{name: cfg, configMap: {{name: settings}}}}
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: [sh, -c, 'touch /tmp/healthy; echo ready > /data/state; httpd -p 8080 -h /data; sleep 3; rm /tmp/healthy; sleep 3600']
+    volumeMounts: [{{name: data, mountPath: /data}}]
+    livenessProbe: {{exec: {{command: [cat, /tmp/healthy]}}, periodSeconds: 1, failureThreshold: 1}}
+    readinessProbe: {{httpGet: {{path: /state, port: 8080}}, periodSeconds: 1}}
+  - name: reader
+    image: {BUSYBOX}
+    command: [sh, -c, 'while ! [ -f /shared/state ]; do sleep 0.1; done; cat /shared/state /etc/cfg/greeting; echo; sleep 3600']
+    volumeMounts: [{{name: data, mountPath: /shared}}, {{name: cfg, mountPath: /etc/cfg, readOnly: true}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: unready}}
+spec:
+  nodeName: {NODE}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: [sleep, "3600"]
+    readinessProbe: {{tcpSocket: {{port: 9999}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: limited}}
+spec:
+  nodeName: {NODE}
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: [sh, -c, 'cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.shares']
+    resources: {{limits: {{cpu: 500m, memory: 64Mi}}}}
+"#
+    );
+    api.kubectl_stdin(&["apply", "-f", "-"], Some(&manifest))
+        .out();
+
+    // The readiness probe (HTTP, served from the emptyDir) makes probed 2/2 ready.
+    eventually("probed 2/2 Running", WAIT, || {
+        s.node.check_running();
+        let row = pod_row(api, "probed");
+        let ok = row.get(1).map(String::as_str) == Some("2/2")
+            && row.get(2).map(String::as_str) == Some("Running");
+        async move { ok.then_some(()) }
+    })
+    .await;
+    // The second container sees the first one's file (one emptyDir) and the ConfigMap.
+    let uid = jsonpath(api, &["get", "pod", "probed"], "{.metadata.uid}").unwrap_or_default();
+    let log_file = s
+        .containerd
+        .pod_logs_dir
+        .join(format!("default_probed_{uid}/reader/0.log"));
+    eventually("reader's log", Duration::from_secs(20), || {
+        let l = std::fs::read_to_string(&log_file).unwrap_or_default();
+        async move {
+            (l.contains(" stdout F ready") && l.contains(" stdout F hello-config")).then_some(())
+        }
+    })
+    .await;
+    // Three seconds in, the liveness probe fails and the container is restarted.
+    eventually(
+        "probed's container restarted by its liveness probe",
+        WAIT,
+        || {
+            let n = jsonpath(
+                api,
+                &["get", "pod", "probed"],
+                "{.status.containerStatuses[?(@.name==\"c\")].restartCount}",
+            );
+            let last = jsonpath(
+                api,
+                &["get", "pod", "probed"],
+                "{.status.containerStatuses[?(@.name==\"c\")].lastState.terminated.exitCode}",
+            );
+            let ok = n
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|n| n >= 1)
+                && last.is_some_and(|l| !l.is_empty() && l != "0");
+            async move { ok.then_some(()) }
+        },
+    )
+    .await;
+
+    eventually("the liveness events", WAIT, || {
+        let d = api.kubectl(&["describe", "pod", "probed"]).stdout;
+        let ok = d.contains("Liveness probe failed:")
+            && d.contains("Container c failed liveness probe, will be restarted");
+        async move { ok.then_some(()) }
+    })
+    .await;
+
+    // A readiness probe that never passes: Running but not ready.
+    eventually("unready Running 0/1", WAIT, || {
+        let row = pod_row(api, "unready");
+        let ready = jsonpath(
+            api,
+            &["get", "pod", "unready"],
+            "{.status.conditions[?(@.type==\"Ready\")].reason}",
+        );
+        let ok = row.get(1).map(String::as_str) == Some("0/1")
+            && row.get(2).map(String::as_str) == Some("Running")
+            && ready.as_deref() == Some("ContainersNotReady");
+        async move { ok.then_some(()) }
+    })
+    .await;
+
+    eventually("the readiness event", WAIT, || {
+        let d = api.kubectl(&["describe", "pod", "unready"]).stdout;
+        let ok = d.contains("Readiness probe failed: dial tcp ");
+        async move { ok.then_some(()) }
+    })
+    .await;
+
+    // Resources become the container's cgroup limits: memory, CFS quota, shares.
+    eventually("limited Completed", WAIT, || {
+        let row = pod_row(api, "limited");
+        let ok = row.get(2).map(String::as_str) == Some("Completed");
+        async move { ok.then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        jsonpath(api, &["get", "pod", "limited"], "{.status.qosClass}"),
+        Some("Guaranteed".to_string())
+    );
+    let luid = jsonpath(api, &["get", "pod", "limited"], "{.metadata.uid}").unwrap_or_default();
+    let log = std::fs::read_to_string(
+        s.containerd
+            .pod_logs_dir
+            .join(format!("default_limited_{luid}/c/0.log")),
+    )
+    .unwrap_or_default();
+    let values: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .collect();
+    assert_eq!(values, ["67108864", "50000", "512"], "{log}");
+
+    // Services that existed when the container started are in its environment.
+    eventually("envs Completed", WAIT, || {
+        let row = pod_row(api, "envs");
+        let ok = row.get(2).map(String::as_str) == Some("Completed");
+        async move { ok.then_some(()) }
+    })
+    .await;
+    let cluster_ip =
+        jsonpath(api, &["get", "service", "my-svc"], "{.spec.clusterIP}").unwrap_or_default();
+    assert!(!cluster_ip.is_empty());
+    let euid = jsonpath(api, &["get", "pod", "envs"], "{.metadata.uid}").unwrap_or_default();
+    let log = std::fs::read_to_string(
+        s.containerd
+            .pod_logs_dir
+            .join(format!("default_envs_{euid}/c/0.log")),
+    )
+    .unwrap_or_default();
+    assert!(
+        log.contains(&format!(
+            "stdout F host={cluster_ip} port=80 link=tcp://{cluster_ip}:80"
+        )),
+        "{log}"
+    );
+    // Its resolver is the cluster DNS (`--cluster-dns`), searching its namespace.
+    for line in [
+        "stdout F nameserver 10.96.0.10",
+        "stdout F search default.svc.cluster.local svc.cluster.local cluster.local",
+        "stdout F options ndots:5",
+    ] {
+        assert!(log.contains(line), "no {line:?} in {log}");
+    }
+
+    api.kubectl(&["delete", "pods", "--all", "--timeout=60s"])
+        .out();
+    assert_eq!(s.containerd.ctr_containers(), Vec::<String>::new());
+    assert_eq!(runtime_objects(&s.containerd, &uid).await, (0, 0));
+}
