@@ -16,19 +16,12 @@ pub mod kubelet;
 pub mod registration;
 pub mod simulated;
 
-use std::path::PathBuf;
-
 /// What can stop the node agent.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    /// The kubeconfig could not be read or does not describe a usable cluster.
-    #[error("kubeconfig {path}: {source}")]
-    Kubeconfig {
-        /// Where it was read from.
-        path: PathBuf,
-        /// Why it was refused.
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    /// No client for the apiserver could be made from the kubeconfig.
+    #[error(transparent)]
+    Connect(#[from] capstan_client::ClientError),
     /// A request to the apiserver failed in a way retrying does not fix.
     #[error("apiserver: {0}")]
     Api(#[from] kube::Error),
@@ -46,17 +39,4 @@ pub enum NodeError {
     /// An `--image-archive` could not be imported into the runtime.
     #[error("importing image archive {0}")]
     ImageImport(String),
-}
-
-/// A kube-rs client for the cluster a kubeconfig describes.
-pub async fn client(path: &std::path::Path) -> Result<kube::Client, NodeError> {
-    let bad = |source: Box<dyn std::error::Error + Send + Sync>| NodeError::Kubeconfig {
-        path: path.to_path_buf(),
-        source,
-    };
-    let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| bad(Box::new(e)))?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .map_err(|e| bad(Box::new(e)))?;
-    kube::Client::try_from(cfg).map_err(|e| bad(Box::new(e)))
 }
