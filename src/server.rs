@@ -36,6 +36,18 @@ pub struct ServerArgs {
     /// The store's peer port (loopback).
     #[arg(long, default_value_t = 2380)]
     store_peer_port: u16,
+    /// Do not run the node agent: this server schedules no pods onto itself.
+    #[arg(long)]
+    disable_agent: bool,
+    /// The agent's container runtime (containerd's CRI socket).
+    #[arg(long, default_value = "unix:///run/containerd/containerd.sock")]
+    container_runtime_endpoint: String,
+    /// The agent's node address (default: the source address of the default route).
+    #[arg(long)]
+    node_ip: Option<std::net::IpAddr>,
+    /// Image archives the agent imports into the runtime at start; repeatable.
+    #[arg(long)]
+    image_archive: Vec<PathBuf>,
 }
 
 /// The machine's hostname, the default node name (as the kubelet's).
@@ -96,6 +108,33 @@ pub async fn run(
     };
     let apiserver = async { capstan_apiserver::run(api_cfg).await.context("apiserver") };
     let kubeconfig = a.write_kubeconfig.clone();
+    let agent = (!a.disable_agent).then(|| capstan_node::kubelet::Config {
+        kubeconfig: kubeconfig.clone(),
+        node_name: name.clone(),
+        runtime_endpoint: a.container_runtime_endpoint,
+        node_ip: a.node_ip,
+        max_pods: 110,
+        // As k3s labels its servers.
+        labels: [(
+            "node-role.kubernetes.io/control-plane".to_string(),
+            "true".to_string(),
+        )]
+        .into_iter()
+        .collect(),
+        taints: Vec::new(),
+        heartbeat: capstan_node::registration::Heartbeat {
+            lease_duration_seconds: 40,
+            status_report_frequency: Duration::from_secs(300),
+        },
+        dns: capstan_node::kubelet::cri::Dns {
+            cluster_domain: "cluster.local".into(),
+            ..Default::default()
+        }
+        .with_host_file(std::path::Path::new("/etc/resolv.conf")),
+        root_dir: a.data_dir.join("agent/kubelet"),
+        pod_logs_dir: PathBuf::from("/var/log/pods"),
+        image_archives: a.image_archive,
+    });
     let components = async move {
         wait_for_file(&kubeconfig).await;
         tracing::info!(kubeconfig = %kubeconfig.display(), "control plane components starting");
@@ -118,9 +157,16 @@ pub async fn run(
             serve: None,
             ..capstan_scheduler::Config::default()
         };
+        let agent = async move {
+            match agent {
+                Some(cfg) => capstan_node::kubelet::run(cfg).await.context("node agent"),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = capstan_controllers::run(controllers) => r.context("controller-manager"),
             r = capstan_scheduler::run(scheduler, std::future::pending()) => r.context("scheduler"),
+            r = agent => r,
         }
     };
     tokio::select! {

@@ -26,6 +26,9 @@ impl ServerProcess {
             "srv",
             "--bind-address",
             "127.0.0.1",
+            // These tests bring their own (simulated) nodes; the kubelet tests cover
+            // the real agent.
+            "--disable-agent",
         ]
         .iter()
         .map(|s| s.to_string())
