@@ -9,6 +9,7 @@ pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod serviceaccount;
 pub mod util;
 
 use std::sync::Arc;
@@ -50,6 +51,7 @@ pub const CONTROLLERS: &[&str] = &[
     "endpoint",
     "endpointslice",
     "nodelifecycle",
+    "serviceaccount",
 ];
 
 /// kube-controller-manager's settings that apply here.
@@ -226,6 +228,9 @@ fn start(client: Client, cfg: &Config) -> tokio::task::JoinHandle<()> {
             }
             if enabled.contains(&"garbagecollector") {
                 inner.spawn(gc::run(client.clone()));
+            }
+            if enabled.contains(&"serviceaccount") {
+                inner.spawn(serviceaccount::run(client.clone()));
             }
             if enabled.contains(&"nodelifecycle") {
                 inner.spawn(nodelifecycle::run(client.clone(), node_monitor));

@@ -13,6 +13,7 @@ mod leader;
 mod namespace;
 mod nodelifecycle;
 mod replicaset;
+mod serviceaccount;
 
 use std::time::Duration;
 
