@@ -505,7 +505,7 @@ async fn handle(
             Ok(json_response(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}), &[]))
         }
         (Method::GET | Method::POST, Some(_), Some("log" | "exec" | "attach" | "portforward")) if rt.kind == "Pod" => {
-            Err(ApiError::BadRequest("pod logs and exec are served by the node agent, which this cluster does not run yet".into()))
+            Err(ApiError::BadRequest("pod logs and exec are not proxied to the node agent yet".into()))
         }
         (Method::PUT, Some(name), sub @ (None | Some("status") | Some("finalize"))) => {
             if sub == Some("status") && !rt.status || sub == Some("finalize") && rt.kind != "Namespace" {
