@@ -420,7 +420,11 @@ async fn handle(
             json_response(StatusCode::OK, &obj, &[])
         }
     };
-    match (method.clone(), target.name.as_deref(), target.sub.as_deref()) {
+    match (
+        method.clone(),
+        target.name.as_deref(),
+        target.sub.as_deref(),
+    ) {
         (Method::GET, None, None) => {
             let lopts = list_options(&q, rt)?;
             let cache = app.caches.get(rt.prefix).ok_or(ApiError::NoRoute)?;
@@ -436,12 +440,22 @@ async fn handle(
                     opts: lopts,
                     allow_bookmarks: flag(&q, "allowWatchBookmarks"),
                     send_initial_events: flag(&q, "sendInitialEvents"),
-                    timeout: q.get("timeoutSeconds").and_then(|t| t.parse().ok()).map(Duration::from_secs),
-                    table: table.then(|| q.get("includeObject").cloned().unwrap_or_else(|| "Metadata".into())),
+                    timeout: q
+                        .get("timeoutSeconds")
+                        .and_then(|t| t.parse().ok())
+                        .map(Duration::from_secs),
+                    table: table.then(|| {
+                        q.get("includeObject")
+                            .cloned()
+                            .unwrap_or_else(|| "Metadata".into())
+                    }),
                 };
                 let timeout = w.timeout;
                 let rx = cache.watch(w, resume).await?;
-                let watchers = app.metrics.watchers.with_label_values(&[rt.group, rt.version, rt.kind]);
+                let watchers = app
+                    .metrics
+                    .watchers
+                    .with_label_values(&[rt.group, rt.version, rt.kind]);
                 watchers.inc();
                 let guard = WatcherCount(watchers);
                 // The response ends at timeoutSeconds; dropping the receiver then
@@ -452,7 +466,10 @@ async fn handle(
                         None => std::future::pending().await,
                     }
                 };
-                let stream = futures::StreamExt::take_until(tokio_stream::wrappers::ReceiverStream::new(rx), end);
+                let stream = futures::StreamExt::take_until(
+                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                    end,
+                );
                 let body = Body::from_stream(futures::StreamExt::map(stream, move |b| {
                     let _counted = &guard;
                     Ok::<_, std::convert::Infallible>(b)
@@ -461,11 +478,17 @@ async fn handle(
             }
             let list = list_cached(reg, cache, rt, ns, &lopts).await?;
             if table {
-                let items = list.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+                let items = list
+                    .get("items")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
                 let t = crate::table::to_table(
                     rt.kind,
                     &items,
-                    q.get("includeObject").map(String::as_str).unwrap_or("Metadata"),
+                    q.get("includeObject")
+                        .map(String::as_str)
+                        .unwrap_or("Metadata"),
                     list.get("metadata").cloned().unwrap_or(json!({})),
                     chrono::Utc::now(),
                 );
@@ -474,25 +497,41 @@ async fn handle(
             Ok(json_response(StatusCode::OK, &list, &[]))
         }
         (Method::GET, Some(name), None) => Ok(render_one(reg.get(rt, ns, name).await?)),
-        (Method::GET, Some(name), Some("status")) if rt.status => Ok(render_one(reg.get(rt, ns, name).await?)),
-        (Method::GET, Some(name), Some("scale")) if rt.scale => {
-            Ok(json_response(StatusCode::OK, &to_scale(rt, &reg.get(rt, ns, name).await?), &[]))
+        (Method::GET, Some(name), Some("status")) if rt.status => {
+            Ok(render_one(reg.get(rt, ns, name).await?))
         }
+        (Method::GET, Some(name), Some("scale")) if rt.scale => Ok(json_response(
+            StatusCode::OK,
+            &to_scale(rt, &reg.get(rt, ns, name).await?),
+            &[],
+        )),
         (Method::POST, None, None) => {
             let raw = read_body(body).await?;
             let obj = parse_object(headers, &raw, rt.kind)?;
             let out = reg.create(rt, ns, &obj, wopts).await?;
-            Ok(json_response(StatusCode::CREATED, &out.object, &out.warnings))
+            Ok(json_response(
+                StatusCode::CREATED,
+                &out.object,
+                &out.warnings,
+            ))
         }
         (Method::POST, Some(name), Some("binding")) if rt.kind == "Pod" => {
             let raw = read_body(body).await?;
             let b = parse_object(headers, &raw, "Binding")?;
-            let node = b.pointer("/target/name").and_then(Value::as_str).unwrap_or("").to_string();
+            let node = b
+                .pointer("/target/name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
             if node.is_empty() {
                 return Err(ApiError::invalid(rt, name, "target.name", "Required value"));
             }
             let pod = reg.get(rt, ns, name).await?;
-            if let Some(cur) = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+            if let Some(cur) = pod
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+            {
                 return Err(ApiError::Conflict {
                     resource: rt.qualified(),
                     group: String::new(),
@@ -501,21 +540,50 @@ async fn handle(
                 });
             }
             let patch = json!({"spec": {"nodeName": node}}).to_string();
-            reg.patch(rt, ns, name, None, PatchType::Merge, patch.as_bytes(), wopts).await?;
-            Ok(json_response(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}), &[]))
+            reg.patch(
+                rt,
+                ns,
+                name,
+                None,
+                PatchType::Merge,
+                patch.as_bytes(),
+                wopts,
+            )
+            .await?;
+            Ok(json_response(
+                StatusCode::CREATED,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+                &[],
+            ))
         }
-        (Method::GET | Method::POST, Some(_), Some("log" | "exec" | "attach" | "portforward")) if rt.kind == "Pod" => {
-            Err(ApiError::BadRequest("pod logs and exec are not proxied to the node agent yet".into()))
+        (Method::GET | Method::POST, Some(_), Some("log" | "exec" | "attach" | "portforward"))
+            if rt.kind == "Pod" =>
+        {
+            Err(ApiError::BadRequest(
+                "pod logs and exec are not proxied to the node agent yet".into(),
+            ))
         }
         (Method::PUT, Some(name), sub @ (None | Some("status") | Some("finalize"))) => {
-            if sub == Some("status") && !rt.status || sub == Some("finalize") && rt.kind != "Namespace" {
+            if sub == Some("status") && !rt.status
+                || sub == Some("finalize") && rt.kind != "Namespace"
+            {
                 return Err(ApiError::NoRoute);
             }
             let raw = read_body(body).await?;
             let obj = parse_object(headers, &raw, rt.kind)?;
-            let obj = if sub == Some("finalize") { finalize_body(&obj) } else { obj };
-            let out = reg.update(rt, ns, name, sub.filter(|s| *s == "status"), &obj, wopts).await?;
-            let code = if out.created { StatusCode::CREATED } else { StatusCode::OK };
+            let obj = if sub == Some("finalize") {
+                finalize_body(&obj)
+            } else {
+                obj
+            };
+            let out = reg
+                .update(rt, ns, name, sub.filter(|s| *s == "status"), &obj, wopts)
+                .await?;
+            let code = if out.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
             Ok(json_response(code, &out.object, &out.warnings))
         }
         (Method::PUT | Method::PATCH, Some(name), Some("scale")) if rt.scale => {
@@ -528,13 +596,33 @@ async fn handle(
                 let ty = patch_type(headers)?;
                 apply_patch_to(&scale, ty, &raw, "Scale")?
             };
-            let replicas = wanted.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
+            let replicas = wanted
+                .pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
             let mut p = json!({"spec": {"replicas": replicas}});
-            if let Some(rv) = wanted.pointer("/metadata/resourceVersion").filter(|_| method == Method::PUT) {
+            if let Some(rv) = wanted
+                .pointer("/metadata/resourceVersion")
+                .filter(|_| method == Method::PUT)
+            {
                 p["metadata"] = json!({"resourceVersion": rv});
             }
-            let out = reg.patch(rt, ns, name, None, PatchType::Merge, p.to_string().as_bytes(), wopts).await?;
-            Ok(json_response(StatusCode::OK, &to_scale(rt, &out.object), &[]))
+            let out = reg
+                .patch(
+                    rt,
+                    ns,
+                    name,
+                    None,
+                    PatchType::Merge,
+                    p.to_string().as_bytes(),
+                    wopts,
+                )
+                .await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &to_scale(rt, &out.object),
+                &[],
+            ))
         }
         (Method::PATCH, Some(name), sub @ (None | Some("status"))) => {
             if sub == Some("status") && !rt.status {
@@ -543,7 +631,11 @@ async fn handle(
             let ty = patch_type(headers)?;
             let raw = read_body(body).await?;
             let out = reg.patch(rt, ns, name, sub, ty, &raw, wopts).await?;
-            let code = if out.created { StatusCode::CREATED } else { StatusCode::OK };
+            let code = if out.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
             Ok(json_response(code, &out.object, &out.warnings))
         }
         (Method::DELETE, Some(name), None) => {
@@ -558,8 +650,16 @@ async fn handle(
             let lopts = list_options(&q, rt)?;
             let list = reg.list(rt, ns, &lopts).await?;
             let mut deleted = Vec::new();
-            for item in list.get("items").and_then(Value::as_array).cloned().unwrap_or_default() {
-                let name = item.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+            for item in list
+                .get("items")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+            {
+                let name = item
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
                 let ins = item.pointer("/metadata/namespace").and_then(Value::as_str);
                 match reg.delete(rt, ins, name, &opts).await {
                     Ok((obj, _)) => deleted.push(obj),

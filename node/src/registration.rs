@@ -100,6 +100,75 @@ pub fn healthy_conditions() -> Value {
 }
 
 /// Parses `--register-with-taints` (`key=value:Effect,key:Effect`).
+/// What a node reports about itself, beyond its name and address.
+pub struct Facts<'a> {
+    pub cpu: String,
+    pub memory: String,
+    pub ephemeral_storage: String,
+    pub max_pods: u32,
+    pub runtime_version: &'a str,
+    pub kernel_version: String,
+    pub os_image: String,
+    pub boot_id: String,
+    pub machine_id: String,
+    pub system_uuid: String,
+}
+
+/// A Node's status as the kubelet posts it: capacity (all allocatable), healthy
+/// conditions, addresses and node info.
+pub fn node_status(name: &str, ip: &str, f: Facts<'_>) -> Value {
+    let resources = json!({
+        "cpu": f.cpu,
+        "memory": f.memory,
+        "pods": f.max_pods.to_string(),
+        "ephemeral-storage": f.ephemeral_storage,
+        "hugepages-1Gi": "0",
+        "hugepages-2Mi": "0",
+    });
+    json!({
+        "capacity": resources,
+        "allocatable": resources,
+        "conditions": healthy_conditions(),
+        "addresses": [
+            {"type": "InternalIP", "address": ip},
+            {"type": "Hostname", "address": name},
+        ],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "nodeInfo": {
+            "architecture": "amd64",
+            "bootID": f.boot_id,
+            "containerRuntimeVersion": f.runtime_version,
+            "kernelVersion": f.kernel_version,
+            "kubeProxyVersion": "",
+            "kubeletVersion": "v1.32.0",
+            "machineID": f.machine_id,
+            "operatingSystem": "linux",
+            "osImage": f.os_image,
+            "systemUUID": f.system_uuid,
+        },
+    })
+}
+
+/// The kubelet's last word on a pod whose containers are stopped: the delete for good
+/// (grace 0), guarded by the pod's uid so a new pod of the same name survives.
+pub async fn final_delete(client: &kube::Client, ns: &str, name: &str, uid: &str) {
+    use kube::api::{Api, DeleteParams, Preconditions};
+    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
+    let dp = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions {
+            uid: Some(uid.to_string()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &dp).await {
+        Ok(_) => tracing::info!(namespace = %ns, pod = %name, "pod deleted"),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+        Err(e) => tracing::warn!(namespace = %ns, pod = %name, error = %e, "deleting pod"),
+    }
+}
+
 pub fn parse_taints(s: &str) -> Result<Vec<Value>, NodeError> {
     let mut out = Vec::new();
     for t in s.split(',').filter(|t| !t.is_empty()) {

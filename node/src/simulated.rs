@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Container, Pod};
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::runtime::WatchStreamExt;
 use kube::Api;
@@ -177,36 +177,19 @@ impl NodeSource for Sim {
     }
 
     fn node_status(&self, name: &str) -> Value {
-        let resources = json!({
-            "cpu": self.cfg.cpu,
-            "memory": self.cfg.memory,
-            "pods": self.cfg.max_pods.to_string(),
-            "ephemeral-storage": "100Gi",
-            "hugepages-1Gi": "0",
-            "hugepages-2Mi": "0",
-        });
-        json!({
-            "capacity": resources,
-            "allocatable": resources,
-            "conditions": registration::healthy_conditions(),
-            "addresses": [
-                {"type": "InternalIP", "address": node_ip(self.index(name)).to_string()},
-                {"type": "Hostname", "address": name},
-            ],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
-            "nodeInfo": {
-                "architecture": "amd64",
-                "bootID": "",
-                "containerRuntimeVersion": "simulated://capstan",
-                "kernelVersion": "",
-                "kubeProxyVersion": "",
-                "kubeletVersion": "v1.32.0",
-                "machineID": "",
-                "operatingSystem": "linux",
-                "osImage": "capstan simulated node",
-                "systemUUID": "",
-            },
-        })
+        let facts = registration::Facts {
+            cpu: self.cfg.cpu.clone(),
+            memory: self.cfg.memory.clone(),
+            ephemeral_storage: "100Gi".into(),
+            max_pods: self.cfg.max_pods,
+            runtime_version: "simulated://capstan",
+            kernel_version: String::new(),
+            os_image: "capstan simulated node".into(),
+            boot_id: String::new(),
+            machine_id: String::new(),
+            system_uuid: String::new(),
+        };
+        registration::node_status(name, &node_ip(self.index(name)).to_string(), facts)
     }
 }
 
@@ -287,21 +270,8 @@ impl Sim {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
         if pod.metadata.deletion_timestamp.is_some() {
-            // The containers are "stopped" at once; the kubelet's last word is the
-            // final delete, guarded by uid so a new pod of the same name survives.
-            let dp = DeleteParams {
-                grace_period_seconds: Some(0),
-                preconditions: Some(Preconditions {
-                    uid: Some(uid),
-                    resource_version: None,
-                }),
-                ..DeleteParams::default()
-            };
-            match api.delete(&name, &dp).await {
-                Ok(_) => tracing::debug!(namespace = %ns, pod = %name, "pod deleted"),
-                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-                Err(e) => tracing::warn!(namespace = %ns, pod = %name, error = %e, "deleting pod"),
-            }
+            // The containers are "stopped" at once.
+            registration::final_delete(&self.client, &ns, &name, &uid).await;
             return;
         }
         let status = pod.status.clone().unwrap_or_default();

@@ -90,35 +90,18 @@ impl NodeSource for Machine {
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
-        let resources = json!({
-            "cpu": cpus.to_string(),
-            "memory": format!("{}Ki", memory_kib()),
-            "pods": self.max_pods.to_string(),
-            "ephemeral-storage": format!("{}Ki", disk_kib()),
-            "hugepages-1Gi": "0",
-            "hugepages-2Mi": "0",
-        });
-        json!({
-            "capacity": resources,
-            "allocatable": resources,
-            "conditions": registration::healthy_conditions(),
-            "addresses": [
-                {"type": "InternalIP", "address": self.node_ip.to_string()},
-                {"type": "Hostname", "address": name},
-            ],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
-            "nodeInfo": {
-                "architecture": "amd64",
-                "bootID": read("/proc/sys/kernel/random/boot_id"),
-                "containerRuntimeVersion": self.runtime_version,
-                "kernelVersion": read("/proc/sys/kernel/osrelease"),
-                "kubeProxyVersion": "",
-                "kubeletVersion": "v1.32.0",
-                "machineID": read("/etc/machine-id"),
-                "operatingSystem": "linux",
-                "osImage": os_image(),
-                "systemUUID": read("/sys/class/dmi/id/product_uuid"),
-            },
-        })
+        let facts = registration::Facts {
+            cpu: cpus.to_string(),
+            memory: format!("{}Ki", memory_kib()),
+            ephemeral_storage: format!("{}Ki", disk_kib()),
+            max_pods: self.max_pods,
+            runtime_version: &self.runtime_version,
+            kernel_version: read("/proc/sys/kernel/osrelease"),
+            os_image: os_image(),
+            boot_id: read("/proc/sys/kernel/random/boot_id"),
+            machine_id: read("/etc/machine-id"),
+            system_uuid: read("/sys/class/dmi/id/product_uuid"),
+        };
+        registration::node_status(name, &self.node_ip.to_string(), facts)
     }
 }

@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime};
 use capstan_proto::cri as api;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Container, Pod, Service};
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::runtime::WatchStreamExt;
 use kube::Api;
@@ -1164,22 +1164,7 @@ impl Kubelet {
                 return;
             }
         }
-        // The kubelet's last word: delete for good, guarded by uid so a new pod of the
-        // same name survives.
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-        let dp = DeleteParams {
-            grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions {
-                uid: Some(uid),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match api.delete(&name, &dp).await {
-            Ok(_) => tracing::info!(namespace = %ns, pod = %name, "pod deleted"),
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-            Err(e) => tracing::warn!(namespace = %ns, pod = %name, error = %e, "deleting pod"),
-        }
+        registration::final_delete(&self.client, &ns, &name, &uid).await;
     }
 }
 
