@@ -306,6 +306,21 @@ async fn deployment_rolls_out_scales_undoes_and_pauses() {
         Some("13")
     );
 
+    // `kubectl describe` shows the controller's event.
+    let scaled = format!("Scaled up replica set web-{hash} from 0 to 10");
+    eventually(
+        "the ScalingReplicaSet event in kubectl describe",
+        SETTLE,
+        || async {
+            let out = stack
+                .api
+                .kubectl(&["-n", ns, "describe", "deployment", "web"]);
+            (out.ok && out.stdout.contains("ScalingReplicaSet") && out.stdout.contains(&scaled))
+                .then_some(())
+        },
+    )
+    .await;
+
     // Scale with kubectl.
     stack
         .api
