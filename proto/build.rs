@@ -1,6 +1,8 @@
-//! Compiles the etcd v3 protobufs with protox (a pure-Rust protobuf compiler), so a
-//! build needs no `protoc` on the machine, then generates prost types and tonic
-//! clients and servers from the descriptor set.
+//! Compiles the protobufs with protox (a pure-Rust protobuf compiler), so a build needs
+//! no `protoc` on the machine: etcd's v3 API and capstan's Raft protocol become prost
+//! types and tonic clients and servers; Kubernetes' `generated.proto` files become an
+//! encoded file descriptor set (`k8s.bin`), read at run time by the apiserver, which
+//! decodes protobuf request bodies by reflection rather than with generated types.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "etcd/etcdserverpb/rpc.proto",
@@ -16,5 +18,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;
+
+    println!("cargo:rerun-if-changed=k8s.io");
+    let k8s = [
+        "k8s.io/api/core/v1/generated.proto",
+        "k8s.io/api/apps/v1/generated.proto",
+        "k8s.io/api/batch/v1/generated.proto",
+        "k8s.io/api/coordination/v1/generated.proto",
+        "k8s.io/api/discovery/v1/generated.proto",
+        "k8s.io/api/networking/v1/generated.proto",
+        "k8s.io/api/autoscaling/v1/generated.proto",
+    ];
+    let set = protox::Compiler::new(["."])?
+        .include_imports(true)
+        .open_files(k8s)?
+        .encode_file_descriptor_set();
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("k8s.bin");
+    std::fs::write(out, set)?;
     Ok(())
 }

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod server;
+
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -24,6 +26,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a whole control plane in one process (store, apiserver and the components
+    /// above it), as k3s does.
+    Server(server::ServerArgs),
     /// Run an etcd-compatible store member (accepts etcd's flags).
     Store(StoreArgs),
     /// Store snapshots (`etcdctl snapshot save` writes them).
@@ -39,6 +44,8 @@ enum Command {
     /// Run the controllers (ReplicaSet, Deployment, garbage collector) against an
     /// apiserver (kube-controller-manager's flags).
     ControllerManager(ControllerManagerArgs),
+    /// Run the scheduler against an apiserver (kube-scheduler's flags).
+    Scheduler(SchedulerArgs),
 }
 
 /// The kubelet's flags where they apply, plus the simulated mode's own.
@@ -137,6 +144,12 @@ struct ControllerManagerArgs {
     /// Controllers to enable: '*' for all, 'foo' enables foo, '-foo' disables foo.
     #[arg(long, default_value = "*", value_delimiter = ',')]
     controllers: Vec<String>,
+    /// How often node health is checked.
+    #[arg(long, default_value = "5s", value_parser = capstan_chaos::cli::parse_duration)]
+    node_monitor_period: std::time::Duration,
+    /// How long a node's kubelet may stay silent before the node is marked unhealthy.
+    #[arg(long, default_value = "50s", value_parser = capstan_chaos::cli::parse_duration)]
+    node_monitor_grace_period: std::time::Duration,
 }
 
 impl ControllerManagerArgs {
@@ -161,8 +174,44 @@ impl ControllerManagerArgs {
                     retry_period: self.leader_elect_retry_period,
                 }),
             controllers: self.controllers,
+            node_monitor: capstan_controllers::nodelifecycle::Settings {
+                monitor_period: self.node_monitor_period,
+                grace_period: self.node_monitor_grace_period,
+            },
         }
     }
+}
+
+/// kube-scheduler's flags, with its names and defaults where they apply.
+#[derive(clap::Args)]
+struct SchedulerArgs {
+    /// Path to a kubeconfig to reach the apiserver with (else the default one).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Start a leader election client and gain leadership before scheduling.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    leader_elect: bool,
+    /// How long a non-leader waits after the last observed renewal before taking over.
+    #[arg(long, default_value = "15s", value_parser = capstan_chaos::cli::parse_duration)]
+    leader_elect_lease_duration: std::time::Duration,
+    /// How long the leader keeps trying to renew before it gives up leading.
+    #[arg(long, default_value = "10s", value_parser = capstan_chaos::cli::parse_duration)]
+    leader_elect_renew_deadline: std::time::Duration,
+    /// How often candidates try to acquire or renew the lease.
+    #[arg(long, default_value = "2s", value_parser = capstan_chaos::cli::parse_duration)]
+    leader_elect_retry_period: std::time::Duration,
+    /// Namespace of the lease object.
+    #[arg(long, default_value = "kube-system")]
+    leader_elect_resource_namespace: String,
+    /// Name of the lease object.
+    #[arg(long, default_value = "kube-scheduler")]
+    leader_elect_resource_name: String,
+    /// The address to serve /healthz and /metrics on (HTTPS).
+    #[arg(long, default_value = "0.0.0.0")]
+    bind_address: std::net::IpAddr,
+    /// The port to serve HTTPS on (0 disables it).
+    #[arg(long, default_value_t = 10259)]
+    secure_port: u16,
 }
 
 /// kube-apiserver's flags, with its names and defaults where they apply.
@@ -312,6 +361,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let rt = tokio::runtime::Runtime::new()?;
     match cli.command {
+        Command::Server(a) => rt.block_on(server::run(a, shutdown_signal())),
         Command::Store(args) => rt.block_on(run_store(args.into_config())),
         Command::Apiserver(a) => rt.block_on(async move {
             let cfg = capstan_apiserver::Config {
@@ -342,6 +392,22 @@ fn main() -> anyhow::Result<()> {
                 r = capstan_controllers::run(a.into_config()) => r.context("controller-manager"),
                 _ = shutdown_signal() => Ok(()),
             }
+        }),
+        Command::Scheduler(a) => rt.block_on(async move {
+            let cfg = capstan_scheduler::Config {
+                kubeconfig: a.kubeconfig,
+                leader_elect: a.leader_elect,
+                lease_duration: a.leader_elect_lease_duration,
+                renew_deadline: a.leader_elect_renew_deadline,
+                retry_period: a.leader_elect_retry_period,
+                lease_namespace: a.leader_elect_resource_namespace,
+                lease_name: a.leader_elect_resource_name,
+                serve: (a.secure_port != 0)
+                    .then(|| std::net::SocketAddr::new(a.bind_address, a.secure_port)),
+            };
+            capstan_scheduler::run(cfg, shutdown_signal())
+                .await
+                .context("scheduler")
         }),
         Command::Snapshot(SnapshotCommand::Restore {
             file,

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use etcd_client::EventType;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::ApiError;
 use crate::registry::{from_stored, set_rv, ListOptions};
@@ -64,6 +64,10 @@ struct Watcher {
     opts: Arc<ListOptions>,
     table: Option<String>,
     tx: mpsc::Sender<Bytes>,
+    /// Dropped with the watcher: tells its bookmark task, which holds a sender of the
+    /// same stream, to let go, so a watcher the cache drops (slow, or ended by a relist)
+    /// sees its stream end instead of silently missing events.
+    _alive: oneshot::Sender<()>,
 }
 
 struct Inner {
@@ -155,6 +159,13 @@ impl Cache {
     /// Starts the cache of `rt`: lists it, then follows the store's watch for as long as
     /// the process runs (relisting after a compaction or a lost stream).
     pub fn start(store: Store, rt: &'static ResourceType) -> Arc<Cache> {
+        let (cache, progress_rx) = Cache::empty(rt);
+        tokio::spawn(feed(cache.clone(), store, progress_rx));
+        cache
+    }
+
+    /// An empty cache at revision 0, and the receiver of its progress requests.
+    fn empty(rt: &'static ResourceType) -> (Arc<Cache>, mpsc::Receiver<()>) {
         let (progress, progress_rx) = mpsc::channel(1);
         let cache = Arc::new(Cache {
             rt,
@@ -167,8 +178,7 @@ impl Cache {
             revision: watch::channel(0).0,
             progress,
         });
-        tokio::spawn(feed(cache.clone(), store, progress_rx));
-        cache
+        (cache, progress_rx)
     }
 
     pub fn revision(&self) -> i64 {
@@ -195,6 +205,11 @@ impl Cache {
         }
     }
 
+    /// `f` of the object at `key`, if the cache holds one.
+    pub fn peek<R>(&self, key: &str, f: impl FnOnce(&Value) -> R) -> Option<R> {
+        self.inner.lock().objects.get(key).map(|c| f(&c.obj))
+    }
+
     /// The objects under `prefix` matching the selectors, and the revision they are at.
     pub fn list(&self, prefix: &str, opts: &ListOptions) -> (Vec<Value>, i64) {
         let inner = self.inner.lock();
@@ -219,6 +234,7 @@ impl Cache {
             self.wait_for(rv).await?;
         }
         let (tx, rx) = mpsc::channel(WATCHER_BUFFER);
+        let (alive, dropped) = oneshot::channel();
         let rt = self.rt;
         let prefix = rt.list_prefix(w.namespace.as_deref());
         let watcher = Watcher {
@@ -226,6 +242,7 @@ impl Cache {
             opts: Arc::new(w.opts),
             table: w.table.clone(),
             tx: tx.clone(),
+            _alive: alive,
         };
         {
             let mut inner = self.inner.lock();
@@ -272,6 +289,7 @@ impl Cache {
             tokio::spawn(bookmarks(
                 self.revision.subscribe(),
                 tx,
+                dropped,
                 rt,
                 w.allow_bookmarks,
                 w.timeout,
@@ -330,6 +348,7 @@ impl Cache {
 async fn bookmarks(
     mut rev: watch::Receiver<i64>,
     tx: mpsc::Sender<Bytes>,
+    mut dropped: oneshot::Receiver<()>,
     rt: &'static ResourceType,
     allow: bool,
     timeout: Option<Duration>,
@@ -344,6 +363,7 @@ async fn bookmarks(
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => return,
             _ = tx.closed() => return,
+            _ = &mut dropped => return,
             _ = tick.tick(), if allow => {
                 let r = *rev.borrow_and_update();
                 let bm = json!({"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": {"resourceVersion": r.to_string()}});
@@ -355,80 +375,193 @@ async fn bookmarks(
     }
 }
 
-/// The cache's feed: list, then watch; on any break, list again.
+/// Why a store watch ended.
+enum Ended {
+    /// The store compacted past the cache's revision: only a fresh list can catch up.
+    Compacted,
+    /// The stream broke (member gone, connection reset, canceled): the history is
+    /// still there, so watching again from the cache's revision loses nothing.
+    Broken,
+}
+
+/// The cache's feed: list, then watch. A broken watch is resumed from the cache's
+/// revision on whichever member answers (as client-go's reflector resumes from its
+/// last resourceVersion), so the cache's own watchers never notice a store member
+/// dying; only a compaction past the cache forces a relist, which ends them.
 async fn feed(cache: Arc<Cache>, store: Store, mut progress: mpsc::Receiver<()>) {
     let prefix = format!("{}/", cache.rt.prefix);
+    let mut listed = false;
     loop {
-        let page = match store.list(&prefix, None, 0, 0).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(resource = cache.rt.plural, error = %e, "watch cache list failed");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let objects = page
-            .items
-            .iter()
-            .filter_map(|s| from_stored(s).ok().map(|o| (s.key.clone(), Cached::new(o))))
-            .collect();
-        cache.reset(objects, page.revision);
-        let stream = match store.watch(&prefix, page.revision + 1).await {
+        if !listed {
+            let page = match store.list(&prefix, None, 0, 0).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(resource = cache.rt.plural, error = %e, "watch cache list failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let objects = page
+                .items
+                .iter()
+                .filter_map(|s| from_stored(s).ok().map(|o| (s.key.clone(), Cached::new(o))))
+                .collect();
+            cache.reset(objects, page.revision);
+            listed = true;
+        }
+        let stream = match store.watch(&prefix, cache.revision() + 1).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(resource = cache.rt.plural, error = %e, "watch cache watch failed");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
         };
-        let (mut requests, mut responses) = stream.split();
-        loop {
-            tokio::select! {
-                Some(()) = progress.recv() => {
-                    if requests.request_progress().await.is_err() {
-                        break;
-                    }
+        match follow(&cache, stream, &mut progress).await {
+            Ended::Compacted => {
+                tracing::info!(
+                    resource = cache.rt.plural,
+                    "watch cache relisting after compaction"
+                );
+                listed = false;
+            }
+            Ended::Broken => {
+                tracing::info!(
+                    resource = cache.rt.plural,
+                    revision = cache.revision(),
+                    "watch cache resuming its store watch"
+                );
+                // A member that keeps ending the watch at once must not be hammered.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Applies one store watch's events to the cache until the watch ends.
+async fn follow(
+    cache: &Cache,
+    stream: etcd_client::WatchStream,
+    progress: &mut mpsc::Receiver<()>,
+) -> Ended {
+    let (mut requests, mut responses) = stream.split();
+    loop {
+        tokio::select! {
+            Some(()) = progress.recv() => {
+                if requests.request_progress().await.is_err() {
+                    return Ended::Broken;
                 }
-                msg = responses.message() => {
-                    let resp = match msg {
-                        Ok(Some(r)) => r,
-                        Ok(None) | Err(_) => break,
-                    };
-                    if resp.canceled() || resp.compact_revision() > 0 {
-                        break;
-                    }
-                    let mut seen = 0;
-                    for ev in resp.events() {
-                        let Some(kv) = ev.kv() else { continue };
-                        let rev = kv.mod_revision();
-                        seen = rev;
-                        match ev.event_type() {
-                            EventType::Put => {
-                                let s = stored(kv);
-                                let Ok(obj) = from_stored(&s) else { continue };
-                                cache.apply(Kind::Modified, s.key, Cached::new(obj), rev);
-                            }
-                            EventType::Delete => {
-                                let Some(prev) = ev.prev_kv().and_then(|p| from_stored(&stored(p)).ok()) else { continue };
-                                let mut obj = prev;
-                                set_rv(&mut obj, rev);
-                                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                                cache.apply(Kind::Deleted, key, Cached::new(obj), rev);
-                            }
+            }
+            msg = responses.message() => {
+                let resp = match msg {
+                    Ok(Some(r)) => r,
+                    Ok(None) | Err(_) => return Ended::Broken,
+                };
+                if resp.compact_revision() > 0 {
+                    return Ended::Compacted;
+                }
+                if resp.canceled() {
+                    return Ended::Broken;
+                }
+                let mut seen = 0;
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    let rev = kv.mod_revision();
+                    seen = rev;
+                    match ev.event_type() {
+                        EventType::Put => {
+                            let s = stored(kv);
+                            let Ok(obj) = from_stored(&s) else { continue };
+                            cache.apply(Kind::Modified, s.key, Cached::new(obj), rev);
+                        }
+                        EventType::Delete => {
+                            let Some(prev) = ev.prev_kv().and_then(|p| from_stored(&stored(p)).ok()) else { continue };
+                            let mut obj = prev;
+                            set_rv(&mut obj, rev);
+                            let key = String::from_utf8_lossy(kv.key()).into_owned();
+                            cache.apply(Kind::Deleted, key, Cached::new(obj), rev);
                         }
                     }
-                    // A progress notification (no events) says every event up to its
-                    // header revision has been delivered; an event response, up to
-                    // its events' revision.
-                    if resp.events().is_empty() {
-                        seen = resp.header().map(|h| h.revision()).unwrap_or(0);
-                    }
-                    if seen > cache.revision() {
-                        cache.revision.send_replace(seen);
-                    }
+                }
+                // A progress notification (no events) says every event up to its
+                // header revision has been delivered; an event response, up to
+                // its events' revision.
+                if resp.events().is_empty() {
+                    seen = resp.header().map(|h| h.revision()).unwrap_or(0);
+                }
+                if seen > cache.revision() {
+                    cache.revision.send_replace(seen);
                 }
             }
         }
-        tracing::info!(resource = cache.rt.plural, "watch cache relisting");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::RESOURCES;
+
+    fn configmaps() -> &'static ResourceType {
+        RESOURCES
+            .iter()
+            .find(|r| r.kind == "ConfigMap")
+            .expect("configmaps are served")
+    }
+
+    fn put(cache: &Cache, i: usize) {
+        let obj = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                         "metadata": {"name": format!("c{i}"), "namespace": "default"}});
+        let key = format!("/registry/configmaps/default/c{i}");
+        cache.apply(Kind::Modified, key, Cached::new(obj), i as i64 + 1);
+    }
+
+    async fn bookmarked_watch(cache: &Cache) -> mpsc::Receiver<Bytes> {
+        let w = CacheWatch {
+            namespace: None,
+            opts: ListOptions::default(),
+            // Bookmarks (and a timeout) give the watch a second sender, the one that
+            // used to keep a dropped watcher's stream open.
+            allow_bookmarks: true,
+            send_initial_events: false,
+            timeout: Some(Duration::from_secs(3600)),
+            table: None,
+        };
+        cache.watch(w, Some(0)).await.expect("watch")
+    }
+
+    /// Reads the stream to its end; panics if it does not end.
+    async fn drain(rx: &mut mpsc::Receiver<Bytes>) -> usize {
+        let mut n = 0;
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            while rx.recv().await.is_some() {
+                n += 1;
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the stream did not end after {n} events");
+        n
+    }
+
+    #[tokio::test]
+    async fn a_watcher_too_slow_to_keep_up_sees_its_stream_end() {
+        let (cache, _progress) = Cache::empty(configmaps());
+        let mut rx = bookmarked_watch(&cache).await;
+        // One event more than the watcher's buffer holds, none of them read.
+        for i in 0..=WATCHER_BUFFER {
+            put(&cache, i);
+        }
+        // It gets what was buffered, then the end: never a stream that goes on
+        // without the events it missed.
+        assert_eq!(drain(&mut rx).await, WATCHER_BUFFER);
+    }
+
+    #[tokio::test]
+    async fn a_relist_ends_the_watches_of_the_old_state() {
+        let (cache, _progress) = Cache::empty(configmaps());
+        let mut rx = bookmarked_watch(&cache).await;
+        put(&cache, 0);
+        cache.reset(BTreeMap::new(), 10);
+        assert_eq!(drain(&mut rx).await, 1);
     }
 }

@@ -35,8 +35,9 @@ pub enum ApiError {
         name: String,
         detail: String,
     },
-    /// The object fails validation; `causes` are (field, message) pairs.
-    #[error("{kind} \"{name}\" is invalid: {}", causes.iter().map(|(f, m)| format!("{f}: {m}")).collect::<Vec<_>>().join(", "))]
+    /// The object fails validation; `causes` are (field, message) pairs. The message
+    /// names the group-qualified kind (`Deployment.apps`), as upstream's NewInvalid.
+    #[error("{kind}{} \"{name}\" is invalid: {}", if group.is_empty() { String::new() } else { format!(".{group}") }, causes.iter().map(|(f, m)| format!("{f}: {m}")).collect::<Vec<_>>().join(", "))]
     Invalid {
         kind: String,
         group: String,
@@ -56,9 +57,11 @@ pub enum ApiError {
     /// The verb is not served on this path.
     #[error("the server does not allow this method on the requested resource")]
     MethodNotAllowed,
-    /// The patch (or body) content type is not one we accept.
-    #[error("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json")]
-    UnsupportedMediaType,
+    /// The body's content type is not one the verb accepts; carries the accepted ones.
+    #[error(
+        "the body of the request was in an unknown format - accepted media types include: {0}"
+    )]
+    UnsupportedMediaType(&'static str),
     /// The request body is over the limit (3 MiB, as kube-apiserver).
     #[error("Request entity too large: limit is 3145728")]
     TooLarge,
@@ -177,7 +180,7 @@ impl ApiError {
                 "MethodNotAllowed",
                 json!({}),
             ),
-            UnsupportedMediaType => (
+            UnsupportedMediaType(_) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "UnsupportedMediaType",
                 json!({}),
@@ -257,6 +260,36 @@ impl From<crate::patch::PatchError> for ApiError {
             _ => ApiError::Internal(e.to_string()),
         }
     }
+}
+
+impl ApiError {
+    /// A protobuf body that could not be read, worded as kube-apiserver's
+    /// `transformDecodeError`: with the kind the envelope named when it got that far,
+    /// otherwise with a hex summary of the body's first 30 bytes.
+    pub fn undecodable(
+        expected_kind: &str,
+        e: &crate::protobuf::ProtobufError,
+        body: &[u8],
+    ) -> ApiError {
+        if let Some((api_version, kind)) = e.group_version_kind() {
+            let version = api_version.rsplit('/').next().unwrap_or(api_version);
+            return ApiError::BadRequest(format!(
+                "{kind} in version \"{version}\" cannot be handled as a {expected_kind}: {e}"
+            ));
+        }
+        let summary = match body {
+            [] => "<empty>".to_string(),
+            b if b.len() > 30 => format!("{} ...", hex(&b[..30])),
+            b => hex(b),
+        };
+        ApiError::BadRequest(format!(
+            "the object provided is unrecognized (must be of type {expected_kind}): {e} ({summary})"
+        ))
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 impl axum::response::IntoResponse for ApiError {

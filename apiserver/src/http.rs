@@ -309,19 +309,25 @@ async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
         .map_err(|_| ApiError::TooLarge)
 }
 
-fn parse_object(headers: &HeaderMap, raw: &[u8]) -> Result<Value, ApiError> {
+/// The object in a request body, as JSON whatever the encoding (JSON, YAML or
+/// Kubernetes protobuf); `kind` is the one the endpoint expects, for error messages.
+fn parse_object(headers: &HeaderMap, raw: &[u8], kind: &str) -> Result<Value, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
-    if ct.contains("yaml") {
+    if crate::protobuf::is_protobuf(ct) {
+        crate::protobuf::to_json(raw).map_err(|e| ApiError::undecodable(kind, &e, raw))
+    } else if ct.contains("yaml") {
         serde_yaml::from_slice(raw)
             .map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))
     } else if ct.contains("json") || ct.is_empty() {
         serde_json::from_slice(raw)
             .map_err(|e| ApiError::BadRequest(format!("error decoding JSON: {e}")))
     } else {
-        Err(ApiError::UnsupportedMediaType)
+        Err(ApiError::UnsupportedMediaType(
+            "application/json, application/yaml, application/vnd.kubernetes.protobuf",
+        ))
     }
 }
 
@@ -474,13 +480,13 @@ async fn handle(
         }
         (Method::POST, None, None) => {
             let raw = read_body(body).await?;
-            let obj = parse_object(headers, &raw)?;
+            let obj = parse_object(headers, &raw, rt.kind)?;
             let out = reg.create(rt, ns, &obj, wopts).await?;
             Ok(json_response(StatusCode::CREATED, &out.object, &out.warnings))
         }
         (Method::POST, Some(name), Some("binding")) if rt.kind == "Pod" => {
             let raw = read_body(body).await?;
-            let b = parse_object(headers, &raw)?;
+            let b = parse_object(headers, &raw, "Binding")?;
             let node = b.pointer("/target/name").and_then(Value::as_str).unwrap_or("").to_string();
             if node.is_empty() {
                 return Err(ApiError::invalid(rt, name, "target.name", "Required value"));
@@ -506,7 +512,7 @@ async fn handle(
                 return Err(ApiError::NoRoute);
             }
             let raw = read_body(body).await?;
-            let obj = parse_object(headers, &raw)?;
+            let obj = parse_object(headers, &raw, rt.kind)?;
             let obj = if sub == Some("finalize") { finalize_body(&obj) } else { obj };
             let out = reg.update(rt, ns, name, sub.filter(|s| *s == "status"), &obj, wopts).await?;
             let code = if out.created { StatusCode::CREATED } else { StatusCode::OK };
@@ -517,7 +523,7 @@ async fn handle(
             let cur = reg.get(rt, ns, name).await?;
             let scale = to_scale(rt, &cur);
             let wanted = if method == Method::PUT {
-                parse_object(headers, &raw)?
+                parse_object(headers, &raw, "Scale")?
             } else {
                 let ty = patch_type(headers)?;
                 apply_patch_to(&scale, ty, &raw, "Scale")?
@@ -542,13 +548,13 @@ async fn handle(
         }
         (Method::DELETE, Some(name), None) => {
             let raw = read_body(body).await?;
-            let opts = delete_options(&q, &raw)?;
+            let opts = delete_options(&q, headers, &raw)?;
             let (obj, _gone) = reg.delete(rt, ns, name, &opts).await?;
             Ok(json_response(StatusCode::OK, &obj, &[]))
         }
         (Method::DELETE, None, None) => {
             let raw = read_body(body).await?;
-            let opts = delete_options(&q, &raw)?;
+            let opts = delete_options(&q, headers, &raw)?;
             let lopts = list_options(&q, rt)?;
             let list = reg.list(rt, ns, &lopts).await?;
             let mut deleted = Vec::new();
@@ -620,7 +626,9 @@ fn patch_type(headers: &HeaderMap) -> Result<PatchType, ApiError> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(PatchType::from_content_type)
-        .ok_or(ApiError::UnsupportedMediaType)
+        .ok_or(ApiError::UnsupportedMediaType(
+            "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json",
+        ))
 }
 
 fn apply_patch_to(doc: &Value, ty: PatchType, raw: &[u8], kind: &str) -> Result<Value, ApiError> {
@@ -675,9 +683,19 @@ fn to_scale(rt: &ResourceType, obj: &Value) -> Value {
     })
 }
 
-fn delete_options(q: &HashMap<String, String>, raw: &[u8]) -> Result<DeleteOptions, ApiError> {
+fn delete_options(
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+    raw: &[u8],
+) -> Result<DeleteOptions, ApiError> {
+    let protobuf = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(crate::protobuf::is_protobuf);
     let body: Value = if raw.is_empty() {
         json!({})
+    } else if protobuf {
+        parse_object(headers, raw, "DeleteOptions")?
     } else {
         serde_json::from_slice(raw)
             .map_err(|e| ApiError::BadRequest(format!("error decoding DeleteOptions: {e}")))?

@@ -12,6 +12,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod patch;
+pub mod protobuf;
 pub mod registry;
 pub mod resources;
 pub mod selectors;
@@ -70,15 +71,19 @@ pub async fn run(cfg: Config) -> Result<(), ApiError> {
     };
     let registry = Arc::new(registry::Registry {
         store: store.clone(),
+        namespaces: std::sync::OnceLock::new(),
     });
     bootstrap(&registry).await?;
     if !cfg.compaction_interval.is_zero() {
         tokio::spawn(compactor(store.clone(), cfg.compaction_interval));
     }
-    let caches = resources::RESOURCES
+    let caches: std::collections::HashMap<_, _> = resources::RESOURCES
         .iter()
         .map(|rt| (rt.prefix, cache::Cache::start(store.clone(), rt)))
         .collect();
+    if let Some(ns) = resources::find("", "v1", "namespaces").and_then(|rt| caches.get(rt.prefix)) {
+        let _ = registry.namespaces.set(ns.clone());
+    }
     let app = Arc::new(http::App {
         registry,
         caches,

@@ -10,7 +10,7 @@ use crate::error::ApiError;
 use crate::patch::{self, PatchType};
 use crate::resources::{self, ResourceType};
 use crate::selectors::{FieldSelector, LabelSelector};
-use crate::storage::{Store, Stored, Written};
+use crate::storage::{Claimed, Store, Stored, Written};
 
 /// How unknown fields in a body are treated (`fieldValidation`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -70,12 +70,71 @@ pub struct DeleteOptions {
 }
 
 /// Kinds whose spec changes bump metadata.generation (upstream's strategies that track it).
+/// Store keys claiming a Service's cluster IP and node ports (see `Registry::allocate`).
+const IP_CLAIMS: &str = "/registry/capstan/serviceips/";
+const PORT_CLAIMS: &str = "/registry/capstan/servicenodeports/";
+
+fn ip_claim(ip: &str) -> String {
+    format!("{IP_CLAIMS}{ip}")
+}
+
+fn port_claim(port: i64) -> String {
+    format!("{PORT_CLAIMS}{port}")
+}
+
+/// Whether the client's own Service (before allocation) named the claimed IP or port.
+fn was_asked_for(obj: &Value, claim: &str) -> bool {
+    if let Some(ip) = claim.strip_prefix(IP_CLAIMS) {
+        return obj.pointer("/spec/clusterIP").and_then(Value::as_str) == Some(ip);
+    }
+    let port = claim
+        .strip_prefix(PORT_CLAIMS)
+        .and_then(|p| p.parse::<i64>().ok());
+    obj.pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .is_some_and(|ps| {
+            ps.iter()
+                .any(|p| p.get("nodePort").and_then(Value::as_i64) == port)
+        })
+}
+
+/// The claims a stored Service holds, released with it.
+fn held_claims(obj: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    if obj.get("kind").and_then(Value::as_str) != Some("Service") {
+        return out;
+    }
+    if let Some(ip) = obj.pointer("/spec/clusterIP").and_then(Value::as_str) {
+        if !ip.is_empty() && ip != "None" {
+            out.push(ip_claim(ip));
+        }
+    }
+    for p in obj
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(n) = p.get("nodePort").and_then(Value::as_i64) {
+            let c = port_claim(n);
+            if !out.contains(&c) {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
 fn tracks_generation(kind: &str) -> bool {
     matches!(kind, "Deployment" | "ReplicaSet" | "Job" | "Ingress")
 }
 
 pub struct Registry {
     pub store: Store,
+    /// The namespaces' watch cache, once it runs: a create in a namespace the cache
+    /// knows to be live needs no store read (upstream's NamespaceLifecycle admission
+    /// reads its informer the same way, and the store only when the cache has no word).
+    pub namespaces: std::sync::OnceLock<std::sync::Arc<crate::cache::Cache>>,
 }
 
 /// Decodes a stored value and stamps the revision that wrote it as its resourceVersion.
@@ -206,11 +265,16 @@ impl Registry {
         let Some(nsrt) = resources::find("", "v1", "namespaces") else {
             return Ok(());
         };
-        match self.store.get(&nsrt.key(None, ns)).await?.0 {
+        let key = nsrt.key(None, ns);
+        let live = |v: &Value| v.pointer("/metadata/deletionTimestamp").is_none();
+        if let Some(true) = self.namespaces.get().and_then(|c| c.peek(&key, live)) {
+            return Ok(());
+        }
+        match self.store.get(&key).await?.0 {
             None => Err(ApiError::not_found(nsrt, ns)),
             Some(s) => {
                 let v = from_stored(&s)?;
-                if v.pointer("/metadata/deletionTimestamp").is_some() {
+                if !live(&v) {
                     Err(ApiError::Forbidden(format!(
                         "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
                         rt.qualified()
@@ -365,39 +429,53 @@ impl Registry {
             }
             rt.apply_defaults(&mut obj);
             rt.prepare_create(&mut obj);
-            self.allocate(rt, &mut obj).await?;
+            // Allocation starts from what the client asked for on every attempt, so a
+            // value it picked itself is never replaced, and a random pick that was
+            // taken meanwhile is picked again.
+            let mut out = obj.clone();
+            let claims = Self::allocate(rt, &mut out)?;
             if opts.dry_run {
                 return Ok(Outcome {
-                    object: obj,
+                    object: out,
                     warnings,
                     created: true,
                 });
             }
             match self
                 .store
-                .create(&rt.key(ns, &name), to_stored(&obj))
+                .create_claiming(&rt.key(ns, &name), to_stored(&out), &claims)
                 .await?
             {
-                Written::Ok(rev) => {
-                    set_rv(&mut obj, rev);
+                Claimed::Ok(rev) => {
+                    set_rv(&mut out, rev);
                     tracing::debug!(resource = rt.plural, namespace = ns, name, rev, "created");
                     return Ok(Outcome {
-                        object: obj,
+                        object: out,
                         warnings,
                         created: true,
                     });
                 }
-                Written::Conflict(_) if given.is_none() && attempt < 7 => continue,
-                Written::Conflict(_) => return Err(ApiError::already_exists(rt, &name)),
+                Claimed::Exists(_) if given.is_none() && attempt < 7 => continue,
+                Claimed::Exists(_) => return Err(ApiError::already_exists(rt, &name)),
+                Claimed::Taken(taken) => {
+                    if let Some(c) = taken.iter().find(|c| was_asked_for(&obj, c)) {
+                        return Err(Self::claim_taken(&name, &out, c));
+                    }
+                    continue;
+                }
             }
         }
         Err(ApiError::already_exists(rt, ""))
     }
 
     /// Kind-specific allocation at create: a Service's cluster IP and node ports.
-    async fn allocate(&self, rt: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
+    /// Gives a Service a cluster IP and node ports where it asked for none, and returns
+    /// the store keys that claim every IP and port it holds: they are written in the
+    /// same transaction as the Service, only if free, so no two Services ever share one
+    /// (kube-apiserver keeps allocation bitmaps in etcd for the same reason).
+    fn allocate(rt: &ResourceType, obj: &mut Value) -> Result<Vec<String>, ApiError> {
         if rt.kind != "Service" {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let ty = obj
             .pointer("/spec/type")
@@ -405,28 +483,8 @@ impl Registry {
             .unwrap_or("ClusterIP")
             .to_string();
         if ty == "ExternalName" {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let page = self.store.list(&rt.list_prefix(None), None, 0, 0).await?;
-        let existing: Vec<Value> = page
-            .items
-            .iter()
-            .filter_map(|s| from_stored(s).ok())
-            .collect();
-        let used_ips: std::collections::HashSet<String> = existing
-            .iter()
-            .filter_map(|s| {
-                s.pointer("/spec/clusterIP")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            })
-            .collect();
-        let used_ports: std::collections::HashSet<i64> = existing
-            .iter()
-            .filter_map(|s| s.pointer("/spec/ports").and_then(Value::as_array))
-            .flatten()
-            .filter_map(|p| p.get("nodePort").and_then(Value::as_i64))
-            .collect();
         let spec = obj
             .get_mut("spec")
             .and_then(Value::as_object_mut)
@@ -436,43 +494,75 @@ impl Registry {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        if want.is_empty() {
+        let ip = if want.is_empty() {
             // 10.96.0.0/12 is kube-apiserver's default service CIDR; .1 is the
             // `kubernetes` service's.
-            let ip = loop {
-                let r = uuid::Uuid::new_v4().as_u128() as u32 % ((1 << 20) - 2) + 2;
-                let ip = format!("10.{}.{}.{}", 96 + (r >> 16), (r >> 8) & 0xff, r & 0xff);
-                if !used_ips.contains(&ip) {
-                    break ip;
-                }
-            };
+            let r = uuid::Uuid::new_v4().as_u128() as u32 % ((1 << 20) - 2) + 2;
+            let ip = format!("10.{}.{}.{}", 96 + (r >> 16), (r >> 8) & 0xff, r & 0xff);
             spec.insert("clusterIP".into(), json!(ip));
             spec.insert("clusterIPs".into(), json!([ip]));
-        } else if want != "None" && used_ips.contains(&want) {
-            return Err(ApiError::Invalid {
-                kind: "Service".into(),
-                group: String::new(),
-                name: String::new(),
-                causes: vec![("spec.clusterIPs".into(), format!("Invalid value: []string{{\"{want}\"}}: failed to allocate IP {want}: provided IP is already allocated"))],
-            });
+            Some(ip)
         } else {
             spec.entry("clusterIPs").or_insert(json!([want]));
-        }
+            (want != "None").then_some(want)
+        };
+        let mut claims: Vec<String> = ip.iter().map(|ip| ip_claim(ip)).collect();
         if ty == "NodePort" || ty == "LoadBalancer" {
-            let mut taken = used_ports;
             if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
                 for p in ports {
-                    if p.get("nodePort").and_then(Value::as_i64).is_none() {
-                        let port = (30000..=32767).find(|n| !taken.contains(n)).unwrap_or(0);
-                        taken.insert(port);
-                        p["nodePort"] = json!(port);
+                    let port = match p.get("nodePort").and_then(Value::as_i64) {
+                        Some(n) => n,
+                        None => {
+                            // Random, as upstream picks: concurrent creates rarely
+                            // collide, and a collision is simply picked again.
+                            let n = 30000 + (uuid::Uuid::new_v4().as_u128() % 2768) as i64;
+                            p["nodePort"] = json!(n);
+                            n
+                        }
+                    };
+                    let claim = port_claim(port);
+                    if !claims.contains(&claim) {
+                        claims.push(claim);
                     }
                 }
             }
             spec.entry("externalTrafficPolicy")
                 .or_insert(json!("Cluster"));
         }
-        Ok(())
+        Ok(claims)
+    }
+
+    /// The upstream error for a claim the client asked for by value that another
+    /// Service holds.
+    fn claim_taken(name: &str, obj: &Value, claim: &str) -> ApiError {
+        let cause = if let Some(ip) = claim.strip_prefix(IP_CLAIMS) {
+            ("spec.clusterIPs".to_string(), format!("Invalid value: []string{{\"{ip}\"}}: failed to allocate IP {ip}: provided IP is already allocated"))
+        } else {
+            let port = claim.strip_prefix(PORT_CLAIMS).unwrap_or_default();
+            let index = obj
+                .pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .and_then(|ps| {
+                    ps.iter().position(|p| {
+                        p.get("nodePort")
+                            .and_then(Value::as_i64)
+                            .map(|n| n.to_string())
+                            .as_deref()
+                            == Some(port)
+                    })
+                })
+                .unwrap_or(0);
+            (
+                format!("spec.ports[{index}].nodePort"),
+                format!("Invalid value: {port}: provided port is already allocated"),
+            )
+        };
+        ApiError::Invalid {
+            kind: "Service".into(),
+            group: String::new(),
+            name: name.into(),
+            causes: vec![cause],
+        }
     }
 
     /// Merges an update into the current object: immutable metadata kept, status kept
@@ -611,7 +701,9 @@ impl Registry {
                     .is_some_and(|f| !f.is_empty());
             let written = if deleting && no_finalizers && !ns_finalizers {
                 // The last finalizer of an object being deleted is gone: it goes now.
-                self.store.delete(&key, cur_rev).await?
+                self.store
+                    .delete_releasing(&key, cur_rev, &held_claims(&cur))
+                    .await?
             } else {
                 self.store.update(&key, to_stored(&new), cur_rev).await?
             };
@@ -796,6 +888,13 @@ impl Registry {
                 match self.store.update(&key, to_stored(&new), cur_rev).await? {
                     Written::Ok(rev) => {
                         set_rv(&mut new, rev);
+                        if rt.kind == "Namespace" {
+                            // Creates consult the namespace cache: once this answer is
+                            // out, it must already know the namespace is terminating.
+                            if let Some(c) = self.namespaces.get() {
+                                let _ = c.wait_for(rev).await;
+                            }
+                        }
                         return Ok((new, false));
                     }
                     Written::Conflict(_) => continue,
@@ -804,7 +903,11 @@ impl Registry {
             if opts.dry_run {
                 return Ok((obj, true));
             }
-            match self.store.delete(&key, cur_rev).await? {
+            match self
+                .store
+                .delete_releasing(&key, cur_rev, &held_claims(&obj))
+                .await?
+            {
                 Written::Ok(_) => return Ok((obj, true)),
                 Written::Conflict(_) => continue,
             }

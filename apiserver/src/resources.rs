@@ -340,6 +340,10 @@ impl ResourceType {
     /// What kube-apiserver's create strategy adds once the object has its uid: a Job's
     /// generated selector and the matching template labels (unless `manualSelector`).
     pub fn prepare_create(&self, obj: &mut Value) {
+        if self.kind == "Pod" {
+            default_toleration_seconds(obj);
+            return;
+        }
         if self.kind != "Job" {
             return;
         }
@@ -443,6 +447,17 @@ impl ResourceType {
                 ensure(obj, "status", json!({"loadBalancer": {}}));
             }
             "Namespace" => {
+                // Upstream's SetDefaults_Namespace: the name as a label, so selectors
+                // can pick namespaces by name; set on every write, like any default.
+                let name = obj.pointer("/metadata/name").cloned();
+                if let Some(name) = name.filter(|n| n.as_str().is_some_and(|n| !n.is_empty())) {
+                    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+                        let labels = meta.entry("labels").or_insert(json!({}));
+                        if let Some(l) = labels.as_object_mut() {
+                            l.insert("kubernetes.io/metadata.name".into(), name);
+                        }
+                    }
+                }
                 ensure(obj, "spec", json!({}));
                 if obj["spec"].get("finalizers").is_none() {
                     obj["spec"]["finalizers"] = json!(["kubernetes"]);
@@ -567,6 +582,35 @@ pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resourc
     RESOURCES
         .iter()
         .find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+/// The DefaultTolerationSeconds admission plugin: a pod that does not tolerate the
+/// `not-ready` and `unreachable` NoExecute taints already gets tolerations of them for
+/// 300 s, so the node lifecycle controller evicts its pods five minutes after their
+/// node goes away, not at once.
+fn default_toleration_seconds(pod: &mut Value) {
+    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let tolerations = spec.entry("tolerations").or_insert(json!([]));
+    let Some(list) = tolerations.as_array_mut() else {
+        return;
+    };
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        let tolerated = list.iter().any(|t| {
+            let effect = t.get("effect").and_then(Value::as_str).unwrap_or("");
+            let tkey = t.get("key").and_then(Value::as_str).unwrap_or("");
+            let exists = t.get("operator").and_then(Value::as_str) == Some("Exists");
+            (effect.is_empty() || effect == "NoExecute")
+                && (tkey == key || (tkey.is_empty() && exists))
+        });
+        if !tolerated {
+            list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -33,6 +33,16 @@ pub enum Written {
     Conflict(Option<Stored>),
 }
 
+/// Outcome of [`Store::create_claiming`].
+pub enum Claimed {
+    /// Written, with its claims, at this revision.
+    Ok(i64),
+    /// The key exists already (its current value).
+    Exists(Stored),
+    /// These claims are held by other objects.
+    Taken(Vec<String>),
+}
+
 #[derive(Clone)]
 pub struct Store {
     client: Client,
@@ -45,6 +55,58 @@ pub fn stored(kv: &etcd_client::KeyValue) -> Stored {
         value: kv.value().to_vec(),
         mod_revision: kv.mod_revision(),
     }
+}
+
+/// Whether a failed request may be sent again: for reads, whenever no member could
+/// serve it (a dead or leaderless member); for writes, only when it provably reached
+/// no member (no connection, or a member that refused it for want of a leader before
+/// proposing), since a write whose outcome is unknown must not be applied twice. The
+/// Go client kube-apiserver uses retries the same cases, which is why one store member
+/// going away is invisible to Kubernetes clients.
+fn retryable(e: &etcd_client::Error, read: bool) -> bool {
+    let etcd_client::Error::GRpcStatus(s) = e else {
+        return false;
+    };
+    let never_sent =
+        s.message().contains("tcp connect error") || s.message() == "etcdserver: no leader";
+    match s.code() {
+        tonic::Code::Unavailable => read || never_sent,
+        // A connection that closed under the request: a read simply goes elsewhere.
+        tonic::Code::Cancelled => read,
+        _ => false,
+    }
+}
+
+/// How long a request keeps being retried on other members.
+const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs `op` until it succeeds, fails in a way [`retryable`] refuses, or [`RETRY_FOR`]
+/// passes.
+async fn with_retries<T, F, Fut>(read: bool, mut op: F) -> Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + RETRY_FOR;
+    let mut pause = std::time::Duration::from_millis(25);
+    loop {
+        match op().await {
+            Err(e) if retryable(&e, read) && tokio::time::Instant::now() + pause < deadline => {
+                tracing::debug!(error = %e, "store request retried");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(500));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// What the `get`s of a failed transaction's else branch read, in order.
+fn read_back(resp: etcd_client::TxnResponse) -> impl Iterator<Item = Option<Stored>> {
+    resp.op_responses().into_iter().map(|r| match r {
+        etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(stored),
+        _ => None,
+    })
 }
 
 fn header_rev(h: Option<&etcd_client::ResponseHeader>) -> i64 {
@@ -62,16 +124,20 @@ impl Store {
     /// The store's current revision: the header of a linearizable read of one key that
     /// never exists (a point read, where a count over `/registry/` would touch every key).
     pub async fn revision(&self) -> Result<i64, ApiError> {
-        let resp = self
-            .client
-            .kv_client()
-            .get("/registry/.revision", None)
-            .await?;
+        let resp = with_retries(true, || {
+            let mut kv = self.client.kv_client();
+            async move { kv.get("/registry/.revision", None).await }
+        })
+        .await?;
         Ok(header_rev(resp.header()))
     }
 
     pub async fn get(&self, key: &str) -> Result<(Option<Stored>, i64), ApiError> {
-        let resp = self.client.kv_client().get(key, None).await?;
+        let resp = with_retries(true, || {
+            let mut kv = self.client.kv_client();
+            async move { kv.get(key, None).await }
+        })
+        .await?;
         Ok((resp.kvs().first().map(stored), header_rev(resp.header())))
     }
 
@@ -95,7 +161,12 @@ impl Store {
         if limit > 0 {
             opts = opts.with_limit(limit);
         }
-        let resp = self.client.kv_client().get(from, Some(opts)).await?;
+        let resp = with_retries(true, || {
+            let mut kv = self.client.kv_client();
+            let opts = opts.clone();
+            async move { kv.get(from, Some(opts)).await }
+        })
+        .await?;
         Ok(Page {
             items: resp.kvs().iter().map(stored).collect(),
             revision: header_rev(resp.header()),
@@ -103,11 +174,49 @@ impl Store {
         })
     }
 
-    /// Writes `key` only if it does not exist.
-    pub async fn create(&self, key: &str, value: Vec<u8>) -> Result<Written, ApiError> {
+    /// Writes `key` only if it does not exist, together with `claims` (keys that stand
+    /// for an allocated cluster IP or node port), each only if no one holds it yet: one
+    /// transaction, so two objects can never be given the same claim.
+    pub async fn create_claiming(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        claims: &[String],
+    ) -> Result<Claimed, ApiError> {
+        let mut when = vec![Compare::create_revision(key, CompareOp::Equal, 0)];
+        let mut then = vec![TxnOp::put(key, value, None)];
+        let mut or_else = vec![TxnOp::get(key, None)];
+        for c in claims {
+            when.push(Compare::create_revision(c.as_str(), CompareOp::Equal, 0));
+            then.push(TxnOp::put(c.as_str(), key, None));
+            or_else.push(TxnOp::get(c.as_str(), None));
+        }
+        let resp = self
+            .txn(Txn::new().when(when).and_then(then).or_else(or_else))
+            .await?;
+        if resp.succeeded() {
+            return Ok(Claimed::Ok(header_rev(resp.header())));
+        }
+        let mut found = read_back(resp);
+        if let Some(Some(current)) = found.next() {
+            return Ok(Claimed::Exists(current));
+        }
+        Ok(Claimed::Taken(found.flatten().map(|s| s.key).collect()))
+    }
+
+    /// Deletes `key` only if its mod revision is still `expected`, releasing `claims`
+    /// in the same transaction.
+    pub async fn delete_releasing(
+        &self,
+        key: &str,
+        expected: i64,
+        claims: &[String],
+    ) -> Result<Written, ApiError> {
+        let mut then = vec![TxnOp::delete(key, None)];
+        then.extend(claims.iter().map(|c| TxnOp::delete(c.as_str(), None)));
         let txn = Txn::new()
-            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, value, None)])
+            .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
+            .and_then(then)
             .or_else([TxnOp::get(key, None)]);
         self.cas(txn).await
     }
@@ -126,25 +235,22 @@ impl Store {
         self.cas(txn).await
     }
 
-    /// Deletes `key` only if its mod revision is still `expected`.
-    pub async fn delete(&self, key: &str, expected: i64) -> Result<Written, ApiError> {
-        let txn = Txn::new()
-            .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
-            .and_then([TxnOp::delete(key, None)])
-            .or_else([TxnOp::get(key, None)]);
-        self.cas(txn).await
+    /// Runs a write transaction (retried only when it provably reached no member).
+    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, ApiError> {
+        Ok(with_retries(false, || {
+            let mut kv = self.client.kv_client();
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await?)
     }
 
     async fn cas(&self, txn: Txn) -> Result<Written, ApiError> {
-        let resp = self.client.kv_client().txn(txn).await?;
+        let resp = self.txn(txn).await?;
         if resp.succeeded() {
             return Ok(Written::Ok(header_rev(resp.header())));
         }
-        let current = resp.op_responses().into_iter().find_map(|r| match r {
-            etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(stored),
-            _ => None,
-        });
-        Ok(Written::Conflict(current))
+        Ok(Written::Conflict(read_back(resp).flatten().next()))
     }
 
     /// A watch on every key under `prefix`, from `start_revision` on, with previous

@@ -8,6 +8,7 @@ mod conn;
 mod failover;
 mod kv;
 mod lease;
+mod sched;
 mod stats;
 mod watch;
 
@@ -120,6 +121,69 @@ enum Command {
     Failover(FailoverArgs),
     /// Render two servers' --json lines as a markdown comparison table.
     Compare(CompareArgs),
+    /// Scheduler scale run through an apiserver: fake nodes, pods created as fast as
+    /// accepted; pods bound per second and create-to-bound latency.
+    SchedulerThroughput(SchedArgs),
+}
+
+#[derive(Args)]
+struct SchedArgs {
+    /// Admin kubeconfig of the apiserver (as `capstan apiserver --kubeconfig-out` writes).
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// Fake nodes to create (bench-node-0...; existing ones are kept).
+    #[arg(long, default_value_t = 5000)]
+    nodes: usize,
+    /// Pods to create.
+    #[arg(long, default_value_t = 50_000)]
+    pods: usize,
+    /// Create requests in flight.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Namespace of the pods (created, and deleted afterwards).
+    #[arg(long, default_value = "sched-bench")]
+    namespace: String,
+    /// Give up waiting for bindings after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// Print one JSON line instead of a human summary.
+    #[arg(long)]
+    json: bool,
+}
+
+fn run_sched(a: &SchedArgs) -> anyhow::Result<()> {
+    let r = tokio::runtime::Runtime::new()?.block_on(sched::run(sched::Opts {
+        kubeconfig: a.kubeconfig.clone(),
+        nodes: a.nodes,
+        pods: a.pods,
+        concurrency: a.concurrency,
+        namespace: a.namespace.clone(),
+        timeout: std::time::Duration::from_secs(a.timeout),
+    }))?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "{} nodes, {} pods ({} bound): created in {:.1} s, {:.0} pods/s bound; \
+             create->bound p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            r.nodes,
+            r.pods,
+            r.bound,
+            r.create_seconds,
+            r.pods_per_second,
+            r.p50_ms,
+            r.p90_ms,
+            r.p99_ms,
+            r.max_ms
+        );
+    }
+    anyhow::ensure!(
+        r.bound == r.pods,
+        "only {} of {} pods were bound",
+        r.bound,
+        r.pods
+    );
+    Ok(())
 }
 
 #[derive(Args)]
@@ -223,6 +287,7 @@ fn main() -> anyhow::Result<()> {
     let (workload, common) = match &cli.command {
         Command::Compare(a) => return run_compare(a),
         Command::Failover(a) => return run_failover(a),
+        Command::SchedulerThroughput(a) => return run_sched(a),
         Command::Put { common } => ("put", common),
         Command::Range { common, .. } => ("range", common),
         Command::TxnPut { common, .. } => ("txn-put", common),
@@ -264,7 +329,9 @@ fn main() -> anyhow::Result<()> {
                 watch::latency(&channels, &opts).await
             }
             Command::LeaseKeepalive { .. } => lease::keepalive(&channels, c.clients, c.total).await,
-            Command::Compare(_) | Command::Failover(_) => unreachable_compare(),
+            Command::Compare(_) | Command::Failover(_) | Command::SchedulerThroughput(_) => {
+                unreachable_compare()
+            }
         }
     })?;
     let label = common.label.as_deref().unwrap_or(workload);

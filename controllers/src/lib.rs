@@ -9,6 +9,7 @@ pub mod gc;
 pub mod job;
 pub mod leader;
 pub mod namespace;
+pub mod nodelifecycle;
 pub mod replicaset;
 pub mod util;
 
@@ -50,6 +51,7 @@ pub const CONTROLLERS: &[&str] = &[
     "namespace",
     "endpoint",
     "endpointslice",
+    "nodelifecycle",
 ];
 
 /// kube-controller-manager's settings that apply here.
@@ -61,6 +63,8 @@ pub struct Config {
     pub election: Option<leader::ElectionConfig>,
     /// `--controllers`: `*`, names, `-name` to disable.
     pub controllers: Vec<String>,
+    /// `--node-monitor-period` and `--node-monitor-grace-period`.
+    pub node_monitor: nodelifecycle::Settings,
 }
 
 impl Config {
@@ -203,6 +207,7 @@ fn start(client: Client, cfg: &Config) -> tokio::task::JoinHandle<()> {
         let (pods, rss) = (pods.clone(), rss.clone());
         let client = client.clone();
         let enabled = enabled.clone();
+        let node_monitor = cfg.node_monitor.clone();
         tasks.spawn(async move {
             // Nothing acts on a partial picture of the cluster.
             let _ = pods.wait_until_ready().await;
@@ -240,6 +245,9 @@ fn start(client: Client, cfg: &Config) -> tokio::task::JoinHandle<()> {
             }
             if enabled.contains(&"garbagecollector") {
                 inner.spawn(gc::run(client.clone()));
+            }
+            if enabled.contains(&"nodelifecycle") {
+                inner.spawn(nodelifecycle::run(client.clone(), node_monitor));
             }
             while inner.join_next().await.is_some() {}
         });

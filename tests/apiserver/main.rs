@@ -7,6 +7,7 @@ mod support;
 
 mod kube_rs;
 mod kubectl;
+mod protobuf;
 mod resources;
 
 use support::{Apiserver, Server};

@@ -11,6 +11,7 @@ mod gc;
 mod job;
 mod leader;
 mod namespace;
+mod nodelifecycle;
 mod replicaset;
 
 use std::time::Duration;

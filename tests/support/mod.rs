@@ -783,10 +783,15 @@ impl Component {
     /// Starts `capstan <subcommand>` against `api`. Readiness is the test's to poll for,
     /// through what a user would see (a node Ready, a pod bound...).
     pub fn start(api: &Apiserver, subcommand: &str, args: &[&str]) -> Component {
+        Self::with_kubeconfig(&api.kubeconfig, subcommand, args)
+    }
+
+    /// [`Component::start`] with any kubeconfig.
+    pub fn with_kubeconfig(kubeconfig: &Path, subcommand: &str, args: &[&str]) -> Component {
         let mut all = vec![
             subcommand.to_string(),
             "--kubeconfig".to_string(),
-            api.kubeconfig.display().to_string(),
+            kubeconfig.display().to_string(),
         ];
         all.extend(args.iter().map(|a| a.to_string()));
         let mut c = Component {
@@ -806,6 +811,7 @@ impl Component {
         self.child = Some(spawn_logged(&mut cmd, &log, &self.what));
     }
 
+    /// The process's combined stdout/stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }
@@ -823,6 +829,18 @@ impl Component {
         kill_child(&mut self.child);
     }
 
+    /// Sends SIGTERM (a graceful stop) with kill(1) and waits for the process to exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let st = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()
+                .expect("kill(1) runs");
+            assert!(st.success(), "kill -TERM {}: {st}", self.what);
+            let _ = c.wait();
+        }
+    }
+
     /// Starts it again with the same arguments.
     pub fn restart(&mut self) {
         self.kill9();
@@ -833,5 +851,46 @@ impl Component {
 impl Drop for Component {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// A real `capstan scheduler` process, its `/healthz` and `/metrics` on a free port.
+pub struct Scheduler {
+    /// `https://127.0.0.1:<port>`: /healthz and /metrics.
+    pub url: String,
+    process: Component,
+}
+
+impl Scheduler {
+    /// Starts a scheduler with extra flags (`["--leader-elect=false"]`). It is not
+    /// waited for: tests poll for what it does.
+    pub fn start(kubeconfig: &Path, extra: &[&str]) -> Scheduler {
+        let port = free_port().to_string();
+        let mut args = vec![
+            "--bind-address",
+            "127.0.0.1",
+            "--secure-port",
+            &port,
+            "--log-level",
+            "info,capstan_scheduler=debug",
+        ];
+        args.extend(extra);
+        Scheduler {
+            url: format!("https://127.0.0.1:{port}"),
+            process: Component::with_kubeconfig(kubeconfig, "scheduler", &args),
+        }
+    }
+}
+
+impl std::ops::Deref for Scheduler {
+    type Target = Component;
+    fn deref(&self) -> &Component {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Scheduler {
+    fn deref_mut(&mut self) -> &mut Component {
+        &mut self.process
     }
 }

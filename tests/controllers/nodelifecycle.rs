@@ -1,0 +1,155 @@
+//! The node lifecycle controller with the scheduler: a node whose agent dies becomes
+//! NotReady and tainted, and its pods are evicted and come back on a healthy node.
+
+use crate::support::{eventually, Component};
+use crate::{Stack, SETTLE};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_nodes_pods_are_rescheduled_elsewhere() {
+    let stack = Stack::start().await;
+    let api = &stack.api;
+    // A second controller-manager would only stand by; this one watches nodes closely.
+    let mut cm = Component::start(
+        api,
+        "controller-manager",
+        &[
+            "--leader-elect=false",
+            "--controllers",
+            "nodelifecycle",
+            "--node-monitor-period",
+            "500ms",
+            "--node-monitor-grace-period",
+            "3s",
+        ],
+    );
+    let mut sched = Component::start(
+        api,
+        "scheduler",
+        &["--leader-elect=false", "--secure-port", "0"],
+    );
+    // Leases renewed every second.
+    // (The stack's own node, sim-0, is kept out by the pool label.)
+    let quick = [
+        "--simulated",
+        "--node-lease-duration-seconds",
+        "4",
+        "--node-labels",
+        "pool=lc",
+    ];
+    let mut doomed = Component::start(
+        api,
+        "node",
+        &[&quick[..], &["--hostname-override", "doomed"]].concat(),
+    );
+    let mut healthy = Component::start(
+        api,
+        "node",
+        &[&quick[..], &["--hostname-override", "healthy"]].concat(),
+    );
+    stack.namespace("lc");
+    // Spread over both nodes (softly: a hard constraint would, as upstream, keep the
+    // replacements off the healthy node while the dead one counts as a domain);
+    // tolerating an unreachable node for one second only (the
+    // default, added by the apiserver, is 300 s).
+    stack.apply(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: lc}
+spec:
+  replicas: 4
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      nodeSelector: {pool: lc}
+      tolerations:
+      - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 1}
+      topologySpreadConstraints:
+      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: ScheduleAnyway, labelSelector: {matchLabels: {app: web}}}
+      containers: [{name: c, image: nginx:1.27}]
+",
+    );
+    let rollout = api.kubectl(&[
+        "rollout",
+        "status",
+        "-n",
+        "lc",
+        "deployment/web",
+        "--timeout=60s",
+    ]);
+    assert!(rollout.ok, "{}\n{}", rollout.stderr, sched.log());
+    let on_doomed = |api: &crate::support::Apiserver| {
+        api.kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            "lc",
+            "--field-selector",
+            "spec.nodeName=doomed",
+            "--no-headers",
+        ])
+        .out()
+        .lines()
+        .count()
+    };
+    assert!(on_doomed(api) >= 1, "replicas on both nodes");
+
+    doomed.kill9();
+    // The node turns NotReady (its kubelet conditions Unknown) and gets the taints.
+    eventually("node doomed NotReady", SETTLE, || {
+        cm.check_running();
+        let row = api.kubectl(&["get", "node", "doomed", "--no-headers"]);
+        let not_ready = row.out().split_whitespace().nth(1) == Some("NotReady");
+        async move { not_ready.then_some(()) }
+    })
+    .await;
+    let reason = api.kubectl(&[
+        "get", "node", "doomed", "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status} {.status.conditions[?(@.type==\"Ready\")].message}",
+    ]);
+    assert_eq!(reason.out(), "Unknown Kubelet stopped posting node status.");
+    eventually("the unreachable taints", SETTLE, || {
+        let taints = api.kubectl(&[
+            "get",
+            "node",
+            "doomed",
+            "-o",
+            "jsonpath={.spec.taints[*].effect}",
+        ]);
+        let ok = taints.out().contains("NoSchedule") && taints.out().contains("NoExecute");
+        async move { ok.then_some(()) }
+    })
+    .await;
+
+    // Its pods are evicted and replaced on the healthy node: four Ready replicas again,
+    // all of them there.
+    eventually("four replicas on the healthy node", SETTLE, || {
+        sched.check_running();
+        healthy.check_running();
+        let out = api.kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            "lc",
+            "-l",
+            "app=web",
+            "--field-selector",
+            "spec.nodeName=healthy",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.deletionTimestamp}/{.status.phase}{\"\\n\"}{end}",
+        ]);
+        let running = out.out().lines().filter(|l| *l == "/Running").count();
+        async move { (running == 4).then_some(()) }
+    })
+    .await;
+    let available = api.kubectl(&[
+        "get",
+        "deployment",
+        "web",
+        "-n",
+        "lc",
+        "-o",
+        "jsonpath={.status.availableReplicas}",
+    ]);
+    assert_eq!(available.out(), "4", "{}", cm.log());
+}
