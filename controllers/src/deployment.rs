@@ -360,6 +360,16 @@ impl Sync<'_> {
         let created = match self.rs_api.create(&PostParams::default(), &new_rs).await {
             Ok(rs) => {
                 tracing::info!(namespace = self.d.namespace().unwrap_or_default(), deployment = self.d.name_any(), replicaset = %name, replicas = count, "created new replica set");
+                if count > 0 {
+                    crate::events::record(
+                        &self.ctx.client,
+                        "deployment-controller",
+                        &self.d,
+                        crate::events::Type::Normal,
+                        "ScalingReplicaSet",
+                        format!("Scaled up replica set {name} from 0 to {count}"),
+                    );
+                }
                 rs
             }
             Err(kube::Error::Api(e)) if e.code == 409 => {
@@ -553,6 +563,18 @@ impl Sync<'_> {
         let out = self.replace_rs(&rs2).await?;
         if size_changes {
             let dir = if n > spec_replicas(rs) { "up" } else { "down" };
+            crate::events::record(
+                &self.ctx.client,
+                "deployment-controller",
+                &self.d,
+                crate::events::Type::Normal,
+                "ScalingReplicaSet",
+                format!(
+                    "Scaled {dir} replica set {} from {} to {n}",
+                    rs.name_any(),
+                    spec_replicas(rs)
+                ),
+            );
             tracing::info!(
                 namespace = self.d.namespace().unwrap_or_default(),
                 deployment = self.d.name_any(),

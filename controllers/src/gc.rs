@@ -63,8 +63,10 @@ struct Gc {
     kinds: Vec<Kind>,
     /// uid -> item, for every cached object.
     by_uid: Mutex<HashMap<String, Item>>,
-    /// owner uid -> dependents' items.
+    /// owner uid -> dependents' items, and its inverse (item -> owner uids), so an
+    /// event updates only the edges of its object.
     dependents: Mutex<HashMap<String, HashSet<Item>>>,
+    owners: Mutex<HashMap<Item, Vec<String>>>,
     queue: tokio::sync::mpsc::UnboundedSender<Item>,
     pending: Mutex<HashSet<Item>>,
 }
@@ -96,6 +98,7 @@ pub async fn run(client: Client) {
         kinds,
         by_uid: Mutex::new(HashMap::new()),
         dependents: Mutex::new(HashMap::new()),
+        owners: Mutex::new(HashMap::new()),
         queue: tx,
         pending: Mutex::new(HashSet::new()),
     });
@@ -164,6 +167,7 @@ impl Gc {
     fn resync(&self) {
         let mut by_uid = HashMap::new();
         let mut deps: HashMap<String, HashSet<Item>> = HashMap::new();
+        let mut owners: HashMap<Item, Vec<String>> = HashMap::new();
         let mut items = Vec::new();
         for (i, k) in self.kinds.iter().enumerate() {
             for o in k.store.state() {
@@ -173,12 +177,14 @@ impl Gc {
                 }
                 for r in o.owner_references() {
                     deps.entry(r.uid.clone()).or_default().insert(item.clone());
+                    owners.entry(item.clone()).or_default().push(r.uid.clone());
                 }
                 items.push(item);
             }
         }
         *self.by_uid.lock().unwrap_or_else(|e| e.into_inner()) = by_uid;
         *self.dependents.lock().unwrap_or_else(|e| e.into_inner()) = deps;
+        *self.owners.lock().unwrap_or_else(|e| e.into_inner()) = owners;
         for item in items {
             self.enqueue(item);
         }
@@ -193,17 +199,24 @@ impl Gc {
         {
             let mut by_uid = self.by_uid.lock().unwrap_or_else(|e| e.into_inner());
             let mut deps = self.dependents.lock().unwrap_or_else(|e| e.into_inner());
+            let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
             if present {
                 by_uid.insert(uid.clone(), item.clone());
             } else {
                 by_uid.remove(&uid);
             }
-            for set in deps.values_mut() {
-                set.remove(&item);
+            for owner in owners.remove(&item).unwrap_or_default() {
+                if let Some(set) = deps.get_mut(&owner) {
+                    set.remove(&item);
+                    if set.is_empty() {
+                        deps.remove(&owner);
+                    }
+                }
             }
             if present {
                 for r in o.owner_references() {
                     deps.entry(r.uid.clone()).or_default().insert(item.clone());
+                    owners.entry(item.clone()).or_default().push(r.uid.clone());
                 }
             }
         }

@@ -230,7 +230,17 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 let mut created = Vec::new();
                 for _ in 0..n {
                     match pods_api.create(&PostParams::default(), &pod).await {
-                        Ok(p) => created.push(p.name_any()),
+                        Ok(p) => {
+                            crate::events::record(
+                                &ctx.client,
+                                "job-controller",
+                                job.as_ref(),
+                                crate::events::Type::Normal,
+                                "SuccessfulCreate",
+                                format!("Created pod: {}", p.name_any()),
+                            );
+                            created.push(p.name_any())
+                        }
                         Err(e) => {
                             failure = Some(e.to_string());
                             break;
@@ -258,6 +268,20 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             st.completion_time = Some(util::now());
         }
         tracing::info!(namespace = %ns, job = %name, condition = %c.type_, reason = c.reason.as_deref().unwrap_or(""), "job finished");
+        let (t, reason, msg) = if c.type_ == "Complete" {
+            (
+                crate::events::Type::Normal,
+                "Completed".to_string(),
+                "Job completed".to_string(),
+            )
+        } else {
+            (
+                crate::events::Type::Warning,
+                c.reason.clone().unwrap_or_default(),
+                c.message.clone().unwrap_or_default(),
+            )
+        };
+        crate::events::record(&ctx.client, "job-controller", job.as_ref(), t, &reason, msg);
         st.conditions.get_or_insert_with(Vec::new).push(c);
         st.active = None;
     }

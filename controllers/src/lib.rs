@@ -4,6 +4,7 @@
 
 pub mod deployment;
 pub mod endpoints;
+pub mod events;
 pub mod gc;
 pub mod job;
 pub mod namespace;

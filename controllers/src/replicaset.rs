@@ -179,7 +179,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     if !deleting && ctx.expectations.satisfied(&key, &ns, &ctx.pods) {
         if owned.len() < want {
             let n = (want - owned.len()).min(BURST_REPLICAS);
-            let (created, err) = create_pods(&pods_api, &rs, n).await;
+            let (created, err) = create_pods(&ctx.client, &pods_api, &rs, n).await;
             ctx.expectations.expect(&key, created, vec![]);
             if let Some(e) = err {
                 failure = Some(("FailedCreate", e));
@@ -191,9 +191,27 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
             for v in victims {
                 let pn = v.name_any();
                 match pods_api.delete(&pn, &DeleteParams::default()).await {
-                    Ok(_) => deleted.push(pn),
+                    Ok(_) => {
+                        crate::events::record(
+                            &ctx.client,
+                            "replicaset-controller",
+                            rs.as_ref(),
+                            crate::events::Type::Normal,
+                            "SuccessfulDelete",
+                            format!("Deleted pod: {pn}"),
+                        );
+                        deleted.push(pn)
+                    }
                     Err(kube::Error::Api(e)) if e.code == 404 => {}
                     Err(e) => {
+                        crate::events::record(
+                            &ctx.client,
+                            "replicaset-controller",
+                            rs.as_ref(),
+                            crate::events::Type::Warning,
+                            "FailedDelete",
+                            format!("Error deleting: {e}"),
+                        );
                         failure = Some(("FailedDelete", e.to_string()));
                         break;
                     }
@@ -305,7 +323,12 @@ fn status_equal(a: &ReplicaSetStatus, b: &ReplicaSetStatus) -> bool {
 /// Creates `n` pods from the template in slow-start batches (1, 2, 4, ...), as upstream
 /// does so a failing template costs one error, not hundreds. Returns the created pods'
 /// names and the first error.
-async fn create_pods(api: &Api<Pod>, rs: &ReplicaSet, n: usize) -> (Vec<String>, Option<String>) {
+async fn create_pods(
+    client: &Client,
+    api: &Api<Pod>,
+    rs: &ReplicaSet,
+    n: usize,
+) -> (Vec<String>, Option<String>) {
     let mut created = Vec::new();
     let mut batch = 1;
     let mut left = n;
@@ -317,8 +340,28 @@ async fn create_pods(api: &Api<Pod>, rs: &ReplicaSet, n: usize) -> (Vec<String>,
         let mut err = None;
         for r in results {
             match r {
-                Ok(p) => created.push(p.name_any()),
-                Err(e) => err = Some(e.to_string()),
+                Ok(p) => {
+                    crate::events::record(
+                        client,
+                        "replicaset-controller",
+                        rs,
+                        crate::events::Type::Normal,
+                        "SuccessfulCreate",
+                        format!("Created pod: {}", p.name_any()),
+                    );
+                    created.push(p.name_any());
+                }
+                Err(e) => {
+                    crate::events::record(
+                        client,
+                        "replicaset-controller",
+                        rs,
+                        crate::events::Type::Warning,
+                        "FailedCreate",
+                        format!("Error creating: {e}"),
+                    );
+                    err = Some(e.to_string());
+                }
             }
         }
         if let Some(e) = err {

@@ -52,30 +52,34 @@ spec:
     )
 }
 
-/// A check of one observed moment: every pod of the deployment (terminating ones
-/// included); a violation's description.
-type Check = Box<dyn Fn(&[&Pod]) -> Option<String> + Send>;
+/// A check of one observed moment: every object watched (terminating ones included);
+/// a violation's description.
+type Check<K> = Box<dyn Fn(&[&K]) -> Option<String> + Send>;
 
-/// At most `max_total` live (not terminating) pods and at least `min_ready` of them
-/// Ready: maxSurge and maxUnavailable.
-fn surge_and_unavailable(min_ready: usize, max_total: usize) -> Check {
+/// At least `min_ready` Ready pods not being deleted: maxUnavailable, at the pods.
+fn min_ready(min_ready: usize) -> Check<Pod> {
     Box::new(move |pods| {
-        let live: Vec<&&Pod> = pods
+        let ready = pods
             .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .collect();
-        let ready = live.iter().filter(|p| is_ready(p)).count();
-        (ready < min_ready || live.len() > max_total).then(|| {
-            format!(
-                "{ready} ready of {} live pods (want >= {min_ready} ready, <= {max_total} live)",
-                live.len()
-            )
-        })
+            .filter(|p| p.metadata.deletion_timestamp.is_none() && is_ready(p))
+            .count();
+        (ready < min_ready).then(|| format!("{ready} ready pods (want >= {min_ready})"))
+    })
+}
+
+/// At most `max_total` replicas across the deployment's ReplicaSets: maxSurge, which
+/// upstream bounds on the sets' sizes (each set's own controller then creates or
+/// deletes its pods, and two sets' syncs are not ordered, so the pods of a shrinking
+/// set may outlive the growth of the other by a moment).
+fn max_replicas(max_total: i32) -> Check<ReplicaSet> {
+    Box::new(move |rss| {
+        let total: i32 = rss.iter().filter_map(|rs| rs.spec.as_ref()?.replicas).sum();
+        (total > max_total).then(|| format!("{total} replicas (want <= {max_total})"))
     })
 }
 
 /// Never pods of two templates at once, terminating ones included: Recreate.
-fn one_image_at_a_time() -> Check {
+fn one_image_at_a_time() -> Check<Pod> {
     Box::new(|pods| {
         let images: std::collections::BTreeSet<String> = pods
             .iter()
@@ -94,9 +98,19 @@ struct RolloutWatch {
 }
 
 impl RolloutWatch {
-    /// Starts watching and returns once the watch has listed the pods.
-    async fn start(client: kube::Client, ns: &str, name: &str, check: Check) -> RolloutWatch {
-        let api = Api::<Pod>::namespaced(client, ns);
+    /// Starts watching the `K`s labelled `app=<name>` and returns once the watch has
+    /// listed them.
+    async fn start<K>(client: kube::Client, ns: &str, name: &str, check: Check<K>) -> RolloutWatch
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + k8s_openapi::serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        let api = Api::<K>::namespaced(client, ns);
         let violations = Arc::new(Mutex::new(Vec::new()));
         let events = Arc::new(Mutex::new(0));
         let (v, e) = (violations.clone(), events.clone());
@@ -104,7 +118,7 @@ impl RolloutWatch {
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let mut ready_tx = Some(ready_tx);
         let task = tokio::spawn(async move {
-            let mut pods: BTreeMap<String, Pod> = BTreeMap::new();
+            let mut pods: BTreeMap<String, K> = BTreeMap::new();
             let mut stream = watcher(api, cfg).boxed();
             let mut initialised = false;
             while let Some(ev) = stream.next().await {
@@ -128,7 +142,7 @@ impl RolloutWatch {
                     continue;
                 }
                 *e.lock().expect("lock") += 1;
-                let all: Vec<&Pod> = pods.values().collect();
+                let all: Vec<&K> = pods.values().collect();
                 if let Some(violation) = check(&all) {
                     v.lock().expect("lock").push(violation);
                 }
@@ -306,6 +320,21 @@ async fn deployment_rolls_out_scales_undoes_and_pauses() {
         Some("13")
     );
 
+    // `kubectl describe` shows the controller's event.
+    let scaled = format!("Scaled up replica set web-{hash} from 0 to 10");
+    eventually(
+        "the ScalingReplicaSet event in kubectl describe",
+        SETTLE,
+        || async {
+            let out = stack
+                .api
+                .kubectl(&["-n", ns, "describe", "deployment", "web"]);
+            (out.ok && out.stdout.contains("ScalingReplicaSet") && out.stdout.contains(&scaled))
+                .then_some(())
+        },
+    )
+    .await;
+
     // Scale with kubectl.
     stack
         .api
@@ -314,8 +343,10 @@ async fn deployment_rolls_out_scales_undoes_and_pauses() {
     rollout_status(&stack, ns, "web");
     settled_image(&stack, ns, "web", 12).await;
 
-    // Roll to a new image: never fewer than 12 - 2 ready, never more than 12 + 3 pods.
-    let watch = RolloutWatch::start(client.clone(), ns, "web", surge_and_unavailable(10, 15)).await;
+    // Roll to a new image: never fewer than 12 - 2 ready pods, never more than 12 + 3
+    // replicas.
+    let watch = RolloutWatch::start(client.clone(), ns, "web", min_ready(10)).await;
+    let sizes = RolloutWatch::start(client.clone(), ns, "web", max_replicas(15)).await;
     stack
         .api
         .kubectl(&["-n", ns, "set", "image", "deployment/web", "c=nginx:1.27"])
@@ -326,8 +357,11 @@ async fn deployment_rolls_out_scales_undoes_and_pauses() {
     assert!(events > 12, "the watch saw the rollout ({events} events)");
     assert!(
         violations.is_empty(),
-        "maxSurge/maxUnavailable violated: {violations:?}"
+        "maxUnavailable violated: {violations:?}"
     );
+    let (violations, events) = sizes.finish();
+    assert!(events > 2, "the watch saw the rollout ({events} events)");
+    assert!(violations.is_empty(), "maxSurge violated: {violations:?}");
     assert_eq!(history(&stack, ns, "web"), ["1", "2"]);
 
     // Undo brings back the first template, as revision 3.

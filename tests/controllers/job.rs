@@ -60,6 +60,11 @@ async fn jobs_complete_and_fail_as_specified() {
     assert_eq!(st.succeeded, Some(3));
     assert_eq!(st.active, None);
     assert!(st.completion_time.is_some() && st.start_time.is_some());
+    eventually("the Completed event", SETTLE, || async {
+        let out = stack.api.kubectl(&["-n", ns, "get", "events"]);
+        (out.ok && out.stdout.contains("Job completed")).then_some(())
+    })
+    .await;
     let ps = pods(&client, ns, "job-name=ok").await;
     assert_eq!(ps.len(), 3, "one pod per completion");
 
