@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, Namespace, Node, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::chrono::Utc;
@@ -124,19 +124,8 @@ async fn run_elected(
 }
 
 async fn watch_nodes(shared: Arc<Shared>) {
-    let api: Api<Node> = Api::all(shared.client.clone());
-    let mut stream = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
-    loop {
-        let ev = match stream.try_next().await {
-            Ok(Some(ev)) => ev,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "node watch failed; retrying");
-                continue;
-            }
-        };
+    let mut events = watch_events(Api::<Node>::all(shared.client.clone()), "node");
+    while let Some(ev) = events.next().await {
         let mut st = shared.state.lock();
         let now = Instant::now();
         match ev {
@@ -185,21 +174,30 @@ async fn watch_nodes(shared: Arc<Shared>) {
     }
 }
 
+/// The events of a watch of `api`, for as long as the process runs: a failure is logged
+/// and the watch resumes (kube's default backoff), as the scheduler's informers do.
+fn watch_events<K>(api: Api<K>, what: &'static str) -> futures::stream::BoxStream<'static, Event<K>>
+where
+    K: kube::Resource
+        + Clone
+        + k8s_openapi::serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .filter_map(move |r| async move {
+            r.map_err(|e| tracing::warn!(error = %e, "{what} watch failed; retrying"))
+                .ok()
+        })
+        .boxed()
+}
+
 /// Namespace labels, which affinity terms with a namespaceSelector match against.
 async fn watch_namespaces(shared: Arc<Shared>) {
-    let api: Api<Namespace> = Api::all(shared.client.clone());
-    let mut stream = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
-    loop {
-        let ev = match stream.try_next().await {
-            Ok(Some(ev)) => ev,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "namespace watch failed; retrying");
-                continue;
-            }
-        };
+    let mut events = watch_events(Api::<Namespace>::all(shared.client.clone()), "namespace");
+    while let Some(ev) = events.next().await {
         let mut st = shared.state.lock();
         let now = Instant::now();
         match ev {
@@ -233,19 +231,8 @@ async fn watch_namespaces(shared: Arc<Shared>) {
 }
 
 async fn watch_pods(shared: Arc<Shared>) {
-    let api: Api<Pod> = Api::all(shared.client.clone());
-    let mut stream = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
-    loop {
-        let ev = match stream.try_next().await {
-            Ok(Some(ev)) => ev,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "pod watch failed; retrying");
-                continue;
-            }
-        };
+    let mut events = watch_events(Api::<Pod>::all(shared.client.clone()), "pod");
+    while let Some(ev) = events.next().await {
         let mut st = shared.state.lock();
         match ev {
             Event::Init => st.relist_pods = Some(HashSet::new()),
