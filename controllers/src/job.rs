@@ -12,7 +12,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::chrono::{DateTime, Utc};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -226,7 +225,12 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 requeue = Some(w);
             } else {
                 let n = want_active - have;
-                let pod = pod_from_template(&job);
+                let pod = util::pod_from_template(
+                    job.spec.as_ref().map(|s| s.template.clone()),
+                    &*job,
+                    "batch/v1",
+                    "Job",
+                );
                 let mut created = Vec::new();
                 for _ in 0..n {
                     match pods_api.create(&PostParams::default(), &pod).await {
@@ -314,32 +318,4 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         }
     }
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
-}
-
-/// A pod for `job`: its template, generateName `<job>-`, the Job as controller.
-fn pod_from_template(job: &Job) -> Pod {
-    let tmpl = job
-        .spec
-        .as_ref()
-        .map(|s| s.template.clone())
-        .unwrap_or_default();
-    let tm = tmpl.metadata.unwrap_or_default();
-    Pod {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{}-", job.name_any())),
-            namespace: job.namespace(),
-            labels: tm.labels,
-            annotations: tm.annotations,
-            finalizers: tm.finalizers,
-            owner_references: Some(vec![util::controller_ref(
-                "batch/v1",
-                "Job",
-                &job.name_any(),
-                job.metadata.uid.as_deref().unwrap_or_default(),
-            )]),
-            ..Default::default()
-        },
-        spec: tmpl.spec,
-        status: None,
-    }
 }

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::chrono::Utc;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -334,7 +333,12 @@ async fn create_pods(
     let mut left = n;
     while left > 0 {
         let size = batch.min(left);
-        let pod = pod_from_template(rs);
+        let pod = util::pod_from_template(
+            rs.spec.as_ref().and_then(|s| s.template.clone()),
+            rs,
+            "apps/v1",
+            "ReplicaSet",
+        );
         let pp = PostParams::default();
         let results = futures::future::join_all((0..size).map(|_| api.create(&pp, &pod))).await;
         let mut err = None;
@@ -380,37 +384,7 @@ async fn create_pods(
     (created, None)
 }
 
-/// A pod for `rs`: its template with generateName `<rs>-` and the ReplicaSet as
-/// controller.
-pub fn pod_from_template(rs: &ReplicaSet) -> Pod {
-    let tmpl = rs
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.clone())
-        .unwrap_or_default();
-    let tm = tmpl.metadata.unwrap_or_default();
-    Pod {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{}-", rs.name_any())),
-            namespace: rs.namespace(),
-            labels: tm.labels,
-            annotations: tm.annotations,
-            finalizers: tm.finalizers,
-            owner_references: Some(vec![util::controller_ref(
-                "apps/v1",
-                "ReplicaSet",
-                &rs.name_any(),
-                rs.metadata.uid.as_deref().unwrap_or_default(),
-            )]),
-            ..Default::default()
-        },
-        spec: tmpl.spec,
-        status: None,
-    }
-}
-
-/// Adds `rs` as the controller of an orphan pod (a merge patch with the pod's
-/// resourceVersion, so a concurrent change makes it fail rather than be overwritten).
+/// Adds `rs` as the controller of an orphan pod.
 async fn adopt(api: &Api<Pod>, pod: &Pod, rs: &ReplicaSet) -> Result<Option<Pod>, Error> {
     let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
     refs.push(util::controller_ref(
@@ -419,28 +393,16 @@ async fn adopt(api: &Api<Pod>, pod: &Pod, rs: &ReplicaSet) -> Result<Option<Pod>
         &rs.name_any(),
         rs.metadata.uid.as_deref().unwrap_or_default(),
     ));
-    let patch =
-        json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.resource_version()}});
-    match api
-        .patch(
-            &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        Ok(p) => {
-            tracing::info!(
-                namespace = pod.namespace().unwrap_or_default(),
-                pod = pod.name_any(),
-                owner = rs.name_any(),
-                "adopted pod"
-            );
-            Ok(Some(p))
-        }
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
-        Err(e) => Err(e.into()),
+    let adopted = set_owner_refs(api, pod, refs).await?;
+    if adopted.is_some() {
+        tracing::info!(
+            namespace = pod.namespace().unwrap_or_default(),
+            pod = pod.name_any(),
+            owner = rs.name_any(),
+            "adopted pod"
+        );
     }
+    Ok(adopted)
 }
 
 /// Removes the owner reference to `uid` from a pod that no longer matches.
@@ -453,6 +415,24 @@ async fn release(api: &Api<Pod>, pod: &Pod, uid: &str) -> Result<(), Error> {
         .filter(|r| r.uid != uid)
         .cloned()
         .collect();
+    if set_owner_refs(api, pod, refs).await?.is_some() {
+        tracing::info!(
+            namespace = pod.namespace().unwrap_or_default(),
+            pod = pod.name_any(),
+            "released pod"
+        );
+    }
+    Ok(())
+}
+
+/// Replaces a pod's owner references: a merge patch carrying the pod's
+/// resourceVersion, so a concurrent change makes it fail rather than be overwritten.
+/// `None` when the pod is gone.
+async fn set_owner_refs(
+    api: &Api<Pod>,
+    pod: &Pod,
+    refs: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+) -> Result<Option<Pod>, Error> {
     let patch =
         json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.resource_version()}});
     match api
@@ -463,15 +443,8 @@ async fn release(api: &Api<Pod>, pod: &Pod, uid: &str) -> Result<(), Error> {
         )
         .await
     {
-        Ok(_) => {
-            tracing::info!(
-                namespace = pod.namespace().unwrap_or_default(),
-                pod = pod.name_any(),
-                "released pod"
-            );
-            Ok(())
-        }
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Ok(p) => Ok(Some(p)),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
@@ -558,7 +531,7 @@ impl PodRank {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
     use k8s_openapi::chrono::TimeZone;
 
     fn pod(name: &str, node: Option<&str>, phase: &str, ready: bool, created: i64) -> Arc<Pod> {

@@ -1,7 +1,7 @@
 //! Helpers shared by the controllers: label selectors, owner references, pod readiness
 //! and availability, and the conditions upstream's controllers all write the same way.
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference, Time};
 use k8s_openapi::chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
@@ -149,5 +149,36 @@ mod tests {
         ));
         assert!(!selector_matches(&sel, Some(&labels(&[("app", "api")]))));
         assert!(!selector_matches(&sel, None));
+    }
+}
+
+/// A pod from `template` with `owner` as its controller, named `<owner>-<random>` by the
+/// apiserver (generateName), as upstream's `GetPodFromTemplate` makes it.
+pub fn pod_from_template<K: kube::Resource>(
+    template: Option<PodTemplateSpec>,
+    owner: &K,
+    api_version: &str,
+    kind: &str,
+) -> Pod {
+    let tmpl = template.unwrap_or_default();
+    let tm = tmpl.metadata.unwrap_or_default();
+    let name = owner.meta().name.clone().unwrap_or_default();
+    Pod {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            generate_name: Some(format!("{name}-")),
+            namespace: owner.meta().namespace.clone(),
+            labels: tm.labels,
+            annotations: tm.annotations,
+            finalizers: tm.finalizers,
+            owner_references: Some(vec![controller_ref(
+                api_version,
+                kind,
+                &name,
+                owner.meta().uid.as_deref().unwrap_or_default(),
+            )]),
+            ..Default::default()
+        },
+        spec: tmpl.spec,
+        status: None,
     }
 }
