@@ -121,37 +121,6 @@ pub fn key(ns: Option<&str>, name: &str) -> String {
     format!("{}/{name}", ns.unwrap_or(""))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
-
-    fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-        kv.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn selectors() {
-        let sel = LabelSelector {
-            match_labels: Some(labels(&[("app", "web")])),
-            match_expressions: Some(vec![LabelSelectorRequirement {
-                key: "tier".into(),
-                operator: "NotIn".into(),
-                values: Some(vec!["db".into()]),
-            }]),
-        };
-        assert!(selector_matches(&sel, Some(&labels(&[("app", "web")]))));
-        assert!(!selector_matches(
-            &sel,
-            Some(&labels(&[("app", "web"), ("tier", "db")]))
-        ));
-        assert!(!selector_matches(&sel, Some(&labels(&[("app", "api")]))));
-        assert!(!selector_matches(&sel, None));
-    }
-}
-
 /// A pod from `template` with `owner` as its controller, named `<owner>-<random>` by the
 /// apiserver (generateName), as upstream's `GetPodFromTemplate` makes it.
 pub fn pod_from_template<K: kube::Resource>(
@@ -180,5 +149,36 @@ pub fn pod_from_template<K: kube::Resource>(
         },
         spec: tmpl.spec,
         status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn selectors() {
+        let sel = LabelSelector {
+            match_labels: Some(labels(&[("app", "web")])),
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "tier".into(),
+                operator: "NotIn".into(),
+                values: Some(vec!["db".into()]),
+            }]),
+        };
+        assert!(selector_matches(&sel, Some(&labels(&[("app", "web")]))));
+        assert!(!selector_matches(
+            &sel,
+            Some(&labels(&[("app", "web"), ("tier", "db")]))
+        ));
+        assert!(!selector_matches(&sel, Some(&labels(&[("app", "api")]))));
+        assert!(!selector_matches(&sel, None));
     }
 }
