@@ -48,6 +48,9 @@ pub struct ServerArgs {
     /// Image archives the agent imports into the runtime at start; repeatable.
     #[arg(long)]
     image_archive: Vec<PathBuf>,
+    /// Where the agent writes container logs (the kubelet's `podLogsDir`).
+    #[arg(long, default_value = "/var/log/pods")]
+    pod_logs_dir: PathBuf,
 }
 
 /// The machine's hostname, the default node name (as the kubelet's).
@@ -132,7 +135,7 @@ pub async fn run(
         }
         .with_host_file(std::path::Path::new("/etc/resolv.conf")),
         root_dir: a.data_dir.join("agent/kubelet"),
-        pod_logs_dir: PathBuf::from("/var/log/pods"),
+        pod_logs_dir: a.pod_logs_dir,
         image_archives: a.image_archive,
     });
     let components = async move {

@@ -4,6 +4,11 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+// The kubelet tests' private containerd, for the server's own agent.
+#[allow(dead_code)]
+#[path = "../kubelet/containerd.rs"]
+mod containerd;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -18,7 +23,14 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
+    /// A server without its node agent (the tests bring simulated nodes).
     fn start(extra: &[&str]) -> ServerProcess {
+        let mut args = vec!["--disable-agent"];
+        args.extend(extra);
+        Self::start_with_agent(&args)
+    }
+
+    fn start_with_agent(extra: &[&str]) -> ServerProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut args: Vec<String> = [
             "server",
@@ -26,9 +38,6 @@ impl ServerProcess {
             "srv",
             "--bind-address",
             "127.0.0.1",
-            // These tests bring their own (simulated) nodes; the kubelet tests cover
-            // the real agent.
-            "--disable-agent",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -192,4 +201,80 @@ async fn a_deployment_comes_up_on_a_single_server() {
         nodes.out().split_whitespace().collect::<Vec<_>>(),
         ["worker"; 3]
     );
+}
+
+/// `capstan server` with its own node agent on a (private) containerd: the one-command
+/// cluster a user starts, a Deployment's pods really running.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_runs_a_deployment_in_containerd() {
+    let ctrd = containerd::Containerd::start().await;
+    let endpoint = format!("unix://{}", ctrd.socket.display());
+    let archive = ctrd.image_archive.display().to_string();
+    let logs = ctrd.pod_logs_dir.display().to_string();
+    let mut srv = ServerProcess::start_with_agent(&[
+        "--container-runtime-endpoint",
+        &endpoint,
+        "--image-archive",
+        &archive,
+        "--pod-logs-dir",
+        &logs,
+    ]);
+    srv.wait_ready().await;
+    eventually("node srv Ready", Duration::from_secs(60), || {
+        srv.check_running();
+        let row = srv.kubectl(&["get", "node", "srv", "--no-headers"]);
+        let ready = row.stdout.split_whitespace().nth(1) == Some("Ready");
+        async move { ready.then_some(()) }
+    })
+    .await;
+    let out = srv.kubectl(&[
+        "create",
+        "deployment",
+        "web",
+        "--image",
+        containerd::BUSYBOX,
+        "--replicas=2",
+        "--",
+        "sh",
+        "-c",
+        // Ends on SIGTERM (a shell as PID 1 would otherwise sit out the grace period).
+        "trap 'exit 0' TERM; echo started; while true; do sleep 1; done",
+    ]);
+    assert!(out.ok, "{}", out.stderr);
+    let status = srv.kubectl(&["rollout", "status", "deployment/web", "--timeout=90s"]);
+    assert!(
+        status.ok,
+        "{}\n{}\n{}",
+        status.stderr,
+        srv.log(),
+        ctrd.log()
+    );
+    let ips = srv.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[*].status.podIP}",
+    ]);
+    let ips: Vec<&str> = ips.out().split_whitespace().collect();
+    assert_eq!(ips.len(), 2, "{ips:?}");
+    assert!(
+        ips.iter().all(|ip| ip.starts_with(&ctrd.subnet_prefix)),
+        "{ips:?} not in {}",
+        ctrd.subnet_prefix
+    );
+    // Gone again, containers and all, before the runtime is torn down.
+    let del = srv.kubectl(&["delete", "deployment", "web"]);
+    assert!(del.ok, "{}", del.stderr);
+    eventually(
+        "the pods and their containers gone",
+        Duration::from_secs(90),
+        || {
+            let pods = srv.kubectl(&["get", "pods", "--no-headers"]).stdout;
+            let containers = ctrd.ctr_containers();
+            async move { (pods.trim().is_empty() && containers.is_empty()).then_some(()) }
+        },
+    )
+    .await;
 }
