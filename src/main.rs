@@ -229,6 +229,12 @@ struct ControllerManagerArgs {
     /// How long a node's kubelet may stay silent before the node is marked unhealthy.
     #[arg(long, default_value = "50s", value_parser = capstan_chaos::cli::parse_duration)]
     node_monitor_grace_period: std::time::Duration,
+    /// The key service-account tokens are signed with (the apiserver's `sa.key`).
+    #[arg(long)]
+    service_account_private_key_file: Option<PathBuf>,
+    /// The cluster CA put into service-account token Secrets.
+    #[arg(long)]
+    root_ca_file: Option<PathBuf>,
 }
 
 impl ControllerManagerArgs {
@@ -241,6 +247,8 @@ impl ControllerManagerArgs {
                 monitor_period: self.node_monitor_period,
                 grace_period: self.node_monitor_grace_period,
             },
+            service_account_key: self.service_account_private_key_file,
+            root_ca: self.root_ca_file,
         }
     }
 }

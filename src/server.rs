@@ -111,6 +111,7 @@ pub async fn run(
     };
     let apiserver = async { capstan_apiserver::run(api_cfg).await.context("apiserver") };
     let kubeconfig = a.write_kubeconfig.clone();
+    let pki = a.data_dir.join("pki");
     let agent = (!a.disable_agent).then(|| capstan_node::kubelet::Config {
         kubeconfig: kubeconfig.clone(),
         node_name: name.clone(),
@@ -153,6 +154,8 @@ pub async fn run(
             }),
             controllers: vec!["*".into()],
             node_monitor: Default::default(),
+            service_account_key: Some(pki.join("sa.key")),
+            root_ca: Some(pki.join("ca.crt")),
         };
         let scheduler = capstan_scheduler::Config {
             kubeconfig: Some(kubeconfig.clone()),

@@ -1,6 +1,8 @@
 //! Authentication: who is asking. Client certificates signed by the cluster CA (the
 //! TLS layer verifies them; CN is the user, O the groups) and static bearer tokens from
 //! `--token-auth-file` (kube-apiserver's CSV format: `token,user,uid,"group1,group2"`).
+//! Service-account tokens (JWTs the controller-manager signs with the key pair in the
+//! cert dir) are the third way in.
 //! Authorization (RBAC) is a later layer; today every authenticated user may do
 //! everything, and anonymous requests get 401.
 
@@ -93,5 +95,65 @@ mod tests {
             split_csv(r#"t0k,alice,1,"dev,ops""#),
             vec!["t0k", "alice", "1", "dev,ops"]
         );
+    }
+}
+
+/// The claims of a legacy service-account token (a token Secret's `data.token`).
+#[derive(Debug, serde::Deserialize)]
+pub struct ServiceAccountClaims {
+    pub iss: String,
+    pub sub: String,
+    #[serde(rename = "kubernetes.io/serviceaccount/namespace")]
+    pub namespace: String,
+    #[serde(rename = "kubernetes.io/serviceaccount/secret.name")]
+    pub secret_name: String,
+    #[serde(rename = "kubernetes.io/serviceaccount/service-account.name")]
+    pub service_account: String,
+    #[serde(rename = "kubernetes.io/serviceaccount/service-account.uid")]
+    pub service_account_uid: String,
+}
+
+/// The issuer of legacy service-account tokens.
+pub const SA_ISSUER: &str = "kubernetes/serviceaccount";
+
+/// Checks a bearer token's ES256 signature against the service-account key and returns
+/// its claims; whether the account and its Secret still exist is the caller's check.
+/// Hand-written rather than a JWT crate: one algorithm, one key, three dots, and
+/// `ring` (already here for TLS) does the cryptography.
+pub fn verify_service_account_token(key: &[u8], token: &str) -> Option<ServiceAccountClaims> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut parts = token.split('.');
+    let (h, p, sig) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let header: serde_json::Value = serde_json::from_slice(&b64.decode(h).ok()?).ok()?;
+    if header.get("alg").and_then(serde_json::Value::as_str) != Some("ES256") {
+        return None;
+    }
+    let signed = &token[..h.len() + 1 + p.len()];
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, key)
+        .verify(signed.as_bytes(), &b64.decode(sig).ok()?)
+        .ok()?;
+    let claims: ServiceAccountClaims = serde_json::from_slice(&b64.decode(p).ok()?).ok()?;
+    let sub = format!(
+        "system:serviceaccount:{}:{}",
+        claims.namespace, claims.service_account
+    );
+    (claims.iss == SA_ISSUER && claims.sub == sub).then_some(claims)
+}
+
+impl ServiceAccountClaims {
+    /// The user a valid token authenticates as, with upstream's groups.
+    pub fn user(&self) -> User {
+        User {
+            name: self.sub.clone(),
+            groups: vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{}", self.namespace),
+                "system:authenticated".into(),
+            ],
+        }
     }
 }

@@ -30,6 +30,8 @@ pub struct App {
     pub registry: Arc<Registry>,
     /// The watch cache of every served resource, by store prefix.
     pub caches: HashMap<&'static str, Arc<Cache>>,
+    /// Verifies service-account tokens (see `auth::verify_service_account_token`).
+    pub sa_public_key: Vec<u8>,
     pub metrics: crate::metrics::Metrics,
     pub tokens: Tokens,
     pub server_address: String,
@@ -49,16 +51,61 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-fn authenticate(app: &App, peer: Option<&Peer>, headers: &HeaderMap) -> Result<User, ApiError> {
+async fn authenticate(
+    app: &App,
+    peer: Option<&Peer>,
+    headers: &HeaderMap,
+) -> Result<User, ApiError> {
     if let Some(auth) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
     {
         if let Some(token) = auth.strip_prefix("Bearer ") {
-            return app.tokens.user(token.trim()).ok_or(ApiError::Unauthorized);
+            let token = token.trim();
+            if let Some(user) = app.tokens.user(token) {
+                return Ok(user);
+            }
+            return service_account_user(app, token)
+                .await
+                .ok_or(ApiError::Unauthorized);
         }
     }
     peer.and_then(|p| p.0.clone()).ok_or(ApiError::Unauthorized)
+}
+
+/// A legacy service-account token is good while its signature verifies, its
+/// ServiceAccount exists with the uid it names, and its Secret still holds it (so
+/// deleting either revokes it), as kube-apiserver's legacy validator checks.
+async fn service_account_user(app: &App, token: &str) -> Option<User> {
+    use base64::Engine;
+    let claims = crate::auth::verify_service_account_token(&app.sa_public_key, token)?;
+    let ns = Some(claims.namespace.as_str());
+    let sa_rt = crate::resources::find("", "v1", "serviceaccounts")?;
+    let (sa, _) = app
+        .registry
+        .store
+        .get(&sa_rt.key(ns, &claims.service_account))
+        .await
+        .ok()?;
+    let sa = crate::registry::from_stored(&sa?).ok()?;
+    if sa.pointer("/metadata/uid").and_then(Value::as_str)
+        != Some(claims.service_account_uid.as_str())
+    {
+        return None;
+    }
+    let secret_rt = crate::resources::find("", "v1", "secrets")?;
+    let (secret, _) = app
+        .registry
+        .store
+        .get(&secret_rt.key(ns, &claims.secret_name))
+        .await
+        .ok()?;
+    let secret = crate::registry::from_stored(&secret?).ok()?;
+    let stored = secret.pointer("/data/token").and_then(Value::as_str)?;
+    let stored = base64::engine::general_purpose::STANDARD
+        .decode(stored)
+        .ok()?;
+    (stored == token.as_bytes()).then(|| claims.user())
 }
 
 fn json_response(code: StatusCode, v: &Value, warnings: &[String]) -> Response {
@@ -358,7 +405,7 @@ async fn handle(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let _user = authenticate(app, peer, headers)?;
+    let _user = authenticate(app, peer, headers).await?;
     if uri.path() == "/metrics" {
         return Ok((
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

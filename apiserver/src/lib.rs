@@ -87,6 +87,7 @@ pub async fn run(cfg: Config) -> Result<(), ApiError> {
     let app = Arc::new(http::App {
         registry,
         caches,
+        sa_public_key: pki.sa_public_key.clone(),
         metrics: metrics::Metrics::new()?,
         tokens,
         server_address: format!("{host}:{}", cfg.listen.port()),

@@ -26,6 +26,10 @@ pub struct Pki {
     pub serving_key_pem: String,
     pub admin_cert_pem: String,
     pub admin_key_pem: String,
+    /// The service-account token verification key: an uncompressed P-256 point, the
+    /// public half of `sa.key` (kube-apiserver's `--service-account-key-file`), whose
+    /// private half the controller-manager signs tokens with.
+    pub sa_public_key: Vec<u8>,
 }
 
 fn pki_err(what: &str, e: impl std::fmt::Display) -> ApiError {
@@ -141,7 +145,20 @@ pub fn ensure_pki(dir: &Path, hosts: &[String]) -> Result<Pki, ApiError> {
         &[],
         ExtendedKeyUsagePurpose::ClientAuth,
     )?;
+    let sa_key_pem = match read(dir, "sa.key") {
+        Some(k) => k,
+        None => {
+            let key = KeyPair::generate().map_err(|e| pki_err("sa.key", e))?;
+            write(dir, "sa.key", &key.serialize_pem(), true)?;
+            key.serialize_pem()
+        }
+    };
+    let sa_public_key = KeyPair::from_pem(&sa_key_pem)
+        .map_err(|e| pki_err("sa.key", e))?
+        .public_key_raw()
+        .to_vec();
     Ok(Pki {
+        sa_public_key,
         dir: dir.to_path_buf(),
         ca_pem,
         serving_cert_pem,

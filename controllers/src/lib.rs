@@ -37,6 +37,9 @@ pub enum Error {
     /// This process was the leader and lost the lease; it must stop acting.
     #[error("leaderelection lost: {0}")]
     LeaderLost(capstan_client::leader::Lost),
+    /// A setting (a key or CA file) is unusable.
+    #[error("{0}")]
+    Config(String),
     /// A sync did not reach its goal (it is retried).
     #[error("{0}")]
     Sync(String),
@@ -53,6 +56,7 @@ pub const CONTROLLERS: &[&str] = &[
     "endpointslice",
     "nodelifecycle",
     "serviceaccount",
+    "serviceaccount-token",
 ];
 
 /// kube-controller-manager's settings that apply here.
@@ -66,6 +70,10 @@ pub struct Config {
     pub controllers: Vec<String>,
     /// `--node-monitor-period` and `--node-monitor-grace-period`.
     pub node_monitor: nodelifecycle::Settings,
+    /// `--service-account-private-key-file` and `--root-ca-file`: without both, the
+    /// token controller does not run.
+    pub service_account_key: Option<std::path::PathBuf>,
+    pub root_ca: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -192,6 +200,7 @@ fn start(client: Client, cfg: &Config) -> tokio::task::JoinHandle<()> {
         let client = client.clone();
         let enabled = enabled.clone();
         let node_monitor = cfg.node_monitor.clone();
+        let (sa_key, root_ca) = (cfg.service_account_key.clone(), cfg.root_ca.clone());
         tasks.spawn(async move {
             // Nothing acts on a partial picture of the cluster.
             let _ = pods.wait_until_ready().await;
@@ -229,6 +238,17 @@ fn start(client: Client, cfg: &Config) -> tokio::task::JoinHandle<()> {
             }
             if enabled.contains(&"garbagecollector") {
                 inner.spawn(gc::run(client.clone()));
+            }
+            if enabled.contains(&"serviceaccount-token") {
+                match (&sa_key, &root_ca) {
+                    (Some(k), Some(ca)) => match serviceaccount::tokens::Signer::load(k, ca) {
+                        Ok(signer) => {
+                            inner.spawn(serviceaccount::tokens::run(client.clone(), signer));
+                        }
+                        Err(e) => tracing::error!(error = %e, "token controller not started"),
+                    },
+                    _ => tracing::warn!("no --service-account-private-key-file and --root-ca-file; the token controller does not run"),
+                }
             }
             if enabled.contains(&"serviceaccount") {
                 inner.spawn(serviceaccount::run(client.clone()));

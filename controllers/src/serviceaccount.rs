@@ -66,3 +66,139 @@ async fn reconcile(ns: Arc<Namespace>, client: Arc<Client>) -> Result<Action, Er
     }
     Ok(Action::await_change())
 }
+
+/// The token controller: a Secret of type `kubernetes.io/service-account-token` naming
+/// a ServiceAccount (annotation `kubernetes.io/service-account.name`) gets a signed
+/// token, the cluster CA and the namespace in its data, and the account's uid in its
+/// annotations, as upstream's TokensController fills them. The apiserver accepts the
+/// token while the account and the Secret exist.
+pub mod tokens {
+    use super::*;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Patch, PatchParams};
+    use serde_json::json;
+
+    const TOKEN_TYPE: &str = "kubernetes.io/service-account-token";
+    const NAME_ANNOTATION: &str = "kubernetes.io/service-account.name";
+    const UID_ANNOTATION: &str = "kubernetes.io/service-account.uid";
+
+    /// What the controller signs with and hands out.
+    pub struct Signer {
+        key: ring::signature::EcdsaKeyPair,
+        ca: Vec<u8>,
+    }
+
+    impl Signer {
+        /// From `--service-account-private-key-file` (a PKCS#8 P-256 key in PEM, as the
+        /// apiserver writes `sa.key`) and `--root-ca-file`.
+        pub fn load(key: &std::path::Path, ca: &std::path::Path) -> Result<Signer, Error> {
+            use base64::Engine;
+            let read = |p: &std::path::Path| {
+                std::fs::read(p).map_err(|e| Error::Config(format!("{}: {e}", p.display())))
+            };
+            let pem = String::from_utf8_lossy(&read(key)?).into_owned();
+            let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+            let der = base64::engine::general_purpose::STANDARD
+                .decode(body)
+                .map_err(|e| Error::Config(format!("{}: {e}", key.display())))?;
+            let key = ring::signature::EcdsaKeyPair::from_pkcs8(
+                &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                &der,
+                &ring::rand::SystemRandom::new(),
+            )
+            .map_err(|e| Error::Config(format!("{}: {e}", key.display())))?;
+            Ok(Signer { key, ca: read(ca)? })
+        }
+
+        /// A legacy service-account token (ES256 JWT) for `sa` through `secret`.
+        fn token(&self, ns: &str, sa: &str, uid: &str, secret: &str) -> Result<String, Error> {
+            use base64::Engine;
+            let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            let header = b64.encode(json!({"alg": "ES256", "typ": "JWT"}).to_string());
+            let claims = b64.encode(
+                json!({
+                    "iss": "kubernetes/serviceaccount",
+                    "kubernetes.io/serviceaccount/namespace": ns,
+                    "kubernetes.io/serviceaccount/secret.name": secret,
+                    "kubernetes.io/serviceaccount/service-account.name": sa,
+                    "kubernetes.io/serviceaccount/service-account.uid": uid,
+                    "sub": format!("system:serviceaccount:{ns}:{sa}"),
+                })
+                .to_string(),
+            );
+            let signed = format!("{header}.{claims}");
+            let sig = self
+                .key
+                .sign(&ring::rand::SystemRandom::new(), signed.as_bytes())
+                .map_err(|e| Error::Sync(format!("signing a token: {e}")))?;
+            Ok(format!("{signed}.{}", b64.encode(sig.as_ref())))
+        }
+    }
+
+    struct Ctx {
+        client: Client,
+        signer: Signer,
+    }
+
+    /// Runs the controller until the process ends.
+    pub async fn run(client: Client, signer: Signer) {
+        Controller::new(
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .run(reconcile, error_policy, Arc::new(Ctx { client, signer }))
+        .for_each(|_| futures::future::ready(()))
+        .await;
+    }
+
+    fn error_policy(s: Arc<Secret>, err: &Error, _: Arc<Ctx>) -> Action {
+        tracing::warn!(namespace = s.namespace().unwrap_or_default(), secret = s.name_any(), error = %err, "filling a service account token");
+        Action::requeue(Duration::from_secs(1))
+    }
+
+    async fn reconcile(secret: Arc<Secret>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+        if secret.type_.as_deref() != Some(TOKEN_TYPE) {
+            return Ok(Action::await_change());
+        }
+        let annotations = secret.metadata.annotations.clone().unwrap_or_default();
+        let Some(sa_name) = annotations.get(NAME_ANNOTATION) else {
+            return Ok(Action::await_change());
+        };
+        if secret
+            .data
+            .as_ref()
+            .is_some_and(|d| d.contains_key("token"))
+        {
+            return Ok(Action::await_change());
+        }
+        let ns = secret.namespace().unwrap_or_default();
+        let Some(sa) = Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(sa_name)
+            .await?
+        else {
+            // The account may be created right after its Secret (one manifest).
+            return Ok(Action::requeue(Duration::from_secs(2)));
+        };
+        let uid = sa.metadata.uid.clone().unwrap_or_default();
+        let name = secret.name_any();
+        let token = ctx.signer.token(&ns, sa_name, &uid, &name)?;
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let patch = json!({
+            "metadata": {
+                "resourceVersion": secret.resource_version(),
+                "annotations": {UID_ANNOTATION: uid},
+            },
+            "data": {
+                "token": b64(token.as_bytes()),
+                "ca.crt": b64(&ctx.signer.ca),
+                "namespace": b64(ns.as_bytes()),
+            },
+        });
+        Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        tracing::info!(namespace = %ns, secret = %name, service_account = %sa_name, "filled service account token");
+        Ok(Action::await_change())
+    }
+}

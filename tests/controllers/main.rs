@@ -47,7 +47,17 @@ impl Stack {
     pub async fn start() -> Stack {
         let store = Server::start().await;
         let api = Apiserver::start(&store.endpoint).await;
-        let cm = Component::start(&api, "controller-manager", QUICK_ELECTION);
+        let pki = api.pki_dir();
+        let (key, ca) = (pki.join("sa.key"), pki.join("ca.crt"));
+        let mut args = QUICK_ELECTION.to_vec();
+        let (key, ca) = (key.display().to_string(), ca.display().to_string());
+        args.extend([
+            "--service-account-private-key-file",
+            &key,
+            "--root-ca-file",
+            &ca,
+        ]);
+        let cm = Component::start(&api, "controller-manager", &args);
         let node = Component::start(&api, "node", &["--simulated", "--hostname-override", NODE]);
         Stack {
             cm,

@@ -1,4 +1,5 @@
-//! The service account controller: every namespace gets a `default` ServiceAccount.
+//! The service account controllers: every namespace gets a `default` ServiceAccount,
+//! and token Secrets get tokens the apiserver accepts.
 
 use crate::support::eventually;
 use crate::{Stack, SETTLE};
@@ -40,4 +41,111 @@ async fn every_namespace_has_a_default_service_account() {
         async move { again.then_some(()) }
     })
     .await;
+}
+
+/// kubectl with a bearer token and nothing else (no client certificate).
+fn kubectl_as(api: &crate::support::Apiserver, token: &str, args: &[&str]) -> crate::support::Ctl {
+    let ca = api.pki_dir().join("ca.crt").display().to_string();
+    let out = std::process::Command::new("kubectl")
+        .args([
+            "--server",
+            &api.url,
+            "--certificate-authority",
+            &ca,
+            "--token",
+            token,
+        ])
+        .args(args)
+        .output()
+        .expect("kubectl runs");
+    crate::support::Ctl {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_secrets_get_tokens_the_apiserver_accepts() {
+    use base64::Engine;
+    let stack = Stack::start().await;
+    let api = &stack.api;
+    stack.namespace("robots");
+    stack.apply(
+        "apiVersion: v1
+kind: ServiceAccount
+metadata: {name: builder, namespace: robots}
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: builder-token
+  namespace: robots
+  annotations: {kubernetes.io/service-account.name: builder}
+type: kubernetes.io/service-account-token
+",
+    );
+    let token = eventually("the token filled in", SETTLE, || {
+        let out = api.kubectl(&[
+            "get",
+            "secret",
+            "builder-token",
+            "-n",
+            "robots",
+            "-o",
+            "jsonpath={.data.token}",
+        ]);
+        let t = base64::engine::general_purpose::STANDARD
+            .decode(out.stdout.trim())
+            .ok()
+            .filter(|t| !t.is_empty())
+            .and_then(|t| String::from_utf8(t).ok());
+        async move { t }
+    })
+    .await;
+    let ns = api.kubectl(&[
+        "get",
+        "secret",
+        "builder-token",
+        "-n",
+        "robots",
+        "-o",
+        "jsonpath={.data.namespace}",
+    ]);
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(ns.out())
+            .ok()
+            .as_deref(),
+        Some(&b"robots"[..])
+    );
+    // The token authenticates: the request succeeds with no client certificate.
+    let ok = kubectl_as(api, &token, &["get", "pods", "-n", "robots"]);
+    assert!(ok.ok, "{}", ok.stderr);
+    // A token signed with another key (one byte of the signature changed) does not.
+    let mut forged = token.clone().into_bytes();
+    let last = forged.len() - 2;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).expect("ascii");
+    let denied = kubectl_as(api, &forged, &["get", "pods", "-n", "robots"]);
+    assert!(
+        !denied.ok
+            && denied
+                .stderr
+                .contains("You must be logged in to the server"),
+        "{}",
+        denied.stderr
+    );
+    // Deleting the Secret revokes the token.
+    let del = api.kubectl(&["delete", "secret", "builder-token", "-n", "robots"]);
+    assert!(del.ok, "{}", del.stderr);
+    let revoked = kubectl_as(api, &token, &["get", "pods", "-n", "robots"]);
+    assert!(
+        !revoked.ok
+            && revoked
+                .stderr
+                .contains("You must be logged in to the server"),
+        "{}",
+        revoked.stderr
+    );
 }

@@ -692,6 +692,11 @@ impl Apiserver {
         std::fs::read_to_string(self.dir.path().join("apiserver.log")).unwrap_or_default()
     }
 
+    /// Its cert dir: the CA, and `sa.key`, which service-account tokens are signed with.
+    pub fn pki_dir(&self) -> PathBuf {
+        self.dir.path().join("pki")
+    }
+
     /// Stops the apiserver with SIGKILL.
     pub fn kill9(&mut self) {
         kill_child(&mut self.child);
