@@ -28,6 +28,33 @@ pub struct PodEvent {
     pub message: String,
 }
 
+impl PodEvent {
+    /// An event about a pod the scheduler is handling.
+    pub fn about(
+        pod: &crate::types::PodInfo,
+        warning: bool,
+        reason: &'static str,
+        action: &'static str,
+        message: String,
+    ) -> PodEvent {
+        PodEvent {
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            uid: pod.uid.clone(),
+            resource_version: pod
+                .pod
+                .metadata
+                .resource_version
+                .clone()
+                .unwrap_or_default(),
+            warning,
+            reason,
+            action,
+            message,
+        }
+    }
+}
+
 /// The sending side; cheap to clone.
 #[derive(Clone)]
 pub struct Recorder {

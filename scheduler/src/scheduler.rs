@@ -456,24 +456,16 @@ async fn bind(shared: Arc<Shared>, pod: Arc<PodInfo>, node: String, started: Ins
             metrics::ATTEMPT_DURATION
                 .with_label_values(&["scheduled", SCHEDULER_NAME])
                 .observe(started.elapsed().as_secs_f64());
-            shared.recorder.record(PodEvent {
-                namespace: pod.namespace.clone(),
-                name: pod.name.clone(),
-                uid: pod.uid.clone(),
-                resource_version: pod
-                    .pod
-                    .metadata
-                    .resource_version
-                    .clone()
-                    .unwrap_or_default(),
-                warning: false,
-                reason: "Scheduled",
-                action: "Binding",
-                message: format!(
+            shared.recorder.record(PodEvent::about(
+                &pod,
+                false,
+                "Scheduled",
+                "Binding",
+                format!(
                     "Successfully assigned {}/{} to {}",
                     pod.namespace, pod.name, node
                 ),
-            });
+            ));
         }
         Err(e) => {
             metrics::SCHEDULE_ATTEMPTS
@@ -499,21 +491,13 @@ async fn bind(shared: Arc<Shared>, pod: Arc<PodInfo>, node: String, started: Ins
             }
             shared.wake.notify_one();
             if code != 404 && code != 409 {
-                shared.recorder.record(PodEvent {
-                    namespace: pod.namespace.clone(),
-                    name: pod.name.clone(),
-                    uid: pod.uid.clone(),
-                    resource_version: pod
-                        .pod
-                        .metadata
-                        .resource_version
-                        .clone()
-                        .unwrap_or_default(),
-                    warning: true,
-                    reason: "FailedScheduling",
-                    action: "Scheduling",
-                    message: format!("Binding rejected: {e}"),
-                });
+                shared.recorder.record(PodEvent::about(
+                    &pod,
+                    true,
+                    "FailedScheduling",
+                    "Scheduling",
+                    format!("Binding rejected: {e}"),
+                ));
             }
         }
     }
@@ -522,21 +506,13 @@ async fn bind(shared: Arc<Shared>, pod: Arc<PodInfo>, node: String, started: Ins
 /// The FailedScheduling event and the pod's PodScheduled=False condition (written only
 /// when it changes, as upstream, so retries do not rewrite the pod every time).
 async fn report_failure(shared: Arc<Shared>, pod: Arc<PodInfo>, reason: &'static str, msg: String) {
-    shared.recorder.record(PodEvent {
-        namespace: pod.namespace.clone(),
-        name: pod.name.clone(),
-        uid: pod.uid.clone(),
-        resource_version: pod
-            .pod
-            .metadata
-            .resource_version
-            .clone()
-            .unwrap_or_default(),
-        warning: true,
-        reason: "FailedScheduling",
-        action: "Scheduling",
-        message: msg.clone(),
-    });
+    shared.recorder.record(PodEvent::about(
+        &pod,
+        true,
+        "FailedScheduling",
+        "Scheduling",
+        msg.clone(),
+    ));
     let current = pod
         .pod
         .status

@@ -65,6 +65,17 @@ fn kubectl_as(api: &crate::support::Apiserver, token: &str, args: &[&str]) -> cr
     }
 }
 
+/// The token is refused as kube-apiserver refuses it: 401, kubectl's login message.
+#[track_caller]
+fn assert_unauthorized(api: &crate::support::Apiserver, token: &str) {
+    let out = kubectl_as(api, token, &["get", "pods", "-n", "robots"]);
+    assert!(
+        !out.ok && out.stderr.contains("You must be logged in to the server"),
+        "{}",
+        out.stderr
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn token_secrets_get_tokens_the_apiserver_accepts() {
     use base64::Engine;
@@ -127,25 +138,9 @@ type: kubernetes.io/service-account-token
     let last = forged.len() - 2;
     forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
     let forged = String::from_utf8(forged).expect("ascii");
-    let denied = kubectl_as(api, &forged, &["get", "pods", "-n", "robots"]);
-    assert!(
-        !denied.ok
-            && denied
-                .stderr
-                .contains("You must be logged in to the server"),
-        "{}",
-        denied.stderr
-    );
+    assert_unauthorized(api, &forged);
     // Deleting the Secret revokes the token.
     let del = api.kubectl(&["delete", "secret", "builder-token", "-n", "robots"]);
     assert!(del.ok, "{}", del.stderr);
-    let revoked = kubectl_as(api, &token, &["get", "pods", "-n", "robots"]);
-    assert!(
-        !revoked.ok
-            && revoked
-                .stderr
-                .contains("You must be logged in to the server"),
-        "{}",
-        revoked.stderr
-    );
+    assert_unauthorized(api, &token);
 }
