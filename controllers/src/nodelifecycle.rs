@@ -19,7 +19,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
 use k8s_openapi::chrono::{self, DateTime, Utc};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use kube::runtime::reflector::{self, reflector, Store};
+use kube::runtime::reflector::{self, reflector};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -82,13 +82,23 @@ pub async fn run(client: Client, settings: Settings) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            for node in nodes.state() {
+            // One pass over the Leases per tick, not one per node.
+            let renewals: HashMap<String, DateTime<Utc>> = leases
+                .state()
+                .iter()
+                .filter_map(|l| Some((l.name_any(), l.spec.as_ref()?.renew_time.as_ref()?.0)))
+                .collect();
+            let all = nodes.state();
+            for node in &all {
                 let name = node.name_any();
-                if let Err(e) = monitor_node(&client, &settings, &leases, &mut seen, &node).await {
+                let renewed = renewals.get(&name).copied();
+                if let Err(e) = monitor_node(&client, &settings, renewed, &mut seen, node).await {
                     tracing::warn!(node = %name, error = %e, "node lifecycle");
                 }
             }
-            seen.retain(|n, _| nodes.state().iter().any(|node| node.name_any() == *n));
+            let names: std::collections::HashSet<String> =
+                all.iter().map(|n| n.name_any()).collect();
+            seen.retain(|n, _| names.contains(n));
         }
     };
     tokio::join!(node_watch, lease_watch, monitor);
@@ -106,16 +116,11 @@ fn ready_condition(node: &Node) -> Option<&k8s_openapi::api::core::v1::NodeCondi
 async fn monitor_node(
     client: &Client,
     settings: &Settings,
-    leases: &Store<Lease>,
+    lease_renew: Option<DateTime<Utc>>,
     seen: &mut HashMap<String, Seen>,
     node: &Node,
 ) -> Result<(), kube::Error> {
     let name = node.name_any();
-    let lease_renew = leases
-        .state()
-        .iter()
-        .find(|l| l.name_any() == name)
-        .and_then(|l| l.spec.as_ref()?.renew_time.as_ref().map(|t| t.0));
     let ready_heartbeat =
         ready_condition(node).and_then(|c| c.last_heartbeat_time.as_ref().map(|t| t.0));
     let heartbeat = lease_renew.max(ready_heartbeat);
