@@ -3,6 +3,7 @@
 //! numbers compared. Prints throughput and latency percentiles (or one JSON line with
 //! `--json`); `compare` turns two servers' JSON lines into a markdown table.
 
+mod apipods;
 mod compare;
 mod conn;
 mod failover;
@@ -124,6 +125,58 @@ enum Command {
     /// Scheduler scale run through an apiserver: fake nodes, pods created as fast as
     /// accepted; pods bound per second and create-to-bound latency.
     SchedulerThroughput(SchedArgs),
+    /// The apiserver with many pods: create (and the watch's delivery), status update
+    /// and list throughput and latency.
+    ApiserverPods(ApiPodsArgs),
+}
+
+#[derive(Args)]
+struct ApiPodsArgs {
+    /// Admin kubeconfig of the apiserver (as `capstan apiserver --kubeconfig-out` writes).
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// Pods to create.
+    #[arg(long, default_value_t = 100_000)]
+    pods: usize,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Namespace of the pods (created, and deleted afterwards).
+    #[arg(long, default_value = "api-bench")]
+    namespace: String,
+    /// Print one JSON line instead of a human summary.
+    #[arg(long)]
+    json: bool,
+}
+
+fn run_apipods(a: &ApiPodsArgs) -> anyhow::Result<()> {
+    let r = tokio::runtime::Runtime::new()?.block_on(apipods::run(apipods::Opts {
+        kubeconfig: a.kubeconfig.clone(),
+        pods: a.pods,
+        concurrency: a.concurrency,
+        namespace: a.namespace.clone(),
+    }))?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        let p = |name: &str, ph: &apipods::Phase| {
+            println!(
+                "{name}: {} in {:.1} s, {:.0}/s, p50 {:.1} ms, p99 {:.1} ms",
+                ph.ops, ph.seconds, ph.per_second, ph.p50_ms, ph.p99_ms
+            )
+        };
+        p("create", &r.create);
+        println!(
+            "watch (create sent -> ADDED): {} seen, p50 {:.1} ms, p99 {:.1} ms",
+            r.watch_seen, r.watch_p50_ms, r.watch_p99_ms
+        );
+        p("status update", &r.status_update);
+        println!(
+            "list {} pods: paged by 500 {:.2} s, unpaged {:.2} s",
+            r.listed, r.list_paged_seconds, r.list_all_seconds
+        );
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -288,6 +341,7 @@ fn main() -> anyhow::Result<()> {
         Command::Compare(a) => return run_compare(a),
         Command::Failover(a) => return run_failover(a),
         Command::SchedulerThroughput(a) => return run_sched(a),
+        Command::ApiserverPods(a) => return run_apipods(a),
         Command::Put { common } => ("put", common),
         Command::Range { common, .. } => ("range", common),
         Command::TxnPut { common, .. } => ("txn-put", common),
@@ -329,9 +383,10 @@ fn main() -> anyhow::Result<()> {
                 watch::latency(&channels, &opts).await
             }
             Command::LeaseKeepalive { .. } => lease::keepalive(&channels, c.clients, c.total).await,
-            Command::Compare(_) | Command::Failover(_) | Command::SchedulerThroughput(_) => {
-                unreachable_compare()
-            }
+            Command::Compare(_)
+            | Command::Failover(_)
+            | Command::SchedulerThroughput(_)
+            | Command::ApiserverPods(_) => unreachable_compare(),
         }
     })?;
     let label = common.label.as_deref().unwrap_or(workload);
