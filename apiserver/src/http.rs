@@ -523,25 +523,35 @@ async fn handle(
                 }));
                 return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
             }
-            let list = list_cached(reg, cache, rt, ns, &lopts).await?;
-            if table {
-                let items = list
-                    .get("items")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                let t = crate::table::to_table(
-                    rt.kind,
-                    &items,
-                    q.get("includeObject")
-                        .map(String::as_str)
-                        .unwrap_or("Metadata"),
+            let (items, meta) = match list_cached(reg, cache, rt, ns, &lopts).await? {
+                Listed::Cached(items, rev) if !table => {
+                    return Ok(cached_list_response(rt, &items, rev));
+                }
+                Listed::Cached(items, rev) => (
+                    items.iter().map(|c| c.obj.clone()).collect(),
+                    json!({"resourceVersion": rev.to_string()}),
+                ),
+                Listed::Store(list) if !table => {
+                    return Ok(json_response(StatusCode::OK, &list, &[]));
+                }
+                Listed::Store(mut list) => (
+                    match list.get_mut("items").map(Value::take) {
+                        Some(Value::Array(items)) => items,
+                        _ => Vec::new(),
+                    },
                     list.get("metadata").cloned().unwrap_or(json!({})),
-                    chrono::Utc::now(),
-                );
-                return Ok(json_response(StatusCode::OK, &t, &[]));
-            }
-            Ok(json_response(StatusCode::OK, &list, &[]))
+                ),
+            };
+            let t = crate::table::to_table(
+                rt.kind,
+                &items,
+                q.get("includeObject")
+                    .map(String::as_str)
+                    .unwrap_or("Metadata"),
+                meta,
+                chrono::Utc::now(),
+            );
+            Ok(json_response(StatusCode::OK, &t, &[]))
         }
         (Method::GET, Some(name), None) => Ok(render_one(reg.get(rt, ns, name).await?)),
         (Method::GET, Some(name), Some("status")) if rt.status => {
@@ -731,6 +741,12 @@ impl Drop for WatcherCount {
     }
 }
 
+/// A list as read: shared objects of the watch cache, or a list object from the store.
+enum Listed {
+    Cached(Vec<Arc<crate::cache::Cached>>, i64),
+    Store(Value),
+}
+
 /// A list from the watch cache when it can serve it (no paging, no exact revision):
 /// "0" as it is, unset after the cache caught up to the store's current revision (a
 /// consistent read), N after it caught up to N. Paged and exact lists read the store.
@@ -740,11 +756,11 @@ async fn list_cached(
     rt: &ResourceType,
     ns: Option<&str>,
     lopts: &ListOptions,
-) -> Result<Value, ApiError> {
+) -> Result<Listed, ApiError> {
     let paged = lopts.limit > 0 || lopts.continue_token.is_some();
     let exact = lopts.resource_version_match.as_deref() == Some("Exact");
     if paged || exact {
-        return reg.list(rt, ns, lopts).await;
+        return Ok(Listed::Store(reg.list(rt, ns, lopts).await?));
     }
     match lopts.resource_version.as_deref() {
         Some("0") => {}
@@ -760,12 +776,37 @@ async fn list_cached(
         }
     }
     let (items, rev) = cache.list(&rt.list_prefix(ns), lopts);
-    Ok(json!({
-        "kind": format!("{}List", rt.kind),
-        "apiVersion": rt.api_version(),
-        "metadata": {"resourceVersion": rev.to_string()},
-        "items": items,
-    }))
+    Ok(Listed::Cached(items, rev))
+}
+
+/// A list body put together from the cached objects' JSON, each serialised once when
+/// it entered the cache, rather than copied and serialised again per list.
+fn cached_list_response(
+    rt: &ResourceType,
+    items: &[Arc<crate::cache::Cached>],
+    rev: i64,
+) -> Response {
+    let head = format!(
+        r#"{{"kind":"{}List","apiVersion":"{}","metadata":{{"resourceVersion":"{rev}"}},"items":["#,
+        rt.kind,
+        rt.api_version()
+    );
+    let size = head.len() + 2 + items.iter().map(|c| c.json.len() + 1).sum::<usize>();
+    let mut body = Vec::with_capacity(size);
+    body.extend_from_slice(head.as_bytes());
+    for (i, c) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&c.json);
+    }
+    body.extend_from_slice(b"]}");
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 fn patch_type(headers: &HeaderMap) -> Result<PatchType, ApiError> {
