@@ -402,6 +402,30 @@ fn condition(ty: &str, status: &str, t: &str, reason: Option<&str>) -> Value {
     c
 }
 
+/// One container's status in `state` (`started` is left out for init containers).
+fn container_status(
+    pod: &Pod,
+    c: &Container,
+    ready: bool,
+    started: Option<bool>,
+    state: Value,
+) -> Value {
+    let mut v = json!({
+        "name": c.name,
+        "image": c.image,
+        "imageID": c.image,
+        "containerID": container_id(pod, &c.name),
+        "ready": ready,
+        "restartCount": 0,
+        "lastState": {},
+        "state": state,
+    });
+    if let Some(st) = started {
+        v["started"] = json!(st);
+    }
+    v
+}
+
 fn container_id(pod: &Pod, name: &str) -> String {
     format!(
         "simulated://{}-{name}",
@@ -422,17 +446,13 @@ fn running_status(pod: &Pod, ip: Ipv4Addr, host_ip: Ipv4Addr) -> Value {
         .containers
         .iter()
         .map(|c| {
-            json!({
-                "name": c.name,
-                "image": c.image,
-                "imageID": c.image,
-                "containerID": container_id(pod, &c.name),
-                "ready": true,
-                "started": true,
-                "restartCount": 0,
-                "lastState": {},
-                "state": {"running": {"startedAt": t}},
-            })
+            container_status(
+                pod,
+                c,
+                true,
+                Some(true),
+                json!({"running": {"startedAt": t}}),
+            )
         })
         .collect();
     let mut status = json!({
@@ -456,18 +476,9 @@ fn running_status(pod: &Pod, ip: Ipv4Addr, host_ip: Ipv4Addr) -> Value {
         let done: Vec<Value> = init
             .iter()
             .map(|c| {
-                json!({
-                    "name": c.name,
-                    "image": c.image,
-                    "imageID": c.image,
-                    "containerID": container_id(pod, &c.name),
-                    "ready": true,
-                    "restartCount": 0,
-                    "lastState": {},
-                    "state": {"terminated": {"exitCode": 0, "reason": "Completed",
-                              "startedAt": t, "finishedAt": t,
-                              "containerID": container_id(pod, &c.name)}},
-                })
+                let done = json!({"terminated": {"exitCode": 0, "reason": "Completed",
+                    "startedAt": t, "finishedAt": t, "containerID": container_id(pod, &c.name)}});
+                container_status(pod, c, true, None, done)
             })
             .collect();
         status["initContainerStatuses"] = json!(done);
@@ -504,19 +515,9 @@ fn finished_status(pod: &Pod, code: i32) -> Value {
         .iter()
         .flat_map(|s| s.containers.iter())
         .map(|c| {
-            json!({
-                "name": c.name,
-                "image": c.image,
-                "imageID": c.image,
-                "containerID": container_id(pod, &c.name),
-                "ready": false,
-                "started": false,
-                "restartCount": 0,
-                "lastState": {},
-                "state": {"terminated": {"exitCode": code, "reason": reason,
-                          "startedAt": started, "finishedAt": t,
-                          "containerID": container_id(pod, &c.name)}},
-            })
+            let state = json!({"terminated": {"exitCode": code, "reason": reason,
+                "startedAt": started, "finishedAt": t, "containerID": container_id(pod, &c.name)}});
+            container_status(pod, c, false, Some(false), state)
         })
         .collect();
     json!({
