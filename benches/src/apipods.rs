@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use hdrhistogram::Histogram;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use parking_lot::Mutex;
@@ -91,16 +91,8 @@ where
 }
 
 pub async fn run(o: Opts) -> anyhow::Result<Report> {
-    let kc = kube::config::Kubeconfig::read_from(&o.kubeconfig)?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-        .await?;
-    let client = kube::Client::try_from(cfg)?;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": o.namespace}}))?;
-    match namespaces.create(&PostParams::default(), &ns).await {
-        Ok(_) | Err(kube::Error::Api(kube::core::ErrorResponse { code: 409, .. })) => {}
-        Err(e) => return Err(e.into()),
-    }
+    let client = capstan_client::client(Some(&o.kubeconfig)).await?;
+    let namespaces = crate::sched::ensure_namespace(&client, &o.namespace).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &o.namespace);
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();

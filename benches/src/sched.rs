@@ -54,11 +54,19 @@ where
     Ok(())
 }
 
+/// Creates namespace `name` unless it exists; the namespaces API, to delete it after.
+pub async fn ensure_namespace(client: &kube::Client, name: &str) -> anyhow::Result<Api<Namespace>> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+    match namespaces.create(&PostParams::default(), &ns).await {
+        Ok(_) | Err(kube::Error::Api(kube::core::ErrorResponse { code: 409, .. })) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(namespaces)
+}
+
 pub async fn run(o: Opts) -> anyhow::Result<Report> {
-    let kc = kube::config::Kubeconfig::read_from(&o.kubeconfig)?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-        .await?;
-    let client = kube::Client::try_from(cfg)?;
+    let client = capstan_client::client(Some(&o.kubeconfig)).await?;
     let nodes: Api<Node> = Api::all(client.clone());
     let existing = nodes
         .list_metadata(&ListParams::default())
@@ -88,12 +96,7 @@ pub async fn run(o: Opts) -> anyhow::Result<Report> {
         }
     })
     .await?;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": o.namespace}}))?;
-    match namespaces.create(&PostParams::default(), &ns).await {
-        Ok(_) | Err(kube::Error::Api(kube::core::ErrorResponse { code: 409, .. })) => {}
-        Err(e) => return Err(e.into()),
-    }
+    let namespaces = ensure_namespace(&client, &o.namespace).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &o.namespace);
     // Creation instants by pod name, and binding instants as the watch sees them.
     let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
