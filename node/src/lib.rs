@@ -13,6 +13,7 @@
 //!   process can stand in for many nodes in tests and scale benchmarks.
 
 pub mod kubelet;
+pub mod podstatus;
 pub mod registration;
 pub mod simulated;
 

@@ -23,6 +23,7 @@ use kube::runtime::WatchStreamExt;
 use kube::Api;
 use serde_json::{json, Value};
 
+use crate::podstatus::{condition, qos_class, scheduled_condition};
 use crate::registration::{self, now, Heartbeat, NodeSource};
 use crate::NodeError;
 
@@ -358,50 +359,6 @@ impl Sim {
     }
 }
 
-/// `Guaranteed`, `Burstable` or `BestEffort`, by upstream's rules over cpu and memory.
-pub(crate) fn qos_class(pod: &Pod) -> &'static str {
-    let Some(spec) = &pod.spec else {
-        return "BestEffort";
-    };
-    let all: Vec<&Container> = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .collect();
-    let mut any = false;
-    let mut guaranteed = true;
-    for c in &all {
-        let r = c.resources.clone().unwrap_or_default();
-        let req = r.requests.unwrap_or_default();
-        let lim = r.limits.unwrap_or_default();
-        for res in ["cpu", "memory"] {
-            let l = lim.get(res);
-            // A request left out defaults to the limit.
-            let q = req.get(res).or(l);
-            if q.is_some_and(|q| q.0 != "0") || l.is_some_and(|l| l.0 != "0") {
-                any = true;
-            }
-            if l.is_none() || q.map(|q| &q.0) != l.map(|l| &l.0) {
-                guaranteed = false;
-            }
-        }
-    }
-    match (any, guaranteed) {
-        (false, _) => "BestEffort",
-        (true, true) => "Guaranteed",
-        (true, false) => "Burstable",
-    }
-}
-
-fn condition(ty: &str, status: &str, t: &str, reason: Option<&str>) -> Value {
-    let mut c =
-        json!({"type": ty, "status": status, "lastProbeTime": null, "lastTransitionTime": t});
-    if let Some(r) = reason {
-        c["reason"] = json!(r);
-    }
-    c
-}
-
 /// One container's status in `state` (`started` is left out for init containers).
 fn container_status(
     pod: &Pod,
@@ -458,10 +415,10 @@ fn running_status(pod: &Pod, ip: Ipv4Addr, host_ip: Ipv4Addr) -> Value {
     let mut status = json!({
         "phase": "Running",
         "conditions": [
-            condition("PodReadyToStartContainers", "True", &t, None),
-            condition("Initialized", "True", &t, None),
-            condition("Ready", "True", &t, None),
-            condition("ContainersReady", "True", &t, None),
+            condition("PodReadyToStartContainers", true, &t, None),
+            condition("Initialized", true, &t, None),
+            condition("Ready", true, &t, None),
+            condition("ContainersReady", true, &t, None),
             scheduled_condition(pod, &t),
         ],
         "hostIP": host_ip.to_string(),
@@ -484,19 +441,6 @@ fn running_status(pod: &Pod, ip: Ipv4Addr, host_ip: Ipv4Addr) -> Value {
         status["initContainerStatuses"] = json!(done);
     }
     status
-}
-
-/// PodScheduled as the scheduler set it, or set now for a pod bound by `nodeName`.
-pub(crate) fn scheduled_condition(pod: &Pod, t: &str) -> Value {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|cs| {
-            cs.iter()
-                .find(|c| c.type_ == "PodScheduled" && c.status == "True")
-        })
-        .and_then(|c| serde_json::to_value(c).ok())
-        .unwrap_or_else(|| condition("PodScheduled", "True", t, None))
 }
 
 /// The status after every container exited with `code`.
@@ -523,10 +467,10 @@ fn finished_status(pod: &Pod, code: i32) -> Value {
     json!({
         "phase": if ok { "Succeeded" } else { "Failed" },
         "conditions": [
-            condition("PodReadyToStartContainers", "False", &t, None),
-            condition("Initialized", "True", &t, Some("PodCompleted")),
-            condition("Ready", "False", &t, Some("PodCompleted")),
-            condition("ContainersReady", "False", &t, Some("PodCompleted")),
+            condition("PodReadyToStartContainers", false, &t, None),
+            condition("Initialized", true, &t, Some("PodCompleted")),
+            condition("Ready", false, &t, Some("PodCompleted")),
+            condition("ContainersReady", false, &t, Some("PodCompleted")),
             scheduled_condition(pod, &t),
         ],
         "containerStatuses": containers,
@@ -536,32 +480,6 @@ fn finished_status(pod: &Pod, code: i32) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pod(resources: Value) -> Pod {
-        serde_json::from_value(json!({
-            "metadata": {"name": "p"},
-            "spec": {"containers": [{"name": "c", "image": "i", "resources": resources}]},
-        }))
-        .expect("pod")
-    }
-
-    #[test]
-    fn qos_classes_follow_upstream() {
-        assert_eq!(qos_class(&pod(json!({}))), "BestEffort");
-        assert_eq!(
-            qos_class(&pod(json!({"requests": {"cpu": "100m"}}))),
-            "Burstable"
-        );
-        assert_eq!(
-            qos_class(&pod(json!({"limits": {"cpu": "1", "memory": "1Gi"}}))),
-            "Guaranteed"
-        );
-        assert_eq!(
-            qos_class(&pod(json!({"limits": {"cpu": "1", "memory": "1Gi"},
-                                  "requests": {"cpu": "500m"}}))),
-            "Burstable"
-        );
-    }
 
     #[test]
     fn addresses_are_distinct_per_node() {

@@ -10,6 +10,8 @@ use capstan_proto::cri;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use serde_json::{json, Value};
 
+use crate::podstatus;
+
 /// What the relist saw of one container (by name) of a pod.
 #[derive(Clone, Debug, Default)]
 pub struct Observed {
@@ -219,17 +221,11 @@ fn condition(
     let prev = old
         .and_then(|o| o["conditions"].as_array())
         .and_then(|cs| cs.iter().find(|c| c["type"] == ty));
-    let t = match prev {
-        Some(p) if p["status"] == status && p["lastTransitionTime"].is_string() => {
-            p["lastTransitionTime"].clone()
-        }
-        _ => json!(crate::registration::now()),
+    let t = match prev.map(|p| (&p["status"], p["lastTransitionTime"].as_str())) {
+        Some((s, Some(t))) if s == status => t.to_string(),
+        _ => crate::registration::now(),
     };
-    let mut c =
-        json!({"type": ty, "status": status, "lastProbeTime": null, "lastTransitionTime": t});
-    if let Some(r) = reason {
-        c["reason"] = json!(r);
-    }
+    let mut c = podstatus::condition(ty, ok, &t, reason);
     if let Some(m) = message {
         c["message"] = json!(m);
     }
@@ -337,7 +333,7 @@ pub fn pod_status(v: &PodView) -> Value {
         ),
         condition(v.old, "Ready", ready, cr_reason, cr_message.clone()),
         condition(v.old, "ContainersReady", ready, cr_reason, cr_message),
-        crate::simulated::scheduled_condition(v.pod, &t),
+        podstatus::scheduled_condition(v.pod, &t),
     ];
     let start_time = v
         .old
@@ -349,7 +345,7 @@ pub fn pod_status(v: &PodView) -> Value {
         "hostIP": v.host_ip,
         "hostIPs": [{"ip": v.host_ip}],
         "startTime": start_time,
-        "qosClass": crate::simulated::qos_class(v.pod),
+        "qosClass": podstatus::qos_class(v.pod),
         "containerStatuses": containers,
     });
     let ip = if spec.host_network == Some(true) {
