@@ -194,6 +194,18 @@ mem_kib() {
     echo "$total"
 }
 
+# cpu_ticks: user+system CPU time of the members so far, in clock ticks (summed). CPU
+# per operation is the figure a loaded machine disturbs least: other processes take
+# wall-clock time from a server, not the work each request costs it.
+cpu_ticks() {
+    local pid total=0 v
+    for pid in "${MEMBER_PIDS[@]}"; do
+        v=$(awk '{ print $14 + $15 }' "/proc/$pid/stat")
+        total=$((total + v))
+    done
+    echo "$total"
+}
+
 # run_suite KIND: every workload against KIND; JSON lines to $WORK/KIND.jsonl, memory
 # to $WORK/KIND.rss and $WORK/KIND.hwm.
 run_suite() {
@@ -201,15 +213,19 @@ run_suite() {
     start_members "$kind"
     log "$kind: $MEMBERS member(s) at $ENDPOINTS"
     : >"$WORK/$kind.jsonl"
+    : >"$WORK/$kind.cpu"
     for w in "${WORKLOADS[@]}"; do
         label=${w%%|*}
         args=${w#*|}
         log "$kind: $label"
         # A workload that fails still prints its JSON report (exit 2 means nothing
         # succeeded, e.g. an unimplemented service), so the table can say why.
+        local before
+        before=$(cpu_ticks)
         # shellcheck disable=SC2086 # $args is a word list by design
         "$BENCH" $args --endpoints "$ENDPOINTS" --json --label "$label" >>"$WORK/$kind.jsonl" ||
             log "$kind: $label failed (exit $?)"
+        echo "$label|$(($(cpu_ticks) - before))" >>"$WORK/$kind.cpu"
         tail -n 1 "$WORK/$kind.jsonl" >&2
     done
     mem_kib VmRSS >"$WORK/$kind.rss"
@@ -247,6 +263,37 @@ for key, name in [("gap_ms", "write gap, ms"), ("longest_silence_ms", "longest s
 PY
 }
 
+# cpu_table: server CPU per operation (summed over the members) for each workload, from
+# the ticks run_suite recorded and the operations each JSON report counts.
+cpu_table() {
+    python3 - "$WORK" "$(getconf CLK_TCK)" <<'PY'
+import json, sys
+work, hz = sys.argv[1], int(sys.argv[2])
+def load(kind):
+    ops = {}
+    for line in open(f"{work}/{kind}.jsonl"):
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        ops[r.get("label")] = r.get("ok", 0)
+    out = {}
+    for line in open(f"{work}/{kind}.cpu"):
+        label, ticks = line.rstrip("\n").rsplit("|", 1)
+        n = ops.get(label, 0)
+        out[label] = int(ticks) / hz * 1e6 / n if n else None
+    return out
+e, c = load("etcd"), load("capstan")
+print("| server CPU per operation, all members (µs) | etcd | capstan | capstan/etcd |")
+print("|---|--:|--:|--:|")
+for label in e:
+    ev, cv = e.get(label), c.get(label)
+    fmt = lambda v: "n/a" if v is None else f"{v:.0f}"
+    ratio = f"{cv / ev:.2f}" if ev and cv else ""
+    print(f"| {label} | {fmt(ev)} | {fmt(cv)} | {ratio} |")
+PY
+}
+
 run_suite etcd
 run_suite capstan
 
@@ -258,6 +305,9 @@ TABLE=$("$BENCH" compare \
     --baseline-rss-kib "$(cat "$WORK/etcd.rss")" --baseline-peak-kib "$(cat "$WORK/etcd.hwm")" \
     --candidate-name capstan --candidate "$WORK/capstan.jsonl" \
     --candidate-rss-kib "$(cat "$WORK/capstan.rss")" --candidate-peak-kib "$(cat "$WORK/capstan.hwm")")
+    TABLE+="
+
+$(cpu_table)"
 fi
 
 CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)

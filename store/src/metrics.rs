@@ -22,10 +22,19 @@ pub struct Metrics {
     registry: Registry,
     /// Proposals committed to the log (one per client write).
     pub proposals_committed: IntCounter,
-    /// Time to apply one group-committed batch and fsync it.
+    /// Time to apply one batch to the backend (a single member: and fsync it; with
+    /// Raft the log is the durable copy, so the apply is unsynced).
     pub backend_commit: Histogram,
     /// Proposals per group-committed batch: how well group commit batches.
     pub apply_batch_size: Histogram,
+    /// Time to write and fsync one group of Raft log appends (etcd: its WAL fsync).
+    pub wal_fsync: Histogram,
+    /// Proposals per batch this member submitted to the Raft log (one entry, or one
+    /// forward to the leader, each).
+    pub proposal_batch_size: Histogram,
+    /// Time from submitting a batch until the leader has it committed and applied (on
+    /// a follower this includes the forward to the leader).
+    pub proposal_submit: Histogram,
     /// Time to build a Raft snapshot (etcd: saving one to disk).
     pub snap_save: Histogram,
     /// Time to install a Raft snapshot received from the leader (etcd: saving the
@@ -85,6 +94,24 @@ impl Metrics {
                 "Proposals applied and fsynced together by one group commit.",
                 prometheus::exponential_buckets(1.0, 2.0, 11).unwrap_or_default(),
             ),
+            wal_fsync: histogram(
+                &r,
+                "etcd_disk_wal_fsync_duration_seconds",
+                "The latency distributions of fsync called by WAL.",
+                prometheus::exponential_buckets(0.001, 2.0, 14).unwrap_or_default(),
+            ),
+            proposal_batch_size: histogram(
+                &r,
+                "capstan_raft_proposal_batch_size",
+                "Proposals submitted to the Raft log together as one entry.",
+                prometheus::exponential_buckets(1.0, 2.0, 11).unwrap_or_default(),
+            ),
+            proposal_submit: histogram(
+                &r,
+                "capstan_raft_proposal_submit_duration_seconds",
+                "Time from submitting a batch of proposals until the leader applied it.",
+                prometheus::exponential_buckets(0.0005, 2.0, 14).unwrap_or_default(),
+            ),
             // etcd's buckets (snap/metrics.go).
             snap_save: histogram(
                 &r,
@@ -139,9 +166,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 pub fn render(srv: &EtcdServer) -> String {
     use crate::mvcc::KvRead;
     let m = &*METRICS;
-    // A single member is always its own leader; the Raft layer will set these for real.
-    m.has_leader.set(1);
-    m.is_leader.set(1);
+    m.has_leader.set(i64::from(srv.leader_id() != 0));
+    m.is_leader.set(i64::from(srv.is_leader()));
     m.applied.set(srv.sm.applied_index() as i64);
     m.db_size.set(srv.sm.mvcc.engine().size_bytes() as i64);
     m.current_rev.set(srv.sm.mvcc.current_rev());

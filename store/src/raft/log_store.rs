@@ -154,7 +154,11 @@ fn run_writer(
                 }
             }
         }
+        let started = std::time::Instant::now();
         let result = engine.write(batch, true).map_err(|e| e.to_string());
+        crate::metrics::METRICS
+            .wal_fsync
+            .observe(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
             tracing::error!(error = %e, "raft log write failed");
         }

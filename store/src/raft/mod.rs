@@ -507,7 +507,10 @@ async fn run_batcher(node: Weak<RaftNode>, mut rx: mpsc::UnboundedReceiver<Queue
             });
             senders.push(q.submitted);
         }
+        let m = &*crate::metrics::METRICS;
+        m.proposal_batch_size.observe(items.len() as f64);
         tokio::spawn(async move {
+            let started = std::time::Instant::now();
             let proposal = rpb::Proposal {
                 member: node.id,
                 seq: 0,
@@ -515,6 +518,7 @@ async fn run_batcher(node: Weak<RaftNode>, mut rx: mpsc::UnboundedReceiver<Queue
                 items,
             };
             let r = node.submit(proposal).await;
+            m.proposal_submit.observe(started.elapsed().as_secs_f64());
             drop(permit);
             for s in senders {
                 let _ = s.send(r.clone());

@@ -210,7 +210,13 @@ impl RaftStateMachine<C> for SmStore {
             let sm = self.sm.clone();
             let results = tokio::task::spawn_blocking(move || {
                 let refs: Vec<(u64, &ApplyRequest)> = reqs.iter().map(|(i, r)| (*i, r)).collect();
-                sm.apply_batch_with(&refs, false, extra)
+                let started = std::time::Instant::now();
+                let r = sm.apply_batch_with(&refs, false, extra);
+                let m = &*crate::metrics::METRICS;
+                m.backend_commit.observe(started.elapsed().as_secs_f64());
+                m.apply_batch_size.observe(refs.len() as f64);
+                m.proposals_committed.inc_by(refs.len() as u64);
+                r
             })
             .await
             .map_err(sm_err)?;

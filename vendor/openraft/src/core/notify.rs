@@ -1,6 +1,7 @@
 use crate::core::sm;
 use crate::raft::VoteResponse;
 use crate::replication;
+use crate::LogId;
 use crate::MessageSummary;
 use crate::RaftTypeConfig;
 use crate::Vote;
@@ -41,6 +42,18 @@ where C: RaftTypeConfig
 
     /// Result of executing a command sent from state machine worker.
     StateMachine { command_result: sm::CommandResult<C> },
+
+    /// capstan patch: the leader's own append of its input entries, up to
+    /// `last_log_id`, is durable (or failed). Upstream 0.9 blocked RaftCore on every such
+    /// append, so the leader fsynced one entry at a time before replicating it; now the
+    /// append runs while RaftCore goes on (replicating, taking further writes) and its
+    /// completion arrives here.
+    LocalLogFlushed {
+        /// The leader's vote the entries were appended under.
+        vote: Vote<C::NodeId>,
+        last_log_id: LogId<C::NodeId>,
+        result: Result<(), String>,
+    },
 
     /// A tick event to wake up RaftCore to check timeout etc.
     Tick {
@@ -84,6 +97,9 @@ where C: RaftTypeConfig
             }
             Self::StateMachine { command_result } => {
                 format!("StateMachine command done: {:?}", command_result)
+            }
+            Self::LocalLogFlushed { vote, last_log_id, result } => {
+                format!("LocalLogFlushed: vote: {}, upto: {}, result: {:?}", vote, last_log_id, result)
             }
             Self::Tick { i } => {
                 format!("Tick {}", i)

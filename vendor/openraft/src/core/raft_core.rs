@@ -1278,6 +1278,23 @@ where
                 }
             }
 
+            Notify::LocalLogFlushed {
+                vote,
+                last_log_id,
+                result,
+            } => {
+                if let Err(e) = result {
+                    return Err(Fatal::from(StorageError::from(StorageIOError::write_logs(AnyError::error(e)))));
+                }
+                // Only the leader that appended counts its own flush; a later leader (even
+                // this node again, in a new term) tracks its own appends.
+                if let Ok(mut lh) = self.engine.leader_handler() {
+                    if lh.leader.vote == vote {
+                        lh.replication_handler().update_local_progress(Some(last_log_id));
+                    }
+                }
+            }
+
             Notify::Tick { i } => {
                 // check every timer
 
@@ -1637,12 +1654,38 @@ where
                 let last_log_id = entries.last().unwrap().get_log_id().clone();
                 tracing::debug!("AppendInputEntries: {}", DisplaySlice::<_>(&entries),);
 
-                self.append_to_log(entries, vote, last_log_id.clone()).await?;
+                // capstan patch: a leader does not wait for its own append to be durable
+                // (Raft lets the leader write its log in parallel with replicating it, as
+                // etcd does); its own progress moves when the append completes, through
+                // `Notify::LocalLogFlushed`. The log store makes appended entries readable
+                // at once, so replication can send them meanwhile. A follower still waits:
+                // its AppendEntries answer must follow the flush.
+                if self.engine.leader_handler().is_ok() {
+                    let (tx, rx) = C::AsyncRuntime::oneshot();
+                    let log_io_id = LogIOId::new(vote.clone(), Some(last_log_id.clone()));
+                    let callback = LogFlushed::new(log_io_id, tx);
+                    self.log_store.append(entries, callback).await?;
+                    let tx_notify = self.tx_notify.clone();
+                    let _ = C::AsyncRuntime::spawn(async move {
+                        let result = match rx.await {
+                            Ok(Ok(_)) => Ok(()),
+                            Ok(Err(e)) => Err(e.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        let _ = tx_notify.send(Notify::LocalLogFlushed {
+                            vote,
+                            last_log_id,
+                            result,
+                        });
+                    });
+                } else {
+                    self.append_to_log(entries, vote, last_log_id.clone()).await?;
 
-                // The leader may have changed.
-                // But reporting to a different leader is not a problem.
-                if let Ok(mut lh) = self.engine.leader_handler() {
-                    lh.replication_handler().update_local_progress(Some(last_log_id));
+                    // The leader may have changed.
+                    // But reporting to a different leader is not a problem.
+                    if let Ok(mut lh) = self.engine.leader_handler() {
+                        lh.replication_handler().update_local_progress(Some(last_log_id));
+                    }
                 }
             }
             Command::SaveVote { vote } => {
