@@ -108,12 +108,43 @@ struct NodeArgs {
     /// Where container logs are written (the kubelet's `podLogsDir`).
     #[arg(long, default_value = "/var/log/pods")]
     pod_logs_dir: PathBuf,
+    /// Do not run the service proxy (kube-proxy's nftables mode) in this agent.
+    #[arg(long)]
+    disable_kube_proxy: bool,
+    /// The pods' address range (kube-proxy's flag): traffic to a cluster IP from
+    /// outside it is masqueraded.
+    #[arg(long, value_parser = parse_cidr)]
+    cluster_cidr: Option<(std::net::Ipv4Addr, u8)>,
+    /// The nftables table (family `ip`) the service proxy owns; distinct names let
+    /// several agents share one machine.
+    #[arg(long, default_value = "capstan")]
+    proxy_nftables_table: String,
+    /// Serve cluster DNS on this address (port 53), usually the node's address that
+    /// pods reach, given to them with `--cluster-dns`.
+    #[arg(long)]
+    cluster_dns_bind_address: Option<std::net::IpAddr>,
     /// Duration of the node's Lease in seconds; it is renewed every quarter of it.
     #[arg(long, default_value_t = 40)]
     node_lease_duration_seconds: i32,
     /// How often the node status is posted when it has not changed.
     #[arg(long, default_value = "5m", value_parser = capstan_chaos::cli::parse_duration)]
     node_status_report_frequency: std::time::Duration,
+}
+
+/// An IPv4 CIDR (`10.88.0.0/16`).
+pub fn parse_cidr(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
+    let (ip, bits) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s}: not a CIDR (address/bits)"))?;
+    let ip = ip
+        .parse::<std::net::Ipv4Addr>()
+        .map_err(|e| format!("{s}: {e}"))?;
+    let bits = bits
+        .parse::<u8>()
+        .ok()
+        .filter(|b| *b <= 32)
+        .ok_or_else(|| format!("{s}: bad prefix length"))?;
+    Ok((ip, bits))
 }
 
 /// Which node agent `capstan node` runs.
@@ -155,6 +186,11 @@ impl NodeArgs {
                     ..Default::default()
                 }
                 .with_host_file(&self.resolv_conf),
+                proxy: (!self.disable_kube_proxy).then(|| capstan_node::kubelet::ProxyOptions {
+                    table: self.proxy_nftables_table,
+                    cluster_cidr: self.cluster_cidr,
+                }),
+                dns_listen: self.cluster_dns_bind_address,
             }));
         }
         Ok(NodeConfig::Simulated(capstan_node::simulated::Config {

@@ -130,6 +130,9 @@ impl Containerd {
                  "hairpinMode": true,
                  "ipam": {"type": "host-local",
                           "ranges": [[{"subnet": format!("{subnet_prefix}0/24")}]],
+                          // Cluster IPs are reached through the default route (the
+                          // node's proxy DNATs them on the way).
+                          "routes": [{"dst": "0.0.0.0/0"}],
                           "dataDir": d.join("ipam")}},
                 {"type": "portmap", "capabilities": {"portMappings": true}},
                 {"type": "loopback"}
