@@ -275,16 +275,24 @@ async fn services_route_to_ready_endpoints_and_cluster_dns_names_them() {
     // From another pod, by the full name and by the short one (the search path).
     let client = looping_pod(
         "client",
-        "echo fqdn:$(wget -qO- -T 2 http://web.default.svc.cluster.local/); \
-         echo short:$(wget -qO- -T 2 http://web/); \
-         echo sticky:$(wget -qO- -T 2 http://sticky/); \
-         echo down:$(wget -qO- -T 2 http://down/ 2>&1);",
+        "echo fqdn:$(timeout 5 wget -qO- http://web.default.svc.cluster.local/); \
+         echo short:$(timeout 5 wget -qO- http://web/); \
+         echo sticky:$(timeout 5 wget -qO- http://sticky/); \
+         echo down:$(timeout 5 wget -qO- http://down/ 2>&1);",
     );
     let applied = s.api.kubectl_stdin(&["apply", "-f", "-"], Some(&client));
     assert!(applied.ok, "{}", applied.stderr);
+    let deadline = std::time::Instant::now() + Duration::from_secs(85);
     eventually("every replica answering through the service, by both names", Duration::from_secs(90), || {
         s.node.check_running();
         let lines = log_lines(&s, "client", "c");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "client log:\n{}\ntable:\n{}\nnode log:\n{}",
+            lines.join("\n"),
+            s.table.list().unwrap_or_default(),
+            s.node.log()
+        );
         let fqdn: BTreeSet<String> = tagged(&lines, "fqdn").into_iter().filter(|h| !h.is_empty()).collect();
         let short: BTreeSet<String> = tagged(&lines, "short").into_iter().filter(|h| !h.is_empty()).collect();
         let done = fqdn == pods && short == pods;

@@ -306,7 +306,7 @@ async fn a_server_runs_a_deployment_in_containerd() {
         "--",
         "sh",
         "-c",
-        "until wget -qO- -T 2 http://web/; do sleep 1; done",
+        "until timeout 5 wget -qO- http://web/; do sleep 1; done",
     ]);
     assert!(out.ok, "{}", out.stderr);
     let names = srv.kubectl(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].metadata.name}"]);
