@@ -149,7 +149,7 @@ pub fn parse_cidr(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
 
 /// Which node agent `capstan node` runs.
 enum NodeConfig {
-    Kubelet(capstan_node::kubelet::Config),
+    Kubelet(Box<capstan_node::kubelet::Config>),
     Simulated(capstan_node::simulated::Config),
 }
 
@@ -165,33 +165,37 @@ impl NodeArgs {
         let labels = capstan_node::registration::parse_labels(&self.node_labels)?;
         let taints = capstan_node::registration::parse_taints(&self.register_with_taints)?;
         if !self.simulated {
-            return Ok(NodeConfig::Kubelet(capstan_node::kubelet::Config {
-                kubeconfig: self.kubeconfig,
-                node_name,
-                runtime_endpoint: self.container_runtime_endpoint,
-                node_ip: self.node_ip,
-                max_pods: self.max_pods,
-                labels,
-                taints,
-                heartbeat: capstan_node::registration::Heartbeat {
-                    lease_duration_seconds: self.node_lease_duration_seconds,
-                    status_report_frequency: self.node_status_report_frequency,
+            return Ok(NodeConfig::Kubelet(Box::new(
+                capstan_node::kubelet::Config {
+                    kubeconfig: self.kubeconfig,
+                    node_name,
+                    runtime_endpoint: self.container_runtime_endpoint,
+                    node_ip: self.node_ip,
+                    max_pods: self.max_pods,
+                    labels,
+                    taints,
+                    heartbeat: capstan_node::registration::Heartbeat {
+                        lease_duration_seconds: self.node_lease_duration_seconds,
+                        status_report_frequency: self.node_status_report_frequency,
+                    },
+                    image_archives: self.image_archive,
+                    pod_logs_dir: self.pod_logs_dir,
+                    root_dir: self.root_dir,
+                    dns: capstan_node::kubelet::cri::Dns {
+                        cluster_dns: self.cluster_dns,
+                        cluster_domain: self.cluster_domain,
+                        ..Default::default()
+                    }
+                    .with_host_file(&self.resolv_conf),
+                    proxy: (!self.disable_kube_proxy).then_some(
+                        capstan_node::kubelet::ProxyOptions {
+                            table: self.proxy_nftables_table,
+                            cluster_cidr: self.cluster_cidr,
+                        },
+                    ),
+                    dns_listen: self.cluster_dns_bind_address,
                 },
-                image_archives: self.image_archive,
-                pod_logs_dir: self.pod_logs_dir,
-                root_dir: self.root_dir,
-                dns: capstan_node::kubelet::cri::Dns {
-                    cluster_dns: self.cluster_dns,
-                    cluster_domain: self.cluster_domain,
-                    ..Default::default()
-                }
-                .with_host_file(&self.resolv_conf),
-                proxy: (!self.disable_kube_proxy).then(|| capstan_node::kubelet::ProxyOptions {
-                    table: self.proxy_nftables_table,
-                    cluster_cidr: self.cluster_cidr,
-                }),
-                dns_listen: self.cluster_dns_bind_address,
-            }));
+            )));
         }
         Ok(NodeConfig::Simulated(capstan_node::simulated::Config {
             kubeconfig: self.kubeconfig,
@@ -474,7 +478,7 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(async move {
                 let agent = async move {
                     match cfg {
-                        NodeConfig::Kubelet(c) => capstan_node::kubelet::run(c).await,
+                        NodeConfig::Kubelet(c) => capstan_node::kubelet::run(*c).await,
                         NodeConfig::Simulated(c) => capstan_node::simulated::run(c).await,
                     }
                 };

@@ -189,15 +189,16 @@ impl Snapshot {
                     })
                 })
                 .collect();
-            let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-                spec.session_affinity_config
-                    .as_ref()
-                    .and_then(|c| c.client_ip.as_ref())
-                    .and_then(|c| c.timeout_seconds)
-                    .and_then(|t| u32::try_from(t).ok())
-                    // Upstream's default: three hours.
-                    .unwrap_or(10800)
-            });
+            let affinity_timeout =
+                (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+                    spec.session_affinity_config
+                        .as_ref()
+                        .and_then(|c| c.client_ip.as_ref())
+                        .and_then(|c| c.timeout_seconds)
+                        .and_then(|t| u32::try_from(t).ok())
+                        // Upstream's default: three hours.
+                        .unwrap_or(10800)
+                });
             let mut endpoints = by_service
                 .remove(&(ns.clone(), name.clone()))
                 .unwrap_or_default();
@@ -210,7 +211,10 @@ impl Snapshot {
                     name,
                     cluster_ip,
                     headless,
-                    external_name: spec.external_name.clone().filter(|_| kind == "ExternalName"),
+                    external_name: spec
+                        .external_name
+                        .clone()
+                        .filter(|_| kind == "ExternalName"),
                     kind,
                     ports,
                     affinity_timeout,
@@ -233,9 +237,18 @@ pub async fn watch(client: kube::Client, tx: tokio::sync::watch::Sender<Arc<Snap
     let (eps_reader, eps_writer) = kube::runtime::reflector::store::<EndpointSlice>();
     let svcs = kube::runtime::reflector(
         svc_writer,
-        watcher(Api::<Service>::all(client.clone()), watcher::Config::default()).default_backoff(),
+        watcher(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
     )
-    .map(|e| (true, e.map(|e| matches!(e, Event::InitApply(_) | Event::Init))));
+    .map(|e| {
+        (
+            true,
+            e.map(|e| matches!(e, Event::InitApply(_) | Event::Init)),
+        )
+    });
     let slices = kube::runtime::reflector(
         eps_writer,
         watcher(
@@ -244,7 +257,12 @@ pub async fn watch(client: kube::Client, tx: tokio::sync::watch::Sender<Arc<Snap
         )
         .default_backoff(),
     )
-    .map(|e| (false, e.map(|e| matches!(e, Event::InitApply(_) | Event::Init))));
+    .map(|e| {
+        (
+            false,
+            e.map(|e| matches!(e, Event::InitApply(_) | Event::Init)),
+        )
+    });
     let mut events = std::pin::pin!(futures::stream::select(svcs, slices));
     let (mut svc_synced, mut eps_synced) = (false, false);
     while let Some((is_svc, ev)) = events.next().await {

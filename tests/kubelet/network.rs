@@ -96,11 +96,7 @@ async fn net_stack() -> NetStack {
             "info,capstan_node=debug",
         ],
     );
-    let controllers = Component::start(
-        &api,
-        "controller-manager",
-        &["--leader-elect=false"],
-    );
+    let controllers = Component::start(&api, "controller-manager", &["--leader-elect=false"]);
     NetStack {
         node,
         _controllers: controllers,
@@ -238,7 +234,9 @@ fn tagged(lines: &[String], key: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn services_route_to_ready_endpoints_and_cluster_dns_names_them() {
     let mut s = net_stack().await;
-    let applied = s.api.kubectl_stdin(&["apply", "-f", "-"], Some(&manifest()));
+    let applied = s
+        .api
+        .kubectl_stdin(&["apply", "-f", "-"], Some(&manifest()));
     assert!(applied.ok, "{}", applied.stderr);
     // Every replica Ready, and the proxy's table DNATs to all three.
     let pods: BTreeSet<String> = eventually("three ready web pods", Duration::from_secs(90), || {
@@ -255,12 +253,20 @@ async fn services_route_to_ready_endpoints_and_cluster_dns_names_them() {
     .await;
     let cluster_ip = jsonpath(&s.api, &["get", "service", "web"], "{.spec.clusterIP}")
         .expect("web's cluster IP");
-    let node_port: u16 = jsonpath(&s.api, &["get", "service", "web-np"], "{.spec.ports[0].nodePort}")
-        .and_then(|p| p.parse().ok())
-        .expect("web-np's node port");
-    let down_port: u16 = jsonpath(&s.api, &["get", "service", "down"], "{.spec.ports[0].nodePort}")
-        .and_then(|p| p.parse().ok())
-        .expect("down's node port");
+    let node_port: u16 = jsonpath(
+        &s.api,
+        &["get", "service", "web-np"],
+        "{.spec.ports[0].nodePort}",
+    )
+    .and_then(|p| p.parse().ok())
+    .expect("web-np's node port");
+    let down_port: u16 = jsonpath(
+        &s.api,
+        &["get", "service", "down"],
+        "{.spec.ports[0].nodePort}",
+    )
+    .and_then(|p| p.parse().ok())
+    .expect("down's node port");
     // No traffic to a cluster IP before the proxy routes it (it would follow the
     // default route off the machine).
     eventually("the proxy's rules for web", Duration::from_secs(30), || {
@@ -283,27 +289,40 @@ async fn services_route_to_ready_endpoints_and_cluster_dns_names_them() {
     let applied = s.api.kubectl_stdin(&["apply", "-f", "-"], Some(&client));
     assert!(applied.ok, "{}", applied.stderr);
     let deadline = std::time::Instant::now() + Duration::from_secs(85);
-    eventually("every replica answering through the service, by both names", Duration::from_secs(90), || {
-        s.node.check_running();
-        let lines = log_lines(&s, "client", "c");
-        assert!(
-            std::time::Instant::now() < deadline,
-            "client log:\n{}\ntable:\n{}\nnode log:\n{}",
-            lines.join("\n"),
-            s.table.list().unwrap_or_default(),
-            s.node.log()
-        );
-        let fqdn: BTreeSet<String> = tagged(&lines, "fqdn").into_iter().filter(|h| !h.is_empty()).collect();
-        let short: BTreeSet<String> = tagged(&lines, "short").into_iter().filter(|h| !h.is_empty()).collect();
-        let done = fqdn == pods && short == pods;
-        async move { done.then_some(()) }
-    })
+    eventually(
+        "every replica answering through the service, by both names",
+        Duration::from_secs(90),
+        || {
+            s.node.check_running();
+            let lines = log_lines(&s, "client", "c");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "client log:\n{}\ntable:\n{}\nnode log:\n{}",
+                lines.join("\n"),
+                s.table.list().unwrap_or_default(),
+                s.node.log()
+            );
+            let fqdn: BTreeSet<String> = tagged(&lines, "fqdn")
+                .into_iter()
+                .filter(|h| !h.is_empty())
+                .collect();
+            let short: BTreeSet<String> = tagged(&lines, "short")
+                .into_iter()
+                .filter(|h| !h.is_empty())
+                .collect();
+            let done = fqdn == pods && short == pods;
+            async move { done.then_some(()) }
+        },
+    )
     .await;
     let lines = log_lines(&s, "client", "c");
     // ClientIP affinity: one client, one replica, every time.
     let sticky: BTreeSet<String> = tagged(&lines, "sticky").into_iter().collect();
     assert_eq!(sticky.len(), 1, "sticky answered by {sticky:?}");
-    assert!(sticky.iter().all(|h| pods.contains(h)), "{sticky:?} not in {pods:?}");
+    assert!(
+        sticky.iter().all(|h| pods.contains(h)),
+        "{sticky:?} not in {pods:?}"
+    );
     // No ready endpoint: refused at once, not a timeout.
     let down = tagged(&lines, "down");
     assert!(
@@ -312,15 +331,21 @@ async fn services_route_to_ready_endpoints_and_cluster_dns_names_them() {
     );
 
     // From the host, by node port: every replica.
-    let np: SocketAddr = format!("{}:{node_port}", s.node_ip).parse().expect("address");
+    let np: SocketAddr = format!("{}:{node_port}", s.node_ip)
+        .parse()
+        .expect("address");
     let mut seen = BTreeSet::new();
-    eventually("every replica answering on the node port", Duration::from_secs(30), || {
-        if let Ok(body) = http_get(np) {
-            seen.insert(body);
-        }
-        let done = seen == pods;
-        async move { done.then_some(()) }
-    })
+    eventually(
+        "every replica answering on the node port",
+        Duration::from_secs(30),
+        || {
+            if let Ok(body) = http_get(np) {
+                seen.insert(body);
+            }
+            let done = seen == pods;
+            async move { done.then_some(()) }
+        },
+    )
     .await;
 
     // Cluster DNS, with busybox's nslookup.
@@ -332,22 +357,37 @@ async fn services_route_to_ready_endpoints_and_cluster_dns_names_them() {
     );
     let applied = s.api.kubectl_stdin(&["apply", "-f", "-"], Some(&dns));
     assert!(applied.ok, "{}", applied.stderr);
-    let pod_ips: BTreeSet<String> = jsonpath(&s.api, &["get", "pods", "-l", "app=web"], "{.items[*].status.podIP}")
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
-    let round: Vec<String> = eventually("a full round of DNS answers", Duration::from_secs(60), || {
-        let lines = log_lines(&s, "dns", "c");
-        // The last complete round: between the last two `round` lines.
-        let starts: Vec<usize> = lines.iter().enumerate().filter(|(_, l)| *l == "round").map(|(i, _)| i).collect();
-        let round = match starts.as_slice() {
-            [.., a, b] => lines[a + 1..*b].to_vec(),
-            _ => Vec::new(),
-        };
-        let answered = round.iter().any(|l| l.starts_with("web.default.svc.cluster.local Address:") && l.contains(&cluster_ip));
-        async move { answered.then_some(round) }
-    })
+    let pod_ips: BTreeSet<String> = jsonpath(
+        &s.api,
+        &["get", "pods", "-l", "app=web"],
+        "{.items[*].status.podIP}",
+    )
+    .unwrap_or_default()
+    .split_whitespace()
+    .map(str::to_string)
+    .collect();
+    let round: Vec<String> = eventually(
+        "a full round of DNS answers",
+        Duration::from_secs(60),
+        || {
+            let lines = log_lines(&s, "dns", "c");
+            // The last complete round: between the last two `round` lines.
+            let starts: Vec<usize> = lines
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| *l == "round")
+                .map(|(i, _)| i)
+                .collect();
+            let round = match starts.as_slice() {
+                [.., a, b] => lines[a + 1..*b].to_vec(),
+                _ => Vec::new(),
+            };
+            let answered = round.iter().any(|l| {
+                l.starts_with("web.default.svc.cluster.local Address:") && l.contains(&cluster_ip)
+            });
+            async move { answered.then_some(round) }
+        },
+    )
     .await;
     let text = round.join("\n");
     let headless: BTreeSet<String> = round
@@ -362,5 +402,9 @@ async fn services_route_to_ready_endpoints_and_cluster_dns_names_them() {
 
     // A graceful stop takes the table with it.
     s.node.terminate();
-    assert!(s.table.list().is_none(), "table {} left after the agent stopped", s.table.0);
+    assert!(
+        s.table.list().is_none(),
+        "table {} left after the agent stopped",
+        s.table.0
+    );
 }

@@ -286,7 +286,13 @@ async fn a_server_runs_a_deployment_in_containerd() {
     );
     // The server's agent routes services and answers cluster DNS by default: a pod
     // reaches a replica by the service's short name.
-    let out = srv.kubectl(&["expose", "deployment", "web", "--port=80", "--target-port=8080"]);
+    let out = srv.kubectl(&[
+        "expose",
+        "deployment",
+        "web",
+        "--port=80",
+        "--target-port=8080",
+    ]);
     assert!(out.ok, "{}", out.stderr);
     eventually("the proxy's rules for web", Duration::from_secs(60), || {
         let table = Command::new("nft")
@@ -309,23 +315,35 @@ async fn a_server_runs_a_deployment_in_containerd() {
         "until timeout 5 wget -qO- http://web/; do sleep 1; done",
     ]);
     assert!(out.ok, "{}", out.stderr);
-    let names = srv.kubectl(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].metadata.name}"]);
+    let names = srv.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]);
     let names: Vec<String> = names.out().split_whitespace().map(str::to_string).collect();
-    let answer = eventually("the client pod to reach web", Duration::from_secs(90), || {
-        srv.check_running();
-        let phase = srv.kubectl(&["get", "pod", "client", "-o", "jsonpath={.status.phase}"]);
-        let uid = srv.kubectl(&["get", "pod", "client", "-o", "jsonpath={.metadata.uid}"]);
-        let log = std::fs::read_to_string(
-            ctrd.pod_logs_dir.join(format!("default_client_{}/client/0.log", uid.out())),
-        )
-        .unwrap_or_default();
-        let answer: Option<String> = log
-            .lines()
-            .filter_map(|l| l.splitn(4, ' ').nth(3))
-            .map(str::to_string)
-            .next_back();
-        async move { (phase.out() == "Succeeded").then_some(answer).flatten() }
-    })
+    let answer = eventually(
+        "the client pod to reach web",
+        Duration::from_secs(90),
+        || {
+            srv.check_running();
+            let phase = srv.kubectl(&["get", "pod", "client", "-o", "jsonpath={.status.phase}"]);
+            let uid = srv.kubectl(&["get", "pod", "client", "-o", "jsonpath={.metadata.uid}"]);
+            let log = std::fs::read_to_string(
+                ctrd.pod_logs_dir
+                    .join(format!("default_client_{}/client/0.log", uid.out())),
+            )
+            .unwrap_or_default();
+            let answer: Option<String> = log
+                .lines()
+                .filter_map(|l| l.splitn(4, ' ').nth(3))
+                .map(str::to_string)
+                .next_back();
+            async move { (phase.out() == "Succeeded").then_some(answer).flatten() }
+        },
+    )
     .await;
     assert!(names.contains(&answer), "{answer} is not one of {names:?}");
     let del = srv.kubectl(&["delete", "pod", "client"]);

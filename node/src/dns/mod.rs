@@ -77,7 +77,13 @@ pub async fn run(cfg: Config, snapshots: watch::Receiver<Arc<Snapshot>>) {
 async fn bind(listen: SocketAddr) -> (UdpSocket, TcpListener) {
     let mut warned = false;
     loop {
-        let r = async { Ok::<_, std::io::Error>((UdpSocket::bind(listen).await?, TcpListener::bind(listen).await?)) }.await;
+        let r = async {
+            Ok::<_, std::io::Error>((
+                UdpSocket::bind(listen).await?,
+                TcpListener::bind(listen).await?,
+            ))
+        }
+        .await;
         match r {
             Ok(pair) => return pair,
             Err(e) => {

@@ -119,7 +119,10 @@ pub fn resolve(snap: &Snapshot, domain: &str, qname: &str, qtype: RecordType) ->
                 return Outcome::NoSuchName;
             }
             match qtype {
-                RecordType::A => found(ips.iter().filter_map(|ip| a(qname, *ip)).collect(), Vec::new()),
+                RecordType::A => found(
+                    ips.iter().filter_map(|ip| a(qname, *ip)).collect(),
+                    Vec::new(),
+                ),
                 _ => Outcome::NoData,
             }
         }
@@ -290,7 +293,11 @@ mod tests {
         ext.kind = "ExternalName".into();
         ext.external_name = Some("example.org".into());
         let svcs = vec![
-            svc("web", Some([10, 96, 0, 20]), vec![ep([10, 88, 0, 5], true, None)]),
+            svc(
+                "web",
+                Some([10, 96, 0, 20]),
+                vec![ep([10, 88, 0, 5], true, None)],
+            ),
             svc(
                 "db",
                 None,
@@ -314,7 +321,9 @@ mod tests {
 
     fn rdata(o: &Outcome) -> Vec<String> {
         match o {
-            Outcome::Found { answers, .. } => answers.iter().map(|r| r.data().to_string()).collect(),
+            Outcome::Found { answers, .. } => {
+                answers.iter().map(|r| r.data().to_string()).collect()
+            }
             other => vec![format!("{other:?}")],
         }
     }
@@ -325,7 +334,12 @@ mod tests {
     fn a_cluster_ip_service_resolves_to_its_cluster_ip() {
         let o = resolve(&snap(), D, "web.default.svc.cluster.local", RecordType::A);
         assert_eq!(rdata(&o), ["10.96.0.20"]);
-        let o = resolve(&snap(), D, "web.default.svc.cluster.local", RecordType::AAAA);
+        let o = resolve(
+            &snap(),
+            D,
+            "web.default.svc.cluster.local",
+            RecordType::AAAA,
+        );
         assert_eq!(o, Outcome::NoData);
     }
 
@@ -333,11 +347,26 @@ mod tests {
     fn a_headless_service_resolves_to_its_ready_endpoints() {
         let o = resolve(&snap(), D, "db.default.svc.cluster.local", RecordType::A);
         assert_eq!(rdata(&o), ["10.88.0.7", "10.88.0.9"]);
-        let o = resolve(&snap(), D, "db-0.db.default.svc.cluster.local", RecordType::A);
+        let o = resolve(
+            &snap(),
+            D,
+            "db-0.db.default.svc.cluster.local",
+            RecordType::A,
+        );
         assert_eq!(rdata(&o), ["10.88.0.7"]);
-        let o = resolve(&snap(), D, "10-88-0-9.db.default.svc.cluster.local", RecordType::A);
+        let o = resolve(
+            &snap(),
+            D,
+            "10-88-0-9.db.default.svc.cluster.local",
+            RecordType::A,
+        );
         assert_eq!(rdata(&o), ["10.88.0.9"]);
-        let o = resolve(&snap(), D, "10-88-0-8.db.default.svc.cluster.local", RecordType::A);
+        let o = resolve(
+            &snap(),
+            D,
+            "10-88-0-8.db.default.svc.cluster.local",
+            RecordType::A,
+        );
         assert_eq!(o, Outcome::NoSuchName);
         let o = resolve(&snap(), D, "empty.default.svc.cluster.local", RecordType::A);
         assert_eq!(o, Outcome::NoSuchName);
@@ -345,9 +374,19 @@ mod tests {
 
     #[test]
     fn srv_records_name_the_service_or_its_endpoints() {
-        let o = resolve(&snap(), D, "_http._tcp.web.default.svc.cluster.local", RecordType::SRV);
+        let o = resolve(
+            &snap(),
+            D,
+            "_http._tcp.web.default.svc.cluster.local",
+            RecordType::SRV,
+        );
         assert_eq!(rdata(&o), ["0 100 80 web.default.svc.cluster.local."]);
-        let o = resolve(&snap(), D, "_http._tcp.db.default.svc.cluster.local", RecordType::SRV);
+        let o = resolve(
+            &snap(),
+            D,
+            "_http._tcp.db.default.svc.cluster.local",
+            RecordType::SRV,
+        );
         assert_eq!(
             rdata(&o),
             [
@@ -355,7 +394,12 @@ mod tests {
                 "0 50 8080 10-88-0-9.db.default.svc.cluster.local."
             ]
         );
-        let o = resolve(&snap(), D, "_http._udp.web.default.svc.cluster.local", RecordType::SRV);
+        let o = resolve(
+            &snap(),
+            D,
+            "_http._udp.web.default.svc.cluster.local",
+            RecordType::SRV,
+        );
         assert_eq!(o, Outcome::NoSuchName);
     }
 
@@ -367,18 +411,36 @@ mod tests {
             "web.default.svc.cluster.local.default.svc.cluster.local",
             "x.cluster.local",
         ] {
-            assert_eq!(resolve(&snap(), D, n, RecordType::A), Outcome::NoSuchName, "{n}");
+            assert_eq!(
+                resolve(&snap(), D, n, RecordType::A),
+                Outcome::NoSuchName,
+                "{n}"
+            );
         }
-        assert_eq!(resolve(&snap(), D, "example.org", RecordType::A), Outcome::NotOurs);
-        assert_eq!(resolve(&snap(), D, "notcluster.local", RecordType::A), Outcome::NotOurs);
-        assert_eq!(resolve(&snap(), D, "default.svc.cluster.local", RecordType::A), Outcome::NoData);
+        assert_eq!(
+            resolve(&snap(), D, "example.org", RecordType::A),
+            Outcome::NotOurs
+        );
+        assert_eq!(
+            resolve(&snap(), D, "notcluster.local", RecordType::A),
+            Outcome::NotOurs
+        );
+        assert_eq!(
+            resolve(&snap(), D, "default.svc.cluster.local", RecordType::A),
+            Outcome::NoData
+        );
     }
 
     #[test]
     fn external_names_and_pod_names() {
         let o = resolve(&snap(), D, "ext.default.svc.cluster.local", RecordType::A);
         assert_eq!(rdata(&o), ["example.org."]);
-        let o = resolve(&snap(), D, "10-88-0-5.default.pod.cluster.local", RecordType::A);
+        let o = resolve(
+            &snap(),
+            D,
+            "10-88-0-5.default.pod.cluster.local",
+            RecordType::A,
+        );
         assert_eq!(rdata(&o), ["10.88.0.5"]);
     }
 }

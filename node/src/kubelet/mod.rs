@@ -221,7 +221,12 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         let listen = std::net::SocketAddr::new(listen, 53);
         let cfg = crate::dns::Config {
             listen,
-            domain: k.cfg.dns.cluster_domain.trim_end_matches('.').to_lowercase(),
+            domain: k
+                .cfg
+                .dns
+                .cluster_domain
+                .trim_end_matches('.')
+                .to_lowercase(),
             upstreams: crate::dns::Config::upstreams_from(&k.cfg.dns.host_servers, listen),
         };
         tokio::spawn(crate::dns::run(cfg, rx.clone()));

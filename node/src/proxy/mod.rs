@@ -112,15 +112,22 @@ impl Drop for TableGuard {
         };
         match run() {
             Ok(s) if s.success() => tracing::info!(table = %self.0, "nftables table removed"),
-            Ok(s) => tracing::warn!(table = %self.0, status = %s, "removing the nftables table failed"),
-            Err(e) => tracing::warn!(table = %self.0, error = %e, "removing the nftables table failed"),
+            Ok(s) => {
+                tracing::warn!(table = %self.0, status = %s, "removing the nftables table failed")
+            }
+            Err(e) => {
+                tracing::warn!(table = %self.0, error = %e, "removing the nftables table failed")
+            }
         }
     }
 }
 
 /// Keeps the table in step with the Services until the snapshot channel closes (or
 /// the future is dropped), then removes it.
-pub async fn run(cfg: Config, mut snapshots: watch::Receiver<Arc<Snapshot>>) -> Result<(), ProxyError> {
+pub async fn run(
+    cfg: Config,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+) -> Result<(), ProxyError> {
     let table = cfg.rules.table.clone();
     nft(&delete_script(&table)).await?;
     let _guard = TableGuard(table.clone());

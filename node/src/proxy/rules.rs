@@ -117,7 +117,11 @@ struct Builder<'a> {
 
 impl Builder<'_> {
     fn rule(&mut self, chain: &str, rule: &str) {
-        let _ = writeln!(self.rules, "add rule ip {} {chain} {rule}", self.settings.table);
+        let _ = writeln!(
+            self.rules,
+            "add rule ip {} {chain} {rule}",
+            self.settings.table
+        );
     }
 
     fn chain(&mut self, name: String) -> String {
@@ -131,7 +135,10 @@ impl Builder<'_> {
         let chain = self.chain(format!("endpoint-{ep}"));
         // Hairpin: a pod reaching itself through its service must not see its own
         // address as the source, or it would answer itself directly.
-        self.rule(&chain, &format!("ip saddr {} jump mark-for-masquerade", e.ip));
+        self.rule(
+            &chain,
+            &format!("ip saddr {} jump mark-for-masquerade", e.ip),
+        );
         if let Some(timeout) = svc.affinity_timeout {
             let set = affinity_set(&ep, timeout);
             if !self.sets.iter().any(|(s, _)| *s == set) {
@@ -192,8 +199,10 @@ impl Builder<'_> {
                 None => Vec::new(),
             };
             if ready.is_empty() {
-                self.rejects
-                    .push(format!("{cluster_ip} . {proto} . {} : goto reject-chain", p.port));
+                self.rejects.push(format!(
+                    "{cluster_ip} . {proto} . {} : goto reject-chain",
+                    p.port
+                ));
                 for k in &node_ports {
                     self.rejects.push(format!("{k} : goto reject-chain"));
                 }
@@ -221,8 +230,10 @@ impl Builder<'_> {
                 );
             }
             self.balance(&chain, &targets);
-            self.services
-                .push(format!("{cluster_ip} . {proto} . {} : goto {chain}", p.port));
+            self.services.push(format!(
+                "{cluster_ip} . {proto} . {} : goto {chain}",
+                p.port
+            ));
             if node_ports.is_empty() {
                 continue;
             }
@@ -417,7 +428,10 @@ mod tests {
         assert!(t.contains("add rule ip capstan endpoint-default/web/tcp/http__10.88.0.5/8080 ip saddr 10.88.0.5 jump mark-for-masquerade"), "{t}");
         assert!(t.contains("meta l4proto tcp dnat to 10.88.0.5:8080"), "{t}");
         assert!(!t.contains("10.88.0.6"), "{t}");
-        assert!(t.contains("ip daddr 10.96.0.20 ip saddr != 10.88.0.0/16 jump mark-for-masquerade"), "{t}");
+        assert!(
+            t.contains("ip daddr 10.96.0.20 ip saddr != 10.88.0.0/16 jump mark-for-masquerade"),
+            "{t}"
+        );
         assert!(!t.contains("no-endpoints ip daddr"), "{t}");
     }
 
@@ -438,12 +452,20 @@ mod tests {
         s.ports[0].node_port = Some(30080);
         let r = build(&settings(), &snap(vec![s.clone()]), &Ruleset::default());
         let t = &r.script;
-        assert!(t.contains("192.0.2.2 . tcp . 30080 : goto external-default/np/tcp/http"), "{t}");
+        assert!(
+            t.contains("192.0.2.2 . tcp . 30080 : goto external-default/np/tcp/http"),
+            "{t}"
+        );
         assert!(t.contains("add rule ip capstan external-default/np/tcp/http jump mark-for-masquerade\nadd rule ip capstan external-default/np/tcp/http goto service-default/np/tcp/http"), "{t}");
         // Local policy: the only endpoint is on another node, so the node port refuses.
         s.external_local = true;
         let r = build(&settings(), &snap(vec![s]), &Ruleset::default());
-        assert!(r.script.contains("192.0.2.2 . tcp . 30080 : goto reject-chain"), "{}", r.script);
+        assert!(
+            r.script
+                .contains("192.0.2.2 . tcp . 30080 : goto reject-chain"),
+            "{}",
+            r.script
+        );
     }
 
     #[test]
@@ -452,9 +474,25 @@ mod tests {
         s.affinity_timeout = Some(60);
         let r = build(&settings(), &snap(vec![s]), &Ruleset::default());
         let set = "affinity-default/sticky/tcp/http__10.88.0.5/8080/60s";
-        assert!(r.script.contains(&format!("set {set} {{ type ipv4_addr; flags dynamic,timeout; timeout 60s; }}")), "{}", r.script);
-        assert!(r.script.contains(&format!("ip saddr @{set} goto endpoint-default/sticky/tcp/http__10.88.0.5/8080")), "{}", r.script);
-        assert!(r.script.contains(&format!("update @{set} {{ ip saddr }}")), "{}", r.script);
+        assert!(
+            r.script.contains(&format!(
+                "set {set} {{ type ipv4_addr; flags dynamic,timeout; timeout 60s; }}"
+            )),
+            "{}",
+            r.script
+        );
+        assert!(
+            r.script.contains(&format!(
+                "ip saddr @{set} goto endpoint-default/sticky/tcp/http__10.88.0.5/8080"
+            )),
+            "{}",
+            r.script
+        );
+        assert!(
+            r.script.contains(&format!("update @{set} {{ ip saddr }}")),
+            "{}",
+            r.script
+        );
         assert!(r.sets.contains(set));
     }
 
@@ -473,7 +511,12 @@ mod tests {
             .expect("deleted");
         let last_flush = t.rfind("flush chain").expect("flushes");
         assert!(flush < delete && last_flush < delete, "{t}");
-        assert!(t.contains("delete set ip capstan affinity-default/sticky/tcp/http__10.88.0.5/8080/60s"), "{t}");
+        assert!(
+            t.contains(
+                "delete set ip capstan affinity-default/sticky/tcp/http__10.88.0.5/8080/60s"
+            ),
+            "{t}"
+        );
         assert!(second.sets.is_empty() && !second.chains.iter().any(|c| c.contains("sticky")));
     }
 }
