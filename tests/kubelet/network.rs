@@ -52,6 +52,65 @@ struct NetStack {
     /// The node's address: the bridge gateway, where node ports and DNS are served.
     node_ip: String,
     _resolv: tempfile::NamedTempFile,
+    _upstream: FakeUpstream,
+}
+
+/// The address every name outside the cluster gets from [`FakeUpstream`] (TEST-NET-1,
+/// never contacted).
+const UPSTREAM_ANSWER: [u8; 4] = [192, 0, 2, 99];
+
+/// The host's resolver, as far as the node agent can tell: on a loopback address of
+/// its own, port 53, it answers every query with one A record, [`UPSTREAM_ANSWER`].
+struct FakeUpstream {
+    addr: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FakeUpstream {
+    fn start() -> FakeUpstream {
+        let ip = format!(
+            "127.53.{}.{}",
+            rand::random::<u8>(),
+            1 + rand::random::<u8>() % 250
+        );
+        let sock = std::net::UdpSocket::bind(format!("{ip}:53")).expect("fake upstream binds");
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("read timeout");
+        let addr = sock.local_addr().expect("address");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((n, peer)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                // The question ends after its name's zero label, then type and class.
+                let Some(end) = buf[12..n].iter().position(|b| *b == 0).map(|i| 12 + i + 5) else {
+                    continue;
+                };
+                if end > n {
+                    continue;
+                }
+                let mut resp = buf[..end].to_vec();
+                // QR, RD and RA set; one question, one answer, nothing else.
+                resp[2] = 0x81;
+                resp[3] = 0x80;
+                resp[4..12].copy_from_slice(&[0, 1, 0, 1, 0, 0, 0, 0]);
+                // The answer names the question (a compression pointer to offset 12).
+                resp.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+                resp.extend_from_slice(&UPSTREAM_ANSWER);
+                let _ = sock.send_to(&resp, peer);
+            }
+        });
+        FakeUpstream { addr, stop }
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 async fn net_stack() -> NetStack {
@@ -62,9 +121,10 @@ async fn net_stack() -> NetStack {
     let node_ip = format!("{}1", containerd.subnet_prefix);
     let table = Table(format!("capstan-test-{}", rand::random::<u32>()));
     // Names outside the cluster domain are relayed to the host's resolvers; here
-    // that is loopback, where nothing listens, so no query leaves the machine.
+    // that is the test's own on a loopback address, so no query leaves the machine.
+    let upstream = FakeUpstream::start();
     let mut resolv = tempfile::NamedTempFile::new().expect("resolv.conf");
-    writeln!(resolv, "nameserver 127.0.0.1").expect("resolv.conf written");
+    writeln!(resolv, "nameserver {}", upstream.addr.ip()).expect("resolv.conf written");
     let cidr = format!("{}0/24", containerd.subnet_prefix);
     let node = Component::start(
         &api,
@@ -106,6 +166,7 @@ async fn net_stack() -> NetStack {
         table,
         node_ip,
         _resolv: resolv,
+        _upstream: upstream,
     }
 }
 
@@ -192,6 +253,24 @@ spec:
   clusterIP: None
   selector: {{app: web}}
   ports: [{{name: http, port: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: selfie}}
+spec:
+  selector: {{app: selfie}}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: selfie, labels: {{app: selfie}}}}
+spec:
+  nodeName: {NODE}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: [sh, -c, 'trap "exit 0" TERM; mkdir -p /www; hostname > /www/index.html; httpd -p 8080 -h /www; while true; do echo hairpin:$(timeout 5 wget -qO- http://selfie/); sleep 0.5; done']
 ---
 apiVersion: v1
 kind: Service
@@ -330,6 +409,18 @@ async fn services_route_to_ready_endpoints_and_cluster_dns_names_them() {
         "down answered {down:?}"
     );
 
+    // Hairpin: a pod reaches itself through its own service.
+    eventually(
+        "selfie reaching itself through its service",
+        Duration::from_secs(60),
+        || {
+            let lines = log_lines(&s, "selfie", "c");
+            let ok = tagged(&lines, "hairpin").iter().any(|h| h == "selfie");
+            async move { ok.then_some(()) }
+        },
+    )
+    .await;
+
     // From the host, by node port: every replica.
     let np: SocketAddr = format!("{}:{node_port}", s.node_ip)
         .parse()
@@ -353,7 +444,8 @@ async fn services_route_to_ready_endpoints_and_cluster_dns_names_them() {
         "dns",
         "for n in web.default.svc.cluster.local web-headless.default.svc.cluster.local nosuch.default.svc.cluster.local; \
          do nslookup -type=a $n 2>&1 | sed \"s/^/$n /\"; done; \
-         nslookup -type=srv _http._tcp.web.default.svc.cluster.local 2>&1 | sed \"s/^/srv /\";",
+         nslookup -type=srv _http._tcp.web.default.svc.cluster.local 2>&1 | sed \"s/^/srv /\"; \
+         nslookup -type=a example.org. 2>&1 | sed \"s/^/upstream /\";",
     );
     let applied = s.api.kubectl_stdin(&["apply", "-f", "-"], Some(&dns));
     assert!(applied.ok, "{}", applied.stderr);
@@ -399,6 +491,12 @@ async fn services_route_to_ready_endpoints_and_cluster_dns_names_them() {
     assert_eq!(headless, pod_ips, "{text}");
     assert!(text.contains("nosuch.default.svc.cluster.local ** server can't find nosuch.default.svc.cluster.local: NXDOMAIN"), "{text}");
     assert!(text.contains("srv _http._tcp.web.default.svc.cluster.local\tservice = 0 100 80 web.default.svc.cluster.local"), "{text}");
+    // Other names go to the host's resolver, and its answer comes back.
+    let relayed = format!(
+        "upstream Address: {}",
+        std::net::Ipv4Addr::from(UPSTREAM_ANSWER)
+    );
+    assert!(text.lines().any(|l| l.trim() == relayed), "{text}");
 
     // A graceful stop takes the table with it.
     s.node.terminate();
