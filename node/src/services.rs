@@ -286,7 +286,7 @@ pub async fn watch(client: kube::Client, tx: tokio::sync::watch::Sender<Arc<Snap
             &eps_reader.state(),
             svc_synced && eps_synced,
         );
-        let changed = tx.send_if_modified(|cur| {
+        tx.send_if_modified(|cur| {
             if **cur == snap {
                 false
             } else {
@@ -294,7 +294,7 @@ pub async fn watch(client: kube::Client, tx: tokio::sync::watch::Sender<Arc<Snap
                 true
             }
         });
-        if changed && tx.is_closed() {
+        if tx.is_closed() {
             return;
         }
     }

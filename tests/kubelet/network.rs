@@ -363,7 +363,8 @@ async fn services_route_to_ready_endpoints_and_cluster_dns_names_them() {
         "echo fqdn:$(timeout 5 wget -qO- http://web.default.svc.cluster.local/); \
          echo short:$(timeout 5 wget -qO- http://web/); \
          echo sticky:$(timeout 5 wget -qO- http://sticky/); \
-         echo down:$(timeout 5 wget -qO- http://down/ 2>&1);",
+         echo down:$(timeout 5 wget -qO- http://down/ 2>&1); \
+         echo badport:$(timeout 5 wget -qO- http://web:81/ 2>&1);",
     );
     let applied = s.api.kubectl_stdin(&["apply", "-f", "-"], Some(&client));
     assert!(applied.ok, "{}", applied.stderr);
@@ -407,6 +408,12 @@ async fn services_route_to_ready_endpoints_and_cluster_dns_names_them() {
     assert!(
         !down.is_empty() && down.iter().all(|l| l.contains("Connection refused")),
         "down answered {down:?}"
+    );
+    // A port the Service does not have: refused too, not sent down the default route.
+    let bad = tagged(&lines, "badport");
+    assert!(
+        !bad.is_empty() && bad.iter().all(|l| l.contains("Connection refused")),
+        "port 81 of web answered {bad:?}"
     );
 
     // Hairpin: a pod reaches itself through its own service.

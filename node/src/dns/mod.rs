@@ -258,3 +258,130 @@ impl Server {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::net::Ipv4Addr;
+
+    use hickory_proto::op::Query;
+    use hickory_proto::rr::{Name, RecordType};
+
+    use super::*;
+    use crate::services::{Endpoint, Port, Protocol, ServiceInfo};
+
+    /// A server whose cluster has one headless Service `many` with `endpoints` ready
+    /// endpoints, relaying to `upstreams`.
+    fn server(endpoints: u8, upstreams: Vec<SocketAddr>) -> Server {
+        let svc = ServiceInfo {
+            namespace: "default".into(),
+            name: "many".into(),
+            cluster_ip: None,
+            headless: true,
+            kind: "ClusterIP".into(),
+            external_name: None,
+            ports: vec![Port {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                node_port: None,
+            }],
+            affinity_timeout: None,
+            external_local: false,
+            endpoints: (0..endpoints)
+                .map(|i| Endpoint {
+                    ip: Ipv4Addr::new(10, 88, 1, i),
+                    ready: true,
+                    hostname: None,
+                    node_name: None,
+                    ports: BTreeMap::new(),
+                })
+                .collect(),
+        };
+        let snap = Snapshot {
+            services: BTreeMap::from([(("default".into(), "many".into()), svc)]),
+            synced: true,
+        };
+        let (_tx, rx) = watch::channel(Arc::new(snap));
+        Server {
+            cfg: Config {
+                listen: "127.0.0.1:53".parse().expect("address"),
+                domain: "cluster.local".into(),
+                upstreams,
+            },
+            snapshots: rx,
+        }
+    }
+
+    fn query(name: &str) -> Vec<u8> {
+        let mut m = Message::new();
+        m.set_id(4242)
+            .set_recursion_desired(true)
+            .add_query(Query::query(
+                Name::from_ascii(name).expect("name"),
+                RecordType::A,
+            ));
+        m.to_vec().expect("encoded")
+    }
+
+    async fn ask(s: &Server, name: &str, udp: bool) -> Message {
+        let bytes = s.handle(&query(name), udp).await.expect("an answer");
+        Message::from_vec(&bytes).expect("a DNS message")
+    }
+
+    #[tokio::test]
+    async fn cluster_names_are_answered_with_authority() {
+        let s = server(3, Vec::new());
+        let m = ask(&s, "many.default.svc.cluster.local.", true).await;
+        assert_eq!(m.id(), 4242);
+        assert!(m.authoritative());
+        assert_eq!(m.response_code(), ResponseCode::NoError);
+        assert_eq!(m.answers().len(), 3);
+        let m = ask(&s, "nosuch.default.svc.cluster.local.", true).await;
+        assert_eq!(m.response_code(), ResponseCode::NXDomain);
+        assert_eq!(m.name_servers().len(), 1, "the SOA for negative caching");
+    }
+
+    #[tokio::test]
+    async fn an_answer_too_big_for_udp_is_truncated_and_whole_over_tcp() {
+        let s = server(100, Vec::new());
+        let m = ask(&s, "many.default.svc.cluster.local.", true).await;
+        assert!(m.truncated());
+        assert!(m.answers().is_empty());
+        let m = ask(&s, "many.default.svc.cluster.local.", false).await;
+        assert!(!m.truncated());
+        assert_eq!(m.answers().len(), 100);
+    }
+
+    #[tokio::test]
+    async fn other_names_are_relayed_or_fail_without_hanging() {
+        // No upstream at all.
+        let s = server(0, Vec::new());
+        let m = ask(&s, "example.org.", true).await;
+        assert_eq!(m.response_code(), ResponseCode::ServFail);
+        // An upstream that never answers: SERVFAIL after the upstream timeout.
+        let silent = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let s = server(0, vec![silent.local_addr().expect("address")]);
+        let started = std::time::Instant::now();
+        let m = ask(&s, "example.org.", true).await;
+        assert_eq!(m.response_code(), ResponseCode::ServFail);
+        assert!(started.elapsed() < UPSTREAM_TIMEOUT * 2);
+        // One that answers: its answer comes back as it sent it.
+        let up = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let s = server(0, vec![up.local_addr().expect("address")]);
+        let relay = tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            let (n, peer) = up.recv_from(&mut buf).await.expect("query relayed");
+            let mut m = Message::from_vec(&buf[..n]).expect("query");
+            m.set_message_type(MessageType::Response)
+                .set_response_code(ResponseCode::Refused);
+            up.send_to(&m.to_vec().expect("encoded"), peer)
+                .await
+                .expect("sent");
+        });
+        let m = ask(&s, "example.org.", true).await;
+        relay.await.expect("relay");
+        assert_eq!(m.id(), 4242);
+        assert_eq!(m.response_code(), ResponseCode::Refused);
+    }
+}

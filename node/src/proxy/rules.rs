@@ -70,8 +70,14 @@ const BASE_CHAINS: &[(&str, &str)] = &[
         "filter-output",
         "type filter hook output priority -110; policy accept;",
     ),
+    // After DNAT (-100): what still goes to a cluster IP matched no service port.
+    (
+        "filter-output-post-dnat",
+        "type filter hook output priority -90; policy accept;",
+    ),
     ("services", ""),
     ("no-endpoints", ""),
+    ("cluster-ips-check", ""),
     ("mark-for-masquerade", ""),
     ("reject-chain", ""),
 ];
@@ -330,7 +336,27 @@ pub fn build(settings: &Settings, snap: &Snapshot, previous: &Ruleset) -> Rulese
     for c in ["filter-input", "filter-forward", "filter-output"] {
         let _ = writeln!(s, "add rule ip {t} {c} ct state new jump no-endpoints");
     }
+    // Traffic to a cluster IP on a port no Service has is refused here rather than
+    // sent down the default route (upstream's cluster-ips-check). In forward the
+    // packet has been through DNAT already; locally sent ones are checked after it.
+    for c in ["filter-forward", "filter-output-post-dnat"] {
+        let _ = writeln!(s, "add rule ip {t} {c} ct state new jump cluster-ips-check");
+    }
     let _ = writeln!(s, "add rule ip {t} reject-chain reject");
+    let cluster_ips: BTreeSet<String> = snap
+        .services
+        .values()
+        .filter(|svc| svc.kind != "ExternalName")
+        .filter_map(|svc| svc.cluster_ip)
+        .map(|ip| ip.to_string())
+        .collect();
+    if !cluster_ips.is_empty() {
+        let _ = writeln!(
+            s,
+            "add rule ip {t} cluster-ips-check ip daddr {{ {} }} reject",
+            cluster_ips.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
     if !b.services.is_empty() {
         let _ = writeln!(
             s,
@@ -433,6 +459,21 @@ mod tests {
             "{t}"
         );
         assert!(!t.contains("no-endpoints ip daddr"), "{t}");
+        // Other ports of the cluster IP are refused after DNAT, not routed away.
+        assert!(
+            t.contains("add rule ip capstan cluster-ips-check ip daddr { 10.96.0.20 } reject"),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "add rule ip capstan filter-output-post-dnat ct state new jump cluster-ips-check"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("add rule ip capstan filter-forward ct state new jump cluster-ips-check"),
+            "{t}"
+        );
     }
 
     #[test]
