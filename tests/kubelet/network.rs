@@ -351,7 +351,9 @@ async fn services_route_to_ready_endpoints_and_cluster_dns_names_them() {
     eventually("the proxy's rules for web", Duration::from_secs(30), || {
         let table = s.table.list().unwrap_or_default();
         let routed = table.contains(&format!("{cluster_ip} . tcp . 80"))
-            && table.matches("dnat to").count() >= 9
+            && table.matches("chain endpoint-default/sticky/").count() == 3
+            && table.matches("chain endpoint-default/web/").count() == 3
+            && table.matches("chain endpoint-default/web-np/").count() == 3
             && table.contains(&format!(". tcp . {down_port} : goto reject-chain"));
         async move { routed.then_some(()) }
     })
@@ -397,7 +399,9 @@ async fn services_route_to_ready_endpoints_and_cluster_dns_names_them() {
     .await;
     let lines = log_lines(&s, "client", "c");
     // ClientIP affinity: one client, one replica, every time.
-    let sticky: BTreeSet<String> = tagged(&lines, "sticky").into_iter().collect();
+    let sticky: Vec<String> = tagged(&lines, "sticky");
+    assert!(sticky.len() >= 3, "{sticky:?}");
+    let sticky: BTreeSet<String> = sticky.into_iter().collect();
     assert_eq!(sticky.len(), 1, "sticky answered by {sticky:?}");
     assert!(
         sticky.iter().all(|h| pods.contains(h)),
