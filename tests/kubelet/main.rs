@@ -7,6 +7,7 @@
 mod support;
 
 mod containerd;
+mod multinode;
 mod network;
 
 use std::collections::HashMap;
