@@ -140,15 +140,17 @@ pub async fn run(
             let due = last_sync.is_none_or(|t| t.elapsed() >= cfg.sync_period);
             if next.script != applied.script || due {
                 let started = std::time::Instant::now();
+                let changed = next.script != applied.script;
                 match nft(&next.script).await {
                     Ok(()) => {
-                        tracing::info!(
-                            table = %table,
-                            services = snap.services.len(),
-                            chains = next.chains.len(),
-                            elapsed_ms = started.elapsed().as_millis() as u64,
-                            "nftables rules synced"
-                        );
+                        let elapsed_ms = started.elapsed().as_millis() as u64;
+                        // A periodic resync that changed nothing is not news.
+                        if changed {
+                            tracing::info!(table = %table, services = snap.services.len(),
+                                           chains = next.chains.len(), elapsed_ms, "nftables rules synced");
+                        } else {
+                            tracing::debug!(table = %table, elapsed_ms, "nftables rules resynced");
+                        }
                         applied = next;
                         last_sync = Some(tokio::time::Instant::now());
                     }
