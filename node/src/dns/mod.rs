@@ -202,6 +202,11 @@ impl Server {
             resp.add_name_servers(records::soa(&self.cfg.domain));
         };
         match outcome {
+            // Before the first lists are in, "no such Service" may be false: the client
+            // is told to try again rather than to cache a negative answer.
+            Outcome::NoSuchName | Outcome::NoData | Outcome::Found { .. } if !snap.synced => {
+                resp.set_response_code(ResponseCode::ServFail);
+            }
             Outcome::NotOurs => {
                 if let Some(answer) = self.relay(query).await {
                     return Some(answer);
@@ -340,6 +345,20 @@ mod tests {
         let m = ask(&s, "nosuch.default.svc.cluster.local.", true).await;
         assert_eq!(m.response_code(), ResponseCode::NXDomain);
         assert_eq!(m.name_servers().len(), 1, "the SOA for negative caching");
+    }
+
+    #[tokio::test]
+    async fn cluster_names_fail_until_the_services_are_listed() {
+        let s = server(3, Vec::new());
+        let mut snap = (**s.snapshots.borrow()).clone();
+        snap.synced = false;
+        let (_tx, rx) = watch::channel(Arc::new(snap));
+        let s = Server {
+            cfg: s.cfg.clone(),
+            snapshots: rx,
+        };
+        let m = ask(&s, "nosuch.default.svc.cluster.local.", true).await;
+        assert_eq!(m.response_code(), ResponseCode::ServFail);
     }
 
     #[tokio::test]
