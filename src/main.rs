@@ -108,6 +108,21 @@ struct NodeArgs {
     /// Where container logs are written (the kubelet's `podLogsDir`).
     #[arg(long, default_value = "/var/log/pods")]
     pod_logs_dir: PathBuf,
+    /// Do not run the service proxy (kube-proxy's nftables mode) in this agent.
+    #[arg(long)]
+    disable_kube_proxy: bool,
+    /// The pods' address range (kube-proxy's flag): traffic to a cluster IP from
+    /// outside it is masqueraded.
+    #[arg(long, value_parser = parse_cidr)]
+    cluster_cidr: Option<(std::net::Ipv4Addr, u8)>,
+    /// The nftables table (family `ip`) the service proxy owns; distinct names let
+    /// several agents share one machine.
+    #[arg(long, default_value = "capstan")]
+    proxy_nftables_table: String,
+    /// Serve cluster DNS on this address (port 53), usually the node's address that
+    /// pods reach, given to them with `--cluster-dns`.
+    #[arg(long)]
+    cluster_dns_bind_address: Option<std::net::IpAddr>,
     /// Duration of the node's Lease in seconds; it is renewed every quarter of it.
     #[arg(long, default_value_t = 40)]
     node_lease_duration_seconds: i32,
@@ -116,9 +131,25 @@ struct NodeArgs {
     node_status_report_frequency: std::time::Duration,
 }
 
+/// An IPv4 CIDR (`10.88.0.0/16`).
+pub fn parse_cidr(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
+    let (ip, bits) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s}: not a CIDR (address/bits)"))?;
+    let ip = ip
+        .parse::<std::net::Ipv4Addr>()
+        .map_err(|e| format!("{s}: {e}"))?;
+    let bits = bits
+        .parse::<u8>()
+        .ok()
+        .filter(|b| *b <= 32)
+        .ok_or_else(|| format!("{s}: bad prefix length"))?;
+    Ok((ip, bits))
+}
+
 /// Which node agent `capstan node` runs.
 enum NodeConfig {
-    Kubelet(capstan_node::kubelet::Config),
+    Kubelet(Box<capstan_node::kubelet::Config>),
     Simulated(capstan_node::simulated::Config),
 }
 
@@ -134,28 +165,37 @@ impl NodeArgs {
         let labels = capstan_node::registration::parse_labels(&self.node_labels)?;
         let taints = capstan_node::registration::parse_taints(&self.register_with_taints)?;
         if !self.simulated {
-            return Ok(NodeConfig::Kubelet(capstan_node::kubelet::Config {
-                kubeconfig: self.kubeconfig,
-                node_name,
-                runtime_endpoint: self.container_runtime_endpoint,
-                node_ip: self.node_ip,
-                max_pods: self.max_pods,
-                labels,
-                taints,
-                heartbeat: capstan_node::registration::Heartbeat {
-                    lease_duration_seconds: self.node_lease_duration_seconds,
-                    status_report_frequency: self.node_status_report_frequency,
+            return Ok(NodeConfig::Kubelet(Box::new(
+                capstan_node::kubelet::Config {
+                    kubeconfig: self.kubeconfig,
+                    node_name,
+                    runtime_endpoint: self.container_runtime_endpoint,
+                    node_ip: self.node_ip,
+                    max_pods: self.max_pods,
+                    labels,
+                    taints,
+                    heartbeat: capstan_node::registration::Heartbeat {
+                        lease_duration_seconds: self.node_lease_duration_seconds,
+                        status_report_frequency: self.node_status_report_frequency,
+                    },
+                    image_archives: self.image_archive,
+                    pod_logs_dir: self.pod_logs_dir,
+                    root_dir: self.root_dir,
+                    dns: capstan_node::kubelet::cri::Dns {
+                        cluster_dns: self.cluster_dns,
+                        cluster_domain: self.cluster_domain,
+                        ..Default::default()
+                    }
+                    .with_host_file(&self.resolv_conf),
+                    proxy: (!self.disable_kube_proxy).then_some(
+                        capstan_node::kubelet::ProxyOptions {
+                            table: self.proxy_nftables_table,
+                            cluster_cidr: self.cluster_cidr,
+                        },
+                    ),
+                    dns_listen: self.cluster_dns_bind_address,
                 },
-                image_archives: self.image_archive,
-                pod_logs_dir: self.pod_logs_dir,
-                root_dir: self.root_dir,
-                dns: capstan_node::kubelet::cri::Dns {
-                    cluster_dns: self.cluster_dns,
-                    cluster_domain: self.cluster_domain,
-                    ..Default::default()
-                }
-                .with_host_file(&self.resolv_conf),
-            }));
+            )));
         }
         Ok(NodeConfig::Simulated(capstan_node::simulated::Config {
             kubeconfig: self.kubeconfig,
@@ -438,7 +478,7 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(async move {
                 let agent = async move {
                     match cfg {
-                        NodeConfig::Kubelet(c) => capstan_node::kubelet::run(c).await,
+                        NodeConfig::Kubelet(c) => capstan_node::kubelet::run(*c).await,
                         NodeConfig::Simulated(c) => capstan_node::simulated::run(c).await,
                     }
                 };

@@ -51,6 +51,20 @@ pub struct ServerArgs {
     /// Where the agent writes container logs (the kubelet's `podLogsDir`).
     #[arg(long, default_value = "/var/log/pods")]
     pod_logs_dir: PathBuf,
+    /// Do not run the agent's service proxy (kube-proxy's nftables mode).
+    #[arg(long)]
+    disable_kube_proxy: bool,
+    /// The pods' address range: traffic to a cluster IP from outside it is masqueraded.
+    #[arg(long, value_parser = crate::parse_cidr)]
+    cluster_cidr: Option<(std::net::Ipv4Addr, u8)>,
+    /// The cluster DNS server pods use. By default the agent serves cluster DNS itself
+    /// on the node's address and points pods there; given this, it serves none.
+    #[arg(long)]
+    cluster_dns: Option<std::net::IpAddr>,
+    /// Serve no cluster DNS (pods with `dnsPolicy: ClusterFirst` get the host's
+    /// resolvers, unless `--cluster-dns` names one).
+    #[arg(long)]
+    disable_cluster_dns: bool,
 }
 
 /// The machine's hostname, the default node name (as the kubelet's).
@@ -112,11 +126,23 @@ pub async fn run(
     let apiserver = async { capstan_apiserver::run(api_cfg).await.context("apiserver") };
     let kubeconfig = a.write_kubeconfig.clone();
     let pki = a.data_dir.join("pki");
+    // The agent's DNS server listens on the node's address: pods reach it through
+    // their default route, and it needs no Service of its own (see ARCHITECTURE.md).
+    let node_ip = a
+        .node_ip
+        .unwrap_or_else(capstan_node::kubelet::machine::default_node_ip);
+    let dns_listen = (a.cluster_dns.is_none() && !a.disable_cluster_dns).then_some(node_ip);
+    let cluster_dns: Vec<String> = a
+        .cluster_dns
+        .or(dns_listen)
+        .map(|ip| ip.to_string())
+        .into_iter()
+        .collect();
     let agent = (!a.disable_agent).then(|| capstan_node::kubelet::Config {
         kubeconfig: kubeconfig.clone(),
         node_name: name.clone(),
         runtime_endpoint: a.container_runtime_endpoint,
-        node_ip: a.node_ip,
+        node_ip: Some(node_ip),
         max_pods: 110,
         // As k3s labels its servers.
         labels: [(
@@ -131,6 +157,7 @@ pub async fn run(
             status_report_frequency: Duration::from_secs(300),
         },
         dns: capstan_node::kubelet::cri::Dns {
+            cluster_dns,
             cluster_domain: "cluster.local".into(),
             ..Default::default()
         }
@@ -138,6 +165,11 @@ pub async fn run(
         root_dir: a.data_dir.join("agent/kubelet"),
         pod_logs_dir: a.pod_logs_dir,
         image_archives: a.image_archive,
+        proxy: (!a.disable_kube_proxy).then(|| capstan_node::kubelet::ProxyOptions {
+            cluster_cidr: a.cluster_cidr,
+            ..Default::default()
+        }),
+        dns_listen,
     });
     let components = async move {
         wait_for_file(&kubeconfig).await;

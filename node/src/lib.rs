@@ -11,10 +11,17 @@
 //!   part played for pods bound to them (Running and Ready with a pod IP, Job pods
 //!   completing, graceful deletions finished) without running containers, so one
 //!   process can stand in for many nodes in tests and scale benchmarks.
+//!
+//! With the kubelet run the service proxy ([`proxy`], kube-proxy's nftables mode) and
+//! the cluster DNS ([`dns`]), both fed by one watch of Services and EndpointSlices
+//! ([`services`]).
 
+pub mod dns;
 pub mod kubelet;
 pub mod podstatus;
+pub mod proxy;
 pub mod registration;
+pub mod services;
 pub mod simulated;
 
 /// What can stop the node agent.
@@ -40,4 +47,7 @@ pub enum NodeError {
     /// An `--image-archive` could not be imported into the runtime.
     #[error("importing image archive {0}")]
     ImageImport(String),
+    /// The service proxy cannot program nftables.
+    #[error("service proxy: {0}")]
+    Proxy(#[from] proxy::ProxyError),
 }

@@ -104,6 +104,12 @@ fn snapshotter(dir: &Path) -> &'static str {
 
 impl Containerd {
     pub async fn start() -> Containerd {
+        Self::start_in(None).await
+    }
+
+    /// A containerd in the network namespace `netns` (of `ip netns add`): its pods' bridge
+    /// and routes live there, as on a machine of their own.
+    pub async fn start_in(netns: Option<&str>) -> Containerd {
         for tool in ["containerd", "runc", "ctr"] {
             assert!(
                 Command::new("sh")
@@ -130,6 +136,9 @@ impl Containerd {
                  "hairpinMode": true,
                  "ipam": {"type": "host-local",
                           "ranges": [[{"subnet": format!("{subnet_prefix}0/24")}]],
+                          // Cluster IPs are reached through the default route (the
+                          // node's proxy DNATs them on the way).
+                          "routes": [{"dst": "0.0.0.0/0"}],
                           "dataDir": d.join("ipam")}},
                 {"type": "portmap", "capabilities": {"portMappings": true}},
                 {"type": "loopback"}
@@ -185,7 +194,17 @@ state = "{state}"
             String::from_utf8_lossy(&built.stderr)
         );
         let log = std::fs::File::create(d.join("containerd.log")).expect("log");
-        let child = Command::new("containerd")
+        let mut cmd = match netns {
+            Some(ns) => {
+                // nsenter, not `ip netns exec`: that one also remounts /sys, which
+                // hides the cgroup hierarchy from runc.
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg("containerd");
+                c
+            }
+            None => Command::new("containerd"),
+        };
+        let child = cmd
             .arg("--config")
             .arg(d.join("config.toml"))
             .stdin(Stdio::null())

@@ -7,6 +7,8 @@
 mod support;
 
 mod containerd;
+mod multinode;
+mod network;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -50,6 +52,9 @@ async fn stack() -> Stack {
             "4",
             "--cluster-dns",
             "10.96.0.10",
+            // Parallel stacks share the machine's nftables; services are the
+            // network tests' (network.rs), each with its own table.
+            "--disable-kube-proxy",
         ],
     );
     Stack {

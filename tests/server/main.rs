@@ -203,6 +203,18 @@ async fn a_deployment_comes_up_on_a_single_server() {
     );
 }
 
+/// Deletes an nftables table (the agent's, after its process was killed).
+struct NftTable(&'static str);
+
+impl Drop for NftTable {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", self.0])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// `capstan server` with its own node agent on a (private) containerd: the one-command
 /// cluster a user starts, a Deployment's pods really running.
 #[tokio::test(flavor = "multi_thread")]
@@ -211,6 +223,10 @@ async fn a_server_runs_a_deployment_in_containerd() {
     let endpoint = format!("unix://{}", ctrd.socket.display());
     let archive = ctrd.image_archive.display().to_string();
     let logs = ctrd.pod_logs_dir.display().to_string();
+    // The node's address is the test bridge's gateway: its DNS server and node ports
+    // are the test's alone. The proxy's table is the default one; removed at the end.
+    let node_ip = format!("{}1", ctrd.subnet_prefix);
+    let _table = NftTable("capstan");
     let mut srv = ServerProcess::start_with_agent(&[
         "--container-runtime-endpoint",
         &endpoint,
@@ -218,6 +234,8 @@ async fn a_server_runs_a_deployment_in_containerd() {
         &archive,
         "--pod-logs-dir",
         &logs,
+        "--node-ip",
+        &node_ip,
     ]);
     srv.wait_ready().await;
     eventually("node srv Ready", Duration::from_secs(60), || {
@@ -237,8 +255,10 @@ async fn a_server_runs_a_deployment_in_containerd() {
         "--",
         "sh",
         "-c",
-        // Ends on SIGTERM (a shell as PID 1 would otherwise sit out the grace period).
-        "trap 'exit 0' TERM; echo started; while true; do sleep 1; done",
+        // httpd serves the pod's hostname in the background; the shell ends on
+        // SIGTERM (as PID 1 it would otherwise sit out the grace period).
+        "trap 'exit 0' TERM; mkdir -p /www; hostname > /www/index.html; httpd -p 8080 -h /www; \
+         echo started; while true; do sleep 1; done",
     ]);
     assert!(out.ok, "{}", out.stderr);
     let status = srv.kubectl(&["rollout", "status", "deployment/web", "--timeout=90s"]);
@@ -264,6 +284,71 @@ async fn a_server_runs_a_deployment_in_containerd() {
         "{ips:?} not in {}",
         ctrd.subnet_prefix
     );
+    // The server's agent routes services and answers cluster DNS by default: a pod
+    // reaches a replica by the service's short name.
+    let out = srv.kubectl(&[
+        "expose",
+        "deployment",
+        "web",
+        "--port=80",
+        "--target-port=8080",
+    ]);
+    assert!(out.ok, "{}", out.stderr);
+    eventually("the proxy's rules for web", Duration::from_secs(60), || {
+        let table = Command::new("nft")
+            .args(["list", "table", "ip", "capstan"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        async move { (table.matches("dnat to").count() >= 2).then_some(()) }
+    })
+    .await;
+    let out = srv.kubectl(&[
+        "run",
+        "client",
+        "--image",
+        containerd::BUSYBOX,
+        "--restart=Never",
+        "--",
+        "sh",
+        "-c",
+        "until timeout 5 wget -qO- http://web/; do sleep 1; done",
+    ]);
+    assert!(out.ok, "{}", out.stderr);
+    let names = srv.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]);
+    let names: Vec<String> = names.out().split_whitespace().map(str::to_string).collect();
+    let answer = eventually(
+        "the client pod to reach web",
+        Duration::from_secs(90),
+        || {
+            srv.check_running();
+            let phase = srv.kubectl(&["get", "pod", "client", "-o", "jsonpath={.status.phase}"]);
+            let uid = srv.kubectl(&["get", "pod", "client", "-o", "jsonpath={.metadata.uid}"]);
+            let log = std::fs::read_to_string(
+                ctrd.pod_logs_dir
+                    .join(format!("default_client_{}/client/0.log", uid.out())),
+            )
+            .unwrap_or_default();
+            let answer: Option<String> = log
+                .lines()
+                .filter_map(|l| l.splitn(4, ' ').nth(3))
+                .map(str::to_string)
+                .next_back();
+            async move { (phase.out() == "Succeeded").then_some(answer).flatten() }
+        },
+    )
+    .await;
+    assert!(names.contains(&answer), "{answer} is not one of {names:?}");
+    let del = srv.kubectl(&["delete", "pod", "client"]);
+    assert!(del.ok, "{}", del.stderr);
+
     // Gone again, containers and all, before the runtime is torn down.
     let del = srv.kubectl(&["delete", "deployment", "web"]);
     assert!(del.ok, "{}", del.stderr);

@@ -69,6 +69,28 @@ pub struct Config {
     /// Image archives imported into the runtime's `k8s.io` namespace at start, with
     /// `ctr` (no registry may be reachable).
     pub image_archives: Vec<PathBuf>,
+    /// The service proxy; `None` with `--disable-kube-proxy`.
+    pub proxy: Option<ProxyOptions>,
+    /// The address this agent serves cluster DNS on (port 53); `None`: it does not.
+    pub dns_listen: Option<IpAddr>,
+}
+
+/// The service proxy's flags.
+#[derive(Clone, Debug)]
+pub struct ProxyOptions {
+    /// The nftables table (`ip` family) the proxy owns.
+    pub table: String,
+    /// kube-proxy's `--cluster-cidr`.
+    pub cluster_cidr: Option<(std::net::Ipv4Addr, u8)>,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            table: "capstan".into(),
+            cluster_cidr: None,
+        }
+    }
 }
 
 /// The kubelet's memory of one pod between syncs.
@@ -192,8 +214,40 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         cfg,
     });
     tokio::spawn(k.clone().watch_pods());
-    k.sync_loop().await;
-    Ok(())
+    // Services are watched once for the proxy and DNS together.
+    let snapshots = (k.cfg.proxy.is_some() || k.cfg.dns_listen.is_some())
+        .then(|| crate::services::spawn(client.clone()));
+    if let (Some(listen), Some(rx)) = (k.cfg.dns_listen, &snapshots) {
+        let listen = std::net::SocketAddr::new(listen, 53);
+        let cfg = crate::dns::Config {
+            listen,
+            domain: k
+                .cfg
+                .dns
+                .cluster_domain
+                .trim_end_matches('.')
+                .to_lowercase(),
+            upstreams: crate::dns::Config::upstreams_from(&k.cfg.dns.host_servers, listen),
+        };
+        tokio::spawn(crate::dns::run(cfg, rx.clone()));
+    }
+    let proxy = async {
+        match (&k.cfg.proxy, snapshots) {
+            (Some(opts), Some(rx)) => {
+                let mut cfg = crate::proxy::Config::new(&k.cfg.node_name, node_ip);
+                cfg.rules.table = opts.table.clone();
+                cfg.rules.cluster_cidr = opts.cluster_cidr;
+                crate::proxy::run(cfg, rx).await
+            }
+            _ => std::future::pending().await,
+        }
+    };
+    // The proxy runs inside the agent's future, so stopping the agent (dropping it)
+    // removes the proxy's table.
+    tokio::select! {
+        () = k.sync_loop() => Ok(()),
+        r = proxy => r.map_err(NodeError::Proxy),
+    }
 }
 
 impl Kubelet {
