@@ -10,6 +10,7 @@ pub mod cache;
 pub mod discovery;
 pub mod error;
 pub mod http;
+pub mod managed;
 pub mod metrics;
 pub mod patch;
 pub mod protobuf;
