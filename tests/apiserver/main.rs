@@ -5,6 +5,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod apply;
 mod kube_rs;
 mod kubectl;
 mod protobuf;
