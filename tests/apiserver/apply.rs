@@ -6,6 +6,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{json, Value};
@@ -389,6 +390,33 @@ async fn managed_fields_of_creates_and_updates() {
         json!({"f:data": {".": {}, "f:a": {}}, "f:metadata": {"f:annotations": {
             ".": {}, "f:kubectl.kubernetes.io/last-applied-configuration": {}}}})
     );
+
+    // Moving it to server-side apply with a changed value is no conflict: the value
+    // client-side apply set is still the one it last applied. The annotation follows.
+    let changed = cm.replace("a: \"1\"", "a: \"2\"");
+    let (code, out, err) = apply(api, &[], &changed);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), "configmap/conf serverside-applied");
+    let c = api.kubectl(&["get", "cm", "conf", "-o", "json"]).json();
+    assert_eq!(c["data"], json!({"a": "2"}));
+    let last: Value = serde_json::from_str(
+        c["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+            .as_str()
+            .unwrap_or(""),
+    )
+    .expect("annotation JSON");
+    assert_eq!(last["data"], json!({"a": "2"}));
+    // Another manager has no such pass.
+    let (code, _, err) = apply(
+        api,
+        &["--field-manager=other"],
+        &cm.replace("a: \"1\"", "a: \"3\""),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("Apply failed with 1 conflict: conflict with \"kubectl\": .data.a"),
+        "{err}"
+    );
 }
 
 async fn client(s: &Stack) -> kube::Client {
@@ -559,4 +587,91 @@ async fn kube_rs_apply_conflicts_and_force() {
             "reason": "FieldValueForbidden", "field": "force",
             "message": "Forbidden: may not be specified for non-apply patch"}]})
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kube_rs_status_and_scale_managers() {
+    let s = Stack::start().await;
+    let api: Api<Deployment> = Api::namespaced(client(&s).await, "default");
+    let manifest = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}}}
+    });
+    api.patch("web", &PatchParams::apply("ci"), &Patch::Apply(&manifest))
+        .await
+        .expect("apply");
+
+    // A status write is the status subresource's, and owns only status.
+    let pp = PatchParams {
+        field_manager: Some("deployment-controller".into()),
+        ..Default::default()
+    };
+    api.patch_status(
+        "web",
+        &pp,
+        &Patch::Merge(json!({"status": {"replicas": 2, "observedGeneration": 1}})),
+    )
+    .await
+    .expect("status");
+    let d = api.get("web").await.expect("get");
+    let mf = d.metadata.managed_fields.clone().unwrap_or_default();
+    let status = mf
+        .iter()
+        .find(|e| e.manager.as_deref() == Some("deployment-controller"))
+        .expect("status entry");
+    assert_eq!(status.subresource.as_deref(), Some("status"));
+    assert_eq!(status.operation.as_deref(), Some("Update"));
+    assert_eq!(
+        status.fields_v1.as_ref().map(|f| f.0.clone()),
+        Some(json!({"f:status": {"f:observedGeneration": {}, "f:replicas": {}}}))
+    );
+
+    // An apply through the scale subresource conflicts with the object's applier...
+    let scale = |n: i64| {
+        json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+            "metadata": {"name": "web", "namespace": "default"}, "spec": {"replicas": n}})
+    };
+    let err = api
+        .patch_scale("web", &PatchParams::apply("hpa"), &Patch::Apply(scale(7)))
+        .await
+        .expect_err("conflict");
+    let kube::Error::Api(e) = err else {
+        panic!("not an API error: {err}");
+    };
+    assert_eq!(e.code, 409);
+    assert_eq!(
+        e.message,
+        "Apply failed with 1 conflict: conflict with \"ci\": .spec.replicas"
+    );
+    // ...and forced, it is recorded as an apply of the scale subresource.
+    let out = api
+        .patch_scale(
+            "web",
+            &PatchParams::apply("hpa").force(),
+            &Patch::Apply(scale(7)),
+        )
+        .await
+        .expect("forced");
+    assert_eq!(out.spec.and_then(|s| s.replicas), Some(7));
+    let d = api.get("web").await.expect("get");
+    let mf = d.metadata.managed_fields.clone().unwrap_or_default();
+    let hpa = mf
+        .iter()
+        .find(|e| e.manager.as_deref() == Some("hpa"))
+        .expect("scale entry");
+    assert_eq!(hpa.subresource.as_deref(), Some("scale"));
+    assert_eq!(hpa.operation.as_deref(), Some("Apply"));
+    assert_eq!(
+        hpa.fields_v1.as_ref().map(|f| f.0.clone()),
+        Some(json!({"f:spec": {"f:replicas": {}}}))
+    );
+    let ci = mf
+        .iter()
+        .find(|e| e.manager.as_deref() == Some("ci"))
+        .and_then(|e| e.fields_v1.as_ref())
+        .map(|f| f.0.clone())
+        .unwrap_or_default();
+    assert!(ci["f:spec"].get("f:replicas").is_none(), "{ci}");
 }

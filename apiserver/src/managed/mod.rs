@@ -19,9 +19,12 @@
 //! `resourceVersion` and the other system fields are never owned; and on the main
 //! resource of a kind with a status subresource nobody owns `status`.
 //!
-//! Not done: conversion between API versions (every served resource has one), and the
-//! migration from client-side apply (upstream lets `kubectl apply --server-side` take
-//! over fields whose values still match the `last-applied-configuration` annotation).
+//! The migration from client-side apply is upstream's too: `kubectl apply
+//! --server-side` (manager `kubectl`) may take over, without `--force-conflicts`, the
+//! fields whose values still match the `last-applied-configuration` annotation, and
+//! keeps that annotation up to date when the object has one.
+//!
+//! Not done: conversion between API versions (every served resource has one).
 
 pub mod fieldpath;
 pub mod schema;
@@ -287,6 +290,21 @@ fn without_managed_fields(v: &Value) -> Value {
     v
 }
 
+/// Adds what `zero` has and `v` lacks, at every level both have an object.
+fn fill_zero(v: &mut Value, zero: &Value) {
+    let (Some(m), Some(z)) = (v.as_object_mut(), zero.as_object()) else {
+        return;
+    };
+    for (k, zv) in z {
+        match m.get_mut(k) {
+            None => {
+                m.insert(k.clone(), zv.clone());
+            }
+            Some(child) => fill_zero(child, zv),
+        }
+    }
+}
+
 /// Whether a request's managedFields ask to clear them (`[]` or `[{}]`).
 fn is_reset(v: Option<&Value>) -> bool {
     match v {
@@ -354,6 +372,16 @@ impl Writer<'_> {
         Ctx::Root(Kind::of(self.kind))
     }
 
+    /// An object (the kind's zero value when absent) as kube-apiserver's field manager
+    /// sees it: without its managedFields, and with the struct fields Go never omits,
+    /// which the stored JSON may lack (a Deployment without `status`). Without them a
+    /// first status write would take `status` as a new subtree and own it whole.
+    fn as_go_sees(&self, v: Option<&Value>) -> Value {
+        let mut out = v.map_or_else(|| json!({}), without_managed_fields);
+        fill_zero(&mut out, &schema::zero_object(self.kind));
+        out
+    }
+
     fn time(&self) -> Option<String> {
         (self.subresource != "scale").then(|| self.now.clone())
     }
@@ -397,13 +425,10 @@ impl Writer<'_> {
                 _ => live_entries(),
             }
         };
-        let before = match live {
-            Some(l) => without_managed_fields(l),
-            None => schema::zero_object(self.kind),
-        };
+        let before = self.as_go_sees(live);
         let cmp = self.filter(typed::compare(
             &before,
-            &without_managed_fields(new),
+            &self.as_go_sees(Some(new)),
             self.ctx(),
         ));
         let changed = cmp.changed();
@@ -488,10 +513,7 @@ impl Writer<'_> {
         let mut entries = live
             .and_then(|l| decode(l.pointer("/metadata/managedFields")))
             .unwrap_or_default();
-        let before = match live {
-            Some(l) => without_managed_fields(l),
-            None => schema::zero_object(self.kind),
-        };
+        let before = self.as_go_sees(live);
         let mut merged = typed::merge(&before, config, ctx);
         let me = identity(self.manager, Operation::Apply, "", self.subresource);
         let mine = entries.iter().position(|e| e.identity() == me);
@@ -526,8 +548,20 @@ impl Writer<'_> {
             .filter(|(_, c)| !c.is_empty())
             .collect();
         if !conflicts.is_empty() && !force {
-            conflicts.sort_by_key(|(e, _)| e.identity());
-            return Err(conflict_error(&conflicts));
+            // kubectl's own server-side apply may take over what its client-side apply
+            // set, as long as the values are still those it last applied.
+            if self.manager == KUBECTL {
+                if let Some(allowed) = live.and_then(|l| allowed_by_last_applied(l, ctx)) {
+                    for (_, c) in &mut conflicts {
+                        *c = c.difference(&allowed);
+                    }
+                    conflicts.retain(|(_, c)| !c.is_empty());
+                }
+            }
+            if !conflicts.is_empty() {
+                conflicts.sort_by_key(|(e, _)| e.identity());
+                return Err(conflict_error(&conflicts));
+            }
         }
         for (i, e) in entries.iter_mut().enumerate() {
             if Some(i) != mine {
@@ -552,8 +586,59 @@ impl Writer<'_> {
                 fields,
             }),
         }
+        if self.manager == KUBECTL {
+            keep_last_applied(live, config, &mut merged);
+        }
         store(&mut merged, entries);
         Ok(merged)
+    }
+}
+
+/// The manager name of `kubectl apply --server-side`, whose applies upstream lets take
+/// over from client-side apply.
+const KUBECTL: &str = "kubectl";
+
+/// The annotation client-side apply keeps its last configuration in.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// The fields of the live object's last-applied configuration that still hold the
+/// values it applied (upstream's lastAppliedManager): conflicts on them are allowed.
+fn allowed_by_last_applied(live: &Value, ctx: Ctx) -> Option<Set> {
+    let text = live
+        .get("metadata")?
+        .get("annotations")?
+        .get(LAST_APPLIED)?
+        .as_str()?;
+    let last: Value = serde_json::from_str(text).ok()?;
+    let set = typed::field_set(&last, ctx, false).ok()?;
+    let differ = typed::compare(&last, &without_managed_fields(live), ctx);
+    Some(set.difference(&differ.modified).difference(&differ.removed))
+}
+
+/// After kubectl's server-side apply, an object that has a last-applied annotation gets
+/// the applied configuration in it, so a later client-side apply sees what this one set
+/// (upstream's lastAppliedUpdater).
+fn keep_last_applied(live: Option<&Value>, config: &Value, merged: &mut Value) {
+    let had = live
+        .and_then(|l| l.pointer("/metadata/annotations"))
+        .and_then(|a| a.get(LAST_APPLIED))
+        .and_then(Value::as_str)
+        .is_some_and(|v| !v.is_empty());
+    if !had {
+        return;
+    }
+    let mut cfg = config.clone();
+    if let Some(a) = cfg
+        .pointer_mut("/metadata/annotations")
+        .and_then(Value::as_object_mut)
+    {
+        a.remove(LAST_APPLIED);
+    }
+    if let Some(a) = merged
+        .pointer_mut("/metadata/annotations")
+        .and_then(Value::as_object_mut)
+    {
+        a.insert(LAST_APPLIED.into(), Value::String(cfg.to_string()));
     }
 }
 
@@ -755,6 +840,66 @@ mod tests {
             err.to_string(),
             "Apply failed with 1 conflict: conflict with \"kubectl\" with subresource \"scale\" using apps/v1: .spec.replicas"
         );
+    }
+
+    #[test]
+    fn kubectl_takes_over_from_client_side_apply() {
+        let mut created = deployment(2, "nginx");
+        let last = deployment(2, "nginx").to_string();
+        created["metadata"]["annotations"] = json!({ LAST_APPLIED: last });
+        writer("kubectl-client-side-apply", "Deployment", "apps/v1")
+            .track_update(None, &mut created);
+        // Another manager gets the conflict...
+        let err = writer("other", "Deployment", "apps/v1")
+            .apply(Some(&created), &deployment(3, "nginx:2"), false)
+            .expect_err("conflict");
+        assert!(
+            err.to_string().starts_with("Apply failed with 2 conflicts"),
+            "{err}"
+        );
+        // ...kubectl does not, since the values are still the last applied ones.
+        let out = writer(KUBECTL, "Deployment", "apps/v1")
+            .apply(Some(&created), &deployment(3, "nginx:2"), false)
+            .expect("migrates");
+        assert_eq!(out["spec"]["replicas"], 3);
+        let annotation = out["metadata"]["annotations"][LAST_APPLIED]
+            .as_str()
+            .and_then(|t| serde_json::from_str::<Value>(t).ok());
+        assert_eq!(annotation, Some(deployment(3, "nginx:2")));
+        // A value changed since by someone else is still a conflict.
+        let mut changed = out.clone();
+        changed["spec"]["replicas"] = json!(7);
+        writer("kubectl-scale", "Deployment", "apps/v1").track_update(Some(&out), &mut changed);
+        let mut csa = changed.clone();
+        csa["metadata"]["annotations"][LAST_APPLIED] = json!(deployment(3, "nginx:2").to_string());
+        let err = writer(KUBECTL, "Deployment", "apps/v1")
+            .apply(Some(&csa), &deployment(4, "nginx:2"), false)
+            .expect_err("conflict");
+        assert!(err.to_string().contains("kubectl-scale"), "{err}");
+    }
+
+    #[test]
+    fn status_writes_own_fields_of_status_not_status() {
+        let a = writer("a", "Deployment", "apps/v1");
+        let live = a
+            .apply(None, &deployment(2, "nginx"), false)
+            .expect("create");
+        let mut live = live;
+        if let Some(o) = live.as_object_mut() {
+            o.remove("status");
+        }
+        let mut new = live.clone();
+        new["status"] = json!({"replicas": 2});
+        let s = Writer {
+            subresource: "status",
+            ignore_status: false,
+            ..writer("ctrl", "Deployment", "apps/v1")
+        };
+        s.track_update(Some(&live), &mut new);
+        let e = entries(&new);
+        let st = e.iter().find(|x| x["manager"] == "ctrl").expect("entry");
+        assert_eq!(st["fieldsV1"], json!({"f:status": {"f:replicas": {}}}));
+        assert_eq!(st["subresource"], "status");
     }
 
     #[test]
