@@ -13,7 +13,7 @@ use crate::managed;
 use crate::patch::{self, PatchType};
 use crate::resources::{self, ResourceType};
 use crate::selectors::{FieldSelector, LabelSelector};
-use crate::storage::{Claimed, Store, Stored, Written};
+use crate::storage::{Claimed, Reclaimed, Store, Stored, Written};
 
 /// How unknown fields in a body are treated (`fieldValidation`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -636,6 +636,111 @@ impl Registry {
         Ok(claims)
     }
 
+    /// A Service update's allocations, as upstream's service REST does them: values the
+    /// update leaves out that the Service already had are kept (the cluster IP, and a
+    /// port's node port by the port's name) while the type still needs them; values a
+    /// new type no longer needs are dropped unless the update changed them; what is
+    /// still missing is allocated as on create. Returns the claims to take and those to
+    /// release.
+    fn reallocate(
+        rt: &ResourceType,
+        cur: &Value,
+        new: &mut Value,
+    ) -> Result<(Vec<String>, Vec<String>), ApiError> {
+        let ty = |v: &Value| {
+            v.pointer("/spec/type")
+                .and_then(Value::as_str)
+                .unwrap_or("ClusterIP")
+                .to_string()
+        };
+        let (old_ty, new_ty) = (ty(cur), ty(new));
+        let needs_ip = |t: &str| t != "ExternalName";
+        let needs_node_ports = |t: &str| t == "NodePort" || t == "LoadBalancer";
+        let node_ports = |v: &Value| -> Vec<(String, Option<i64>)> {
+            v.pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    (
+                        p.get("name")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_string(),
+                        p.get("nodePort").and_then(Value::as_i64),
+                    )
+                })
+                .collect()
+        };
+        let (old_ports, new_ports) = (node_ports(cur), node_ports(new));
+        let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) else {
+            return Ok((Vec::new(), held_claims(cur)));
+        };
+        let old_spec = cur.get("spec").cloned().unwrap_or_default();
+        if needs_ip(&old_ty) && needs_ip(&new_ty) {
+            let empty = |v: Option<&Value>| {
+                v.is_none_or(|v| v.is_null() || v == "" || v.as_array().is_some_and(Vec::is_empty))
+            };
+            for f in ["clusterIP", "clusterIPs"] {
+                if empty(spec.get(f)) {
+                    if let Some(v) = old_spec.get(f) {
+                        spec.insert(f.into(), v.clone());
+                    }
+                }
+            }
+        }
+        if needs_ip(&old_ty)
+            && !needs_ip(&new_ty)
+            && spec.get("clusterIP") == old_spec.get("clusterIP")
+        {
+            spec.remove("clusterIP");
+            spec.remove("clusterIPs");
+        }
+        let unchanged_node_ports = old_ports.iter().map(|p| p.1).collect::<Vec<_>>()
+            == new_ports.iter().map(|p| p.1).collect::<Vec<_>>();
+        if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+            if needs_node_ports(&old_ty) && needs_node_ports(&new_ty) {
+                // A node port the update left out comes back, unless another port now
+                // uses it.
+                let used: Vec<i64> = new_ports.iter().filter_map(|p| p.1).collect();
+                for p in ports.iter_mut() {
+                    if p.get("nodePort").and_then(Value::as_i64).is_some() {
+                        continue;
+                    }
+                    let name = p.get("name").and_then(Value::as_str).unwrap_or("");
+                    let old = old_ports.iter().find(|(n, _)| n == name).and_then(|o| o.1);
+                    if let Some(n) = old.filter(|n| !used.contains(n)) {
+                        p["nodePort"] = json!(n);
+                    }
+                }
+            } else if needs_node_ports(&old_ty)
+                && !needs_node_ports(&new_ty)
+                && unchanged_node_ports
+            {
+                for p in ports.iter_mut() {
+                    if let Some(o) = p.as_object_mut() {
+                        o.remove("nodePort");
+                    }
+                }
+            }
+        }
+        if needs_node_ports(&old_ty)
+            && !needs_node_ports(&new_ty)
+            && spec.get("externalTrafficPolicy") == old_spec.get("externalTrafficPolicy")
+        {
+            spec.remove("externalTrafficPolicy");
+        }
+        let now = Self::allocate(rt, new)?;
+        let before = held_claims(cur);
+        let claims = now
+            .iter()
+            .filter(|c| !before.contains(c))
+            .cloned()
+            .collect();
+        let releases = before.into_iter().filter(|c| !now.contains(c)).collect();
+        Ok((claims, releases))
+    }
+
     /// The upstream error for a claim the client asked for by value that another
     /// Service holds.
     fn claim_taken(name: &str, obj: &Value, claim: &str) -> ApiError {
@@ -792,6 +897,16 @@ impl Registry {
                 let sub = sub.or(opts.subresource).unwrap_or("");
                 Self::writer(rt, &av, &manager, sub).track_update(Some(&cur), &mut new);
             }
+            // A Service keeps its cluster IP and node ports across updates that leave
+            // them out, gets node ports when it starts needing them, and gives them up
+            // when it stops (after the managedFields: allocations are nobody's).
+            let (claims, releases) = if rt.kind == "Service" && sub.is_none() {
+                let asked = new.clone();
+                let (claims, releases) = Self::reallocate(rt, &cur, &mut new)?;
+                (Some((asked, claims)), releases)
+            } else {
+                (None, Vec::new())
+            };
             set_rv(&mut new, cur_rev);
             if new == cur {
                 return Ok(Outcome {
@@ -822,6 +937,22 @@ impl Registry {
                 self.store
                     .delete_releasing(&key, cur_rev, &held_claims(&cur))
                     .await?
+            } else if let Some((asked, claims)) = claims {
+                match self
+                    .store
+                    .update_claiming(&key, to_stored(&new), cur_rev, &claims, &releases)
+                    .await?
+                {
+                    Reclaimed::Ok(rev) => Written::Ok(rev),
+                    Reclaimed::Conflict => Written::Conflict(None),
+                    Reclaimed::Taken(taken) => {
+                        if let Some(c) = taken.iter().find(|c| was_asked_for(&asked, c)) {
+                            return Err(Self::claim_taken(name, &new, c));
+                        }
+                        // A random pick another Service took meanwhile: pick again.
+                        continue;
+                    }
+                }
             } else {
                 self.store.update(&key, to_stored(&new), cur_rev).await?
             };

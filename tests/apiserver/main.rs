@@ -10,6 +10,7 @@ mod kube_rs;
 mod kubectl;
 mod protobuf;
 mod resources;
+mod services;
 
 use support::{Apiserver, Server};
 
