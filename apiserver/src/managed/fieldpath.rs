@@ -185,6 +185,37 @@ impl Set {
         }
     }
 
+    /// The paths at or below `prefix`.
+    pub fn only_under(&self, prefix: &[Pe]) -> Set {
+        Set {
+            paths: self
+                .paths
+                .iter()
+                .filter(|p| p.starts_with(prefix))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// The members in the order structured-merge-diff walks a set (at each level its
+    /// members, then what lies below its children), which is the order upstream lists
+    /// conflicts in.
+    pub fn walk_order(&self) -> Vec<&Path> {
+        let mut out: Vec<&Path> = self.paths.iter().collect();
+        out.sort_by(|a, b| {
+            let common = a.iter().zip(b.iter()).take_while(|(x, y)| x == y).count();
+            // A member at the level where the two part comes before a deeper path.
+            let a_here = a.len() <= common + 1;
+            let b_here = b.len() <= common + 1;
+            match (a_here, b_here) {
+                (true, false) => std::cmp::Ordering::Less,
+                (false, true) => std::cmp::Ordering::Greater,
+                _ => a.cmp(b),
+            }
+        });
+        out
+    }
+
     /// The set plus every field a member lies below (structured-merge-diff's
     /// `EnsureNamedFieldsAreMembers`): owning `spec.replicas` means having a say in
     /// whether `spec` exists. List items above a member are not added: owning a field
@@ -344,6 +375,23 @@ mod tests {
         assert_eq!(named.len(), 3);
         assert!(set.has_below(&[f("spec")]));
         assert!(!set.has_below(&[f("status")]));
+    }
+
+    #[test]
+    fn conflicts_are_listed_members_first() {
+        let set: Set = [
+            vec![f("spec"), f("a"), f("b")],
+            vec![f("spec"), f("z")],
+            vec![f("data")],
+        ]
+        .into_iter()
+        .collect();
+        let order: Vec<String> = set
+            .walk_order()
+            .into_iter()
+            .map(|p| path_string(p))
+            .collect();
+        assert_eq!(order, [".data", ".spec.z", ".spec.a.b"]);
     }
 
     #[test]

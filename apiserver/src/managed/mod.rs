@@ -386,10 +386,15 @@ impl Writer<'_> {
         (self.subresource != "scale").then(|| self.now.clone())
     }
 
-    /// Leaves out what this writer never owns.
+    /// Leaves out what this writer never owns: `status` through the main resource of a
+    /// kind with a status subresource, anything but `status` through that subresource
+    /// (upstream's reset fields: what the strategy would undo).
     fn filter_set(&self, set: Set) -> Set {
-        if self.ignore_status {
-            set.without_prefix(&[Pe::Field("status".into())])
+        let status = [Pe::Field("status".into())];
+        if self.subresource == "status" {
+            set.only_under(&status)
+        } else if self.ignore_status {
+            set.without_prefix(&status)
         } else {
             set
         }
@@ -397,8 +402,11 @@ impl Writer<'_> {
 
     fn filter(&self, c: typed::Comparison) -> typed::Comparison {
         let c = c.without(&stripped());
-        if self.ignore_status {
-            c.without_prefix(&[Pe::Field("status".into())])
+        let status = [Pe::Field("status".into())];
+        if self.subresource == "status" {
+            c.only_under(&status)
+        } else if self.ignore_status {
+            c.without_prefix(&status)
         } else {
             c
         }
@@ -657,7 +665,7 @@ fn conflict_error(conflicts: &[(&Entry, Set)]) -> ApplyError {
     for (e, set) in conflicts {
         let who = e.display();
         lines.push(format!("conflicts with {who}:"));
-        for p in set.iter() {
+        for p in set.walk_order() {
             lines.push(format!("- {}", path_string(p)));
             causes.push((path_string(p), format!("conflict with {who}")));
         }

@@ -173,6 +173,15 @@ impl Comparison {
         }
     }
 
+    /// The comparison of the paths at or below `prefix` only.
+    pub fn only_under(&self, prefix: &[Pe]) -> Comparison {
+        Comparison {
+            added: self.added.only_under(prefix),
+            removed: self.removed.only_under(prefix),
+            modified: self.modified.only_under(prefix),
+        }
+    }
+
     /// The comparison without the exact paths of `set`.
     pub fn without(&self, set: &Set) -> Comparison {
         Comparison {
