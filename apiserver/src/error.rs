@@ -44,6 +44,18 @@ pub enum ApiError {
         name: String,
         causes: Vec<(String, String)>,
     },
+    /// A server-side apply would change fields other managers own: upstream's
+    /// `NewApplyConflict`, 409 with one `FieldManagerConflict` cause per field, given
+    /// as (field path, message).
+    #[error("{message}")]
+    ApplyConflict {
+        message: String,
+        causes: Vec<(String, String)>,
+    },
+    /// A failure upstream reports as a plain 500 with no reason (an error that is no
+    /// API status, e.g. an applied configuration structured-merge-diff cannot type).
+    #[error("{0}")]
+    Unclassified(String),
     /// A well-formed request that cannot be carried out (a patch that does not apply);
     /// upstream's generic 422 with the reason `Invalid` and the message as it is.
     #[error("{0}")]
@@ -170,8 +182,14 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "Invalid",
                 json!({"name": name, "group": group, "kind": kind, "causes":
-                    causes.iter().map(|(f, m)| json!({"reason": "FieldValueInvalid", "message": m, "field": f})).collect::<Vec<_>>()}),
+                    causes.iter().map(|(f, m)| json!({"reason": cause_reason(m), "message": m, "field": f})).collect::<Vec<_>>()}),
             ),
+            ApplyConflict { causes, .. } => (
+                StatusCode::CONFLICT,
+                "Conflict",
+                json!({"causes": causes.iter().map(|(f, m)| json!({"reason": "FieldManagerConflict", "message": m, "field": f})).collect::<Vec<_>>()}),
+            ),
+            Unclassified(_) => (StatusCode::INTERNAL_SERVER_ERROR, "", json!({})),
             BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest", json!({})),
             Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid", json!({})),
             Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized", json!({})),
@@ -223,6 +241,11 @@ impl ApiError {
             "reason": reason,
             "code": code.as_u16(),
         });
+        if reason.is_empty() {
+            if let Some(m) = s.as_object_mut() {
+                m.remove("reason");
+            }
+        }
         if let ApiError::ExpiredContinue(token) = self {
             s["metadata"] = json!({"continue": token});
         }
@@ -230,6 +253,35 @@ impl ApiError {
             s["details"] = details;
         }
         s
+    }
+}
+
+/// The cause reason of a field error, from the wording upstream's `field.Error` gives
+/// each type (`Required value: ...` is `FieldValueRequired`...).
+fn cause_reason(message: &str) -> &'static str {
+    const REASONS: &[(&str, &str)] = &[
+        ("Required value", "FieldValueRequired"),
+        ("Forbidden", "FieldValueForbidden"),
+        ("Too long", "FieldValueTooLong"),
+        ("Too many", "FieldValueTooMany"),
+        ("Unsupported value", "FieldValueNotSupported"),
+        ("Duplicate value", "FieldValueDuplicate"),
+        ("Not found", "FieldValueNotFound"),
+    ];
+    REASONS
+        .iter()
+        .find(|(prefix, _)| message.starts_with(prefix))
+        .map_or("FieldValueInvalid", |(_, r)| r)
+}
+
+impl From<crate::managed::ApplyError> for ApiError {
+    fn from(e: crate::managed::ApplyError) -> ApiError {
+        use crate::managed::ApplyError as E;
+        match e {
+            E::BadRequest(m) => ApiError::BadRequest(m),
+            E::Unfit(m) => ApiError::Unclassified(m),
+            E::Conflicts { message, causes } => ApiError::ApplyConflict { message, causes },
+        }
     }
 }
 

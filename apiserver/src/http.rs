@@ -441,6 +441,17 @@ async fn handle(
     let wopts = WriteOptions {
         dry_run: q.get("dryRun").is_some_and(|d| d == "All"),
         validation: FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?,
+        field_manager: q.get("fieldManager").cloned(),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        // Go's strconv.ParseBool, as upstream decodes query booleans.
+        force: q
+            .get("force")
+            .map(|f| matches!(f.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True")),
+        track: true,
+        subresource: None,
     };
     let table = wants_table(headers);
     if let Some(io) = q.get("includeObject") {
@@ -597,6 +608,12 @@ async fn handle(
                 });
             }
             let patch = json!({"spec": {"nodeName": node}}).to_string();
+            // The binding is the apiserver's write, not the scheduler's: upstream records
+            // no manager for it.
+            let wopts = WriteOptions {
+                track: false,
+                ..wopts
+            };
             reg.patch(
                 rt,
                 ns,
@@ -645,6 +662,18 @@ async fn handle(
         }
         (Method::PUT | Method::PATCH, Some(name), Some("scale")) if rt.scale => {
             let raw = read_body(body).await?;
+            let wopts = WriteOptions {
+                subresource: Some("scale"),
+                ..wopts
+            };
+            if method == Method::PATCH && patch_type(headers)? == PatchType::Apply {
+                let out = reg.apply_scale(rt, ns, name, &raw, wopts).await?;
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &to_scale(rt, &out.object),
+                    &[],
+                ));
+            }
             let cur = reg.get(rt, ns, name).await?;
             let scale = to_scale(rt, &cur);
             let wanted = if method == Method::PUT {
@@ -828,9 +857,11 @@ fn apply_patch_to(doc: &Value, ty: PatchType, raw: &[u8], kind: &str) -> Result<
         PatchType::Json => crate::patch::json_patch(doc, raw),
         PatchType::Merge => crate::patch::merge_patch(doc, &parsed(raw)?),
         PatchType::StrategicMerge => crate::patch::strategic_merge_patch(doc, &parsed(raw)?, kind),
+        // The scale route hands apply patches to the field manager before this.
         PatchType::Apply => {
-            let p: Value = serde_yaml::from_slice(raw).map_err(|e| bad(e.to_string()))?;
-            Ok(crate::patch::apply_patch(Some(doc), &p, kind))
+            return Err(bad(format!(
+                "apply patches of a {kind} are applied to the object"
+            )))
         }
     };
     Ok(out?)

@@ -10,6 +10,7 @@ pub mod cache;
 pub mod discovery;
 pub mod error;
 pub mod http;
+pub mod managed;
 pub mod metrics;
 pub mod patch;
 pub mod protobuf;
@@ -154,13 +155,12 @@ async fn bootstrap(reg: &registry::Registry) -> Result<(), ApiError> {
     let Some(ns) = resources::find("", "v1", "namespaces") else {
         return Ok(());
     };
-    let opts = registry::WriteOptions {
-        dry_run: false,
-        validation: registry::FieldValidation::Strict,
-    };
+    // kube-apiserver creates them under its own name too.
+    let opts =
+        registry::WriteOptions::internal("kube-apiserver", registry::FieldValidation::Strict);
     for name in SYSTEM_NAMESPACES {
         let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-        match reg.create(ns, None, &body, opts).await {
+        match reg.create(ns, None, &body, opts.clone()).await {
             Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),
         }

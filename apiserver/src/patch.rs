@@ -12,7 +12,8 @@
 //!   k8s.io/apimachinery `pkg/util/strategicpatch/patch.go` (`mergeMap`, `mergeSlice`,
 //!   `normalizeElementOrder`), including the order in which merged list items come out, so a
 //!   `kubectl apply`/`kubectl patch` produces the same object here as against kube-apiserver.
-//! - Apply (server-side apply): only a first approximation, see [`apply_patch`].
+//! - Apply (server-side apply) is not a patch of this kind: it is the field manager's
+//!   (`crate::managed`), which owns fields and detects conflicts.
 //!
 //! Deliberate differences from `patch.go`, all where upstream's result is an accident:
 //!
@@ -349,26 +350,6 @@ pub fn strategic_merge_patch(doc: &Value, patch: &Value, kind: &str) -> Result<V
         _ => Map::new(),
     };
     merge_map(original, patch, Schema::Root(KindClass::of(kind))).map(Value::Object)
-}
-
-/// Server-side apply, first version: with no live object the applied configuration is the
-/// result; otherwise it is strategic-merged onto the live object.
-///
-/// Field ownership (`metadata.managedFields`), conflict detection and removal of fields the
-/// manager stopped applying are NOT implemented: a field dropped from the applied
-/// configuration stays in the object, and another manager's values are silently overwritten.
-/// An applied configuration the strategic merge rejects (e.g. a container without `name`)
-/// falls back to an RFC 7386 merge, since this function cannot fail; callers that need
-/// kube-apiserver's validation errors must validate the result as for an update.
-pub fn apply_patch(current: Option<&Value>, applied: &Value, kind: &str) -> Value {
-    match current {
-        None => applied.clone(),
-        Some(cur) => strategic_merge_patch(cur, applied, kind).unwrap_or_else(|_| {
-            let mut out = cur.clone();
-            json_patch::merge(&mut out, applied);
-            out
-        }),
-    }
 }
 
 const DIRECTIVE_MARKER: &str = "$patch";
@@ -1788,18 +1769,6 @@ mod tests {
     fn smp_null_patch_is_a_no_op() {
         let doc = json!({"metadata": {"name": "a"}});
         assert_eq!(smp(doc.clone(), Value::Null, "Pod"), doc);
-    }
-
-    #[test]
-    fn apply_creates_then_merges() {
-        let applied = pod(json!([{"name": "a", "image": "a:1"}]));
-        assert_eq!(apply_patch(None, &applied, "Pod"), applied);
-
-        let current = pod(json!([{"name": "a", "image": "a:0"}, {"name": "b", "image": "b:0"}]));
-        assert_eq!(
-            apply_patch(Some(&current), &applied, "Pod"),
-            pod(json!([{"name": "a", "image": "a:1"}, {"name": "b", "image": "b:0"}]))
-        );
     }
 
     #[test]

@@ -1,16 +1,19 @@
 //! The object lifecycle kube-apiserver's generic registry implements, over the store:
 //! create (names, uid, timestamps, defaults), update and patch under optimistic
 //! concurrency, status subresources, graceful deletion with finalizers, lists with
-//! selectors and pagination.
+//! selectors and pagination. Every create, update and patch records its manager in
+//! `metadata.managedFields`, and server-side apply goes through the field manager
+//! (`managed`).
 
 use base64::Engine;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
+use crate::managed;
 use crate::patch::{self, PatchType};
 use crate::resources::{self, ResourceType};
 use crate::selectors::{FieldSelector, LabelSelector};
-use crate::storage::{Claimed, Store, Stored, Written};
+use crate::storage::{Claimed, Reclaimed, Store, Stored, Written};
 
 /// How unknown fields in a body are treated (`fieldValidation`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -33,11 +36,73 @@ impl FieldValidation {
     }
 }
 
-/// Query options of writes.
-#[derive(Clone, Copy, Debug)]
+/// Query options of writes, and who is writing.
+#[derive(Clone, Debug)]
 pub struct WriteOptions {
     pub dry_run: bool,
     pub validation: FieldValidation,
+    /// `fieldManager`, as the request gave it.
+    pub field_manager: Option<String>,
+    /// The request's User-Agent, which names the manager when `fieldManager` does not.
+    pub user_agent: Option<String>,
+    /// `force` (apply patches only), when the request gave it.
+    pub force: Option<bool>,
+    /// Whether the write is recorded in managedFields: not for what the apiserver
+    /// writes on its own account (a pod's binding, as upstream).
+    pub track: bool,
+    /// The subresource a write of the main object came through (`scale`), for its
+    /// managedFields entry; `status` writes say so themselves.
+    pub subresource: Option<&'static str>,
+}
+
+impl WriteOptions {
+    /// Options of a write with no client behind it: `manager` owns what it writes.
+    pub fn internal(manager: &str, validation: FieldValidation) -> WriteOptions {
+        WriteOptions {
+            dry_run: false,
+            validation,
+            field_manager: Some(manager.to_string()),
+            user_agent: None,
+            force: None,
+            track: true,
+            subresource: None,
+        }
+    }
+
+    /// The manager this write is recorded under.
+    fn manager(&self) -> String {
+        managed::manager_or_user_agent(self.field_manager.as_deref(), self.user_agent.as_deref())
+    }
+
+    /// Upstream's validation of CreateOptions/UpdateOptions/PatchOptions: a
+    /// `fieldManager` of printable characters and at most 128 bytes, required for an
+    /// apply, and `force` only for an apply.
+    fn validate(&self, kind: &str, apply: Option<bool>) -> Result<(), ApiError> {
+        let mut causes = Vec::new();
+        match apply {
+            Some(false) if self.force.is_some() => causes.push((
+                "force".to_string(),
+                "Forbidden: may not be specified for non-apply patch".to_string(),
+            )),
+            Some(true) if self.field_manager.as_deref().is_none_or(str::is_empty) => causes.push((
+                "fieldManager".to_string(),
+                "Required value: is required for apply patch".to_string(),
+            )),
+            _ => {}
+        }
+        causes.extend(managed::validate_field_manager(
+            self.field_manager.as_deref().unwrap_or(""),
+        ));
+        if causes.is_empty() {
+            return Ok(());
+        }
+        Err(ApiError::Invalid {
+            kind: kind.into(),
+            group: "meta.k8s.io".into(),
+            name: String::new(),
+            causes,
+        })
+    }
 }
 
 /// The result of a write: the object, warnings for the `Warning` header, and whether it
@@ -361,6 +426,37 @@ impl Registry {
         body: &Value,
         opts: WriteOptions,
     ) -> Result<Outcome, ApiError> {
+        opts.validate("CreateOptions", None)?;
+        self.create_inner(rt, ns, body, &opts, true).await
+    }
+
+    /// The field manager for a write by `opts`'s manager to `rt` (`sub`: its subresource).
+    fn writer<'a>(
+        rt: &ResourceType,
+        api_version: &'a str,
+        manager: &'a str,
+        sub: &'a str,
+    ) -> managed::Writer<'a> {
+        managed::Writer {
+            kind: rt.kind,
+            api_version,
+            manager,
+            subresource: sub,
+            ignore_status: rt.status && sub.is_empty(),
+            now: now_rfc3339(),
+        }
+    }
+
+    /// Creates an object; `track` records the create as the manager's update (an
+    /// applied object comes with its managedFields already set).
+    async fn create_inner(
+        &self,
+        rt: &'static ResourceType,
+        ns: Option<&str>,
+        body: &Value,
+        opts: &WriteOptions,
+        track: bool,
+    ) -> Result<Outcome, ApiError> {
         let mut warnings = Vec::new();
         let mut obj = self.decode_body(rt, body, opts.validation, &mut warnings)?;
         let generate = meta_str(&obj, "generateName").map(str::to_string);
@@ -428,6 +524,14 @@ impl Registry {
                 }
             }
             rt.apply_defaults(&mut obj);
+            if track && opts.track {
+                // As upstream: after decoding and defaults, before the strategy's and
+                // admission's own additions (default tolerations, a Job's selector, a
+                // Service's cluster IP), which are nobody's.
+                let (av, manager) = (rt.api_version(), opts.manager());
+                Self::writer(rt, &av, &manager, opts.subresource.unwrap_or(""))
+                    .track_update(None, &mut obj);
+            }
             rt.prepare_create(&mut obj);
             // Allocation starts from what the client asked for on every attempt, so a
             // value it picked itself is never replaced, and a random pick that was
@@ -532,6 +636,111 @@ impl Registry {
         Ok(claims)
     }
 
+    /// A Service update's allocations, as upstream's service REST does them: values the
+    /// update leaves out that the Service already had are kept (the cluster IP, and a
+    /// port's node port by the port's name) while the type still needs them; values a
+    /// new type no longer needs are dropped unless the update changed them; what is
+    /// still missing is allocated as on create. Returns the claims to take and those to
+    /// release.
+    fn reallocate(
+        rt: &ResourceType,
+        cur: &Value,
+        new: &mut Value,
+    ) -> Result<(Vec<String>, Vec<String>), ApiError> {
+        let ty = |v: &Value| {
+            v.pointer("/spec/type")
+                .and_then(Value::as_str)
+                .unwrap_or("ClusterIP")
+                .to_string()
+        };
+        let (old_ty, new_ty) = (ty(cur), ty(new));
+        let needs_ip = |t: &str| t != "ExternalName";
+        let needs_node_ports = |t: &str| t == "NodePort" || t == "LoadBalancer";
+        let node_ports = |v: &Value| -> Vec<(String, Option<i64>)> {
+            v.pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    (
+                        p.get("name")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_string(),
+                        p.get("nodePort").and_then(Value::as_i64),
+                    )
+                })
+                .collect()
+        };
+        let (old_ports, new_ports) = (node_ports(cur), node_ports(new));
+        let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) else {
+            return Ok((Vec::new(), held_claims(cur)));
+        };
+        let old_spec = cur.get("spec").cloned().unwrap_or_default();
+        if needs_ip(&old_ty) && needs_ip(&new_ty) {
+            let empty = |v: Option<&Value>| {
+                v.is_none_or(|v| v.is_null() || v == "" || v.as_array().is_some_and(Vec::is_empty))
+            };
+            for f in ["clusterIP", "clusterIPs"] {
+                if empty(spec.get(f)) {
+                    if let Some(v) = old_spec.get(f) {
+                        spec.insert(f.into(), v.clone());
+                    }
+                }
+            }
+        }
+        if needs_ip(&old_ty)
+            && !needs_ip(&new_ty)
+            && spec.get("clusterIP") == old_spec.get("clusterIP")
+        {
+            spec.remove("clusterIP");
+            spec.remove("clusterIPs");
+        }
+        let unchanged_node_ports = old_ports.iter().map(|p| p.1).collect::<Vec<_>>()
+            == new_ports.iter().map(|p| p.1).collect::<Vec<_>>();
+        if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+            if needs_node_ports(&old_ty) && needs_node_ports(&new_ty) {
+                // A node port the update left out comes back, unless another port now
+                // uses it.
+                let used: Vec<i64> = new_ports.iter().filter_map(|p| p.1).collect();
+                for p in ports.iter_mut() {
+                    if p.get("nodePort").and_then(Value::as_i64).is_some() {
+                        continue;
+                    }
+                    let name = p.get("name").and_then(Value::as_str).unwrap_or("");
+                    let old = old_ports.iter().find(|(n, _)| n == name).and_then(|o| o.1);
+                    if let Some(n) = old.filter(|n| !used.contains(n)) {
+                        p["nodePort"] = json!(n);
+                    }
+                }
+            } else if needs_node_ports(&old_ty)
+                && !needs_node_ports(&new_ty)
+                && unchanged_node_ports
+            {
+                for p in ports.iter_mut() {
+                    if let Some(o) = p.as_object_mut() {
+                        o.remove("nodePort");
+                    }
+                }
+            }
+        }
+        if needs_node_ports(&old_ty)
+            && !needs_node_ports(&new_ty)
+            && spec.get("externalTrafficPolicy") == old_spec.get("externalTrafficPolicy")
+        {
+            spec.remove("externalTrafficPolicy");
+        }
+        let now = Self::allocate(rt, new)?;
+        let before = held_claims(cur);
+        let claims = now
+            .iter()
+            .filter(|c| !before.contains(c))
+            .cloned()
+            .collect();
+        let releases = before.into_iter().filter(|c| !now.contains(c)).collect();
+        Ok((claims, releases))
+    }
+
     /// The upstream error for a claim the client asked for by value that another
     /// Service holds.
     fn claim_taken(name: &str, obj: &Value, claim: &str) -> ApiError {
@@ -628,6 +837,8 @@ impl Registry {
 
     /// The read-modify-write loop behind update and patch. `f` turns the current object
     /// into the desired body and tells the resourceVersion the client required, if any.
+    /// `track` records the write as an update of the manager's; without it the body
+    /// comes with its managedFields set (an apply).
     #[allow(clippy::too_many_arguments)]
     async fn update_with<F>(
         &self,
@@ -635,8 +846,9 @@ impl Registry {
         ns: Option<&str>,
         name: &str,
         sub: Option<&str>,
-        opts: WriteOptions,
+        opts: &WriteOptions,
         create_missing: bool,
+        track: bool,
         f: F,
     ) -> Result<Outcome, ApiError>
     where
@@ -649,7 +861,13 @@ impl Registry {
             let Some(cur) = cur else {
                 if create_missing && sub.is_none() {
                     let body = f(None)?;
-                    return self.create(rt, ns, &body, opts).await;
+                    let given = meta_str(&body, "name").unwrap_or("");
+                    if given != name {
+                        return Err(ApiError::BadRequest(format!(
+                            "the name of the object ({given}) does not match the name on the URL ({name})"
+                        )));
+                    }
+                    return self.create_inner(rt, ns, &body, opts, track).await;
                 }
                 return Err(ApiError::not_found(rt, name));
             };
@@ -674,6 +892,21 @@ impl Registry {
             }
             let decoded = self.decode_body(rt, &desired, opts.validation, &mut warnings)?;
             let mut new = Self::merge_update(rt, &cur, decoded, sub);
+            if track && opts.track {
+                let (av, manager) = (rt.api_version(), opts.manager());
+                let sub = sub.or(opts.subresource).unwrap_or("");
+                Self::writer(rt, &av, &manager, sub).track_update(Some(&cur), &mut new);
+            }
+            // A Service keeps its cluster IP and node ports across updates that leave
+            // them out, gets node ports when it starts needing them, and gives them up
+            // when it stops (after the managedFields: allocations are nobody's).
+            let (claims, releases) = if rt.kind == "Service" && sub.is_none() {
+                let asked = new.clone();
+                let (claims, releases) = Self::reallocate(rt, &cur, &mut new)?;
+                (Some((asked, claims)), releases)
+            } else {
+                (None, Vec::new())
+            };
             set_rv(&mut new, cur_rev);
             if new == cur {
                 return Ok(Outcome {
@@ -704,6 +937,22 @@ impl Registry {
                 self.store
                     .delete_releasing(&key, cur_rev, &held_claims(&cur))
                     .await?
+            } else if let Some((asked, claims)) = claims {
+                match self
+                    .store
+                    .update_claiming(&key, to_stored(&new), cur_rev, &claims, &releases)
+                    .await?
+                {
+                    Reclaimed::Ok(rev) => Written::Ok(rev),
+                    Reclaimed::Conflict => Written::Conflict(None),
+                    Reclaimed::Taken(taken) => {
+                        if let Some(c) = taken.iter().find(|c| was_asked_for(&asked, c)) {
+                            return Err(Self::claim_taken(name, &new, c));
+                        }
+                        // A random pick another Service took meanwhile: pick again.
+                        continue;
+                    }
+                }
             } else {
                 self.store.update(&key, to_stored(&new), cur_rev).await?
             };
@@ -732,9 +981,10 @@ impl Registry {
         body: &Value,
         opts: WriteOptions,
     ) -> Result<Outcome, ApiError> {
+        opts.validate("UpdateOptions", None)?;
         // Upstream creates on PUT for the kinds whose clients use PUT as upsert.
         let upsert = matches!(rt.kind, "Event" | "Lease" | "Endpoints" | "EndpointSlice");
-        self.update_with(rt, ns, name, sub, opts, upsert, |_| Ok(body.clone()))
+        self.update_with(rt, ns, name, sub, &opts, upsert, true, |_| Ok(body.clone()))
             .await
     }
 
@@ -750,23 +1000,24 @@ impl Registry {
         body: &[u8],
         opts: WriteOptions,
     ) -> Result<Outcome, ApiError> {
+        opts.validate("PatchOptions", Some(ty == PatchType::Apply))?;
         let bad = |e: String| ApiError::BadRequest(e);
+        if ty == PatchType::Apply {
+            let config: Value = serde_yaml::from_slice(body)
+                .map_err(|e| bad(format!("error decoding YAML: {e}")))?;
+            // Server-side apply of an absent object creates it.
+            return self.apply(rt, ns, name, sub, config, &opts, true).await;
+        }
         let parsed: Option<Value> = match ty {
             PatchType::Json => None,
-            PatchType::Apply => Some(
-                serde_yaml::from_slice(body)
-                    .map_err(|e| bad(format!("error decoding YAML: {e}")))?,
-            ),
             _ => Some(
                 serde_json::from_slice(body)
                     .map_err(|e| bad(format!("error decoding patch: {e}")))?,
             ),
         };
-        let apply = matches!(ty, PatchType::Apply);
-        self.update_with(rt, ns, name, sub, opts, apply, |cur| {
+        self.update_with(rt, ns, name, sub, &opts, false, true, |cur| {
             let Some(cur) = cur else {
-                // Server-side apply of an absent object creates it.
-                return Ok(parsed.clone().unwrap_or(Value::Null));
+                return Ok(Value::Null);
             };
             let mut base = cur.clone();
             // The patch's own resourceVersion, if it has one, is a precondition; the
@@ -780,12 +1031,78 @@ impl Registry {
                 (PatchType::StrategicMerge, Some(p)) => {
                     patch::strategic_merge_patch(&base, p, rt.kind)
                 }
-                (PatchType::Apply, Some(p)) => Ok(patch::apply_patch(Some(&base), p, rt.kind)),
                 _ => Ok(base),
             };
             out.map_err(ApiError::from)
         })
         .await
+    }
+
+    /// Server-side apply of `config` by the request's manager (see `managed`): merged
+    /// onto the object, fields the manager stopped applying pruned, conflicts with
+    /// other managers refused unless forced.
+    #[allow(clippy::too_many_arguments)]
+    async fn apply(
+        &self,
+        rt: &'static ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        sub: Option<&str>,
+        config: Value,
+        opts: &WriteOptions,
+        create_missing: bool,
+    ) -> Result<Outcome, ApiError> {
+        let (av, manager) = (rt.api_version(), opts.manager());
+        let subresource = sub.or(opts.subresource).unwrap_or("");
+        let force = opts.force.unwrap_or(false);
+        self.update_with(rt, ns, name, sub, opts, create_missing, false, |cur| {
+            let live = cur.map(|c| {
+                let mut base = c.clone();
+                if let Some(m) = base.get_mut("metadata").and_then(Value::as_object_mut) {
+                    m.remove("resourceVersion");
+                }
+                base
+            });
+            let writer = Self::writer(rt, &av, &manager, subresource);
+            Ok(writer.apply(live.as_ref(), &config, force)?)
+        })
+        .await
+    }
+
+    /// Server-side apply through the `scale` subresource: the Scale's `spec.replicas`
+    /// is applied to the object's, and recorded as an apply of the `scale` subresource.
+    pub async fn apply_scale(
+        &self,
+        rt: &'static ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        body: &[u8],
+        opts: WriteOptions,
+    ) -> Result<Outcome, ApiError> {
+        opts.validate("PatchOptions", Some(true))?;
+        let scale: Value = serde_yaml::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))?;
+        let av = scale
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let kind = scale.get("kind").and_then(Value::as_str).unwrap_or("");
+        if av != "autoscaling/v1" || kind != "Scale" {
+            let (group, version) = av.split_once('/').unwrap_or(("", av));
+            return Err(ApiError::BadRequest(format!(
+                "invalid object type: {group}/{version}, Kind={kind}"
+            )));
+        }
+        let mut config = json!({"apiVersion": rt.api_version(), "kind": rt.kind,
+            "metadata": {"name": scale.pointer("/metadata/name").cloned().unwrap_or(json!(name))}});
+        if let Some(r) = scale.pointer("/spec/replicas") {
+            config["spec"] = json!({"replicas": r});
+        }
+        let opts = WriteOptions {
+            subresource: Some("scale"),
+            ..opts
+        };
+        self.apply(rt, ns, name, None, config, &opts, false).await
     }
 
     /// Deletes an object: at once, or gracefully (deletionTimestamp) while finalizers or

@@ -380,6 +380,11 @@ impl ResourceType {
             "Pod" => {
                 if let Some(spec) = obj.get_mut("spec") {
                     default_pod_spec(spec);
+                    // Upstream defaults this on Pods only (SetDefaults_Pod), not in
+                    // templates, so it is not in a workload's managedFields.
+                    if let Some(s) = spec.as_object_mut() {
+                        s.entry("enableServiceLinks").or_insert(json!(true));
+                    }
                 }
                 ensure(obj, "status", json!({}));
                 if obj["status"].get("phase").is_none() {
@@ -515,7 +520,6 @@ fn default_pod_spec(spec: &mut Value) {
     s.entry("securityContext").or_insert(json!({}));
     s.entry("schedulerName")
         .or_insert(json!("default-scheduler"));
-    s.entry("enableServiceLinks").or_insert(json!(true));
     for list in ["initContainers", "containers"] {
         if let Some(cs) = s.get_mut(list).and_then(Value::as_array_mut) {
             for c in cs {

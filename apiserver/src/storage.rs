@@ -43,6 +43,16 @@ pub enum Claimed {
     Taken(Vec<String>),
 }
 
+/// Outcome of [`Store::update_claiming`].
+pub enum Reclaimed {
+    /// Written, claims taken and released, at this revision.
+    Ok(i64),
+    /// The key changed (or went) since it was read.
+    Conflict,
+    /// These claims are held by other objects.
+    Taken(Vec<String>),
+}
+
 #[derive(Clone)]
 pub struct Store {
     client: Client,
@@ -233,6 +243,41 @@ impl Store {
             .and_then([TxnOp::put(key, value, None)])
             .or_else([TxnOp::get(key, None)]);
         self.cas(txn).await
+    }
+
+    /// Writes `key` only if its mod revision is still `expected` and every key of
+    /// `claims` is free, taking those claims and deleting `releases` in the same
+    /// transaction (a Service update that gains or gives up node ports).
+    pub async fn update_claiming(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: i64,
+        claims: &[String],
+        releases: &[String],
+    ) -> Result<Reclaimed, ApiError> {
+        let mut when = vec![Compare::mod_revision(key, CompareOp::Equal, expected)];
+        let mut then = vec![TxnOp::put(key, value, None)];
+        let mut or_else = vec![TxnOp::get(key, None)];
+        for c in claims {
+            when.push(Compare::create_revision(c.as_str(), CompareOp::Equal, 0));
+            then.push(TxnOp::put(c.as_str(), key, None));
+            or_else.push(TxnOp::get(c.as_str(), None));
+        }
+        then.extend(releases.iter().map(|r| TxnOp::delete(r.as_str(), None)));
+        let resp = self
+            .txn(Txn::new().when(when).and_then(then).or_else(or_else))
+            .await?;
+        if resp.succeeded() {
+            return Ok(Reclaimed::Ok(header_rev(resp.header())));
+        }
+        let mut found = read_back(resp);
+        match found.next() {
+            Some(Some(current)) if current.mod_revision == expected => {
+                Ok(Reclaimed::Taken(found.flatten().map(|s| s.key).collect()))
+            }
+            _ => Ok(Reclaimed::Conflict),
+        }
     }
 
     /// Runs a write transaction (retried only when it provably reached no member).

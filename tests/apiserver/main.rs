@@ -5,10 +5,12 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod apply;
 mod kube_rs;
 mod kubectl;
 mod protobuf;
 mod resources;
+mod services;
 
 use support::{Apiserver, Server};
 
