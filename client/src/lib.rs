@@ -28,8 +28,28 @@ pub enum ClientError {
 }
 
 /// A client for the apiserver `kubeconfig` names, or, without one, the one the
-/// environment names (as kubectl finds it).
+/// environment names (as kubectl finds it), sending kube-rs's own User-Agent.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientError> {
+    Ok(kube::Client::try_from(config(kubeconfig).await?)?)
+}
+
+/// [`client`] for the component `name` (`kube-controller-manager`, `kube-scheduler`,
+/// `kubelet`): its requests carry upstream's User-Agent shape, `<name>/v1.32.0
+/// (linux/amd64) capstan`, which the apiserver records (up to the `/`) as the field
+/// manager of every write without an explicit one, as kube-apiserver does.
+pub async fn client_as(
+    kubeconfig: Option<&Path>,
+    name: &str,
+) -> Result<kube::Client, ClientError> {
+    let mut cfg = config(kubeconfig).await?;
+    let agent = format!("{name}/v1.32.0 (linux/amd64) capstan");
+    if let Ok(v) = http::HeaderValue::from_str(&agent) {
+        cfg.headers.push((http::header::USER_AGENT, v));
+    }
+    Ok(kube::Client::try_from(cfg)?)
+}
+
+async fn config(kubeconfig: Option<&Path>) -> Result<kube::Config, ClientError> {
     let cfg = match kubeconfig {
         Some(path) => {
             let bad = |source| ClientError::Kubeconfig {
@@ -43,7 +63,7 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientErr
         }
         None => kube::Config::infer().await?,
     };
-    Ok(kube::Client::try_from(cfg)?)
+    Ok(cfg)
 }
 
 /// A leader-election identity: `<hostname>_<random>`, as upstream's

@@ -91,7 +91,7 @@ fn pod_cidr_base(index: usize) -> u32 {
 
 /// Runs the simulated nodes until the process is stopped.
 pub async fn run(cfg: Config) -> Result<(), NodeError> {
-    let client = capstan_client::client(Some(&cfg.kubeconfig)).await?;
+    let client = capstan_client::client_as(Some(&cfg.kubeconfig), "kubelet").await?;
     let names: Vec<String> = if cfg.nodes <= 1 {
         vec![cfg.node_name.clone()]
     } else {

@@ -58,7 +58,7 @@ pub async fn run(
     cfg: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
-    let client = capstan_client::client(cfg.kubeconfig.as_deref()).await?;
+    let client = capstan_client::client_as(cfg.kubeconfig.as_deref(), "kube-scheduler").await?;
     let identity = cfg
         .election
         .as_ref()

@@ -160,7 +160,7 @@ fn import_images(endpoint: &str, archives: &[PathBuf]) -> Result<(), NodeError> 
 
 /// Runs the kubelet until the process is stopped.
 pub async fn run(cfg: Config) -> Result<(), NodeError> {
-    let client = capstan_client::client(Some(&cfg.kubeconfig)).await?;
+    let client = capstan_client::client_as(Some(&cfg.kubeconfig), "kubelet").await?;
     let (mut runtime, images) = cri::connect(&cfg.runtime_endpoint)?;
     // The runtime must answer before the node says it is Ready.
     let version = loop {
