@@ -8,6 +8,7 @@ mod support;
 mod kube_rs;
 mod kubectl;
 mod protobuf;
+mod rbac;
 mod resources;
 
 use support::{Apiserver, Server};
