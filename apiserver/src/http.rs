@@ -586,6 +586,9 @@ async fn handle(
         (Method::POST, None, None) => {
             let raw = read_body(body).await?;
             let obj = parse_object(headers, &raw, rt.kind)?;
+            app.authorizer
+                .confirm_no_escalation(&user, rt, ns, &obj)
+                .await?;
             let out = reg.create(rt, ns, &obj, wopts).await?;
             Ok(json_response(
                 StatusCode::CREATED,
@@ -654,6 +657,9 @@ async fn handle(
             } else {
                 obj
             };
+            app.authorizer
+                .confirm_no_escalation(&user, rt, ns, &obj)
+                .await?;
             let out = reg
                 .update(rt, ns, name, sub.filter(|s| *s == "status"), &obj, wopts)
                 .await?;
@@ -708,6 +714,17 @@ async fn handle(
             }
             let ty = patch_type(headers)?;
             let raw = read_body(body).await?;
+            if rt.group == crate::rbac::GROUP {
+                // The escalation check needs the patched role or binding: a dry run.
+                let dry = WriteOptions {
+                    dry_run: true,
+                    ..wopts
+                };
+                let preview = reg.patch(rt, ns, name, sub, ty, &raw, dry).await?;
+                app.authorizer
+                    .confirm_no_escalation(&user, rt, ns, &preview.object)
+                    .await?;
+            }
             let out = reg.patch(rt, ns, name, sub, ty, &raw, wopts).await?;
             let code = if out.created {
                 StatusCode::CREATED

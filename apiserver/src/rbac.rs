@@ -402,6 +402,208 @@ impl Authorizer {
     }
 }
 
+impl Authorizer {
+    /// Refuses a write of a role or binding that would grant `user` more than it holds
+    /// (upstream's escalation check on the RBAC kinds): masters may write anything; a
+    /// Role or ClusterRole needs the `escalate` verb on it or rules the user holds
+    /// itself, a binding the `bind` verb on its role or all of the role's rules. Other
+    /// kinds pass.
+    pub async fn confirm_no_escalation(
+        &self,
+        user: &UserInfo,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        obj: &Value,
+    ) -> Result<(), ApiError> {
+        let binding = match rt.kind {
+            "Role" | "ClusterRole" => false,
+            "RoleBinding" | "ClusterRoleBinding" => true,
+            _ => return Ok(()),
+        };
+        if user.groups.iter().any(|g| g == MASTERS) {
+            return Ok(());
+        }
+        let ns = if rt.namespaced {
+            namespace.unwrap_or_default()
+        } else {
+            ""
+        };
+        let name = str_of(obj, "/metadata/name");
+        let (verb, resource, target) = if binding {
+            let role_resource = match str_of(obj, "/roleRef/kind") {
+                "Role" => "roles",
+                _ => "clusterroles",
+            };
+            ("bind", role_resource, str_of(obj, "/roleRef/name"))
+        } else {
+            ("escalate", rt.plural, name)
+        };
+        let may = RequestInfo {
+            resource_request: true,
+            verb: verb.into(),
+            api_group: GROUP.into(),
+            api_version: "v1".into(),
+            namespace: ns.into(),
+            resource: resource.into(),
+            name: target.into(),
+            ..Default::default()
+        };
+        if matches!(self.authorize(user, &may).await, Decision::Allow(_)) {
+            return Ok(());
+        }
+        let refuse = |detail: String| ApiError::Denied {
+            group: rt.group.into(),
+            resource: rt.plural.into(),
+            name: name.into(),
+            message: format!("{} {name:?} is forbidden: {detail}", rt.qualified()),
+        };
+        let wanted: Vec<Value> = if binding {
+            // A missing role is upstream's NotFound from its role lister.
+            self.role_rules(obj, ns)
+                .map_err(|e| match e.strip_suffix(" not found") {
+                    Some(_) => ApiError::NotFound {
+                        resource: format!("{}.{GROUP}", &resource[..resource.len() - 1]),
+                        group: GROUP.into(),
+                        name: target.into(),
+                    },
+                    None => refuse(e),
+                })?
+        } else {
+            if obj.get("aggregationRule").is_some_and(|a| !a.is_null()) {
+                return Err(refuse(
+                    "must have cluster-admin privileges to use the aggregationRule".into(),
+                ));
+            }
+            strs_values(obj.get("rules")).to_vec()
+        };
+        let (held, errors) = self.rules_for(user, ns).await;
+        let missing = uncovered(&held, &wanted);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut lines: Vec<String> = compact(&missing).iter().map(compact_string).collect();
+        lines.sort();
+        lines.dedup();
+        let mut msg = format!(
+            "user {:?} (groups={}) is attempting to grant RBAC permissions not currently held:\n{}",
+            user.name,
+            go_quoted(&user.groups),
+            lines.join("\n")
+        );
+        if !errors.is_empty() {
+            msg.push_str(&format!("; resolution errors: [{}]", errors.join(" ")));
+        }
+        Err(refuse(msg))
+    }
+}
+
+/// Go's `%q` of a string slice: `["a" "b"]`.
+fn go_quoted<S: AsRef<str>>(items: &[S]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| format!("{:?}", s.as_ref())).collect();
+    format!("[{}]", quoted.join(" "))
+}
+
+/// The parts of `wanted` that no rule of `held` covers, each broken down to one verb,
+/// group, resource (or URL) and name (upstream's `Covers` with `BreakdownRule`).
+fn uncovered(held: &[Value], wanted: &[Value]) -> Vec<Value> {
+    let mut atoms = Vec::new();
+    for rule in wanted {
+        let names: Vec<&str> = strs(rule, "resourceNames").collect();
+        for group in strs(rule, "apiGroups") {
+            for resource in strs(rule, "resources") {
+                for verb in strs(rule, "verbs") {
+                    if names.is_empty() {
+                        atoms.push(
+                            json!({"apiGroups": [group], "resources": [resource], "verbs": [verb]}),
+                        );
+                    }
+                    for n in &names {
+                        atoms.push(json!({"apiGroups": [group], "resources": [resource], "verbs": [verb], "resourceNames": [n]}));
+                    }
+                }
+            }
+        }
+        for url in strs(rule, "nonResourceURLs") {
+            for verb in strs(rule, "verbs") {
+                atoms.push(json!({"nonResourceURLs": [url], "verbs": [verb]}));
+            }
+        }
+    }
+    atoms
+        .into_iter()
+        .filter(|a| !held.iter().any(|h| rule_covers(h, a)))
+        .collect()
+}
+
+/// Whether `owner` covers the broken-down rule `atom` (upstream's `ruleCovers`).
+fn rule_covers(owner: &Value, atom: &Value) -> bool {
+    let has = |field: &str, want: &str| strs(owner, field).any(|v| v == want);
+    let all = |field: &str| strs(atom, field).all(|v| has(field, v));
+    let verbs = has("verbs", "*") || all("verbs");
+    let groups = has("apiGroups", "*") || all("apiGroups");
+    let resources = has("resources", "*")
+        || strs(atom, "resources").all(|r| {
+            has("resources", r)
+                || r.split_once('/')
+                    .is_some_and(|(_, sub)| has("resources", &format!("*/{sub}")))
+        });
+    let urls = strs(atom, "nonResourceURLs").all(|u| {
+        strs(owner, "nonResourceURLs")
+            .any(|o| o == u || o.strip_suffix('*').is_some_and(|p| u.starts_with(p)))
+    });
+    let owner_names = strs(owner, "resourceNames").next().is_some();
+    let names = if strs(atom, "resourceNames").next().is_none() {
+        !owner_names
+    } else {
+        !owner_names || all("resourceNames")
+    };
+    verbs && groups && resources && urls && names
+}
+
+/// Merges broken-down rules that differ only by verb (upstream's `CompactRules`).
+fn compact(rules: &[Value]) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    for r in rules {
+        let simple = r.get("resourceNames").is_none() && r.get("nonResourceURLs").is_none();
+        let same = |o: &Value| {
+            o.get("resourceNames").is_none()
+                && o.get("nonResourceURLs").is_none()
+                && o.get("apiGroups") == r.get("apiGroups")
+                && o.get("resources") == r.get("resources")
+        };
+        match out.iter_mut().find(|o| simple && same(o)) {
+            Some(o) => {
+                if let (Some(vs), Some(v)) = (
+                    o.get_mut("verbs").and_then(Value::as_array_mut),
+                    r.pointer("/verbs/0"),
+                ) {
+                    vs.push(v.clone());
+                }
+            }
+            None => out.push(r.clone()),
+        }
+    }
+    out
+}
+
+/// A rule as upstream's `CompactString` prints it: `{APIGroups:["apps"], ...}`.
+fn compact_string(r: &Value) -> String {
+    let mut parts = Vec::new();
+    for (field, label) in [
+        ("apiGroups", "APIGroups"),
+        ("resources", "Resources"),
+        ("nonResourceURLs", "NonResourceURLs"),
+        ("resourceNames", "ResourceNames"),
+        ("verbs", "Verbs"),
+    ] {
+        let items: Vec<&str> = strs(r, field).collect();
+        if !items.is_empty() {
+            parts.push(format!("{label}:{}", go_quoted(&items)));
+        }
+    }
+    format!("{{{}}}", parts.join(", "))
+}
+
 fn strs_values(v: Option<&Value>) -> &[Value] {
     v.and_then(Value::as_array)
         .map(Vec::as_slice)
@@ -919,6 +1121,30 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "forbidden: User \"system:serviceaccount:default:default\" cannot get path \"/metrics\""
+        );
+    }
+
+    #[test]
+    fn escalation_is_judged_by_rule_coverage() {
+        let held = vec![
+            json!({"apiGroups": [""], "resources": ["pods", "*/status"], "verbs": ["get", "list"]}),
+            json!({"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["a"], "verbs": ["*"]}),
+        ];
+        let ok = json!({"apiGroups": [""], "resources": ["pods", "deployments/status"], "verbs": ["get"]});
+        assert!(uncovered(&held, &[ok]).is_empty());
+        let named = json!({"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["a"], "verbs": ["get", "delete"]});
+        assert!(uncovered(&held, &[named]).is_empty());
+        let all_cms = json!({"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]});
+        assert_eq!(uncovered(&held, &[all_cms]).len(), 1);
+        let more = json!({"apiGroups": ["", "apps"], "resources": ["pods"], "verbs": ["create", "delete", "get"]});
+        let missing = uncovered(&held, &[more]);
+        let lines: Vec<String> = compact(&missing).iter().map(compact_string).collect();
+        assert_eq!(
+            lines,
+            vec![
+                r#"{APIGroups:[""], Resources:["pods"], Verbs:["create" "delete"]}"#,
+                r#"{APIGroups:["apps"], Resources:["pods"], Verbs:["create" "delete" "get"]}"#,
+            ]
         );
     }
 

@@ -457,6 +457,82 @@ async fn certificate_user_needs_a_binding() {
         async move { seen.then_some(()) }
     })
     .await;
+    // An admin of a namespace may hand out what it holds there, and no more: binding
+    // cluster-admin, or a Role with rules beyond its own, is an escalation.
+    admin(api, &["create", "namespace", "dev"]);
+    admin(
+        api,
+        &[
+            "create",
+            "rolebinding",
+            "alice-admin",
+            "--clusterrole=admin",
+            "--user=alice",
+            "-n",
+            "dev",
+        ],
+    );
+    eventually_allowed(
+        &alice,
+        "alice binds view in dev",
+        &[
+            "create",
+            "rolebinding",
+            "bob-view",
+            "--clusterrole=view",
+            "--user=bob",
+            "-n",
+            "dev",
+        ],
+    )
+    .await;
+    let out = kubectl_as(
+        &alice,
+        &[
+            "create",
+            "rolebinding",
+            "bob-root",
+            "--clusterrole=cluster-admin",
+            "--user=bob",
+            "-n",
+            "dev",
+        ],
+    );
+    // `kubectl create rolebinding` words the failure its own way around the message.
+    assert!(!out.ok);
+    assert_eq!(
+        out.stderr.trim(),
+        "error: failed to create rolebinding: rolebindings.rbac.authorization.k8s.io \"bob-root\" is forbidden: user \"alice\" (groups=[\"system:authenticated\"]) is attempting to grant RBAC permissions not currently held:\n{APIGroups:[\"*\"], Resources:[\"*\"], Verbs:[\"*\"]}\n{NonResourceURLs:[\"*\"], Verbs:[\"*\"]}",
+    );
+    let out = kubectl_as(
+        &alice,
+        &[
+            "create",
+            "role",
+            "pods",
+            "--verb=create,get",
+            "--resource=pods",
+            "-n",
+            "dev",
+        ],
+    );
+    assert!(out.ok, "{}", out.stderr);
+    let out = kubectl_as(
+        &alice,
+        &[
+            "create",
+            "role",
+            "nodes",
+            "--verb=get",
+            "--resource=nodes",
+            "-n",
+            "dev",
+        ],
+    );
+    assert_forbidden(
+        &out,
+        "roles.rbac.authorization.k8s.io \"nodes\" is forbidden: user \"alice\" (groups=[\"system:authenticated\"]) is attempting to grant RBAC permissions not currently held:\n{APIGroups:[\"\"], Resources:[\"nodes\"], Verbs:[\"get\"]}",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
