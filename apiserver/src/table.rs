@@ -1000,15 +1000,15 @@ fn binding_row(obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
     }
     vec![
         name(obj),
-        s(&format!(
+        s(format!(
             "{}/{}",
             str_at(obj, &["roleRef", "kind"]),
             str_at(obj, &["roleRef", "name"])
         )),
         age(obj, now),
-        s(&users.join(", ")),
-        s(&groups.join(", ")),
-        s(&sas.join(", ")),
+        s(users.join(", ")),
+        s(groups.join(", ")),
+        s(sas.join(", ")),
     ]
 }
 
