@@ -192,6 +192,17 @@ async fn service_account_needs_a_binding() {
     let can = kubectl_as(&robot, &["auth", "can-i", "create", "pods", "-n", "team"]);
     assert_eq!((can.ok, can.stdout.trim()), (false, "no"), "{}", can.stderr);
 
+    // `kubectl auth can-i --list` (SelfSubjectRulesReview) shows the rules view gave.
+    let list = kubectl_as(&robot, &["auth", "can-i", "--list", "-n", "team"]);
+    assert!(list.ok, "{}", list.stderr);
+    assert!(
+        list.stdout
+            .lines()
+            .any(|l| l.starts_with("pods ") && l.ends_with("[get list watch]")),
+        "{}",
+        list.stdout
+    );
+
     // The binding as `kubectl get` shows it.
     let table = admin(api, &["get", "rolebindings", "-n", "team", "-o", "wide"]);
     let mut lines = table.lines();
