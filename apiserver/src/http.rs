@@ -417,6 +417,7 @@ async fn handle(
     body: Body,
 ) -> Result<Response, ApiError> {
     let user = authenticate(app, peer, headers).await?;
+    let user = crate::rbac::impersonate(&app.authorizer, user, headers).await?;
     let q: HashMap<String, String> = Query::<Vec<(String, String)>>::try_from_uri(uri)
         .map(|Query(v)| v.into_iter().collect())
         .unwrap_or_default();

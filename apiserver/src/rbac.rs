@@ -13,7 +13,8 @@
 //! A denial is upstream's 403 `Status`, word for word (`forbidden`). The bootstrap policy
 //! (`rbac-bootstrap.yaml`: cluster-admin, admin/edit/view and the discovery roles with
 //! their bindings) is created at start when absent, and the SelfSubjectAccessReview and
-//! SelfSubjectRulesReview APIs (`kubectl auth can-i`) answer from the same authorizer.
+//! SelfSubjectRulesReview APIs (`kubectl auth can-i`) answer from the same authorizer,
+//! which also decides impersonation (`kubectl --as`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -495,6 +496,80 @@ impl Authorizer {
         }
         Err(refuse(msg))
     }
+}
+
+/// The user a request acts as: the authenticated one, or the one its `Impersonate-User`
+/// and `Impersonate-Group` headers name when the authenticated user may `impersonate`
+/// that user (or service account) and each group (upstream's impersonation filter).
+pub async fn impersonate(
+    authz: &Authorizer,
+    user: UserInfo,
+    headers: &axum::http::HeaderMap,
+) -> Result<UserInfo, ApiError> {
+    let values = |name: &str| -> Vec<String> {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+            .collect()
+    };
+    let target = values("Impersonate-User").into_iter().next();
+    let groups = values("Impersonate-Group");
+    let Some(target) = target else {
+        if !groups.is_empty() {
+            return Err(ApiError::BadRequest(format!(
+                "requested {groups:?} without impersonating a user"
+            )));
+        }
+        return Ok(user);
+    };
+    let sa = target
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.split_once(':'))
+        .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains(':'));
+    let mut checks = vec![match sa {
+        Some((ns, name)) => ("serviceaccounts", ns.to_string(), name.to_string()),
+        None => ("users", String::new(), target.clone()),
+    }];
+    checks.extend(groups.iter().map(|g| ("groups", String::new(), g.clone())));
+    for (resource, namespace, name) in checks {
+        let acting_as = RequestInfo {
+            resource_request: true,
+            verb: "impersonate".into(),
+            api_version: "v1".into(),
+            resource: resource.into(),
+            namespace,
+            name,
+            ..Default::default()
+        };
+        if let Decision::NoOpinion(reason) = authz.authorize(&user, &acting_as).await {
+            return Err(forbidden(&user, &acting_as, &reason));
+        }
+    }
+    let mut as_groups = groups;
+    if as_groups.is_empty() {
+        if let Some((ns, _)) = sa {
+            as_groups = vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{ns}"),
+            ];
+        }
+    }
+    let impersonated = UserInfo {
+        name: target,
+        groups: as_groups,
+    };
+    // Upstream adds system:authenticated unless the caller named it or
+    // system:unauthenticated itself.
+    if impersonated
+        .groups
+        .iter()
+        .any(|g| g == "system:unauthenticated")
+    {
+        return Ok(impersonated);
+    }
+    Ok(impersonated.authenticated())
 }
 
 /// Go's `%q` of a string slice: `["a" "b"]`.

@@ -156,6 +156,9 @@ async fn service_account_needs_a_binding() {
     );
     let can = kubectl_as(&robot, &["auth", "can-i", "list", "pods", "-n", "team"]);
     assert_eq!((can.ok, can.stdout.trim()), (false, "no"), "{}", can.stderr);
+    // The admin asks the same question impersonating the account.
+    let can = api.kubectl(&["auth", "can-i", "list", "pods", "-n", "team", "--as", who]);
+    assert_eq!((can.ok, can.stdout.trim()), (false, "no"), "{}", can.stderr);
 
     // `view` in its namespace: it reads pods there, cannot create them, and cannot read
     // secrets (view leaves them out) nor other namespaces.
@@ -191,6 +194,8 @@ async fn service_account_needs_a_binding() {
     assert_eq!((can.ok, can.stdout.trim()), (true, "yes"), "{}", can.stderr);
     let can = kubectl_as(&robot, &["auth", "can-i", "create", "pods", "-n", "team"]);
     assert_eq!((can.ok, can.stdout.trim()), (false, "no"), "{}", can.stderr);
+    let can = api.kubectl(&["auth", "can-i", "list", "pods", "-n", "team", "--as", who]);
+    assert_eq!((can.ok, can.stdout.trim()), (true, "yes"), "{}", can.stderr);
 
     // `kubectl auth can-i --list` (SelfSubjectRulesReview) shows the rules view gave.
     let list = kubectl_as(&robot, &["auth", "can-i", "--list", "-n", "team"]);
@@ -337,6 +342,11 @@ async fn certificate_user_needs_a_binding() {
     assert_forbidden(
         &kubectl_as(&alice, &["get", "--raw", "/metrics"]),
         "forbidden: User \"alice\" cannot get path \"/metrics\"",
+    );
+    // Impersonation needs the impersonate verb, which alice lacks.
+    assert_forbidden(
+        &kubectl_as(&alice, &["get", "pods", "--as", "bob"]),
+        "users \"bob\" is forbidden: User \"alice\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope",
     );
     // Discovery is every authenticated user's (system:discovery).
     let out = kubectl_as(
