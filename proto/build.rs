@@ -38,6 +38,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "k8s.io/api/discovery/v1/generated.proto",
         "k8s.io/api/networking/v1/generated.proto",
         "k8s.io/api/autoscaling/v1/generated.proto",
+        "k8s.io/api/rbac/v1/generated.proto",
+        "k8s.io/api/authorization/v1/generated.proto",
     ];
     let set = protox::Compiler::new(["."])?
         .include_imports(true)

@@ -3,25 +3,40 @@
 //! `--token-auth-file` (kube-apiserver's CSV format: `token,user,uid,"group1,group2"`).
 //! Service-account tokens (JWTs the controller-manager signs with the key pair in the
 //! cert dir) are the third way in.
-//! Authorization (RBAC) is a later layer; today every authenticated user may do
-//! everything, and anonymous requests get 401.
+//! Every way yields a [`UserInfo`], which the RBAC authorizer (`rbac.rs`) decides on;
+//! every authenticated user is also in `system:authenticated`. Anonymous requests get
+//! 401 (kube-apiserver's `--anonymous-auth=false`).
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use crate::error::ApiError;
 
-/// An authenticated user.
+/// An authenticated user: what the authorizer decides on (upstream's `user.Info`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct User {
+pub struct UserInfo {
     pub name: String,
     pub groups: Vec<String>,
+}
+
+/// The group of every authenticated user.
+pub const AUTHENTICATED: &str = "system:authenticated";
+
+impl UserInfo {
+    /// The user with `system:authenticated` added (once), as upstream's
+    /// AuthenticatedGroupAdder does after any authenticator succeeds.
+    pub fn authenticated(mut self) -> UserInfo {
+        if !self.groups.iter().any(|g| g == AUTHENTICATED) {
+            self.groups.push(AUTHENTICATED.into());
+        }
+        self
+    }
 }
 
 /// Static bearer tokens.
 #[derive(Default)]
 pub struct Tokens {
-    by_token: HashMap<String, User>,
+    by_token: HashMap<String, UserInfo>,
 }
 
 impl Tokens {
@@ -54,7 +69,7 @@ impl Tokens {
                 .unwrap_or_default();
             by_token.insert(
                 fields[0].clone(),
-                User {
+                UserInfo {
                     name: fields[1].clone(),
                     groups,
                 },
@@ -64,7 +79,7 @@ impl Tokens {
     }
 
     /// The user a bearer token stands for.
-    pub fn user(&self, token: &str) -> Option<User> {
+    pub fn user(&self, token: &str) -> Option<UserInfo> {
         self.by_token.get(token).cloned()
     }
 }
@@ -146,8 +161,8 @@ pub fn verify_service_account_token(key: &[u8], token: &str) -> Option<ServiceAc
 
 impl ServiceAccountClaims {
     /// The user a valid token authenticates as, with upstream's groups.
-    pub fn user(&self) -> User {
-        User {
+    pub fn user(&self) -> UserInfo {
+        UserInfo {
             name: self.sub.clone(),
             groups: vec![
                 "system:serviceaccounts".into(),

@@ -5,7 +5,7 @@
 
 use serde_json::{json, Value};
 
-use crate::resources::{ResourceType, RESOURCES, VERBS};
+use crate::resources::{ResourceType, RESOURCES};
 
 /// The Kubernetes version the API matches (kubectl 1.32's).
 pub const KUBE_VERSION: (&str, &str) = ("1", "32");
@@ -71,7 +71,7 @@ fn resource_entries(r: &ResourceType) -> Vec<Value> {
         "singularName": r.singular,
         "namespaced": r.namespaced,
         "kind": r.kind,
-        "verbs": VERBS,
+        "verbs": r.verbs(),
     });
     if !r.short_names.is_empty() {
         main["shortNames"] = json!(r.short_names);
@@ -200,7 +200,7 @@ fn resource_discovery(r: &ResourceType) -> Value {
         "responseKind": own,
         "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
         "singularResource": r.singular,
-        "verbs": VERBS,
+        "verbs": r.verbs(),
     });
     if !r.short_names.is_empty() {
         out["shortNames"] = json!(r.short_names);

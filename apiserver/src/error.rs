@@ -90,6 +90,16 @@ pub enum ApiError {
     /// The request is understood but not allowed.
     #[error("{0}")]
     Forbidden(String),
+    /// The authorizer denied the request: upstream's 403 naming the resource (details
+    /// `group`, `kind` = the resource, `name`, each only when set) and the message of
+    /// `rbac::forbidden`.
+    #[error("{message}")]
+    Denied {
+        group: String,
+        resource: String,
+        name: String,
+        message: String,
+    },
     /// A resourceVersion newer than anything the server has seen (after the wait).
     #[error("Timeout: Too large resource version: {requested}, current: {current}")]
     TooLargeResourceVersion { requested: i64, current: i64 },
@@ -210,6 +220,20 @@ impl ApiError {
             ),
             Expired(_) | ExpiredContinue(_) | Compacted => (StatusCode::GONE, "Expired", json!({})),
             Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden", json!({})),
+            Denied {
+                group,
+                resource,
+                name,
+                ..
+            } => {
+                let mut d = serde_json::Map::new();
+                for (k, v) in [("name", name), ("group", group), ("kind", resource)] {
+                    if !v.is_empty() {
+                        d.insert(k.into(), json!(v));
+                    }
+                }
+                (StatusCode::FORBIDDEN, "Forbidden", Value::Object(d))
+            }
             TooLargeResourceVersion { .. } => (
                 StatusCode::GATEWAY_TIMEOUT,
                 "Timeout",
@@ -249,7 +273,11 @@ impl ApiError {
         if let ApiError::ExpiredContinue(token) = self {
             s["metadata"] = json!({"continue": token});
         }
-        if details.as_object().is_some_and(|d| !d.is_empty()) {
+        // A denial always carries details, empty for a path (upstream's non-nil
+        // StatusDetails with every field omitted).
+        if details.as_object().is_some_and(|d| !d.is_empty())
+            || matches!(self, ApiError::Denied { .. })
+        {
             s["details"] = details;
         }
         s

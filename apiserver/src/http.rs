@@ -13,7 +13,7 @@ use axum::routing::get;
 use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
 
-use crate::auth::{Tokens, User};
+use crate::auth::{Tokens, UserInfo};
 use crate::cache::{Cache, CacheWatch};
 use crate::discovery;
 use crate::error::ApiError;
@@ -28,6 +28,8 @@ pub const MAX_BODY: usize = 3 * 1024 * 1024;
 /// Shared state of every request.
 pub struct App {
     pub registry: Arc<Registry>,
+    /// Decides every authenticated request (RBAC over the watch caches).
+    pub authorizer: crate::rbac::Authorizer,
     /// The watch cache of every served resource, by store prefix.
     pub caches: HashMap<&'static str, Arc<Cache>>,
     /// Verifies service-account tokens (see `auth::verify_service_account_token`).
@@ -39,7 +41,7 @@ pub struct App {
 
 /// The user a verified TLS client certificate named, set per connection.
 #[derive(Clone)]
-pub struct Peer(pub Option<User>);
+pub struct Peer(pub Option<UserInfo>);
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
@@ -55,7 +57,16 @@ async fn authenticate(
     app: &App,
     peer: Option<&Peer>,
     headers: &HeaderMap,
-) -> Result<User, ApiError> {
+) -> Result<UserInfo, ApiError> {
+    let user = authenticated_user(app, peer, headers).await?;
+    Ok(user.authenticated())
+}
+
+async fn authenticated_user(
+    app: &App,
+    peer: Option<&Peer>,
+    headers: &HeaderMap,
+) -> Result<UserInfo, ApiError> {
     if let Some(auth) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -76,7 +87,7 @@ async fn authenticate(
 /// A legacy service-account token is good while its signature verifies, its
 /// ServiceAccount exists with the uid it names, and its Secret still holds it (so
 /// deleting either revokes it), as kube-apiserver's legacy validator checks.
-async fn service_account_user(app: &App, token: &str) -> Option<User> {
+async fn service_account_user(app: &App, token: &str) -> Option<UserInfo> {
     use base64::Engine;
     let claims = crate::auth::verify_service_account_token(&app.sa_public_key, token)?;
     let ns = Some(claims.namespace.as_str());
@@ -405,7 +416,14 @@ async fn handle(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let _user = authenticate(app, peer, headers).await?;
+    let user = authenticate(app, peer, headers).await?;
+    let user = crate::rbac::impersonate(&app.authorizer, user, headers).await?;
+    let q: HashMap<String, String> = Query::<Vec<(String, String)>>::try_from_uri(uri)
+        .map(|Query(v)| v.into_iter().collect())
+        .unwrap_or_default();
+    app.authorizer
+        .check(&user, &crate::rbac::request_info(&method, uri.path(), &q))
+        .await?;
     if uri.path() == "/metrics" {
         return Ok((
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -413,9 +431,6 @@ async fn handle(
         )
             .into_response());
     }
-    let q: HashMap<String, String> = Query::<Vec<(String, String)>>::try_from_uri(uri)
-        .map(|Query(v)| v.into_iter().collect())
-        .unwrap_or_default();
     if method == Method::GET && matches!(uri.path(), "/api" | "/apis") {
         if let Some(version) = wants_aggregated(headers) {
             let doc = discovery::aggregated(uri.path() == "/api", version);
@@ -483,6 +498,13 @@ async fn handle(
         target.name.as_deref(),
         target.sub.as_deref(),
     ) {
+        (Method::POST, None, None) if !rt.stored() => {
+            let raw = read_body(body).await?;
+            let obj = parse_object(headers, &raw, rt.kind)?;
+            let out = crate::rbac::review(&app.authorizer, rt, &user, &obj).await?;
+            Ok(json_response(StatusCode::CREATED, &out, &[]))
+        }
+        _ if !rt.stored() => Err(ApiError::MethodNotAllowed),
         (Method::GET, None, None) => {
             let lopts = list_options(&q, rt)?;
             let cache = app.caches.get(rt.prefix).ok_or(ApiError::NoRoute)?;
@@ -576,6 +598,9 @@ async fn handle(
         (Method::POST, None, None) => {
             let raw = read_body(body).await?;
             let obj = parse_object(headers, &raw, rt.kind)?;
+            app.authorizer
+                .confirm_no_escalation(&user, rt, ns, &obj)
+                .await?;
             let out = reg.create(rt, ns, &obj, wopts).await?;
             Ok(json_response(
                 StatusCode::CREATED,
@@ -650,6 +675,9 @@ async fn handle(
             } else {
                 obj
             };
+            app.authorizer
+                .confirm_no_escalation(&user, rt, ns, &obj)
+                .await?;
             let out = reg
                 .update(rt, ns, name, sub.filter(|s| *s == "status"), &obj, wopts)
                 .await?;
@@ -716,6 +744,17 @@ async fn handle(
             }
             let ty = patch_type(headers)?;
             let raw = read_body(body).await?;
+            if rt.group == crate::rbac::GROUP {
+                // The escalation check needs the patched role or binding: a dry run.
+                let dry = WriteOptions {
+                    dry_run: true,
+                    ..wopts
+                };
+                let preview = reg.patch(rt, ns, name, sub, ty, &raw, dry).await?;
+                app.authorizer
+                    .confirm_no_escalation(&user, rt, ns, &preview.object)
+                    .await?;
+            }
             let out = reg.patch(rt, ns, name, sub, ty, &raw, wopts).await?;
             let code = if out.created {
                 StatusCode::CREATED

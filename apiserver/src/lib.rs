@@ -2,8 +2,8 @@
 //!
 //! The apiserver reaches its data only through the etcd v3 API (`storage`), so it runs
 //! the same on `capstan store` and on a real etcd. Requests flow `http` (routing,
-//! authentication, negotiation) → `registry` (object lifecycle) → `storage`; watches
-//! flow from the store's watch through `watch`.
+//! authentication, negotiation) → `rbac` (authorization) → `registry` (object
+//! lifecycle) → `storage`; watches flow from the store's watch through `watch`.
 
 pub mod auth;
 pub mod cache;
@@ -14,6 +14,7 @@ pub mod managed;
 pub mod metrics;
 pub mod patch;
 pub mod protobuf;
+pub mod rbac;
 pub mod registry;
 pub mod resources;
 pub mod selectors;
@@ -75,18 +76,22 @@ pub async fn run(cfg: Config) -> Result<(), ApiError> {
         namespaces: std::sync::OnceLock::new(),
     });
     bootstrap(&registry).await?;
+    rbac::bootstrap(&registry).await?;
     if !cfg.compaction_interval.is_zero() {
         tokio::spawn(compactor(store.clone(), cfg.compaction_interval));
     }
     let caches: std::collections::HashMap<_, _> = resources::RESOURCES
         .iter()
+        .filter(|rt| rt.stored())
         .map(|rt| (rt.prefix, cache::Cache::start(store.clone(), rt)))
         .collect();
     if let Some(ns) = resources::find("", "v1", "namespaces").and_then(|rt| caches.get(rt.prefix)) {
         let _ = registry.namespaces.set(ns.clone());
     }
+    let authorizer = rbac::Authorizer::new(&caches)?;
     let app = Arc::new(http::App {
         registry,
+        authorizer,
         caches,
         sa_public_key: pki.sa_public_key.clone(),
         metrics: metrics::Metrics::new()?,

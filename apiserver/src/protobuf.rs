@@ -138,8 +138,10 @@ fn package(api_version: &str) -> String {
     match api_version.split_once('/') {
         None => format!("k8s.io.api.core.{api_version}"),
         Some(("meta.k8s.io", v)) => format!("k8s.io.apimachinery.pkg.apis.meta.{v}"),
+        // The Go package is the group's first label: networking.k8s.io → networking,
+        // rbac.authorization.k8s.io → rbac.
         Some((group, v)) => {
-            let short = group.strip_suffix(".k8s.io").unwrap_or(group);
+            let short = group.split('.').next().unwrap_or(group);
             format!("k8s.io.api.{short}.{v}")
         }
     }

@@ -251,7 +251,20 @@ fn is_label(s: &str, first_alpha: bool) -> bool {
 /// Validates an object name as upstream does for the kind: DNS-1123 labels for
 /// namespaces, DNS-1035 labels for services, DNS-1123 subdomains otherwise.
 fn validate_name(rt: &ResourceType, name: &str) -> Result<(), ApiError> {
+    // RBAC objects need only be path segments (upstream's ValidateRBACName), so names
+    // like `system:discovery` are valid.
+    let rbac = matches!(
+        rt.kind,
+        "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding"
+    );
     let (ok, msg) = match rt.kind {
+        _ if rbac => match name {
+            "." => (false, "may not be '.'"),
+            ".." => (false, "may not be '..'"),
+            n if n.contains('/') => (false, "may not contain '/'"),
+            n if n.contains('%') => (false, "may not contain '%'"),
+            _ => (true, ""),
+        },
         "Namespace" => (is_label(name, false), LABEL_MSG),
         "Service" => (is_label(name, true), DNS1035_MSG),
         _ => (

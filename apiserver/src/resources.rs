@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord};
+use k8s_openapi::api::{authorization::v1 as authz, rbac::v1 as rbac};
 use k8s_openapi::api::{core::v1 as core, discovery::v1 as disc, networking::v1 as net};
 
 /// One served resource.
@@ -76,6 +77,12 @@ const fn const_lower(kind: &'static str) -> &'static str {
         b"Lease" => "lease",
         b"EndpointSlice" => "endpointslice",
         b"Ingress" => "ingress",
+        b"Role" => "role",
+        b"ClusterRole" => "clusterrole",
+        b"RoleBinding" => "rolebinding",
+        b"ClusterRoleBinding" => "clusterrolebinding",
+        b"SelfSubjectAccessReview" => "selfsubjectaccessreview",
+        b"SelfSubjectRulesReview" => "selfsubjectrulesreview",
         _ => "",
     }
 }
@@ -279,7 +286,89 @@ pub static RESOURCES: &[ResourceType] = &[
         "/registry/ingress",
         net::Ingress
     ),
+    rt!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        false,
+        NONE,
+        NONE,
+        false,
+        false,
+        "/registry/clusterrolebindings",
+        rbac::ClusterRoleBinding
+    ),
+    rt!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "ClusterRole",
+        "clusterroles",
+        false,
+        NONE,
+        NONE,
+        false,
+        false,
+        "/registry/clusterroles",
+        rbac::ClusterRole
+    ),
+    rt!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "RoleBinding",
+        "rolebindings",
+        true,
+        NONE,
+        NONE,
+        false,
+        false,
+        "/registry/rolebindings",
+        rbac::RoleBinding
+    ),
+    rt!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "Role",
+        "roles",
+        true,
+        NONE,
+        NONE,
+        false,
+        false,
+        "/registry/roles",
+        rbac::Role
+    ),
+    // Reviews are not stored (no prefix): a create is answered by the authorizer.
+    rt!(
+        "authorization.k8s.io",
+        "v1",
+        "SelfSubjectAccessReview",
+        "selfsubjectaccessreviews",
+        false,
+        NONE,
+        NONE,
+        false,
+        false,
+        "",
+        authz::SelfSubjectAccessReview
+    ),
+    rt!(
+        "authorization.k8s.io",
+        "v1",
+        "SelfSubjectRulesReview",
+        "selfsubjectrulesreviews",
+        false,
+        NONE,
+        NONE,
+        false,
+        false,
+        "",
+        authz::SelfSubjectRulesReview
+    ),
 ];
+
+/// The verbs of a review (created and answered, never stored).
+pub const REVIEW_VERBS: &[&str] = &["create"];
 
 /// The verbs every resource serves.
 pub const VERBS: &[&str] = &[
@@ -294,6 +383,21 @@ pub const VERBS: &[&str] = &[
 ];
 
 impl ResourceType {
+    /// Whether objects of this type are kept in the store (reviews are not: they are
+    /// answered on create and forgotten).
+    pub fn stored(&self) -> bool {
+        !self.prefix.is_empty()
+    }
+
+    /// The verbs discovery lists for this type.
+    pub fn verbs(&self) -> &'static [&'static str] {
+        if self.stored() {
+            VERBS
+        } else {
+            REVIEW_VERBS
+        }
+    }
+
     /// `apiVersion` of objects of this type.
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {

@@ -295,6 +295,26 @@ const SERVICEACCOUNT_COLUMNS: &[Column] = &[
     age_col(),
 ];
 
+// Roles and ClusterRoles have no printer upstream: they get the default Name and Created At.
+// The Role column's description is the v1beta1 type's roleRef doc, as printers.go reads it.
+const ROLEBINDING_COLUMNS: &[Column] = &[
+    name_col(),
+    col("Role", "string", "RoleRef can reference a Role in the current namespace or a ClusterRole in the global namespace. If the RoleRef cannot be resolved, the Authorizer must return an error."),
+    age_col(),
+    wide("Users", "string", "Users in the roleBinding"),
+    wide("Groups", "string", "Groups in the roleBinding"),
+    wide("ServiceAccounts", "string", "ServiceAccounts in the roleBinding"),
+];
+
+const CLUSTERROLEBINDING_COLUMNS: &[Column] = &[
+    name_col(),
+    col("Role", "string", "RoleRef can only reference a ClusterRole in the global namespace. If the RoleRef cannot be resolved, the Authorizer must return an error."),
+    age_col(),
+    wide("Users", "string", "Users in the clusterRoleBinding"),
+    wide("Groups", "string", "Groups in the clusterRoleBinding"),
+    wide("ServiceAccounts", "string", "ServiceAccounts in the clusterRoleBinding"),
+];
+
 // Event's Name column is a priority-1 column that still carries the "name" format.
 const EVENT_COLUMNS: &[Column] = &[
     col("Last Seen", "string", D_EV_LASTTIMESTAMP),
@@ -410,6 +430,8 @@ enum Printer {
     Lease,
     EndpointSlice,
     Ingress,
+    RoleBinding,
+    ClusterRoleBinding,
     Default,
 }
 
@@ -431,6 +453,8 @@ impl Printer {
             "Lease" => Self::Lease,
             "EndpointSlice" => Self::EndpointSlice,
             "Ingress" => Self::Ingress,
+            "RoleBinding" => Self::RoleBinding,
+            "ClusterRoleBinding" => Self::ClusterRoleBinding,
             _ => Self::Default,
         }
     }
@@ -452,6 +476,8 @@ impl Printer {
             Self::Lease => LEASE_COLUMNS,
             Self::EndpointSlice => ENDPOINTSLICE_COLUMNS,
             Self::Ingress => INGRESS_COLUMNS,
+            Self::RoleBinding => ROLEBINDING_COLUMNS,
+            Self::ClusterRoleBinding => CLUSTERROLEBINDING_COLUMNS,
             Self::Default => DEFAULT_COLUMNS,
         }
     }
@@ -474,6 +500,7 @@ impl Printer {
             Self::Lease => (lease_row(obj, now), None),
             Self::EndpointSlice => (endpointslice_row(obj, now), None),
             Self::Ingress => (ingress_row(obj, now), None),
+            Self::RoleBinding | Self::ClusterRoleBinding => (binding_row(obj, now), None),
             Self::Default => (default_row(obj), None),
         }
     }
@@ -953,6 +980,35 @@ fn serviceaccount_row(obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
         name(obj),
         json!(arr_at(obj, &["secrets"]).len()),
         age(obj, now),
+    ]
+}
+
+/// A RoleBinding's or ClusterRoleBinding's row: `Kind/name` of the role, then the
+/// subjects by kind (upstream's `SubjectsStrings`; service accounts as `ns/name`).
+fn binding_row(obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
+    let (mut users, mut groups, mut sas) = (Vec::new(), Vec::new(), Vec::new());
+    for subject in arr_at(obj, &["subjects"]) {
+        let name = str_at(subject, &["name"]);
+        match str_at(subject, &["kind"]) {
+            "User" => users.push(name.to_string()),
+            "Group" => groups.push(name.to_string()),
+            "ServiceAccount" => {
+                sas.push(format!("{}/{name}", str_at(subject, &["namespace"])));
+            }
+            _ => {}
+        }
+    }
+    vec![
+        name(obj),
+        s(format!(
+            "{}/{}",
+            str_at(obj, &["roleRef", "kind"]),
+            str_at(obj, &["roleRef", "name"])
+        )),
+        age(obj, now),
+        s(users.join(", ")),
+        s(groups.join(", ")),
+        s(sas.join(", ")),
     ]
 }
 

@@ -215,7 +215,7 @@ impl Pki {
 
 /// The user a verified client certificate names: CN is the user name, O entries the
 /// groups (Kubernetes' x509 authenticator).
-pub fn user_from_cert(der: &[u8]) -> Option<crate::auth::User> {
+pub fn user_from_cert(der: &[u8]) -> Option<crate::auth::UserInfo> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let subject = cert.subject();
     let name = subject
@@ -228,5 +228,5 @@ pub fn user_from_cert(der: &[u8]) -> Option<crate::auth::User> {
         .iter_organization()
         .filter_map(|o| o.as_str().ok().map(str::to_string))
         .collect();
-    Some(crate::auth::User { name, groups })
+    Some(crate::auth::UserInfo { name, groups })
 }

@@ -9,6 +9,7 @@ mod apply;
 mod kube_rs;
 mod kubectl;
 mod protobuf;
+mod rbac;
 mod resources;
 mod services;
 

@@ -130,9 +130,20 @@ type: kubernetes.io/service-account-token
             .as_deref(),
         Some(&b"robots"[..])
     );
-    // The token authenticates: the request succeeds with no client certificate.
-    let ok = kubectl_as(api, &token, &["get", "pods", "-n", "robots"]);
+    // The token authenticates, with no client certificate: the account may read
+    // discovery (every authenticated user may) but, bound to no role, not the pods:
+    // 403 naming it, not 401.
+    let ok = kubectl_as(api, &token, &["get", "--raw", "/api"]);
     assert!(ok.ok, "{}", ok.stderr);
+    let denied = kubectl_as(api, &token, &["get", "pods", "-n", "robots"]);
+    assert!(
+        !denied.ok
+            && denied.stderr.contains(
+                "User \"system:serviceaccount:robots:builder\" cannot list resource \"pods\""
+            ),
+        "{}",
+        denied.stderr
+    );
     // A token signed with another key (one byte of the signature changed) does not.
     let mut forged = token.clone().into_bytes();
     let last = forged.len() - 2;
