@@ -108,6 +108,12 @@ struct NodeArgs {
     /// Where container logs are written (the kubelet's `podLogsDir`).
     #[arg(long, default_value = "/var/log/pods")]
     pod_logs_dir: PathBuf,
+    /// The address the kubelet server (logs, exec) listens on.
+    #[arg(long, default_value = "0.0.0.0")]
+    address: std::net::IpAddr,
+    /// The kubelet server's port, advertised in the Node's `daemonEndpoints`.
+    #[arg(long, default_value_t = 10250)]
+    port: u16,
     /// Duration of the node's Lease in seconds; it is renewed every quarter of it.
     #[arg(long, default_value_t = 40)]
     node_lease_duration_seconds: i32,
@@ -118,7 +124,7 @@ struct NodeArgs {
 
 /// Which node agent `capstan node` runs.
 enum NodeConfig {
-    Kubelet(capstan_node::kubelet::Config),
+    Kubelet(Box<capstan_node::kubelet::Config>),
     Simulated(capstan_node::simulated::Config),
 }
 
@@ -134,28 +140,31 @@ impl NodeArgs {
         let labels = capstan_node::registration::parse_labels(&self.node_labels)?;
         let taints = capstan_node::registration::parse_taints(&self.register_with_taints)?;
         if !self.simulated {
-            return Ok(NodeConfig::Kubelet(capstan_node::kubelet::Config {
-                kubeconfig: self.kubeconfig,
-                node_name,
-                runtime_endpoint: self.container_runtime_endpoint,
-                node_ip: self.node_ip,
-                max_pods: self.max_pods,
-                labels,
-                taints,
-                heartbeat: capstan_node::registration::Heartbeat {
-                    lease_duration_seconds: self.node_lease_duration_seconds,
-                    status_report_frequency: self.node_status_report_frequency,
+            return Ok(NodeConfig::Kubelet(Box::new(
+                capstan_node::kubelet::Config {
+                    kubeconfig: self.kubeconfig,
+                    node_name,
+                    runtime_endpoint: self.container_runtime_endpoint,
+                    node_ip: self.node_ip,
+                    max_pods: self.max_pods,
+                    labels,
+                    taints,
+                    heartbeat: capstan_node::registration::Heartbeat {
+                        lease_duration_seconds: self.node_lease_duration_seconds,
+                        status_report_frequency: self.node_status_report_frequency,
+                    },
+                    image_archives: self.image_archive,
+                    serve: std::net::SocketAddr::new(self.address, self.port),
+                    pod_logs_dir: self.pod_logs_dir,
+                    root_dir: self.root_dir,
+                    dns: capstan_node::kubelet::cri::Dns {
+                        cluster_dns: self.cluster_dns,
+                        cluster_domain: self.cluster_domain,
+                        ..Default::default()
+                    }
+                    .with_host_file(&self.resolv_conf),
                 },
-                image_archives: self.image_archive,
-                pod_logs_dir: self.pod_logs_dir,
-                root_dir: self.root_dir,
-                dns: capstan_node::kubelet::cri::Dns {
-                    cluster_dns: self.cluster_dns,
-                    cluster_domain: self.cluster_domain,
-                    ..Default::default()
-                }
-                .with_host_file(&self.resolv_conf),
-            }));
+            )));
         }
         Ok(NodeConfig::Simulated(capstan_node::simulated::Config {
             kubeconfig: self.kubeconfig,
@@ -297,6 +306,13 @@ struct ApiserverArgs {
     /// How often to compact the store's history, e.g. 5m (0 disables).
     #[arg(long, default_value = "5m", value_parser = capstan_chaos::cli::parse_duration)]
     etcd_compaction_interval: std::time::Duration,
+    /// Client certificate (PEM) shown to kubelets for logs and exec (default: the
+    /// cert dir's generated `apiserver-kubelet-client.crt`).
+    #[arg(long)]
+    kubelet_client_certificate: Option<PathBuf>,
+    /// Its key (default: `apiserver-kubelet-client.key` in the cert dir).
+    #[arg(long)]
+    kubelet_client_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -427,6 +443,8 @@ fn main() -> anyhow::Result<()> {
                 token_auth_file: a.token_auth_file,
                 advertise_address: a.advertise_address,
                 compaction_interval: a.etcd_compaction_interval,
+                kubelet_client_certificate: a.kubelet_client_certificate,
+                kubelet_client_key: a.kubelet_client_key,
             };
             tokio::select! {
                 r = capstan_apiserver::run(cfg) => r.context("apiserver"),
@@ -438,7 +456,7 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(async move {
                 let agent = async move {
                     match cfg {
-                        NodeConfig::Kubelet(c) => capstan_node::kubelet::run(c).await,
+                        NodeConfig::Kubelet(c) => capstan_node::kubelet::run(*c).await,
                         NodeConfig::Simulated(c) => capstan_node::simulated::run(c).await,
                     }
                 };

@@ -108,6 +108,8 @@ pub async fn run(
         token_auth_file: None,
         advertise_address: a.advertise_address,
         compaction_interval: Duration::from_secs(300),
+        kubelet_client_certificate: None,
+        kubelet_client_key: None,
     };
     let apiserver = async { capstan_apiserver::run(api_cfg).await.context("apiserver") };
     let kubeconfig = a.write_kubeconfig.clone();
@@ -138,6 +140,8 @@ pub async fn run(
         root_dir: a.data_dir.join("agent/kubelet"),
         pod_logs_dir: a.pod_logs_dir,
         image_archives: a.image_archive,
+        // The kubelet's default: where the apiserver reaches it for logs and exec.
+        serve: std::net::SocketAddr::from(([0, 0, 0, 0], 10250)),
     });
     let components = async move {
         wait_for_file(&kubeconfig).await;

@@ -7,6 +7,7 @@
 mod support;
 
 mod containerd;
+mod streams;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -32,6 +33,8 @@ async fn stack() -> Stack {
     let store = Server::start().await;
     let api = Apiserver::start(&store.endpoint).await;
     let endpoint = format!("unix://{}", containerd.socket.display());
+    // The kubelet server on loopback and a port of its own: stacks run side by side.
+    let kubelet_port = support::free_port().to_string();
     let node = Component::start(
         &api,
         "node",
@@ -50,6 +53,12 @@ async fn stack() -> Stack {
             "4",
             "--cluster-dns",
             "10.96.0.10",
+            "--node-ip",
+            "127.0.0.1",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            &kubelet_port,
         ],
     );
     Stack {
