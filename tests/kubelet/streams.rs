@@ -19,7 +19,13 @@ struct Run {
 
 /// Runs kubectl with the admin kubeconfig, `stdin` fed and closed.
 fn kubectl(api: &Apiserver, args: &[&str], stdin: Option<&str>) -> Run {
+    kubectl_env(api, args, stdin, &[])
+}
+
+/// [`kubectl`] with environment variables.
+fn kubectl_env(api: &Apiserver, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Run {
     let mut child = Command::new("kubectl")
+        .envs(env.iter().copied())
         .arg("--kubeconfig")
         .arg(&api.kubeconfig)
         .args(args)
@@ -213,8 +219,42 @@ spec:
     assert_eq!(r.stdout, "out\n");
     assert!(r.stderr.contains("err\n"), "{}", r.stderr);
     assert_eq!(r.code, Some(3), "the command's exit code: {}", r.stderr);
-    let r = kubectl(api, &["exec", "talker", "--", "true"], None);
-    assert_eq!((r.code, r.stdout.as_str()), (Some(0), ""), "{}", r.stderr);
+    // That was a WebSocket (`v5.channel.k8s.io`), which kubectl 1.32 tries first: no
+    // fallback to SPDY happened.
+    let r = kubectl(api, &["exec", "-v=6", "talker", "--", "true"], None);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("101 Switching Protocols") && !r.stderr.contains("fallback"),
+        "{}",
+        r.stderr
+    );
+    // kubectl on SPDY (as older clients, and client-go by default): relayed as is.
+    let spdy = [("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")];
+    let r = kubectl_env(
+        api,
+        &[
+            "exec",
+            "-v=6",
+            "-i",
+            "talker",
+            "--",
+            "sh",
+            "-c",
+            "cat; echo err >&2; exit 4",
+        ],
+        Some("over spdy\n"),
+        &spdy,
+    );
+    assert_eq!(r.stdout, "over spdy\n", "{}", r.stderr);
+    assert!(r.stderr.contains("err\n"), "{}", r.stderr);
+    assert_eq!(r.code, Some(4), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .lines()
+            .any(|l| l.contains("POST https://") && l.contains("101 Switching Protocols")),
+        "an SPDY upgrade (POST): {}",
+        r.stderr
+    );
     // stdin reaches the command, and its end ends `cat`.
     let r = kubectl(
         api,

@@ -18,6 +18,7 @@ pub mod events;
 pub mod machine;
 pub mod prober;
 pub mod server;
+pub mod spdy;
 pub mod status;
 pub mod stream;
 pub mod volumes;

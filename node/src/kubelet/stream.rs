@@ -1,8 +1,13 @@
 //! `exec` on the kubelet server: CRI `Exec` returns a URL on the runtime's streaming
-//! server (containerd's, on loopback), and the caller's connection upgrade is relayed
-//! to it byte for byte, as the upstream kubelet proxies container streams: SPDY/3.1
-//! with the `v4.channel.k8s.io` protocol and its predecessors, which the runtime
-//! speaks itself.
+//! server (containerd's, on loopback).
+//!
+//! - A SPDY/3.1 upgrade (`v4.channel.k8s.io` and its predecessors, which the runtime
+//!   speaks itself) is relayed to it byte for byte, as the upstream kubelet proxies
+//!   container streams.
+//! - A WebSocket asking for `v5.channel.k8s.io` (what kubectl 1.32 tries first) is
+//!   served here and carried to the runtime on SPDY ([`super::spdy`]), as
+//!   kube-apiserver's stream translator does: containerd 1.6 speaks WebSocket only up to
+//!   v4, which has no way to say that stdin ended.
 
 use std::collections::HashMap;
 
@@ -138,6 +143,9 @@ impl Kubelet {
             }
         };
         tracing::debug!(namespace = %ns, pod = %name, container, command = ?opts.command, "exec");
+        if wants_websocket_v5(&req) {
+            return websocket_exec(&url, &opts, req).await;
+        }
         proxy_upgrade(&url, req).await
     }
 }
@@ -226,4 +234,249 @@ pub async fn proxy_upgrade(url: &str, mut req: Request<Incoming>) -> Response<Bo
         let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
     });
     r
+}
+
+/// The WebSocket protocol served here: kubectl 1.32's, with the close signal that
+/// tells the command its stdin ended.
+pub const V5: &str = "v5.channel.k8s.io";
+
+/// Whether the caller asked for a WebSocket speaking [`V5`].
+pub fn wants_websocket_v5(req: &Request<Incoming>) -> bool {
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let v5 = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == V5);
+    upgrade && v5
+}
+
+/// Opens a SPDY/3.1 remote-command connection (`v4.channel.k8s.io`) to the runtime's
+/// streaming server at `url`.
+async fn spdy_connect(url: &str) -> Result<hyper::upgrade::Upgraded, String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("streaming URL without a host: {url}"))?;
+    let tcp = tokio::net::TcpStream::connect(authority.as_str())
+        .await
+        .map_err(|e| format!("dialing the streaming server {authority}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn.with_upgrades());
+    let req = Request::post(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .header(header::HOST, authority.as_str())
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "SPDY/3.1")
+        .header("X-Stream-Protocol-Version", "v4.channel.k8s.io")
+        .body(empty())
+        .map_err(|e| e.to_string())?;
+    let mut resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let code = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        return Err(format!(
+            "the streaming server refused the upgrade ({code}): {}",
+            String::from_utf8_lossy(&body).trim()
+        ));
+    }
+    hyper::upgrade::on(&mut resp)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Serves exec over a WebSocket (`v5.channel.k8s.io`: one byte of channel, then the
+/// data; 0 stdin, 1 stdout, 2 stderr, 3 the status, 4 resizes, and `[255, 0]` for
+/// the end of stdin), carried to the runtime on SPDY streams.
+pub async fn websocket_exec(
+    url: &str,
+    opts: &ExecOptions,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return status_error(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+    };
+    // The runtime first, so its refusal is still an HTTP answer.
+    let runtime = match spdy_connect(url).await {
+        Ok(r) => r,
+        Err(e) => return status_error(StatusCode::INTERNAL_SERVER_ERROR, &e),
+    };
+    let client = hyper::upgrade::on(&mut req);
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let mut r = Response::new(empty());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(V5));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    let opts = opts.clone();
+    tokio::spawn(async move {
+        match client.await {
+            Ok(c) => bridge(c, runtime, opts).await,
+            Err(e) => tracing::debug!(error = %e, "exec websocket upgrade failed"),
+        }
+    });
+    r
+}
+
+/// SPDY stream ids, in the order client-go opens them (the server waits for exactly
+/// the streams the request named).
+struct Streams {
+    error: u32,
+    stdin: Option<u32>,
+    stdout: Option<u32>,
+    stderr: Option<u32>,
+    resize: Option<u32>,
+}
+
+async fn bridge(
+    client: hyper::upgrade::Upgraded,
+    runtime: hyper::upgrade::Upgraded,
+    opts: ExecOptions,
+) {
+    use futures::{SinkExt, StreamExt};
+    use tokio::io::AsyncWriteExt;
+    use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame, Role};
+    use tokio_tungstenite::tungstenite::Message;
+
+    use super::spdy;
+
+    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(client),
+        Role::Server,
+        None,
+    )
+    .await;
+    let (mut ws_tx, mut ws_rx) = ws.split();
+    let (mut rd, mut wr) = tokio::io::split(TokioIo::new(runtime));
+    let mut next = 1u32;
+    let mut id = |want: bool| {
+        want.then(|| {
+            let i = next;
+            next += 2;
+            i
+        })
+    };
+    let s = Streams {
+        error: id(true).unwrap_or(1),
+        stdin: id(opts.stdin),
+        stdout: id(opts.stdout),
+        stderr: id(opts.stderr && !opts.tty),
+        resize: id(opts.tty),
+    };
+    let mut headers = spdy::Headers::default();
+    let mut open = Vec::new();
+    for (sid, kind) in [
+        (Some(s.error), "error"),
+        (s.stdin, "stdin"),
+        (s.stdout, "stdout"),
+        (s.stderr, "stderr"),
+        (s.resize, "resize"),
+    ] {
+        if let Some(sid) = sid {
+            open.extend(headers.syn_stream(sid, &[("streamType", kind)]));
+        }
+    }
+    if wr.write_all(&open).await.is_err() {
+        return;
+    }
+    // Frames to the runtime come from both directions (stdin, resizes; PING answers).
+    let (frames, mut frames_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+    let writer = tokio::spawn(async move {
+        while let Some(f) = frames_rx.recv().await {
+            if wr.write_all(&f).await.is_err() {
+                return;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let to_runtime = {
+        let frames = frames.clone();
+        let (stdin, resize) = (s.stdin, s.resize);
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = ws_rx.next().await {
+                let b = match msg {
+                    Message::Binary(b) => b,
+                    Message::Close(_) => break,
+                    _ => continue,
+                };
+                let frame = match (b.first(), stdin, resize) {
+                    (Some(0), Some(sid), _) => spdy::data(sid, false, &b[1..]),
+                    (Some(4), _, Some(sid)) => spdy::data(sid, false, &b[1..]),
+                    // The v5 close signal: stdin ended.
+                    (Some(255), Some(sid), _) if b.get(1) == Some(&0) => spdy::data(sid, true, &[]),
+                    _ => continue,
+                };
+                if frames.send(frame).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    // The runtime's output, in order, then the status; the status stream's end (or
+    // the connection's) ends the exec.
+    loop {
+        let frame = match spdy::read_frame(&mut rd).await {
+            Ok(Some(f)) => f,
+            _ => break,
+        };
+        match frame {
+            spdy::Frame::Data { stream, fin, data } => {
+                let channel = if stream == s.error {
+                    3
+                } else if Some(stream) == s.stdout {
+                    1
+                } else if Some(stream) == s.stderr {
+                    2
+                } else {
+                    continue;
+                };
+                if !data.is_empty() {
+                    let mut m = Vec::with_capacity(data.len() + 1);
+                    m.push(channel);
+                    m.extend_from_slice(&data);
+                    if ws_tx.send(Message::Binary(m.into())).await.is_err() {
+                        break;
+                    }
+                }
+                if fin && stream == s.error {
+                    break;
+                }
+            }
+            spdy::Frame::Control { kind, payload, .. } => match kind {
+                spdy::PING => {
+                    let _ = frames.send(spdy::ping(&payload)).await;
+                }
+                spdy::GOAWAY => break,
+                spdy::RST_STREAM if spdy::Frame::control_stream(&payload) == Some(s.error) => break,
+                _ => {}
+            },
+        }
+    }
+    let _ = ws_tx
+        .send(Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        })))
+        .await;
+    let _ = ws_tx.close().await;
+    to_runtime.abort();
+    drop(frames);
+    let _ = writer.await;
 }
