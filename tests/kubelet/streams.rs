@@ -115,6 +115,22 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {{name: brief}}
+spec:
+  nodeName: {NODE}
+  restartPolicy: Never
+  containers:
+  - {{name: c, image: {BUSYBOX}, command: [sh, -c, 'echo a; sleep 3; echo b']}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: unscheduled}}
+spec:
+  containers:
+  - {{name: c, image: {BUSYBOX}}}
+---
+apiVersion: v1
+kind: Pod
 metadata: {{name: nowhere}}
 spec:
   nodeName: {NODE}
@@ -202,6 +218,23 @@ spec:
     );
     let _ = follow.kill();
     let _ = follow.wait();
+    // A follow ends with the container, after its last line.
+    let started = Instant::now();
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg("kubectl")
+        .arg("--kubeconfig")
+        .arg(&api.kubeconfig)
+        .args(["logs", "-f", "brief"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("kubectl logs -f runs");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "a\nb\n");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(50),
+        "the follow ended on its own"
+    );
 
     // exec: stdout, stderr and the exit code come back apart.
     let r = kubectl(
@@ -349,6 +382,16 @@ spec:
     assert!(
         msg.contains("Error from server (BadRequest): container \"c\" in pod \"nowhere\" is waiting to start"),
         "{msg}"
+    );
+    // A pod on no node yet: no logs (upstream answers an empty body), no exec.
+    let r = kubectl(api, &["logs", "unscheduled"], None);
+    assert_eq!((r.code, r.stdout.as_str()), (Some(0), ""), "{}", r.stderr);
+    let r = kubectl(api, &["exec", "unscheduled", "--", "true"], None);
+    assert!(
+        r.stderr
+            .contains("pod unscheduled does not have a host assigned"),
+        "{}",
+        r.stderr
     );
     let r = kubectl(api, &["logs", "talker", "--previous"], None);
     assert!(
