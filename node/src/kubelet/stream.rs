@@ -406,7 +406,7 @@ async fn bridge(
         }
         let _ = wr.shutdown().await;
     });
-    let to_runtime = {
+    let mut to_runtime = {
         let frames = frames.clone();
         let (stdin, resize) = (s.stdin, s.resize);
         tokio::spawn(async move {
@@ -432,9 +432,15 @@ async fn bridge(
     // The runtime's output, in order, then the status; the status stream's end (or
     // the connection's) ends the exec.
     loop {
-        let frame = match spdy::read_frame(&mut rd).await {
-            Ok(Some(f)) => f,
-            _ => break,
+        // A caller gone (its WebSocket closed or broken) ends the exec too: dropping
+        // the runtime's connection closes the command's streams, so nothing is left
+        // running for nobody.
+        let frame = tokio::select! {
+            f = spdy::read_frame(&mut rd) => match f {
+                Ok(Some(f)) => f,
+                _ => break,
+            },
+            _ = &mut to_runtime => break,
         };
         match frame {
             spdy::Frame::Data { stream, fin, data } => {
