@@ -212,11 +212,19 @@ fn request_labels(method: &Method, uri: &Uri, t: &Target) -> Option<[&'static st
         ("DELETE", false) => "DELETECOLLECTION",
         _ => return None,
     };
+    // A stream upgrade is upstream's CONNECT verb.
+    let verb = if t.sub.as_deref() == Some("exec") {
+        "CONNECT"
+    } else {
+        verb
+    };
     let sub = match t.sub.as_deref() {
         Some("status") => "status",
         Some("scale") => "scale",
         Some("binding") => "binding",
         Some("finalize") => "finalize",
+        Some("log") => "log",
+        Some("exec") => "exec",
         Some(_) => "other",
         None => "",
     };

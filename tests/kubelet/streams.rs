@@ -410,6 +410,26 @@ spec:
     .await;
     let r = kubectl(api, &["logs", "restarts", "--previous"], None);
     assert_eq!(r.stdout, "attempt 1\n", "{}", r.stderr);
+
+    // The apiserver counts them under upstream's verbs and subresources.
+    let metrics = api.kubectl(&["get", "--raw", "/metrics"]);
+    let counted = |parts: &[&str]| {
+        metrics.stdout.lines().any(|l| {
+            l.starts_with("apiserver_request_total{") && parts.iter().all(|p| l.contains(p))
+        })
+    };
+    assert!(
+        counted(&[
+            r#"verb="CONNECT""#,
+            r#"subresource="exec""#,
+            r#"code="101""#
+        ]),
+        "exec upgrades counted"
+    );
+    assert!(
+        counted(&[r#"verb="GET""#, r#"subresource="log""#, r#"code="200""#]),
+        "logs counted"
+    );
 }
 
 /// `2006-01-02T15:04:05.000000000Z`: what upstream's `--timestamps` prints.
