@@ -154,6 +154,29 @@ spec:
     })
     .await;
     assert_eq!(logs, "one\ntwo\nthree\n");
+    // The kubelet itself lets in only certificates of the cluster CA.
+    let url = format!(
+        "https://127.0.0.1:{}/containerLogs/default/talker/c",
+        port.as_deref().unwrap_or_default()
+    );
+    let anonymous = Command::new("curl")
+        .args(["-sk", "--max-time", "10", &url])
+        .output()
+        .expect("curl runs");
+    assert!(
+        !anonymous.status.success(),
+        "no client certificate: refused"
+    );
+    let pki = api.pki_dir();
+    let admin = Command::new("curl")
+        .args(["-sk", "--max-time", "10", "--cert"])
+        .arg(pki.join("admin.crt"))
+        .arg("--key")
+        .arg(pki.join("admin.key"))
+        .arg(&url)
+        .output()
+        .expect("curl runs");
+    assert_eq!(String::from_utf8_lossy(&admin.stdout), "one\ntwo\nthree\n");
     let r = kubectl(api, &["logs", "talker", "--tail", "1"], None);
     assert_eq!(
         (r.code, r.stdout.as_str()),
