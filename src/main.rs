@@ -123,6 +123,12 @@ struct NodeArgs {
     /// pods reach, given to them with `--cluster-dns`.
     #[arg(long)]
     cluster_dns_bind_address: Option<std::net::IpAddr>,
+    /// The address the kubelet server (logs, exec) listens on.
+    #[arg(long, default_value = "0.0.0.0")]
+    address: std::net::IpAddr,
+    /// The kubelet server's port, advertised in the Node's `daemonEndpoints`.
+    #[arg(long, default_value_t = 10250)]
+    port: u16,
     /// Duration of the node's Lease in seconds; it is renewed every quarter of it.
     #[arg(long, default_value_t = 40)]
     node_lease_duration_seconds: i32,
@@ -179,6 +185,7 @@ impl NodeArgs {
                         status_report_frequency: self.node_status_report_frequency,
                     },
                     image_archives: self.image_archive,
+                    serve: std::net::SocketAddr::new(self.address, self.port),
                     pod_logs_dir: self.pod_logs_dir,
                     root_dir: self.root_dir,
                     dns: capstan_node::kubelet::cri::Dns {
@@ -337,6 +344,13 @@ struct ApiserverArgs {
     /// How often to compact the store's history, e.g. 5m (0 disables).
     #[arg(long, default_value = "5m", value_parser = capstan_chaos::cli::parse_duration)]
     etcd_compaction_interval: std::time::Duration,
+    /// Client certificate (PEM) shown to kubelets for logs and exec (default: the
+    /// cert dir's generated `apiserver-kubelet-client.crt`).
+    #[arg(long)]
+    kubelet_client_certificate: Option<PathBuf>,
+    /// Its key (default: `apiserver-kubelet-client.key` in the cert dir).
+    #[arg(long)]
+    kubelet_client_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -467,6 +481,8 @@ fn main() -> anyhow::Result<()> {
                 token_auth_file: a.token_auth_file,
                 advertise_address: a.advertise_address,
                 compaction_interval: a.etcd_compaction_interval,
+                kubelet_client_certificate: a.kubelet_client_certificate,
+                kubelet_client_key: a.kubelet_client_key,
             };
             tokio::select! {
                 r = capstan_apiserver::run(cfg) => r.context("apiserver"),

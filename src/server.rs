@@ -122,6 +122,8 @@ pub async fn run(
         token_auth_file: None,
         advertise_address: a.advertise_address,
         compaction_interval: Duration::from_secs(300),
+        kubelet_client_certificate: None,
+        kubelet_client_key: None,
     };
     let apiserver = async { capstan_apiserver::run(api_cfg).await.context("apiserver") };
     let kubeconfig = a.write_kubeconfig.clone();
@@ -170,6 +172,8 @@ pub async fn run(
             ..Default::default()
         }),
         dns_listen,
+        // The kubelet's default: where the apiserver reaches it for logs and exec.
+        serve: std::net::SocketAddr::from(([0, 0, 0, 0], 10250)),
     });
     let components = async move {
         wait_for_file(&kubeconfig).await;

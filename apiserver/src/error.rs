@@ -106,6 +106,10 @@ pub enum ApiError {
     /// The store did not answer in time.
     #[error("Timeout: {0}")]
     Timeout(String),
+    /// A node's kubelet answered a proxied request (logs, exec) with an error; its
+    /// code and text pass on, as upstream's generic response checker does.
+    #[error("{message}")]
+    Kubelet { code: u16, message: String },
     /// The store failed.
     #[error("Internal error occurred: {0}")]
     Internal(String),
@@ -240,6 +244,19 @@ impl ApiError {
                 json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}], "retryAfterSeconds": 1}),
             ),
             Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "Timeout", json!({})),
+            Kubelet { code, .. } => {
+                let code = StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let reason = match code {
+                    StatusCode::BAD_REQUEST => "BadRequest",
+                    StatusCode::NOT_FOUND => "NotFound",
+                    StatusCode::FORBIDDEN => "Forbidden",
+                    StatusCode::UNAUTHORIZED => "Unauthorized",
+                    StatusCode::CONFLICT => "Conflict",
+                    c if c.is_server_error() => "InternalError",
+                    _ => "Unknown",
+                };
+                (code, reason, json!({}))
+            }
             Internal(_) | Setup(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "InternalError",

@@ -37,6 +37,25 @@ pub struct App {
     pub metrics: crate::metrics::Metrics,
     pub tokens: Tokens,
     pub server_address: String,
+    /// The client `pods/log` and `pods/exec` reach kubelets with.
+    pub kubelets: crate::proxy::KubeletClient,
+}
+
+/// The connection upgrade of a request that asked for one (exec's SPDY or WebSocket),
+/// taken before the body is.
+pub struct Upgrade(Option<hyper::upgrade::OnUpgrade>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Upgrade {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Upgrade(
+            parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
+        ))
+    }
 }
 
 /// The user a verified TLS client certificate named, set per connection.
@@ -138,6 +157,7 @@ fn json_response(code: StatusCode, v: &Value, warnings: &[String]) -> Response {
 async fn dispatch(
     State(app): State<Arc<App>>,
     peer: Option<Extension<Peer>>,
+    upgrade: Upgrade,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -158,6 +178,7 @@ async fn dispatch(
         &uri,
         &headers,
         body,
+        upgrade.0,
     )
     .await
     {
@@ -202,11 +223,19 @@ fn request_labels(method: &Method, uri: &Uri, t: &Target) -> Option<[&'static st
         ("DELETE", false) => "DELETECOLLECTION",
         _ => return None,
     };
+    // A stream upgrade is upstream's CONNECT verb.
+    let verb = if t.sub.as_deref() == Some("exec") {
+        "CONNECT"
+    } else {
+        verb
+    };
     let sub = match t.sub.as_deref() {
         Some("status") => "status",
         Some("scale") => "scale",
         Some("binding") => "binding",
         Some("finalize") => "finalize",
+        Some("log") => "log",
+        Some("exec") => "exec",
         Some(_) => "other",
         None => "",
     };
@@ -407,6 +436,8 @@ fn list_options(q: &HashMap<String, String>, rt: &ResourceType) -> Result<ListOp
     })
 }
 
+// One parameter per part of the request, as the extractors give them.
+#[allow(clippy::too_many_arguments)]
 async fn handle(
     app: &App,
     peer: Option<&Peer>,
@@ -415,6 +446,7 @@ async fn handle(
     uri: &Uri,
     headers: &HeaderMap,
     body: Body,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Result<Response, ApiError> {
     let user = authenticate(app, peer, headers).await?;
     let user = crate::rbac::impersonate(&app.authorizer, user, headers).await?;
@@ -655,11 +687,26 @@ async fn handle(
                 &[],
             ))
         }
-        (Method::GET | Method::POST, Some(_), Some("log" | "exec" | "attach" | "portforward"))
+        (Method::GET, Some(name), Some("log")) if rt.kind == "Pod" => {
+            crate::proxy::pod_log(reg, &app.kubelets, ns.unwrap_or_default(), name, uri).await
+        }
+        (Method::GET | Method::POST, Some(name), Some("exec")) if rt.kind == "Pod" => {
+            crate::proxy::pod_exec(
+                app,
+                ns.unwrap_or_default(),
+                name,
+                method.clone(),
+                uri,
+                headers,
+                upgrade,
+            )
+            .await
+        }
+        (Method::GET | Method::POST, Some(_), Some("attach" | "portforward"))
             if rt.kind == "Pod" =>
         {
             Err(ApiError::BadRequest(
-                "pod logs and exec are not proxied to the node agent yet".into(),
+                "pod attach and port-forward are not proxied to the node agent yet".into(),
             ))
         }
         (Method::PUT, Some(name), sub @ (None | Some("status") | Some("finalize"))) => {

@@ -14,6 +14,7 @@ pub mod managed;
 pub mod metrics;
 pub mod patch;
 pub mod protobuf;
+pub mod proxy;
 pub mod rbac;
 pub mod registry;
 pub mod resources;
@@ -49,6 +50,10 @@ pub struct Config {
     pub advertise_address: Option<String>,
     /// `--etcd-compaction-interval` (0 disables).
     pub compaction_interval: Duration,
+    /// `--kubelet-client-certificate` and `--kubelet-client-key`: what the apiserver
+    /// shows kubelets for logs and exec (default: the ones generated in the cert dir).
+    pub kubelet_client_certificate: Option<PathBuf>,
+    pub kubelet_client_key: Option<PathBuf>,
 }
 
 /// Namespaces kube-apiserver creates at start.
@@ -97,6 +102,14 @@ pub async fn run(cfg: Config) -> Result<(), ApiError> {
         metrics: metrics::Metrics::new()?,
         tokens,
         server_address: format!("{host}:{}", cfg.listen.port()),
+        kubelets: proxy::KubeletClient::new(
+            cfg.kubelet_client_certificate
+                .as_deref()
+                .unwrap_or(&pki.kubelet_client_cert),
+            cfg.kubelet_client_key
+                .as_deref()
+                .unwrap_or(&pki.kubelet_client_key),
+        )?,
     });
     let router = http::router(app);
     let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config()?);

@@ -2,7 +2,8 @@
 //!
 //! On first start the apiserver generates a CA, a serving certificate for every
 //! address it is reached on, and an admin client certificate (`CN=admin`,
-//! `O=system:masters`, as kubeadm's admin.conf), and writes them to `--cert-dir`; later
+//! `O=system:masters`, as kubeadm's admin.conf) and the client certificate it shows
+//! kubelets (`apiserver-kubelet-client`), and writes them to `--cert-dir`; later
 //! starts reuse them, so a kubeconfig written once keeps working across restarts.
 
 use std::path::{Path, PathBuf};
@@ -26,6 +27,10 @@ pub struct Pki {
     pub serving_key_pem: String,
     pub admin_cert_pem: String,
     pub admin_key_pem: String,
+    /// The client certificate the apiserver presents to kubelets (kubeadm's
+    /// `apiserver-kubelet-client`), and its key: the files under the cert dir.
+    pub kubelet_client_cert: PathBuf,
+    pub kubelet_client_key: PathBuf,
     /// The service-account token verification key: an uncompressed P-256 point, the
     /// public half of `sa.key` (kube-apiserver's `--service-account-key-file`), whose
     /// private half the controller-manager signs tokens with.
@@ -145,6 +150,14 @@ pub fn ensure_pki(dir: &Path, hosts: &[String]) -> Result<Pki, ApiError> {
         &[],
         ExtendedKeyUsagePurpose::ClientAuth,
     )?;
+    // As kubeadm's: in system:masters, so a kubelet authorizing its callers lets it in.
+    leaf(
+        "apiserver-kubelet-client",
+        "kube-apiserver-kubelet-client",
+        Some("system:masters"),
+        &[],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    )?;
     let sa_key_pem = match read(dir, "sa.key") {
         Some(k) => k,
         None => {
@@ -165,6 +178,8 @@ pub fn ensure_pki(dir: &Path, hosts: &[String]) -> Result<Pki, ApiError> {
         serving_key_pem,
         admin_cert_pem,
         admin_key_pem,
+        kubelet_client_cert: dir.join("apiserver-kubelet-client.crt"),
+        kubelet_client_key: dir.join("apiserver-kubelet-client.key"),
     })
 }
 

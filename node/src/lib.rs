@@ -44,6 +44,9 @@ pub enum NodeError {
         /// Why not.
         message: String,
     },
+    /// The kubelet's HTTPS server (logs, exec) could not be set up.
+    #[error("kubelet server: {0}")]
+    Serve(String),
     /// An `--image-archive` could not be imported into the runtime.
     #[error("importing image archive {0}")]
     ImageImport(String),

@@ -112,6 +112,9 @@ pub struct Facts<'a> {
     pub boot_id: String,
     pub machine_id: String,
     pub system_uuid: String,
+    /// The port of the kubelet's HTTPS server (`daemonEndpoints.kubeletEndpoint`), where
+    /// the apiserver reaches it for logs and exec.
+    pub kubelet_port: u16,
 }
 
 /// A Node's status as the kubelet posts it: capacity (all allocatable), healthy
@@ -133,7 +136,7 @@ pub fn node_status(name: &str, ip: &str, f: Facts<'_>) -> Value {
             {"type": "InternalIP", "address": ip},
             {"type": "Hostname", "address": name},
         ],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": f.kubelet_port}},
         "nodeInfo": {
             "architecture": "amd64",
             "bootID": f.boot_id,

@@ -189,6 +189,8 @@ impl NodeSource for Sim {
             boot_id: String::new(),
             machine_id: String::new(),
             system_uuid: String::new(),
+            // Nothing listens there: simulated pods have no logs to serve.
+            kubelet_port: 10250,
         };
         registration::node_status(name, &node_ip(self.index(name)).to_string(), facts)
     }

@@ -9,6 +9,7 @@ mod support;
 mod containerd;
 mod multinode;
 mod network;
+mod streams;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -34,6 +35,8 @@ async fn stack() -> Stack {
     let store = Server::start().await;
     let api = Apiserver::start(&store.endpoint).await;
     let endpoint = format!("unix://{}", containerd.socket.display());
+    // The kubelet server on loopback and a port of its own: stacks run side by side.
+    let kubelet_port = support::free_port().to_string();
     let node = Component::start(
         &api,
         "node",
@@ -55,6 +58,12 @@ async fn stack() -> Stack {
             // Parallel stacks share the machine's nftables; services are the
             // network tests' (network.rs), each with its own table.
             "--disable-kube-proxy",
+            "--node-ip",
+            "127.0.0.1",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            &kubelet_port,
         ],
     );
     Stack {

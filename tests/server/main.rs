@@ -349,6 +349,15 @@ async fn a_server_runs_a_deployment_in_containerd() {
     let del = srv.kubectl(&["delete", "pod", "client"]);
     assert!(del.ok, "{}", del.stderr);
 
+    // Logs and exec through the server's own apiserver and kubelet.
+    let logs = eventually("the deployment's log", Duration::from_secs(30), || {
+        let out = srv.kubectl(&["logs", "deployment/web"]);
+        async move { (out.ok && !out.stdout.is_empty()).then_some(out.stdout) }
+    })
+    .await;
+    assert_eq!(logs, "started\n");
+    let out = srv.kubectl(&["exec", "deployment/web", "--", "echo", "hi from exec"]);
+    assert_eq!(out.stdout, "hi from exec\n", "{}", out.stderr);
     // Gone again, containers and all, before the runtime is torn down.
     let del = srv.kubectl(&["delete", "deployment", "web"]);
     assert!(del.ok, "{}", del.stderr);

@@ -17,6 +17,8 @@ pub struct Machine {
     pub node_ip: IpAddr,
     /// `<runtime name>://<runtime version>`, e.g. `containerd://1.6.20~ds1`.
     pub runtime_version: String,
+    /// The kubelet server's port (`--port`).
+    pub kubelet_port: u16,
 }
 
 fn read(path: &str) -> String {
@@ -101,6 +103,7 @@ impl NodeSource for Machine {
             boot_id: read("/proc/sys/kernel/random/boot_id"),
             machine_id: read("/etc/machine-id"),
             system_uuid: read("/sys/class/dmi/id/product_uuid"),
+            kubelet_port: self.kubelet_port,
         };
         registration::node_status(name, &self.node_ip.to_string(), facts)
     }

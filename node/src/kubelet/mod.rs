@@ -17,7 +17,10 @@ pub mod cri;
 pub mod events;
 pub mod machine;
 pub mod prober;
+pub mod server;
+pub mod spdy;
 pub mod status;
+pub mod stream;
 pub mod volumes;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -91,6 +94,8 @@ impl Default for ProxyOptions {
             cluster_cidr: None,
         }
     }
+    /// The kubelet server's address and port (`--address`, `--port`).
+    pub serve: std::net::SocketAddr,
 }
 
 /// The kubelet's memory of one pod between syncs.
@@ -186,7 +191,29 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         max_pods: cfg.max_pods,
         node_ip,
         runtime_version: format!("{}://{}", version.runtime_name, version.runtime_version),
+        kubelet_port: cfg.serve.port(),
     });
+    // Bound before the node registers, so the port it advertises is served.
+    let ca = kube::config::Kubeconfig::read_from(&cfg.kubeconfig)
+        .map_err(|e| NodeError::Serve(format!("{}: {e}", cfg.kubeconfig.display())))?;
+    let ca = kube::Config::from_custom_kubeconfig(ca, &Default::default())
+        .await
+        .map_err(|e| NodeError::Serve(format!("{}: {e}", cfg.kubeconfig.display())))?
+        .root_cert
+        .unwrap_or_default();
+    let tls = server::tls_config(&ca, &cfg.node_name, node_ip)?;
+    // A port already taken (another kubelet, or several `capstan server`s on one
+    // machine) costs this node its logs and exec, not its pods.
+    let listener = match server::bind(cfg.serve).await {
+        Ok(l) => {
+            tracing::info!(address = %cfg.serve, "kubelet server listening");
+            Some(l)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "kubelet server not started: logs and exec of this node's pods will fail");
+            None
+        }
+    };
     let uid = registration::register(&client, machine.as_ref(), &cfg.node_name).await;
     tokio::spawn(registration::heartbeat(
         client.clone(),
@@ -214,6 +241,9 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         cfg,
     });
     tokio::spawn(k.clone().watch_pods());
+    if let Some(l) = listener {
+        tokio::spawn(server::serve(k.clone(), l, tls));
+    }
     // Services are watched once for the proxy and DNS together.
     let snapshots = (k.cfg.proxy.is_some() || k.cfg.dns_listen.is_some())
         .then(|| crate::services::spawn(client.clone()));
