@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod join;
 mod server;
 
 #[global_allocator]
@@ -427,6 +428,7 @@ fn main() -> anyhow::Result<()> {
                 token_auth_file: a.token_auth_file,
                 advertise_address: a.advertise_address,
                 compaction_interval: a.etcd_compaction_interval,
+                extra_routes: None,
             };
             tokio::select! {
                 r = capstan_apiserver::run(cfg) => r.context("apiserver"),

@@ -47,6 +47,10 @@ pub struct Config {
     pub advertise_address: Option<String>,
     /// `--etcd-compaction-interval` (0 disables).
     pub compaction_interval: Duration,
+    /// Routes served beside the API on the same port, outside its authentication
+    /// (they check their own credentials): `capstan server`'s `/cacerts` and join
+    /// endpoint, as k3s serves them on its apiserver port.
+    pub extra_routes: Option<axum::Router>,
 }
 
 /// Namespaces kube-apiserver creates at start.
@@ -92,7 +96,10 @@ pub async fn run(cfg: Config) -> Result<(), ApiError> {
         tokens,
         server_address: format!("{host}:{}", cfg.listen.port()),
     });
-    let router = http::router(app);
+    let router = match cfg.extra_routes {
+        Some(extra) => http::router(app).merge(extra),
+        None => http::router(app),
+    };
     let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config()?);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
