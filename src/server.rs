@@ -201,7 +201,7 @@ pub async fn run(
     sans.extend(a.node_ip.map(|ip| ip.to_string()));
     sans.extend(a.tls_san.iter().cloned());
     let pkis = capstan_apiserver::tls::ensure_pki(&pki, &sans).context("certificates")?;
-    let join_routes = if ha {
+    let token = if ha {
         let token = crate::join::ensure_token(&a.data_dir, token_arg.as_ref(), &pkis.ca_pem)?;
         tracing::info!(
             token_file = %crate::join::token_path(&a.data_dir).display(),
@@ -209,17 +209,18 @@ pub async fn run(
             url_host(&api_host),
             a.https_listen_port
         );
-        Some(crate::join::routes(std::sync::Arc::new(
-            crate::join::JoinState {
-                token,
-                ca_pem: pkis.ca_pem.clone(),
-                pki_dir: pki.clone(),
-                store_url: client_url.clone(),
-            },
-        )))
+        Some(token)
     } else {
         None
     };
+    let join_routes = token.clone().map(|token| {
+        crate::join::routes(std::sync::Arc::new(crate::join::JoinState {
+            token,
+            ca_pem: pkis.ca_pem.clone(),
+            pki_dir: pki.clone(),
+            store_url: client_url.clone(),
+        }))
+    });
     let store_cfg = capstan_store::Config {
         name: name.clone(),
         data_dir: store_dir,
@@ -230,6 +231,8 @@ pub async fn run(
         initial_cluster,
         initial_cluster_state: cluster_state.to_string(),
         raft: ha,
+        // Only servers holding the token reach the store's Raft.
+        peer_secret: token.map(|t| t.secret),
         ..capstan_store::Config::default()
     };
     tracing::info!(name = %name, data_dir = %a.data_dir.display(), ha, "starting server");

@@ -178,6 +178,19 @@ async fn three_servers_keep_serving_when_any_one_is_killed_and_rejoin() {
         "{}",
         s1.etcdctl(&["member", "list"]).out()
     );
+    // The store's peer port, which other machines reach, serves only holders of the
+    // secret: a Raft client without it is refused.
+    let mut raw = capstan_proto::raftpb::raft_client::RaftClient::connect(format!(
+        "http://127.0.0.1:{}",
+        s1.store_peer_port
+    ))
+    .await
+    .expect("peer port accepts connections");
+    let refused = raw
+        .members(capstan_proto::raftpb::MembersRequest {})
+        .await
+        .expect_err("a peer request without the secret is refused");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
     // A token of another cluster (another CA hash): the joiner stops before sending it.
     let other = format!("K10{}::server:x", "0".repeat(64));
     let mut lost = ServerProcess::named("s5", &["--server", &s1.url(), "--token", &other]);

@@ -26,6 +26,8 @@ struct ServerProcess {
     https_port: u16,
     /// The store member's client port on 127.0.0.1 (for `etcdctl`).
     store_client_port: u16,
+    /// The store member's peer port on 127.0.0.1.
+    store_peer_port: u16,
 }
 
 impl ServerProcess {
@@ -47,7 +49,8 @@ impl ServerProcess {
 
     fn launch(name: &str, extra: &[&str]) -> ServerProcess {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (https_port, store_client_port) = (free_port(), free_port());
+        let (https_port, store_client_port, store_peer_port) =
+            (free_port(), free_port(), free_port());
         let mut args: Vec<String> = ["server", "--node-name", name, "--bind-address", "127.0.0.1"]
             .iter()
             .map(|s| s.to_string())
@@ -60,7 +63,7 @@ impl ServerProcess {
             ),
             ("--https-listen-port", https_port.to_string()),
             ("--store-client-port", store_client_port.to_string()),
-            ("--store-peer-port", free_port().to_string()),
+            ("--store-peer-port", store_peer_port.to_string()),
         ] {
             args.push(flag.to_string());
             args.push(value);
@@ -72,6 +75,7 @@ impl ServerProcess {
             child: None,
             https_port,
             store_client_port,
+            store_peer_port,
         };
         s.spawn();
         s

@@ -62,6 +62,10 @@ pub struct Config {
     /// be added later (`capstan server --cluster-init`); a single member without it
     /// has no log to replicate and answers `member add` with "not capable".
     pub raft: bool,
+    /// A secret every peer request carries and the peer service demands (capstan
+    /// server's join secret), so only members of the cluster reach Raft. Not part of
+    /// etcd, which secures peers with TLS; the secret itself travels unencrypted.
+    pub peer_secret: Option<String>,
 }
 
 impl Default for Config {
@@ -86,6 +90,7 @@ impl Default for Config {
             lease_checkpoint_interval: Duration::from_secs(300),
             watch_progress_notify_interval: Duration::from_secs(600),
             raft: false,
+            peer_secret: None,
         }
     }
 }
