@@ -87,8 +87,8 @@ pub async fn run(
     a: ServerArgs,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let name = match a.node_name {
-        Some(n) => n,
+    let name = match &a.node_name {
+        Some(n) => n.clone(),
         None => hostname()?,
     };
     std::fs::create_dir_all(&a.data_dir)
@@ -139,55 +139,13 @@ pub async fn run(
         a.store_peer_port
     );
     let pki = a.data_dir.join("pki");
-    let has_store = store_dir.join("member").exists();
-    let mut cluster_state = if joined { "existing" } else { "new" };
-    if ha && !joined {
-        if let Some(url) = &a.server {
-            let token = token_arg.as_ref().context("--server needs --token")?;
-            if has_store && !cluster_file.exists() {
-                anyhow::bail!(
-                    "{} holds the store of another cluster; a joining server needs a fresh data dir",
-                    store_dir.display()
-                );
-            }
-            // What an interrupted earlier join left: the store starts over from the log.
-            if has_store {
-                std::fs::remove_dir_all(&store_dir)
-                    .with_context(|| format!("removing {}", store_dir.display()))?;
-            }
-            let req = crate::join::JoinRequest {
-                name: name.clone(),
-                peer_urls: vec![peer_url.clone()],
-            };
-            tracing::info!(server = %url, peer_url = %peer_url, "joining the cluster");
-            let b =
-                crate::join::fetch_bootstrap(url, token, &req, Duration::from_secs(120)).await?;
-            // The cluster's CA and service-account key; this server's own certificates
-            // are then issued by that CA.
-            std::fs::create_dir_all(&pki).with_context(|| format!("creating {}", pki.display()))?;
-            std::fs::write(pki.join("ca.crt"), &b.ca_cert).context("writing ca.crt")?;
-            crate::join::write_secret(&pki.join("ca.key"), &b.ca_key)?;
-            crate::join::write_secret(&pki.join("sa.key"), &b.sa_key)?;
-            for f in ["apiserver.crt", "apiserver.key", "admin.crt", "admin.key"] {
-                let _ = std::fs::remove_file(pki.join(f));
-            }
-            std::fs::create_dir_all(cluster_file.parent().unwrap_or(&a.data_dir))?;
-            std::fs::write(&cluster_file, &b.initial_cluster)
-                .with_context(|| format!("writing {}", cluster_file.display()))?;
-            tracing::info!(member = %b.member_id, initial_cluster = %b.initial_cluster, "added to the store cluster");
-            cluster_state = "existing";
-        } else if !cluster_file.exists() {
-            if has_store {
-                anyhow::bail!(
-                    "{} holds a single server's store, which cannot grow into a cluster; --cluster-init needs a fresh data dir",
-                    store_dir.display()
-                );
-            }
-            std::fs::create_dir_all(cluster_file.parent().unwrap_or(&a.data_dir))?;
-            std::fs::write(&cluster_file, format!("{name}={peer_url}"))
-                .with_context(|| format!("writing {}", cluster_file.display()))?;
-        }
-    }
+    let cluster_state = if joined {
+        "existing"
+    } else if ha {
+        first_start(&a, &name, &peer_url, token_arg.as_ref()).await?
+    } else {
+        "new"
+    };
     let initial_cluster = if ha {
         std::fs::read_to_string(&cluster_file)
             .with_context(|| format!("reading {}", cluster_file.display()))?
@@ -342,6 +300,66 @@ pub async fn run(
         () = removed => Err(anyhow::anyhow!("{}", capstan_store::StoreError::MemberRemoved)),
         () = shutdown => Ok(()),
     }
+}
+
+/// The first start of an HA server: joins the cluster of `--server` (the keys and the
+/// store membership from the bootstrap endpoint), or sets up a `--cluster-init` store.
+/// Returns the store's `--initial-cluster-state`.
+async fn first_start(
+    a: &ServerArgs,
+    name: &str,
+    peer_url: &str,
+    token_arg: Option<&crate::join::Token>,
+) -> anyhow::Result<&'static str> {
+    let store_dir = a.data_dir.join("store");
+    let cluster_file = a.data_dir.join("server").join("initial-cluster");
+    let pki = a.data_dir.join("pki");
+    let has_store = store_dir.join("member").exists();
+    if let Some(url) = &a.server {
+        let token = token_arg.context("--server needs --token")?;
+        if has_store && !cluster_file.exists() {
+            anyhow::bail!(
+                "{} holds the store of another cluster; a joining server needs a fresh data dir",
+                store_dir.display()
+            );
+        }
+        // What an interrupted earlier join left: the store starts over from the log.
+        if has_store {
+            std::fs::remove_dir_all(&store_dir)
+                .with_context(|| format!("removing {}", store_dir.display()))?;
+        }
+        let req = crate::join::JoinRequest {
+            name: name.to_string(),
+            peer_urls: vec![peer_url.to_string()],
+        };
+        tracing::info!(server = %url, peer_url = %peer_url, "joining the cluster");
+        let b = crate::join::fetch_bootstrap(url, token, &req, Duration::from_secs(120)).await?;
+        // The cluster's CA and service-account key; this server's own certificates
+        // are then issued by that CA.
+        std::fs::create_dir_all(&pki).with_context(|| format!("creating {}", pki.display()))?;
+        std::fs::write(pki.join("ca.crt"), &b.ca_cert).context("writing ca.crt")?;
+        crate::join::write_secret(&pki.join("ca.key"), &b.ca_key)?;
+        crate::join::write_secret(&pki.join("sa.key"), &b.sa_key)?;
+        for f in ["apiserver.crt", "apiserver.key", "admin.crt", "admin.key"] {
+            let _ = std::fs::remove_file(pki.join(f));
+        }
+        std::fs::create_dir_all(cluster_file.parent().unwrap_or(&a.data_dir))?;
+        std::fs::write(&cluster_file, &b.initial_cluster)
+            .with_context(|| format!("writing {}", cluster_file.display()))?;
+        tracing::info!(member = %b.member_id, initial_cluster = %b.initial_cluster, "added to the store cluster");
+        return Ok("existing");
+    } else if !cluster_file.exists() {
+        if has_store {
+            anyhow::bail!(
+                    "{} holds a single server's store, which cannot grow into a cluster; --cluster-init needs a fresh data dir",
+                    store_dir.display()
+                );
+        }
+        std::fs::create_dir_all(cluster_file.parent().unwrap_or(&a.data_dir))?;
+        std::fs::write(&cluster_file, format!("{name}={peer_url}"))
+            .with_context(|| format!("writing {}", cluster_file.display()))?;
+    }
+    Ok("new")
 }
 
 /// A host as it goes into a URL (IPv6 addresses in brackets).
