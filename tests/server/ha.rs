@@ -86,6 +86,19 @@ fn members(srv: &ServerProcess) -> Option<Vec<(String, bool, bool)>> {
     Some(rows)
 }
 
+/// The store members' ids, sorted.
+fn member_ids(srv: &ServerProcess) -> Vec<String> {
+    let out = srv.etcdctl(&["member", "list"]);
+    assert!(out.ok, "{}", out.stderr);
+    let mut ids: Vec<String> = out
+        .out()
+        .lines()
+        .filter_map(|l| l.split(", ").next().map(String::from))
+        .collect();
+    ids.sort();
+    ids
+}
+
 /// Waits until `srv`'s store member lists exactly s1, s2, s3, all started voters.
 async fn three_started_members(srv: &mut ServerProcess) {
     let want: Vec<(String, bool, bool)> = ["s1", "s2", "s3"]
@@ -158,6 +171,7 @@ async fn three_servers_keep_serving_when_any_one_is_killed_and_rejoin() {
     let mut s3 = ServerProcess::named("s3", &["-s", &s2.url(), "-t", &token]);
     s3.wait_ready().await;
     three_started_members(&mut s1).await;
+    let ids = member_ids(&s1);
 
     // A wrong secret with the right CA hash: refused with 401, the joiner gets no keys
     // and the store no member.
@@ -249,6 +263,15 @@ async fn three_servers_keep_serving_when_any_one_is_killed_and_rejoin() {
         pods = web_available(&servers[a], Some(&victim)).await;
         node.check_running();
 
+        if down == 1 {
+            // Restarted without the HA flags: the data dir says it is a member.
+            let args = &mut servers[down].args;
+            let at = args
+                .iter()
+                .position(|x| x == "--server")
+                .expect("s2 joined with --server");
+            args.drain(at..at + 4);
+        }
         servers[down].spawn();
         servers[down].wait_ready().await;
         three_started_members(&mut servers[down]).await;
@@ -257,6 +280,8 @@ async fn three_servers_keep_serving_when_any_one_is_killed_and_rejoin() {
             assert_eq!(got.out(), "v", "{n}: {}", got.stderr);
         }
     }
+    // Every restart rejoined as the member it was: no second `member add`.
+    assert_eq!(member_ids(&servers[0]), ids);
     // Nothing lost, seen the same from every server.
     for s in &servers {
         let names = s.kubectl(&[
