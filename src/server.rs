@@ -372,8 +372,9 @@ fn url_host(host: &str) -> String {
 }
 
 /// Waits until this server's store member is a voter, promoting it when it joined as
-/// a learner (once it has caught up with the leader's log, which the leader checks).
-/// A single member or a founding one is a voter from the start.
+/// a learner (once it has caught up with the leader's log, which the leader checks),
+/// and the store has a leader. A single member or a founding one is a voter from the
+/// start.
 async fn become_voter(srv: &capstan_store::EtcdServer) -> anyhow::Result<()> {
     use capstan_proto::raftpb::change_members_request::Kind;
     let Some(raft) = srv.raft() else {
@@ -383,7 +384,7 @@ async fn become_voter(srv: &capstan_store::EtcdServer) -> anyhow::Result<()> {
     loop {
         // A new member learns the membership from the leader's log.
         match raft.members().into_iter().find(|m| m.id == srv.member_id) {
-            Some(m) if !m.is_learner => return Ok(()),
+            Some(m) if !m.is_learner => break,
             Some(_) => {
                 let req = capstan_proto::raftpb::ChangeMembersRequest {
                     kind: Kind::Promote as i32,
@@ -407,6 +408,18 @@ async fn become_voter(srv: &capstan_store::EtcdServer) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    // After a whole-cluster restart the servers come back one by one: the apiserver
+    // (which gives up on a store it cannot read for a minute) waits for a quorum.
+    let mut logged = false;
+    // A linearizable read needs a leader that a quorum confirms.
+    while let Err(e) = srv.linearizable_read().await {
+        if !logged {
+            tracing::info!(error = %e, "waiting for a store leader (a quorum of the servers)");
+            logged = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
 }
 
 /// Resolves once `path` exists (the apiserver writes the kubeconfig as it starts).

@@ -282,6 +282,28 @@ async fn three_servers_keep_serving_when_any_one_is_killed_and_rejoin() {
     }
     // Every restart rejoined as the member it was: no second `member add`.
     assert_eq!(member_ids(&servers[0]), ids);
+    // The whole cluster down at once, then back one server at a time: the first
+    // waits for a quorum, and nothing acknowledged is lost.
+    for s in &mut servers {
+        s.kill9();
+    }
+    servers[0].spawn();
+    eventually(
+        "the first server back to wait for a quorum",
+        Duration::from_secs(30),
+        || {
+            servers[0].check_running();
+            let waiting = servers[0].log().contains("waiting for a store leader");
+            async move { waiting.then_some(()) }
+        },
+    )
+    .await;
+    servers[1].spawn();
+    servers[2].spawn();
+    for s in &mut servers {
+        s.wait_ready().await;
+    }
+    three_started_members(&mut servers[2]).await;
     // Nothing lost, seen the same from every server.
     for s in &servers {
         let names = s.kubectl(&[
