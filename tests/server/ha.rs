@@ -322,3 +322,27 @@ async fn three_servers_keep_serving_when_any_one_is_killed_and_rejoin() {
         web_available(s, None).await;
     }
 }
+
+/// A single server's store has no Raft log to grow from: `--cluster-init` on its data
+/// dir is refused, and the server still starts as it was without the flag.
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_init_refuses_a_single_servers_data_dir() {
+    let mut srv = ServerProcess::start(&[]);
+    srv.wait_ready().await;
+    let created = srv.kubectl(&["create", "configmap", "keep", "--from-literal=k=v"]);
+    assert!(created.ok, "{}", created.stderr);
+    srv.kill9();
+    srv.args.push("--cluster-init".into());
+    srv.spawn();
+    assert!(!srv.exited().await.success(), "{}", srv.log());
+    assert!(
+        srv.log().contains("cannot grow into a cluster"),
+        "{}",
+        srv.log()
+    );
+    srv.args.pop();
+    srv.spawn();
+    srv.wait_ready().await;
+    let got = srv.kubectl(&["get", "configmap", "keep", "-o", "jsonpath={.data.k}"]);
+    assert_eq!(got.out(), "v");
+}
