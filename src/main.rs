@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod join;
 mod server;
 
 #[global_allocator]
@@ -483,6 +484,7 @@ fn main() -> anyhow::Result<()> {
                 compaction_interval: a.etcd_compaction_interval,
                 kubelet_client_certificate: a.kubelet_client_certificate,
                 kubelet_client_key: a.kubelet_client_key,
+                extra_routes: None,
             };
             tokio::select! {
                 r = capstan_apiserver::run(cfg) => r.context("apiserver"),

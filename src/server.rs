@@ -3,6 +3,13 @@
 //! what its own subcommand runs, wired together over loopback. The components still
 //! reach the cluster only through the apiserver (with the admin kubeconfig the
 //! apiserver writes), so one process changes nothing of the architecture.
+//!
+//! HA, as k3s does it: `--cluster-init` runs the store member on Raft from the start
+//! (a one-member cluster that can grow) and writes a join token; `--server URL --token
+//! T` on another machine joins through that server (`join.rs`), its store member added
+//! as a learner and promoted once caught up, and then runs the same parts. Every server
+//! runs every part; the controller-manager and scheduler elect one active instance
+//! through their Leases. A restarted server finds its membership in its data dir.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -65,6 +72,20 @@ pub struct ServerArgs {
     /// resolvers, unless `--cluster-dns` names one).
     #[arg(long)]
     disable_cluster_dns: bool,
+    /// Start a cluster other servers can join: the store runs on Raft as a one-member
+    /// cluster, and the join token is written to `<data-dir>/server/token`.
+    #[arg(long, conflicts_with = "server")]
+    cluster_init: bool,
+    /// Join the cluster of the server at this URL (`https://host:6443`).
+    #[arg(long, short = 's', alias = "join", value_name = "URL")]
+    server: Option<String>,
+    /// The join token (`K10<ca-hash>::server:<secret>`, or the bare secret); with
+    /// `--cluster-init`, the secret to use instead of a random one.
+    #[arg(long, short = 't', env = "CAPSTAN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// More names and addresses for the apiserver's serving certificate; repeatable.
+    #[arg(long)]
+    tls_san: Vec<String>,
 }
 
 /// The machine's hostname, the default node name (as the kubelet's).
@@ -80,8 +101,8 @@ pub async fn run(
     a: ServerArgs,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let name = match a.node_name {
-        Some(n) => n,
+    let name = match &a.node_name {
+        Some(n) => n.clone(),
         None => hostname()?,
     };
     std::fs::create_dir_all(&a.data_dir)
@@ -90,21 +111,114 @@ pub async fn run(
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let client_url = format!("http://127.0.0.1:{}", a.store_client_port);
-    let peer_url = format!("http://127.0.0.1:{}", a.store_peer_port);
+    let store_dir = a.data_dir.join("store");
+    let cluster_file = a.data_dir.join("server").join("initial-cluster");
+    let joined = store_dir.join("member").join("identity").exists();
+    let token_arg = a
+        .token
+        .as_deref()
+        .map(crate::join::Token::parse)
+        .transpose()?;
+    // A server that ever ran on Raft stays on it, flags or not.
+    let ha = a.cluster_init || a.server.is_some() || cluster_file.exists();
+    let api_host = a
+        .advertise_address
+        .clone()
+        .unwrap_or_else(|| a.bind_address.to_string().replace("0.0.0.0", "127.0.0.1"));
+    // Peers on other machines reach the store member at this server's address; a
+    // single server keeps it on loopback.
+    let peer_host = if ha {
+        a.advertise_address
+            .clone()
+            .or_else(|| a.node_ip.map(|ip| ip.to_string()))
+            .unwrap_or_else(|| {
+                if a.bind_address.is_unspecified() {
+                    capstan_node::kubelet::machine::default_node_ip().to_string()
+                } else {
+                    a.bind_address.to_string()
+                }
+            })
+    } else {
+        "127.0.0.1".to_string()
+    };
+    let peer_listen_host = if ha {
+        a.bind_address.to_string()
+    } else {
+        "127.0.0.1".to_string()
+    };
+    let peer_url = format!("http://{}:{}", url_host(&peer_host), a.store_peer_port);
+    let peer_listen = format!(
+        "http://{}:{}",
+        url_host(&peer_listen_host),
+        a.store_peer_port
+    );
+    let pki = a.data_dir.join("pki");
+    let cluster_state = if joined {
+        "existing"
+    } else if ha {
+        first_start(&a, &name, &peer_url, token_arg.as_ref()).await?
+    } else {
+        "new"
+    };
+    let initial_cluster = if ha {
+        std::fs::read_to_string(&cluster_file)
+            .with_context(|| format!("reading {}", cluster_file.display()))?
+            .trim()
+            .to_string()
+    } else {
+        format!("{name}={peer_url}")
+    };
+    // The serving certificate names every address this server is reached at.
+    let mut sans = vec![api_host.clone(), peer_host.clone(), name.clone()];
+    sans.extend(a.node_ip.map(|ip| ip.to_string()));
+    sans.extend(a.tls_san.iter().cloned());
+    let pkis = capstan_apiserver::tls::ensure_pki(&pki, &sans).context("certificates")?;
+    let token = if ha {
+        let token = crate::join::ensure_token(&a.data_dir, token_arg.as_ref(), &pkis.ca_pem)?;
+        tracing::info!(
+            token_file = %crate::join::token_path(&a.data_dir).display(),
+            "other servers join with --server https://{}:{} --token <the token in that file>",
+            url_host(&api_host),
+            a.https_listen_port
+        );
+        Some(token)
+    } else {
+        None
+    };
+    let join_routes = token.clone().map(|token| {
+        crate::join::routes(std::sync::Arc::new(crate::join::JoinState {
+            token,
+            ca_pem: pkis.ca_pem.clone(),
+            pki_dir: pki.clone(),
+            store_url: client_url.clone(),
+        }))
+    });
     let store_cfg = capstan_store::Config {
         name: name.clone(),
-        data_dir: a.data_dir.join("store"),
+        data_dir: store_dir,
         listen_client_urls: vec![client_url.clone()],
         advertise_client_urls: vec![client_url.clone()],
-        listen_peer_urls: vec![peer_url.clone()],
+        listen_peer_urls: vec![peer_listen],
         initial_advertise_peer_urls: vec![peer_url.clone()],
-        initial_cluster: format!("{name}={peer_url}"),
+        initial_cluster,
+        initial_cluster_state: cluster_state.to_string(),
+        raft: ha,
+        // Only servers holding the token reach the store's Raft.
+        peer_secret: token.map(|t| t.secret),
         ..capstan_store::Config::default()
     };
-    tracing::info!(name = %name, data_dir = %a.data_dir.display(), "starting server");
+    tracing::info!(name = %name, data_dir = %a.data_dir.display(), ha, "starting server");
     let srv = capstan_store::EtcdServer::start(store_cfg)
         .await
         .context("opening the store")?;
+    let removed = {
+        let srv = srv.clone();
+        async move { srv.removed().await }
+    };
+    let voter = {
+        let srv = srv.clone();
+        async move { become_voter(&srv).await }
+    };
     let store = async {
         capstan_store::server::serve(srv, std::future::pending())
             .await
@@ -117,17 +231,21 @@ pub async fn run(
     let api_cfg = capstan_apiserver::Config {
         etcd_servers: vec![client_url],
         listen: std::net::SocketAddr::new(a.bind_address, a.https_listen_port),
-        cert_dir: a.data_dir.join("pki"),
+        cert_dir: pki.clone(),
         kubeconfig_out: Some(a.write_kubeconfig.clone()),
         token_auth_file: None,
         advertise_address: a.advertise_address,
         compaction_interval: Duration::from_secs(300),
         kubelet_client_certificate: None,
         kubelet_client_key: None,
+        extra_routes: join_routes,
     };
-    let apiserver = async { capstan_apiserver::run(api_cfg).await.context("apiserver") };
+    // A learner's store refuses the apiserver's reads: it starts once this member votes.
+    let apiserver = async {
+        voter.await?;
+        capstan_apiserver::run(api_cfg).await.context("apiserver")
+    };
     let kubeconfig = a.write_kubeconfig.clone();
-    let pki = a.data_dir.join("pki");
     // The agent's DNS server listens on the node's address: pods reach it through
     // their default route, and it needs no Service of its own (see ARCHITECTURE.md).
     let node_ip = a
@@ -215,8 +333,129 @@ pub async fn run(
         r = store => r,
         r = apiserver => r,
         r = components => r,
+        () = removed => Err(anyhow::anyhow!("{}", capstan_store::StoreError::MemberRemoved)),
         () = shutdown => Ok(()),
     }
+}
+
+/// The first start of an HA server: joins the cluster of `--server` (the keys and the
+/// store membership from the bootstrap endpoint), or sets up a `--cluster-init` store.
+/// Returns the store's `--initial-cluster-state`.
+async fn first_start(
+    a: &ServerArgs,
+    name: &str,
+    peer_url: &str,
+    token_arg: Option<&crate::join::Token>,
+) -> anyhow::Result<&'static str> {
+    let store_dir = a.data_dir.join("store");
+    let cluster_file = a.data_dir.join("server").join("initial-cluster");
+    let pki = a.data_dir.join("pki");
+    let has_store = store_dir.join("member").exists();
+    if let Some(url) = &a.server {
+        let token = token_arg.context("--server needs --token")?;
+        if has_store && !cluster_file.exists() {
+            anyhow::bail!(
+                "{} holds the store of another cluster; a joining server needs a fresh data dir",
+                store_dir.display()
+            );
+        }
+        // What an interrupted earlier join left: the store starts over from the log.
+        if has_store {
+            std::fs::remove_dir_all(&store_dir)
+                .with_context(|| format!("removing {}", store_dir.display()))?;
+        }
+        let req = crate::join::JoinRequest {
+            name: name.to_string(),
+            peer_urls: vec![peer_url.to_string()],
+        };
+        tracing::info!(server = %url, peer_url = %peer_url, "joining the cluster");
+        let b = crate::join::fetch_bootstrap(url, token, &req, Duration::from_secs(120)).await?;
+        // The cluster's CA and service-account key; this server's own certificates
+        // are then issued by that CA.
+        std::fs::create_dir_all(&pki).with_context(|| format!("creating {}", pki.display()))?;
+        std::fs::write(pki.join("ca.crt"), &b.ca_cert).context("writing ca.crt")?;
+        crate::join::write_secret(&pki.join("ca.key"), &b.ca_key)?;
+        crate::join::write_secret(&pki.join("sa.key"), &b.sa_key)?;
+        for f in ["apiserver.crt", "apiserver.key", "admin.crt", "admin.key"] {
+            let _ = std::fs::remove_file(pki.join(f));
+        }
+        std::fs::create_dir_all(cluster_file.parent().unwrap_or(&a.data_dir))?;
+        std::fs::write(&cluster_file, &b.initial_cluster)
+            .with_context(|| format!("writing {}", cluster_file.display()))?;
+        tracing::info!(member = %b.member_id, initial_cluster = %b.initial_cluster, "added to the store cluster");
+        return Ok("existing");
+    } else if !cluster_file.exists() {
+        if has_store {
+            anyhow::bail!(
+                    "{} holds a single server's store, which cannot grow into a cluster; --cluster-init needs a fresh data dir",
+                    store_dir.display()
+                );
+        }
+        std::fs::create_dir_all(cluster_file.parent().unwrap_or(&a.data_dir))?;
+        std::fs::write(&cluster_file, format!("{name}={peer_url}"))
+            .with_context(|| format!("writing {}", cluster_file.display()))?;
+    }
+    Ok("new")
+}
+
+/// A host as it goes into a URL (IPv6 addresses in brackets).
+fn url_host(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+/// Waits until this server's store member is a voter, promoting it when it joined as
+/// a learner (once it has caught up with the leader's log, which the leader checks),
+/// and the store has a leader. A single member or a founding one is a voter from the
+/// start.
+async fn become_voter(srv: &capstan_store::EtcdServer) -> anyhow::Result<()> {
+    use capstan_proto::raftpb::change_members_request::Kind;
+    let Some(raft) = srv.raft() else {
+        return Ok(());
+    };
+    let mut last_err = String::new();
+    loop {
+        // A new member learns the membership from the leader's log.
+        match raft.members().into_iter().find(|m| m.id == srv.member_id) {
+            Some(m) if !m.is_learner => break,
+            Some(_) => {
+                let req = capstan_proto::raftpb::ChangeMembersRequest {
+                    kind: Kind::Promote as i32,
+                    id: srv.member_id,
+                    ..Default::default()
+                };
+                match raft.change_members(req).await {
+                    Ok(_) => {
+                        tracing::info!(member = %format!("{:x}", srv.member_id), "store member promoted to voter");
+                    }
+                    Err(e) => {
+                        let e = e.to_string();
+                        if e != last_err {
+                            tracing::info!(error = %e, "store member not promoted yet");
+                            last_err = e;
+                        }
+                    }
+                }
+            }
+            None => {}
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // After a whole-cluster restart the servers come back one by one: the apiserver
+    // (which gives up on a store it cannot read for a minute) waits for a quorum.
+    let mut logged = false;
+    // A linearizable read needs a leader that a quorum confirms.
+    while let Err(e) = srv.linearizable_read().await {
+        if !logged {
+            tracing::info!(error = %e, "waiting for a store leader (a quorum of the servers)");
+            logged = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
 }
 
 /// Resolves once `path` exists (the apiserver writes the kubeconfig as it starts).

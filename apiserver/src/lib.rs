@@ -54,6 +54,10 @@ pub struct Config {
     /// shows kubelets for logs and exec (default: the ones generated in the cert dir).
     pub kubelet_client_certificate: Option<PathBuf>,
     pub kubelet_client_key: Option<PathBuf>,
+    /// Routes served beside the API on the same port, outside its authentication
+    /// (they check their own credentials): `capstan server`'s `/cacerts` and join
+    /// endpoint, as k3s serves them on its apiserver port.
+    pub extra_routes: Option<axum::Router>,
 }
 
 /// Namespaces kube-apiserver creates at start.
@@ -111,7 +115,10 @@ pub async fn run(cfg: Config) -> Result<(), ApiError> {
                 .unwrap_or(&pki.kubelet_client_key),
         )?,
     });
-    let router = http::router(app);
+    let router = match cfg.extra_routes {
+        Some(extra) => http::router(app).merge(extra),
+        None => http::router(app),
+    };
     let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config()?);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await

@@ -9,6 +9,8 @@ mod support;
 #[path = "../kubelet/containerd.rs"]
 mod containerd;
 
+mod ha;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -20,37 +22,48 @@ struct ServerProcess {
     dir: tempfile::TempDir,
     args: Vec<String>,
     child: Option<Child>,
+    /// The apiserver's port on 127.0.0.1.
+    https_port: u16,
+    /// The store member's client port on 127.0.0.1 (for `etcdctl`).
+    store_client_port: u16,
+    /// The store member's peer port on 127.0.0.1.
+    store_peer_port: u16,
 }
 
 impl ServerProcess {
     /// A server without its node agent (the tests bring simulated nodes).
     fn start(extra: &[&str]) -> ServerProcess {
+        Self::named("srv", extra)
+    }
+
+    /// [`ServerProcess::start`] with its own node (and store member) name.
+    fn named(name: &str, extra: &[&str]) -> ServerProcess {
         let mut args = vec!["--disable-agent"];
         args.extend(extra);
-        Self::start_with_agent(&args)
+        Self::launch(name, &args)
     }
 
     fn start_with_agent(extra: &[&str]) -> ServerProcess {
+        Self::launch("srv", extra)
+    }
+
+    fn launch(name: &str, extra: &[&str]) -> ServerProcess {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut args: Vec<String> = [
-            "server",
-            "--node-name",
-            "srv",
-            "--bind-address",
-            "127.0.0.1",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let (https_port, store_client_port, store_peer_port) =
+            (free_port(), free_port(), free_port());
+        let mut args: Vec<String> = ["server", "--node-name", name, "--bind-address", "127.0.0.1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         for (flag, value) in [
             ("--data-dir", dir.path().join("data").display().to_string()),
             (
                 "--write-kubeconfig",
                 dir.path().join("kubeconfig").display().to_string(),
             ),
-            ("--https-listen-port", free_port().to_string()),
-            ("--store-client-port", free_port().to_string()),
-            ("--store-peer-port", free_port().to_string()),
+            ("--https-listen-port", https_port.to_string()),
+            ("--store-client-port", store_client_port.to_string()),
+            ("--store-peer-port", store_peer_port.to_string()),
         ] {
             args.push(flag.to_string());
             args.push(value);
@@ -60,9 +73,42 @@ impl ServerProcess {
             dir,
             args,
             child: None,
+            https_port,
+            store_client_port,
+            store_peer_port,
         };
         s.spawn();
         s
+    }
+
+    /// The apiserver's URL, which `--server` takes.
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.https_port)
+    }
+
+    /// `etcdctl` against this server's store member.
+    fn etcdctl(&self, args: &[&str]) -> support::Ctl {
+        support::etcdctl_at(
+            &format!("http://127.0.0.1:{}", self.store_client_port),
+            args,
+            None,
+        )
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Waits for the process to exit by itself (a refused join) and returns its status.
+    async fn exited(&mut self) -> std::process::ExitStatus {
+        eventually("the server to exit", Duration::from_secs(60), || {
+            let st = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().expect("try_wait"));
+            async move { st }
+        })
+        .await
     }
 
     fn spawn(&mut self) {

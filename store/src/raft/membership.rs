@@ -28,10 +28,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use capstan_proto::raftpb as rpb;
-use capstan_proto::raftpb::raft_client::RaftClient;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Membership};
-use tonic::transport::Channel;
 
 use super::{member_id, network, Member, RaftNode};
 use crate::error::{Result, StoreError};
@@ -85,10 +83,13 @@ async fn join(cfg: &Config, me: &Member) -> Result<(u64, u64)> {
         .collect();
     let mut want = me.peer_urls.clone();
     want.sort();
+    let auth = network::PeerAuth::new(cfg.peer_secret.as_deref())?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         for url in &others {
-            let Ok(mut c) = client_at(url) else { continue };
+            let Ok(mut c) = network::client_at(url, &auth) else {
+                continue;
+            };
             let mut req = tonic::Request::new(rpb::MembersRequest {});
             req.set_timeout(Duration::from_secs(2));
             let Ok(resp) = c.members(req).await else {
@@ -116,14 +117,6 @@ async fn join(cfg: &Config, me: &Member) -> Result<(u64, u64)> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn client_at(url: &str) -> Result<RaftClient<Channel>> {
-    let ch = tonic::transport::Endpoint::from_shared(url.replace("localhost", "127.0.0.1"))
-        .map_err(|e| StoreError::InvalidArgument(format!("peer URL {url:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(1))
-        .connect_lazy();
-    Ok(RaftClient::new(ch))
 }
 
 /// Whether `url` is a `scheme://host:port` URL etcd accepts as a peer URL.
@@ -470,9 +463,10 @@ impl RaftNode {
         let Some(url) = node.peer_urls.first().cloned() else {
             return;
         };
+        let auth = self.peers.auth.clone();
         tokio::spawn(async move {
             for _ in 0..10 {
-                if let Ok(mut c) = client_at(&url) {
+                if let Ok(mut c) = network::client_at(&url, &auth) {
                     let mut req = tonic::Request::new(rpb::RemovedRequest {});
                     req.set_timeout(Duration::from_secs(1));
                     if c.removed(req).await.is_ok() {

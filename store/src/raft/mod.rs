@@ -174,7 +174,9 @@ impl RaftNode {
         let waiters = Arc::new(state_machine::Waiters::default());
         let (sm_store, applied) = state_machine::SmStore::open(sm, id, waiters.clone())?;
         let log_store = log_store::LogStore::new(engine);
-        let peers = Arc::new(network::Peers::default());
+        let peers = Arc::new(network::Peers::new(network::PeerAuth::new(
+            cfg.peer_secret.as_deref(),
+        )?));
         let removed = Arc::new(watch::channel(false).0);
         let net = network::Network {
             peers: peers.clone(),
@@ -244,6 +246,10 @@ impl RaftNode {
                 rpb::raft_server::RaftServer::new(service::RaftService { node: node.clone() })
                     .max_decoding_message_size(usize::MAX)
                     .max_encoding_message_size(usize::MAX);
+            let svc = tonic::service::interceptor::InterceptedService::new(
+                svc,
+                network::PeerCheck::new(cfg.peer_secret.as_deref()),
+            );
             tokio::spawn(async move {
                 if let Err(e) = tonic::transport::Server::builder()
                     .add_service(svc)
@@ -298,10 +304,7 @@ impl RaftNode {
     }
 
     /// A client of the leader's peer service.
-    fn leader_client(
-        &self,
-        leader: u64,
-    ) -> Result<capstan_proto::raftpb::raft_client::RaftClient<tonic::transport::Channel>> {
+    fn leader_client(&self, leader: u64) -> Result<network::PeerRaftClient> {
         let node = self
             .metrics
             .borrow()

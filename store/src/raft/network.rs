@@ -16,6 +16,9 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use parking_lot::Mutex;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::Channel;
 
 use super::{convert, Member, TypeConfig};
@@ -23,16 +26,109 @@ use crate::error::{Result, StoreError};
 
 type C = TypeConfig;
 
+/// A client of a member's peer service, every request carrying the peer secret.
+pub type PeerRaftClient = RaftClient<InterceptedService<Channel, PeerAuth>>;
+
+/// Adds `authorization: Bearer <peer secret>` to every outgoing peer request (see
+/// [`crate::Config::peer_secret`]); nothing without a secret.
+#[derive(Clone, Default)]
+pub struct PeerAuth(Option<MetadataValue<Ascii>>);
+
+impl PeerAuth {
+    pub fn new(secret: Option<&str>) -> Result<PeerAuth> {
+        secret
+            .map(|s| {
+                format!("Bearer {s}")
+                    .parse()
+                    .map_err(|_| StoreError::InvalidArgument("peer secret: not ASCII".into()))
+            })
+            .transpose()
+            .map(PeerAuth)
+    }
+}
+
+impl Interceptor for PeerAuth {
+    fn call(
+        &mut self,
+        mut req: tonic::Request<()>,
+    ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// The peer service's check of [`PeerAuth`]: with a secret configured, a request
+/// without it is refused (Unauthenticated) before it reaches Raft. Compares digests,
+/// so the time taken says nothing about a guess.
+#[derive(Clone)]
+pub struct PeerCheck(Option<[u8; 32]>);
+
+impl PeerCheck {
+    pub fn new(secret: Option<&str>) -> PeerCheck {
+        PeerCheck(secret.map(|s| digest(format!("Bearer {s}").as_bytes())))
+    }
+}
+
+fn digest(b: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(b).into()
+}
+
+impl Interceptor for PeerCheck {
+    fn call(
+        &mut self,
+        req: tonic::Request<()>,
+    ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        let Some(want) = &self.0 else {
+            return Ok(req);
+        };
+        let got = req
+            .metadata()
+            .get("authorization")
+            .map(|v| digest(v.as_bytes()));
+        if got.as_ref() == Some(want) {
+            Ok(req)
+        } else {
+            Err(tonic::Status::unauthenticated(
+                "peer request without the cluster's peer secret",
+            ))
+        }
+    }
+}
+
+/// A client of the peer service at `url` (connected on first use).
+pub fn client_at(url: &str, auth: &PeerAuth) -> Result<PeerRaftClient> {
+    let channel = tonic::transport::Endpoint::from_shared(url.replace("localhost", "127.0.0.1"))
+        .map_err(|e| StoreError::InvalidArgument(format!("peer URL {url:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .connect_lazy();
+    Ok(RaftClient::with_interceptor(channel, auth.clone())
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX))
+}
+
 /// Lazily connected clients of the other members, by node id (with the URL each was
 /// connected to, so a member whose peer URLs were updated is reconnected).
 #[derive(Default)]
 pub struct Peers {
-    clients: Mutex<HashMap<u64, (String, RaftClient<Channel>)>>,
+    clients: Mutex<HashMap<u64, (String, PeerRaftClient)>>,
+    pub auth: PeerAuth,
 }
 
 impl Peers {
+    pub fn new(auth: PeerAuth) -> Peers {
+        Peers {
+            clients: Mutex::default(),
+            auth,
+        }
+    }
+
     /// A client of `node` (connected on first use).
-    pub fn client(&self, id: u64, node: &Member) -> Result<RaftClient<Channel>> {
+    pub fn client(&self, id: u64, node: &Member) -> Result<PeerRaftClient> {
         let mut clients = self.clients.lock();
         let url = node
             .peer_urls
@@ -43,16 +139,7 @@ impl Peers {
                 return Ok(c.clone());
             }
         }
-        let channel =
-            tonic::transport::Endpoint::from_shared(url.replace("localhost", "127.0.0.1"))
-                .map_err(|e| StoreError::InvalidArgument(format!("peer URL {url:?}: {e}")))?
-                .connect_timeout(Duration::from_secs(1))
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .connect_lazy();
-        let c = RaftClient::new(channel)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
+        let c = client_at(url, &self.auth)?;
         clients.insert(id, (url.clone(), c.clone()));
         Ok(c)
     }
@@ -119,7 +206,7 @@ impl RaftNetworkFactory<C> for Network {
 /// The connection to one member.
 pub struct PeerClient {
     target: u64,
-    client: Result<RaftClient<Channel>>,
+    client: Result<PeerRaftClient>,
     removed: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
@@ -146,9 +233,7 @@ fn status_err<E: std::error::Error>(s: tonic::Status) -> RPCError<u64, Member, E
 impl PeerClient {
     // The error is openraft's RPCError, large by openraft's design.
     #[allow(clippy::result_large_err)]
-    fn client<E: std::error::Error>(
-        &self,
-    ) -> Result<RaftClient<Channel>, RPCError<u64, Member, E>> {
+    fn client<E: std::error::Error>(&self) -> Result<PeerRaftClient, RPCError<u64, Member, E>> {
         self.client.clone().map_err(unreachable)
     }
 }
@@ -215,7 +300,7 @@ impl RaftNetwork<C> for PeerClient {
 /// Asks the leader to append a client's write; returns once it is committed and applied
 /// on the leader.
 pub async fn forward(
-    mut c: RaftClient<Channel>,
+    mut c: PeerRaftClient,
     proposal: rpb::Proposal,
     timeout: Duration,
 ) -> Result<()> {
@@ -228,7 +313,7 @@ pub async fn forward(
 }
 
 /// Asks the leader for a read index (see `RaftNode::read_index`).
-pub async fn read_index(mut c: RaftClient<Channel>, timeout: Duration) -> Result<u64> {
+pub async fn read_index(mut c: PeerRaftClient, timeout: Duration) -> Result<u64> {
     let mut req = tonic::Request::new(rpb::ReadIndexRequest {});
     req.set_timeout(timeout);
     let r = c.read_index(req).await.map_err(|s| leader_error(&s))?;

@@ -58,6 +58,14 @@ pub struct Config {
     /// How often watchers asking for it get a progress notification when idle
     /// (etcd's `--experimental-watch-progress-notify-interval`).
     pub watch_progress_notify_interval: Duration,
+    /// Run the Raft log even when `--initial-cluster` names one member, so members can
+    /// be added later (`capstan server --cluster-init`); a single member without it
+    /// has no log to replicate and answers `member add` with "not capable".
+    pub raft: bool,
+    /// A secret every peer request carries and the peer service demands (capstan
+    /// server's join secret), so only members of the cluster reach Raft. Not part of
+    /// etcd, which secures peers with TLS; the secret itself travels unencrypted.
+    pub peer_secret: Option<String>,
 }
 
 impl Default for Config {
@@ -81,6 +89,8 @@ impl Default for Config {
             max_txn_ops: 128,
             lease_checkpoint_interval: Duration::from_secs(300),
             watch_progress_notify_interval: Duration::from_secs(600),
+            raft: false,
+            peer_secret: None,
         }
     }
 }
@@ -149,10 +159,10 @@ fn open_engine(cfg: &Config) -> Result<Arc<dyn Engine>> {
 
 impl EtcdServer {
     /// Starts a member: the single-member path ([`EtcdServer::open`]) when
-    /// `--initial-cluster` names one member, a Raft member (serving the peer API on
-    /// `--listen-peer-urls`) when it names more.
+    /// `--initial-cluster` names one member (and [`Config::raft`] is off), a Raft
+    /// member (serving the peer API on `--listen-peer-urls`) otherwise.
     pub async fn start(cfg: Config) -> Result<Arc<Self>> {
-        if crate::raft::parse_initial_cluster(&cfg.initial_cluster)?.len() <= 1 {
+        if !cfg.raft && crate::raft::parse_initial_cluster(&cfg.initial_cluster)?.len() <= 1 {
             return Self::open(cfg);
         }
         let engine = open_engine(&cfg)?;

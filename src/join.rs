@@ -1,0 +1,543 @@
+//! Joining servers into one HA cluster, the k3s way.
+//!
+//! The first server (`--cluster-init`) keeps a join token in `<data-dir>/server/token`:
+//! `K10<sha256 of the CA certificate>::server:<secret>`. A joining server
+//! (`--server URL --token T`) fetches `/cacerts` from it without trusting the
+//! connection, checks the certificate's hash against the token (so it knows it talks
+//! to the right cluster before revealing anything), and then, over a connection
+//! verified by that CA, asks `/v1-capstan/server-bootstrap` with the secret (basic
+//! auth, user `server`, as k3s's) for the cluster CA's key and the service-account
+//! key, and for its store member: the contacted server adds it as a learner through
+//! the etcd Cluster API of its own store member and answers with the membership. The
+//! joiner promotes itself to a voter once its store has caught up. Both endpoints are
+//! served on the apiserver's port beside the API, as k3s serves them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The path of the bootstrap endpoint (k3s: `/v1-k3s/server-bootstrap`).
+pub const BOOTSTRAP_PATH: &str = "/v1-capstan/server-bootstrap";
+
+/// A join token: the secret, and the CA hash that pins the cluster (absent in a bare
+/// secret, which then trusts the first CA it is shown, as k3s does).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Token {
+    pub ca_hash: Option<String>,
+    pub secret: String,
+}
+
+impl Token {
+    /// Parses `K10<hash>::server:<secret>` or a bare secret.
+    pub fn parse(s: &str) -> anyhow::Result<Token> {
+        let s = s.trim();
+        if let Some(rest) = s.strip_prefix("K10") {
+            let Some((hash, creds)) = rest.split_once("::") else {
+                bail!("token: expected K10<ca-hash>::server:<secret>");
+            };
+            let secret = creds.split_once(':').map_or(creds, |(_, p)| p);
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) || secret.is_empty()
+            {
+                bail!("token: expected K10<ca-hash>::server:<secret>");
+            }
+            return Ok(Token {
+                ca_hash: Some(hash.to_lowercase()),
+                secret: secret.to_string(),
+            });
+        }
+        if s.is_empty() || s.contains(char::is_whitespace) {
+            bail!("token: empty or contains whitespace");
+        }
+        Ok(Token {
+            ca_hash: None,
+            secret: s.to_string(),
+        })
+    }
+
+    /// The full form for the CA `ca_pem`.
+    pub fn full(&self, ca_pem: &str) -> String {
+        format!("K10{}::server:{}", ca_hash(ca_pem), self.secret)
+    }
+}
+
+/// The hash a token pins: the SHA-256 of the CA bundle exactly as `/cacerts` serves it.
+pub fn ca_hash(ca_pem: &str) -> String {
+    hex(&Sha256::digest(ca_pem.as_bytes()))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The token file of a server's data dir.
+pub fn token_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("server").join("token")
+}
+
+/// This server's token: the one in its data dir, else `given`, else a new random
+/// secret; written (full form, mode 0600) so that later starts and joiners agree.
+pub fn ensure_token(data_dir: &Path, given: Option<&Token>, ca_pem: &str) -> anyhow::Result<Token> {
+    let path = token_path(data_dir);
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let have = Token::parse(&s).with_context(|| format!("{}", path.display()))?;
+        if let Some(g) = given {
+            if g.secret != have.secret {
+                bail!(
+                    "--token does not match the token this server was set up with ({})",
+                    path.display()
+                );
+            }
+        }
+        return Ok(have);
+    }
+    let token = match given {
+        Some(t) => t.clone(),
+        None => Token {
+            ca_hash: None,
+            secret: hex(&rand::random::<[u8; 16]>()),
+        },
+    };
+    write_secret(&path, &token.full(ca_pem))?;
+    Ok(Token {
+        ca_hash: Some(ca_hash(ca_pem)),
+        ..token
+    })
+}
+
+/// Writes `body` to `path` readable by the owner only (keys, tokens).
+pub fn write_secret(path: &Path, body: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, body).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod {}", path.display()))
+}
+
+/// What a joining server sends.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinRequest {
+    /// Its name (store member and node).
+    pub name: String,
+    /// Its store member's peer URLs.
+    pub peer_urls: Vec<String>,
+}
+
+/// What it gets back: the keys every server shares and its store membership.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Bootstrap {
+    pub ca_cert: String,
+    pub ca_key: String,
+    pub sa_key: String,
+    /// The store's `--initial-cluster` for the new member: every started member and
+    /// itself.
+    pub initial_cluster: String,
+    /// The new member's id (hex).
+    pub member_id: String,
+}
+
+/// What the join endpoints need on a running server.
+pub struct JoinState {
+    pub token: Token,
+    pub ca_pem: String,
+    pub pki_dir: PathBuf,
+    /// The local store member's client URL (its Cluster API).
+    pub store_url: String,
+}
+
+/// `/cacerts` (public, as k3s's) and the bootstrap endpoint (token-guarded).
+pub fn routes(state: Arc<JoinState>) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/cacerts",
+            axum::routing::get(|State(s): State<Arc<JoinState>>| async move { s.ca_pem.clone() }),
+        )
+        .route(BOOTSTRAP_PATH, axum::routing::post(bootstrap))
+        .with_state(state)
+}
+
+fn status(code: StatusCode, reason: &str, message: &str) -> Response {
+    let body = serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code.as_u16(),
+    });
+    (code, Json(body)).into_response()
+}
+
+/// Whether the request carries the secret (basic auth `server:<secret>`). Compares
+/// digests, so the time taken says nothing about how much of a guess was right.
+fn authorized(headers: &HeaderMap, secret: &str) -> bool {
+    let Some(creds) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+    else {
+        return false;
+    };
+    let want = format!("server:{secret}");
+    Sha256::digest(&creds) == Sha256::digest(want.as_bytes())
+}
+
+async fn bootstrap(
+    State(s): State<Arc<JoinState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !authorized(&headers, &s.token.secret) {
+        tracing::warn!("join request with a wrong token refused");
+        return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
+    }
+    let req: JoinRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string()),
+    };
+    if req.name.is_empty() || req.name.contains([',', '=']) || req.peer_urls.is_empty() {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "a join needs a name and peer URLs",
+        );
+    }
+    match add_member(&s, &req).await {
+        Ok(b) => Json(b).into_response(),
+        Err(JoinError::Conflict(m)) => status(StatusCode::CONFLICT, "Conflict", &m),
+        Err(JoinError::Unavailable(m)) => {
+            status(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", &m)
+        }
+    }
+}
+
+enum JoinError {
+    /// The name or peer URLs belong to another running member.
+    Conflict(String),
+    /// The store cannot take the member now (no leader, another learner catching up).
+    Unavailable(String),
+}
+
+/// Adds the joiner as a learner through the local member's Cluster API; a member left
+/// behind by an earlier attempt of the same server (same peer URLs, never started or
+/// under the same name) is removed first.
+async fn add_member(s: &JoinState, req: &JoinRequest) -> Result<Bootstrap, JoinError> {
+    let unavailable = |e: &dyn std::fmt::Display| JoinError::Unavailable(e.to_string());
+    let read = |name: &str| {
+        std::fs::read_to_string(s.pki_dir.join(name))
+            .map_err(|e| JoinError::Unavailable(format!("{name}: {e}")))
+    };
+    let (ca_key, sa_key) = (read("ca.key")?, read("sa.key")?);
+    let mut etcd = etcd_client::Client::connect([s.store_url.as_str()], None)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let list = etcd.member_list().await.map_err(|e| unavailable(&e))?;
+    for m in list.members() {
+        let same_urls = m.peer_urls().iter().any(|u| req.peer_urls.contains(u));
+        let same_name = m.name() == req.name;
+        if same_urls && (m.name().is_empty() || same_name) {
+            tracing::info!(name = %req.name, member = %format!("{:x}", m.id()), "replacing the member of an earlier join");
+            etcd.member_remove(m.id())
+                .await
+                .map_err(|e| unavailable(&e))?;
+        } else if same_urls || same_name {
+            return Err(JoinError::Conflict(format!(
+                "store member {:x} ({}, {:?}) already has this name or peer URL",
+                m.id(),
+                m.name(),
+                m.peer_urls()
+            )));
+        }
+    }
+    let added = etcd
+        .member_add(
+            &req.peer_urls,
+            Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let id = added
+        .member()
+        .map(|m| m.id())
+        .ok_or_else(|| unavailable(&"member add answered without the member"))?;
+    let initial_cluster = added
+        .member_list()
+        .iter()
+        .filter_map(|m| {
+            let name = if m.id() == id { &req.name } else { m.name() };
+            (!name.is_empty()).then(|| {
+                m.peer_urls()
+                    .iter()
+                    .map(|u| format!("{name}={u}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    tracing::info!(name = %req.name, member = %format!("{id:x}"), peer_urls = ?req.peer_urls, "server joining: added its store member as a learner");
+    Ok(Bootstrap {
+        ca_cert: s.ca_pem.clone(),
+        ca_key,
+        sa_key,
+        initial_cluster,
+        member_id: format!("{id:x}"),
+    })
+}
+
+/// Asks the server at `url` to let this one join: fetches and checks its CA, then the
+/// bootstrap data. Retries while the server is unreachable or busy (another join
+/// catching up) for up to `patience`; a refused token fails at once.
+pub async fn fetch_bootstrap(
+    url: &str,
+    token: &Token,
+    req: &JoinRequest,
+    patience: Duration,
+) -> anyhow::Result<Bootstrap> {
+    let target = Target::parse(url)?;
+    let deadline = tokio::time::Instant::now() + patience;
+    let body = serde_json::to_vec(req)?;
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("server:{}", token.secret))
+    );
+    loop {
+        let attempt = async {
+            let (code, ca) = target.request("GET", "/cacerts", None, None).await?;
+            if code != 200 {
+                bail!("GET {url}/cacerts: HTTP {code}");
+            }
+            let ca = String::from_utf8(ca).context("/cacerts is not PEM")?;
+            match &token.ca_hash {
+                Some(h) if *h != ca_hash(&ca) => {
+                    return Ok(Err(anyhow::anyhow!(
+                        "the CA certificate of {url} does not match the token's hash: not the cluster the token is for"
+                    )))
+                }
+                Some(_) => {}
+                None => {
+                    tracing::warn!(%url, "the token has no CA hash: trusting the CA the server presents")
+                }
+            }
+            let (code, resp) = target
+                .request(
+                    "POST",
+                    BOOTSTRAP_PATH,
+                    Some(&ca),
+                    Some((&auth, body.clone())),
+                )
+                .await?;
+            let done: anyhow::Result<Bootstrap> = match code {
+                200 => Ok(serde_json::from_slice::<Bootstrap>(&resp)
+                    .context("reading the bootstrap answer")?),
+                // Another join is catching up, or the store has no leader: try again.
+                503 => bail!("{}", message(&resp)),
+                401 => Err(anyhow::anyhow!(
+                    "{url} refused the token (HTTP 401 Unauthorized)"
+                )),
+                c => Err(anyhow::anyhow!("{url}: HTTP {c}: {}", message(&resp))),
+            };
+            anyhow::Ok(done)
+        };
+        match attempt.await {
+            Ok(Ok(b)) => return Ok(b),
+            Ok(Err(refused)) => return Err(refused),
+            Err(e) if tokio::time::Instant::now() > deadline => {
+                return Err(e.context(format!("joining through {url}")))
+            }
+            Err(e) => {
+                tracing::info!(%url, error = %format!("{e:#}"), "join not possible yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+fn message(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned())
+}
+
+/// An `https://host:port` server.
+struct Target {
+    host: String,
+    port: u16,
+}
+
+impl Target {
+    fn parse(url: &str) -> anyhow::Result<Target> {
+        let rest = url
+            .strip_prefix("https://")
+            .with_context(|| format!("--server {url:?}: expected https://host:port"))?;
+        let hostport = rest.split('/').next().unwrap_or(rest);
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => match p.parse::<u16>() {
+                Ok(p) => (h, p),
+                Err(_) => (hostport, 6443),
+            },
+            _ => (hostport, 6443),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            bail!("--server {url:?}: no host");
+        }
+        Ok(Target {
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    /// One HTTP/1.1 request; the server's certificate is verified against `ca` when
+    /// given, else not at all (only for `/cacerts`, whose answer the token's hash
+    /// checks).
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        ca: Option<&str>,
+        auth_body: Option<(&str, Vec<u8>)>,
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
+        use http_body_util::BodyExt;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?;
+        let cfg = match ca {
+            Some(pem) => {
+                use rustls::pki_types::pem::PemObject;
+                let mut roots = rustls::RootCertStore::empty();
+                for c in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                    roots.add(c.context("the cluster CA")?)?;
+                }
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+            None => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
+                .with_no_client_auth(),
+        };
+        let name = rustls::pki_types::ServerName::try_from(self.host.clone())
+            .with_context(|| format!("server name {:?}", self.host))?;
+        let tcp = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        .context("connect timed out")??;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+        tokio::spawn(conn);
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", format!("{}:{}", self.host, self.port));
+        let body = match auth_body {
+            Some((auth, body)) => {
+                req = req
+                    .header("authorization", auth)
+                    .header("content-type", "application/json");
+                body
+            }
+            None => Vec::new(),
+        };
+        let req = req.body(http_body_util::Full::new(bytes_of(body)))?;
+        let resp = tokio::time::timeout(Duration::from_secs(30), send.send_request(req))
+            .await
+            .context("request timed out")??;
+        let code = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes().to_vec();
+        Ok((code, body))
+    }
+}
+
+fn bytes_of(v: Vec<u8>) -> axum::body::Bytes {
+    axum::body::Bytes::from(v)
+}
+
+/// Accepts any server certificate (still checking the handshake signatures): used only
+/// to fetch the CA, which is then checked against the token's hash.
+#[derive(Debug)]
+struct Unverified(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_parse_in_both_forms() {
+        let hash = "ab".repeat(32);
+        let t = Token::parse(&format!("K10{hash}::server:s3cret")).expect("full token");
+        assert_eq!(t.ca_hash.as_deref(), Some(hash.as_str()));
+        assert_eq!(t.secret, "s3cret");
+        let bare = Token::parse("s3cret").expect("bare secret");
+        assert_eq!(bare.ca_hash, None);
+        assert!(Token::parse("K10abc::server:x").is_err());
+        assert!(Token::parse("").is_err());
+        assert_eq!(
+            Token::parse(&t.full("pem")).expect("round trip").ca_hash,
+            Some(ca_hash("pem"))
+        );
+    }
+}

@@ -1,0 +1,348 @@
+//! Three `capstan server`s as one HA cluster (`--cluster-init`, then `--server` and
+//! `--token`), on one machine on distinct loopback ports: each server is SIGKILLed in
+//! turn while `kubectl` against the others keeps working, then restarted, and it
+//! rejoins from its data dir with everything written meanwhile. A wrong token is
+//! refused and changes nothing.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::ServerProcess;
+use crate::support::{eventually, free_port, Component};
+
+/// A TCP relay in front of the apiservers, standing in for the load balancer (or
+/// k3s's agent-side one) that a node reaches a HA control plane through: each
+/// connection goes to the first server that accepts it. The servers' certificates are
+/// all issued by the cluster CA for 127.0.0.1, so TLS passes through unchanged.
+struct Relay {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(backends: Vec<u16>) -> Relay {
+        let port = free_port();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("relay listens");
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let backends = backends.clone();
+                tokio::spawn(async move {
+                    for b in backends {
+                        if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", b)).await
+                        {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Relay { port, task }
+    }
+
+    /// `kubeconfig` pointed at the relay.
+    fn kubeconfig(&self, kubeconfig: &Path, out: &Path) -> PathBuf {
+        let text = std::fs::read_to_string(kubeconfig).expect("kubeconfig");
+        let relayed: String = text
+            .lines()
+            .map(|l| match l.trim_start().strip_prefix("server: ") {
+                Some(_) => format!("    server: https://127.0.0.1:{}", self.port),
+                None => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(out, relayed).expect("write kubeconfig");
+        out.to_path_buf()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `etcdctl member list` as (name, started, learner) rows, sorted.
+fn members(srv: &ServerProcess) -> Option<Vec<(String, bool, bool)>> {
+    let out = srv.etcdctl(&["member", "list"]);
+    if !out.ok {
+        return None;
+    }
+    let mut rows: Vec<(String, bool, bool)> = out
+        .out()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(", ").collect();
+            (
+                f.get(2).unwrap_or(&"").to_string(),
+                f.get(1) == Some(&"started"),
+                f.get(5) == Some(&"true"),
+            )
+        })
+        .collect();
+    rows.sort();
+    Some(rows)
+}
+
+/// The store members' ids, sorted.
+fn member_ids(srv: &ServerProcess) -> Vec<String> {
+    let out = srv.etcdctl(&["member", "list"]);
+    assert!(out.ok, "{}", out.stderr);
+    let mut ids: Vec<String> = out
+        .out()
+        .lines()
+        .filter_map(|l| l.split(", ").next().map(String::from))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Waits until `srv`'s store member lists exactly s1, s2, s3, all started voters.
+async fn three_started_members(srv: &mut ServerProcess) {
+    let want: Vec<(String, bool, bool)> = ["s1", "s2", "s3"]
+        .iter()
+        .map(|n| (n.to_string(), true, false))
+        .collect();
+    eventually(
+        "etcdctl member list to show three started voters",
+        Duration::from_secs(60),
+        || {
+            srv.check_running();
+            let ok = members(srv).is_some_and(|m| m == want);
+            async move { ok.then_some(()) }
+        },
+    )
+    .await;
+}
+
+/// Waits until the Deployment `web` has three available pods, none of them `gone`,
+/// and returns their names.
+async fn web_available(srv: &ServerProcess, gone: Option<&str>) -> Vec<String> {
+    eventually(
+        "deployment web to have 3 available replicas",
+        Duration::from_secs(120),
+        || {
+            let available = srv
+                .kubectl(&[
+                    "get",
+                    "deployment",
+                    "web",
+                    "-o",
+                    "jsonpath={.status.availableReplicas}",
+                ])
+                .stdout;
+            let pods = srv.kubectl(&[
+                "get",
+                "pods",
+                "-l",
+                "app=web",
+                "--field-selector",
+                "status.phase=Running",
+                "-o",
+                "jsonpath={.items[*].metadata.name}",
+            ]);
+            let names: Vec<String> = pods.stdout.split_whitespace().map(String::from).collect();
+            let ok = pods.ok
+                && available.trim() == "3"
+                && names.len() == 3
+                && gone.is_none_or(|g| !names.iter().any(|n| n == g));
+            async move { ok.then_some(names) }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_servers_keep_serving_when_any_one_is_killed_and_rejoin() {
+    let mut s1 = ServerProcess::named("s1", &["--cluster-init"]);
+    s1.wait_ready().await;
+    let token = std::fs::read_to_string(s1.data_dir().join("server/token")).expect("token file");
+    let token = token.trim().to_string();
+    assert!(
+        token.starts_with("K10") && token.contains("::server:"),
+        "{token}"
+    );
+    // The second joins through the first, the third through the second: any server
+    // lets others join.
+    let mut s2 = ServerProcess::named("s2", &["--server", &s1.url(), "--token", &token]);
+    s2.wait_ready().await;
+    let mut s3 = ServerProcess::named("s3", &["-s", &s2.url(), "-t", &token]);
+    s3.wait_ready().await;
+    three_started_members(&mut s1).await;
+    let ids = member_ids(&s1);
+
+    // A wrong secret with the right CA hash: refused with 401, the joiner gets no keys
+    // and the store no member.
+    let (hash, _) = token.split_once("::").expect("K10 token");
+    let wrong = format!("{hash}::server:not-the-secret");
+    let mut intruder = ServerProcess::named("s4", &["--server", &s1.url(), "--token", &wrong]);
+    let status = intruder.exited().await;
+    assert!(!status.success(), "{}", intruder.log());
+    assert!(
+        intruder.log().contains("HTTP 401 Unauthorized"),
+        "{}",
+        intruder.log()
+    );
+    assert!(!intruder.data_dir().join("pki/ca.key").exists());
+    assert_eq!(
+        members(&s1).map(|m| m.len()),
+        Some(3),
+        "{}",
+        s1.etcdctl(&["member", "list"]).out()
+    );
+    // The store's peer port, which other machines reach, serves only holders of the
+    // secret: a Raft client without it is refused.
+    let mut raw = capstan_proto::raftpb::raft_client::RaftClient::connect(format!(
+        "http://127.0.0.1:{}",
+        s1.store_peer_port
+    ))
+    .await
+    .expect("peer port accepts connections");
+    let refused = raw
+        .members(capstan_proto::raftpb::MembersRequest {})
+        .await
+        .expect_err("a peer request without the secret is refused");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    // A token of another cluster (another CA hash): the joiner stops before sending it.
+    let other = format!("K10{}::server:x", "0".repeat(64));
+    let mut lost = ServerProcess::named("s5", &["--server", &s1.url(), "--token", &other]);
+    assert!(!lost.exited().await.success());
+    assert!(
+        lost.log().contains("does not match the token's hash"),
+        "{}",
+        lost.log()
+    );
+
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let relay = Relay::start(vec![s1.https_port, s2.https_port, s3.https_port]).await;
+    let node_kubeconfig = relay.kubeconfig(&s1.kubeconfig(), &scratch.path().join("node"));
+    let mut node = Component::with_kubeconfig(
+        &node_kubeconfig,
+        "node",
+        &["--simulated", "--hostname-override", "worker"],
+    );
+    let out = s2.kubectl(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx:1.27",
+        "--replicas=3",
+    ]);
+    assert!(out.ok, "{}", out.stderr);
+    let mut pods = web_available(&s3, None).await;
+
+    let mut servers = [s1, s2, s3];
+    let mut written: Vec<String> = Vec::new();
+    for down in 0..3 {
+        let (a, b) = ((down + 1) % 3, (down + 2) % 3);
+        servers[down].kill9();
+        // Writes and reads through either survivor.
+        let name = format!("written-while-s{}-down", down + 1);
+        // If the killed server's store member led, writes fail for the second or so
+        // the others take to elect a new leader (etcd's "no leader"); a user retries.
+        eventually(
+            "a survivor to take a write",
+            Duration::from_secs(15),
+            || {
+                let c = servers[a].kubectl(&["create", "configmap", &name, "--from-literal=k=v"]);
+                let ok = c.ok || c.stderr.contains("already exists");
+                async move { ok.then_some(()) }
+            },
+        )
+        .await;
+        written.push(name.clone());
+        let got = servers[b].kubectl(&["get", "configmap", &name, "-o", "jsonpath={.data.k}"]);
+        assert_eq!(got.out(), "v", "{}", got.stderr);
+        // The controllers and scheduler still act (their leader may have been the
+        // killed server's: a standby takes over): a deleted pod is replaced.
+        let victim = pods[0].clone();
+        let del = servers[b].kubectl(&["delete", "pod", &victim, "--wait=false"]);
+        assert!(del.ok, "{}", del.stderr);
+        pods = web_available(&servers[a], Some(&victim)).await;
+        node.check_running();
+
+        if down == 1 {
+            // Restarted without the HA flags: the data dir says it is a member.
+            let args = &mut servers[down].args;
+            let at = args
+                .iter()
+                .position(|x| x == "--server")
+                .expect("s2 joined with --server");
+            args.drain(at..at + 4);
+        }
+        servers[down].spawn();
+        servers[down].wait_ready().await;
+        three_started_members(&mut servers[down]).await;
+        for n in &written {
+            let got = servers[down].kubectl(&["get", "configmap", n, "-o", "jsonpath={.data.k}"]);
+            assert_eq!(got.out(), "v", "{n}: {}", got.stderr);
+        }
+    }
+    // Every restart rejoined as the member it was: no second `member add`.
+    assert_eq!(member_ids(&servers[0]), ids);
+    // The whole cluster down at once, then back one server at a time: the first
+    // waits for a quorum, and nothing acknowledged is lost.
+    for s in &mut servers {
+        s.kill9();
+    }
+    servers[0].spawn();
+    eventually(
+        "the first server back to wait for a quorum",
+        Duration::from_secs(30),
+        || {
+            servers[0].check_running();
+            let waiting = servers[0].log().contains("waiting for a store leader");
+            async move { waiting.then_some(()) }
+        },
+    )
+    .await;
+    servers[1].spawn();
+    servers[2].spawn();
+    for s in &mut servers {
+        s.wait_ready().await;
+    }
+    three_started_members(&mut servers[2]).await;
+    // Nothing lost, seen the same from every server.
+    for s in &servers {
+        let names = s.kubectl(&[
+            "get",
+            "configmaps",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ]);
+        for n in &written {
+            assert!(
+                names.out().split_whitespace().any(|x| x == n),
+                "{n} missing: {}",
+                names.out()
+            );
+        }
+        web_available(s, None).await;
+    }
+}
+
+/// A single server's store has no Raft log to grow from: `--cluster-init` on its data
+/// dir is refused, and the server still starts as it was without the flag.
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_init_refuses_a_single_servers_data_dir() {
+    let mut srv = ServerProcess::start(&[]);
+    srv.wait_ready().await;
+    let created = srv.kubectl(&["create", "configmap", "keep", "--from-literal=k=v"]);
+    assert!(created.ok, "{}", created.stderr);
+    srv.kill9();
+    srv.args.push("--cluster-init".into());
+    srv.spawn();
+    assert!(!srv.exited().await.success(), "{}", srv.log());
+    assert!(
+        srv.log().contains("cannot grow into a cluster"),
+        "{}",
+        srv.log()
+    );
+    srv.args.pop();
+    srv.spawn();
+    srv.wait_ready().await;
+    let got = srv.kubectl(&["get", "configmap", "keep", "-o", "jsonpath={.data.k}"]);
+    assert_eq!(got.out(), "v");
+}
