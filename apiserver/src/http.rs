@@ -795,7 +795,7 @@ async fn handle(
                 // The escalation check needs the patched role or binding: a dry run.
                 let dry = WriteOptions {
                     dry_run: true,
-                    ..wopts
+                    ..wopts.clone()
                 };
                 let preview = reg.patch(rt, ns, name, sub, ty, &raw, dry).await?;
                 app.authorizer

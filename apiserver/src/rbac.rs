@@ -915,13 +915,14 @@ pub fn bootstrap_policy() -> Result<Vec<(&'static str, Value)>, ApiError> {
 /// or deleted... is left as the user has it while it exists; upstream would reconcile
 /// autoupdate ones, capstan only fills in what is missing).
 pub async fn bootstrap(reg: &Registry) -> Result<(), ApiError> {
-    let opts = crate::registry::WriteOptions {
-        dry_run: false,
-        validation: crate::registry::FieldValidation::Strict,
-    };
+    // Recorded as kube-apiserver's, as upstream's bootstrap objects are.
+    let opts = crate::registry::WriteOptions::internal(
+        "kube-apiserver",
+        crate::registry::FieldValidation::Strict,
+    );
     for (plural, obj) in bootstrap_policy()? {
         let Some(rt) = rbac_rt(plural) else { continue };
-        match reg.create(rt, None, &obj, opts).await {
+        match reg.create(rt, None, &obj, opts.clone()).await {
             Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),
         }

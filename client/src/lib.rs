@@ -37,10 +37,7 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientErr
 /// `kubelet`): its requests carry upstream's User-Agent shape, `<name>/v1.32.0
 /// (linux/amd64) capstan`, which the apiserver records (up to the `/`) as the field
 /// manager of every write without an explicit one, as kube-apiserver does.
-pub async fn client_as(
-    kubeconfig: Option<&Path>,
-    name: &str,
-) -> Result<kube::Client, ClientError> {
+pub async fn client_as(kubeconfig: Option<&Path>, name: &str) -> Result<kube::Client, ClientError> {
     let mut cfg = config(kubeconfig).await?;
     let agent = format!("{name}/v1.32.0 (linux/amd64) capstan");
     if let Ok(v) = http::HeaderValue::from_str(&agent) {

@@ -102,7 +102,8 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
             return Err(Error::UnknownController(c.clone()));
         }
     }
-    let client = capstan_client::client_as(cfg.kubeconfig.as_deref(), "kube-controller-manager").await?;
+    let client =
+        capstan_client::client_as(cfg.kubeconfig.as_deref(), "kube-controller-manager").await?;
     let mut elector = cfg
         .election
         .clone()

@@ -76,6 +76,8 @@ pub struct Config {
     pub proxy: Option<ProxyOptions>,
     /// The address this agent serves cluster DNS on (port 53); `None`: it does not.
     pub dns_listen: Option<IpAddr>,
+    /// The kubelet server's address and port (`--address`, `--port`).
+    pub serve: std::net::SocketAddr,
 }
 
 /// The service proxy's flags.
@@ -94,8 +96,6 @@ impl Default for ProxyOptions {
             cluster_cidr: None,
         }
     }
-    /// The kubelet server's address and port (`--address`, `--port`).
-    pub serve: std::net::SocketAddr,
 }
 
 /// The kubelet's memory of one pod between syncs.
