@@ -34,11 +34,13 @@ pub struct KubeletClient {
     tls: tokio_rustls::TlsConnector,
 }
 
-/// Kubelet serving certificates are not verified (kube-apiserver's default without
-/// `--kubelet-certificate-authority`: kubelets usually serve self-signed ones), but the
-/// handshake's signatures still are, so the session is with the certificate's holder.
+/// A verifier that accepts any server certificate but still checks the handshake's
+/// signatures, so the session is with the certificate's holder. Kubelet serving
+/// certificates are not verified (kube-apiserver's default without
+/// `--kubelet-certificate-authority`: kubelets usually serve self-signed ones); `capstan
+/// server --server` uses it once, to fetch the CA it then checks against its token.
 #[derive(Debug)]
-struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+pub struct AnyServerCert(pub Arc<rustls::crypto::CryptoProvider>);
 
 impl ServerCertVerifier for AnyServerCert {
     fn verify_server_cert(

@@ -103,6 +103,25 @@ fn snapshotter(dir: &Path) -> &'static str {
 }
 
 impl Containerd {
+    /// The `capstan node` flags that put an agent on this containerd: the node name,
+    /// the runtime socket, the image archive, and the log and root dirs.
+    pub fn agent_args(&self, node: &str) -> Vec<String> {
+        [
+            "--hostname-override",
+            node,
+            "--container-runtime-endpoint",
+            &format!("unix://{}", self.socket.display()),
+            "--image-archive",
+            &self.image_archive.display().to_string(),
+            "--pod-logs-dir",
+            &self.pod_logs_dir.display().to_string(),
+            "--root-dir",
+            &self.root_dir.display().to_string(),
+        ]
+        .map(str::to_string)
+        .to_vec()
+    }
+
     pub async fn start() -> Containerd {
         Self::start_in(None).await
     }

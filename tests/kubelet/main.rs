@@ -34,23 +34,11 @@ async fn stack() -> Stack {
     let containerd = Containerd::start().await;
     let store = Server::start().await;
     let api = Apiserver::start(&store.endpoint).await;
-    let endpoint = format!("unix://{}", containerd.socket.display());
     // The kubelet server on loopback and a port of its own: stacks run side by side.
     let kubelet_port = support::free_port().to_string();
-    let node = Component::start(
-        &api,
-        "node",
-        &[
-            "--hostname-override",
-            NODE,
-            "--container-runtime-endpoint",
-            &endpoint,
-            "--image-archive",
-            &containerd.image_archive.display().to_string(),
-            "--pod-logs-dir",
-            &containerd.pod_logs_dir.display().to_string(),
-            "--root-dir",
-            &containerd.root_dir.display().to_string(),
+    let mut args = containerd.agent_args(NODE);
+    args.extend(
+        [
             "--node-lease-duration-seconds",
             "4",
             "--cluster-dns",
@@ -64,14 +52,28 @@ async fn stack() -> Stack {
             "127.0.0.1",
             "--port",
             &kubelet_port,
-        ],
+        ]
+        .map(str::to_string),
     );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let node = Component::start(&api, "node", &args);
     Stack {
         node,
         api,
         _store: store,
         containerd,
     }
+}
+
+/// Waits until the stack's node registers Ready (failing if its agent exits).
+async fn node_ready(s: &mut Stack) {
+    eventually("node Ready", WAIT, || {
+        s.node.check_running();
+        let out = s.api.kubectl(&["get", "nodes", "--no-headers"]);
+        let ok = out.ok && out.stdout.split_whitespace().take(2).eq([NODE, "Ready"]);
+        async move { ok.then_some(()) }
+    })
+    .await;
 }
 
 /// `kubectl get <args> -o jsonpath=<path>`, or None when kubectl fails.
@@ -151,16 +153,9 @@ async fn runtime_objects(c: &Containerd, uid: &str) -> (usize, usize) {
 #[tokio::test]
 async fn a_real_node_runs_pods_in_containerd() {
     let mut s = stack().await;
-    let api = &s.api;
-
     // The node registers Ready, with the machine's facts and the runtime's version.
-    eventually("node kn1 Ready", WAIT, || {
-        s.node.check_running();
-        let out = api.kubectl(&["get", "nodes", "--no-headers"]);
-        let ok = out.ok && out.stdout.split_whitespace().take(2).eq([NODE, "Ready"]);
-        async move { ok.then_some(()) }
-    })
-    .await;
+    node_ready(&mut s).await;
+    let api = &s.api;
     let runtime = jsonpath(
         api,
         &["get", "node", NODE],

@@ -117,7 +117,6 @@ async fn net_stack() -> NetStack {
     let containerd = Containerd::start().await;
     let store = Server::start().await;
     let api = Apiserver::start(&store.endpoint).await;
-    let endpoint = format!("unix://{}", containerd.socket.display());
     let node_ip = format!("{}1", containerd.subnet_prefix);
     let table = Table(format!("capstan-test-{}", rand::random::<u32>()));
     // Names outside the cluster domain are relayed to the host's resolvers; here
@@ -126,20 +125,9 @@ async fn net_stack() -> NetStack {
     let mut resolv = tempfile::NamedTempFile::new().expect("resolv.conf");
     writeln!(resolv, "nameserver {}", upstream.addr.ip()).expect("resolv.conf written");
     let cidr = format!("{}0/24", containerd.subnet_prefix);
-    let node = Component::start(
-        &api,
-        "node",
-        &[
-            "--hostname-override",
-            NODE,
-            "--container-runtime-endpoint",
-            &endpoint,
-            "--image-archive",
-            &containerd.image_archive.display().to_string(),
-            "--pod-logs-dir",
-            &containerd.pod_logs_dir.display().to_string(),
-            "--root-dir",
-            &containerd.root_dir.display().to_string(),
+    let mut args = containerd.agent_args(NODE);
+    args.extend(
+        [
             "--node-ip",
             &node_ip,
             "--cluster-dns",
@@ -154,8 +142,11 @@ async fn net_stack() -> NetStack {
             &cidr,
             "--log-level",
             "info,capstan_node=debug",
-        ],
+        ]
+        .map(str::to_string),
     );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let node = Component::start(&api, "node", &args);
     let controllers = Component::start(&api, "controller-manager", &["--leader-elect=false"]);
     NetStack {
         node,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::containerd::BUSYBOX;
 use super::support::{eventually, Apiserver};
-use super::{jsonpath, stack, NODE, WAIT};
+use super::{jsonpath, node_ready, stack, NODE, WAIT};
 
 /// What a kubectl run gave: its exit code, stdout and stderr.
 struct Run {
@@ -56,14 +56,8 @@ fn running(api: &Apiserver, pod: &str) -> bool {
 #[tokio::test]
 async fn kubectl_logs_and_exec_reach_real_containers() {
     let mut s = stack().await;
+    node_ready(&mut s).await;
     let api = &s.api;
-    eventually("node Ready", WAIT, || {
-        s.node.check_running();
-        let out = api.kubectl(&["get", "nodes", "--no-headers"]);
-        let ok = out.ok && out.stdout.split_whitespace().take(2).eq([NODE, "Ready"]);
-        async move { ok.then_some(()) }
-    })
-    .await;
     let port = jsonpath(
         api,
         &["get", "node", NODE],
