@@ -10,6 +10,7 @@ mod failover;
 mod kv;
 mod lease;
 mod sched;
+mod startup;
 mod stats;
 mod watch;
 
@@ -128,6 +129,9 @@ enum Command {
     /// The apiserver with many pods: create (and the watch's delivery), status update
     /// and list throughput and latency.
     ApiserverPods(ApiPodsArgs),
+    /// Pod startup latency on a real node: create to running (every container ready)
+    /// of pods of a local image.
+    PodStartup(StartupArgs),
 }
 
 #[derive(Args)]
@@ -147,6 +151,51 @@ struct ApiPodsArgs {
     /// Print one JSON line instead of a human summary.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct StartupArgs {
+    /// Admin kubeconfig of the cluster (as `capstan server --write-kubeconfig` writes).
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// Pods to create.
+    #[arg(long, default_value_t = 100)]
+    pods: usize,
+    /// Creates in flight.
+    #[arg(long, default_value_t = 10)]
+    concurrency: usize,
+    /// Namespace of the pods (created if missing; the pods are deleted afterwards).
+    #[arg(long, default_value = "startup-bench")]
+    namespace: String,
+    /// Image of the pods; it must be on the node already (no registry is reachable).
+    #[arg(long, default_value = "capstan.local/busybox:1")]
+    image: String,
+    /// How long every pod may take to run, in seconds, before the run fails.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// Print one JSON line instead of a human summary.
+    #[arg(long)]
+    json: bool,
+}
+
+fn run_startup(a: &StartupArgs) -> anyhow::Result<()> {
+    let r = tokio::runtime::Runtime::new()?.block_on(startup::run(startup::Opts {
+        kubeconfig: a.kubeconfig.clone(),
+        pods: a.pods,
+        concurrency: a.concurrency,
+        namespace: a.namespace.clone(),
+        image: a.image.clone(),
+        timeout: std::time::Duration::from_secs(a.timeout),
+    }))?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "{} pods running in {:.1} s; create -> running p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            r.running, r.seconds, r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms
+        );
+    }
+    Ok(())
 }
 
 fn run_apipods(a: &ApiPodsArgs) -> anyhow::Result<()> {
@@ -342,6 +391,7 @@ fn main() -> anyhow::Result<()> {
         Command::Failover(a) => return run_failover(a),
         Command::SchedulerThroughput(a) => return run_sched(a),
         Command::ApiserverPods(a) => return run_apipods(a),
+        Command::PodStartup(a) => return run_startup(a),
         Command::Put { common } => ("put", common),
         Command::Range { common, .. } => ("range", common),
         Command::TxnPut { common, .. } => ("txn-put", common),
@@ -386,7 +436,8 @@ fn main() -> anyhow::Result<()> {
             Command::Compare(_)
             | Command::Failover(_)
             | Command::SchedulerThroughput(_)
-            | Command::ApiserverPods(_) => unreachable_compare(),
+            | Command::ApiserverPods(_)
+            | Command::PodStartup(_) => unreachable_compare(),
         }
     })?;
     let label = common.label.as_deref().unwrap_or(workload);
