@@ -52,7 +52,9 @@ pub struct Report {
     pub listed: usize,
 }
 
-fn histogram() -> anyhow::Result<Histogram<u64>> {
+/// A latency histogram in microseconds, up to an hour, at three significant digits:
+/// what the Kubernetes-level benchmarks (apiserver, scheduler, pod startup) record.
+pub(crate) fn histogram() -> anyhow::Result<Histogram<u64>> {
     Ok(Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?)
 }
 

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use hdrhistogram::Histogram;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::watcher;
@@ -153,7 +152,7 @@ pub async fn run(o: Opts) -> anyhow::Result<Report> {
     watch.abort();
     let created = created.lock().clone();
     let bound = bound.lock().clone();
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+    let mut hist = crate::apipods::histogram()?;
     let mut last = start;
     for (name, at) in &bound {
         if let Some(c) = created.get(name) {

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use hdrhistogram::Histogram;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::watcher;
@@ -109,7 +108,7 @@ pub async fn run(o: Opts) -> anyhow::Result<Report> {
     }
     let seconds = start.elapsed().as_secs_f64();
     watch.abort();
-    let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+    let mut h = crate::apipods::histogram()?;
     let (sent, up) = (sent.lock().clone(), up.lock().clone());
     for (name, at) in &up {
         if let Some(t) = sent.get(name) {
