@@ -6,7 +6,9 @@
 //! healthy. Pods on a node with a NoExecute taint they do not tolerate are evicted
 //! (deleted) at once, those tolerating it for `tolerationSeconds` after that long from
 //! when the taint was added: the taint-eviction controller's rule, so the ReplicaSet
-//! controller replaces them on healthy nodes.
+//! controller replaces them on healthy nodes. As upstream, an evicted pod first gets
+//! the `DisruptionTarget` condition (`DeletionByTaintManager`), and the node and its
+//! pods get the events `kubectl describe` shows (`NodeNotReady`, `TaintManagerEviction`).
 //!
 //! "Stopped renewing" is judged on this process's own clock, from when it last saw the
 //! Lease's renew time (or the Ready heartbeat) change, as upstream does, so the
@@ -25,6 +27,12 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use futures::StreamExt;
+
+use crate::events;
+
+/// The event sources, upstream's component names.
+const NODE_CONTROLLER: &str = "node-controller";
+const TAINT_EVICTION: &str = "taint-eviction-controller";
 
 /// The taint keys this controller owns.
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
@@ -138,6 +146,15 @@ async fn monitor_node(
     if silent && ready != Some("Unknown") {
         tracing::info!(node = %name, "kubelet stopped posting node status; conditions set to Unknown");
         set_conditions_unknown(&nodes, node).await?;
+        // Upstream's RecordNodeStatusChange.
+        events::record(
+            client,
+            NODE_CONTROLLER,
+            node,
+            events::Type::Normal,
+            "NodeNotReady",
+            format!("Node {name} status is now: NodeNotReady"),
+        );
         mark_pods_not_ready(client, &name).await?;
         // The taints follow on the next pass, from the condition as stored.
         return Ok(());
@@ -270,7 +287,15 @@ async fn mark_pods_not_ready(client: &Client, node: &str) -> Result<(), kube::Er
             )
             .await
         {
-            Ok(_) | Err(kube::Error::Api(_)) => {}
+            Ok(_) => events::record(
+                client,
+                NODE_CONTROLLER,
+                &pod,
+                events::Type::Warning,
+                "NodeNotReady",
+                "Node is not ready".to_string(),
+            ),
+            Err(kube::Error::Api(_)) => {}
             Err(e) => return Err(e),
         }
     }
@@ -325,14 +350,66 @@ async fn evict(client: &Client, node: &str, taints: &[&Taint]) -> Result<(), kub
             continue;
         }
         let ns = pod.namespace().unwrap_or_default();
-        tracing::info!(node = %node, namespace = %ns, pod = %pod.name_any(), "evicting pod from tainted node");
+        let name = pod.name_any();
+        tracing::info!(node = %node, namespace = %ns, pod = %name, "evicting pod from tainted node");
+        events::record(
+            client,
+            TAINT_EVICTION,
+            &pod,
+            events::Type::Normal,
+            "TaintManagerEviction",
+            format!("Marking for deletion Pod {ns}/{name}"),
+        );
         let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        match api.delete(&pod.name_any(), &DeleteParams::default()).await {
+        // Upstream's addConditionAndDeletePod: the pod says why it goes before it goes
+        // (a Job's pod failure policy and PodDisruptionBudgets read it).
+        if let Some(patch) = disruption_target(&pod) {
+            match api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) | Err(kube::Error::Api(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match api.delete(&name, &DeleteParams::default()).await {
             Ok(_) | Err(kube::Error::Api(_)) => {}
             Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// The status patch that adds the `DisruptionTarget` condition to `pod`, unless it is
+/// already there.
+fn disruption_target(pod: &Pod) -> Option<serde_json::Value> {
+    let conditions = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    if conditions
+        .iter()
+        .any(|c| c.type_ == "DisruptionTarget" && c.status == "True")
+    {
+        return None;
+    }
+    let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut next: Vec<serde_json::Value> = conditions
+        .iter()
+        .filter(|c| c.type_ != "DisruptionTarget")
+        .map(|c| serde_json::to_value(c).unwrap_or_default())
+        .collect();
+    next.push(json!({
+        "type": "DisruptionTarget",
+        "status": "True",
+        "reason": "DeletionByTaintManager",
+        "message": "Taint manager: deleting due to NoExecute taint",
+        "lastTransitionTime": now,
+    }));
+    Some(
+        json!({"metadata": {"resourceVersion": pod.resource_version()}, "status": {"conditions": next}}),
+    )
 }
 
 #[cfg(test)]
