@@ -342,6 +342,10 @@ impl From<etcd_client::Error> for ApiError {
             {
                 ApiError::Compacted
             }
+            // The store's own words, as the Go client's error reads (e.g. "etcdserver:
+            // request timed out" from a member without a quorum), not the Rust
+            // client's description of the gRPC status around them.
+            etcd_client::Error::GRpcStatus(s) => ApiError::Internal(s.message().to_string()),
             _ => ApiError::Internal(e.to_string()),
         }
     }
@@ -398,5 +402,21 @@ impl axum::response::IntoResponse for ApiError {
             self.status().to_string(),
         )
             .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_read_as_the_go_clients() {
+        let timed_out = etcd_client::Error::GRpcStatus(tonic::Status::unavailable(
+            "etcdserver: request timed out",
+        ));
+        assert_eq!(
+            ApiError::from(timed_out).to_string(),
+            "Internal error occurred: etcdserver: request timed out"
+        );
     }
 }
