@@ -6,7 +6,8 @@
 //! healthy. Pods on a node with a NoExecute taint they do not tolerate are evicted
 //! (deleted) at once, those tolerating it for `tolerationSeconds` after that long from
 //! when the taint was added: the taint-eviction controller's rule, so the ReplicaSet
-//! controller replaces them on healthy nodes. As upstream, an evicted pod first gets
+//! controller replaces them on healthy nodes; any other NoExecute taint (an admin's
+//! `kubectl taint`) evicts by the same rule. As upstream, an evicted pod first gets
 //! the `DisruptionTarget` condition (`DeletionByTaintManager`), and the node and its
 //! pods get the events `kubectl describe` shows (`NodeNotReady`, `TaintManagerEviction`).
 //!
@@ -61,6 +62,9 @@ impl Default for Settings {
 struct Seen {
     heartbeat: Option<DateTime<Utc>>,
     at: Instant,
+    /// When this process first saw each of the node's NoExecute taints that carry no
+    /// `timeAdded` (by key and value): their tolerations count from then.
+    untimed: HashMap<(String, Option<String>), DateTime<Utc>>,
 }
 
 /// Runs the controller until the process stops.
@@ -135,6 +139,7 @@ async fn monitor_node(
     let entry = seen.entry(name.clone()).or_insert(Seen {
         heartbeat,
         at: Instant::now(),
+        untimed: HashMap::new(),
     });
     if entry.heartbeat != heartbeat {
         entry.heartbeat = heartbeat;
@@ -195,9 +200,30 @@ async fn monitor_node(
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
     }
-    let no_execute: Vec<&Taint> = ours.iter().filter(|t| t.effect == "NoExecute").collect();
+    // Every NoExecute taint evicts, not only ours: the taint-eviction controller's
+    // rule covers a taint an admin puts on a node too.
+    let mut no_execute: Vec<Taint> = next
+        .into_iter()
+        .filter(|t| t.effect == "NoExecute")
+        .collect();
+    if let Some(entry) = seen.get_mut(&name) {
+        let now = Utc::now();
+        entry.untimed.retain(|(k, v), _| {
+            no_execute
+                .iter()
+                .any(|t| t.time_added.is_none() && &t.key == k && &t.value == v)
+        });
+        for t in no_execute.iter_mut().filter(|t| t.time_added.is_none()) {
+            let since = *entry
+                .untimed
+                .entry((t.key.clone(), t.value.clone()))
+                .or_insert(now);
+            t.time_added = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(since));
+        }
+    }
     if !no_execute.is_empty() {
-        evict(client, &name, &no_execute).await?;
+        let refs: Vec<&Taint> = no_execute.iter().collect();
+        evict(client, &name, &refs).await?;
     }
     Ok(())
 }

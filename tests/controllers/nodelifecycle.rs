@@ -1,5 +1,6 @@
 //! The node lifecycle controller with the scheduler: a node whose agent dies becomes
-//! NotReady and tainted, and its pods are evicted and come back on a healthy node.
+//! NotReady and tainted, and its pods are evicted and come back on a healthy node; an
+//! admin's NoExecute taint evicts by the pods' tolerations too.
 
 use crate::support::{eventually, Component};
 use crate::{Stack, SETTLE};
@@ -152,4 +153,100 @@ spec:
         "jsonpath={.status.availableReplicas}",
     ]);
     assert_eq!(available.out(), "4", "{}", cm.log());
+}
+
+/// An admin's NoExecute taint (`kubectl taint`) evicts by the same rule as the
+/// controller's own: at once the pods that do not tolerate it, after their
+/// `tolerationSeconds` those that tolerate it for a while, never those that tolerate
+/// it for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admins_no_execute_taint_evicts_by_the_pods_tolerations() {
+    let mut stack = Stack::start().await;
+    stack.namespace("tx");
+    let pod = |name: &str, toleration: &str| {
+        format!(
+            "apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: tx}}
+spec:
+  nodeName: sim-0
+  tolerations: [{toleration}]
+  containers: [{{name: c, image: nginx:1.27}}]
+---
+"
+        )
+    };
+    stack.apply(
+        &[
+            pod("plain", ""),
+            pod(
+                "brief",
+                "{key: dedicated, operator: Exists, effect: NoExecute, tolerationSeconds: 3}",
+            ),
+            pod(
+                "forever",
+                "{key: dedicated, operator: Exists, effect: NoExecute}",
+            ),
+        ]
+        .concat(),
+    );
+    let api = &stack.api;
+    let running = |names: &[&str]| {
+        let out = api.kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            "tx",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.metadata.deletionTimestamp}/{.status.phase}{\"\\n\"}{end}",
+        ]);
+        let have: Vec<String> = out
+            .stdout
+            .lines()
+            .filter_map(|l| l.strip_suffix(" /Running").map(str::to_string))
+            .collect();
+        have == names
+    };
+    eventually("three pods Running", SETTLE, || {
+        let ok = running(&["brief", "forever", "plain"]);
+        async move { ok.then_some(()) }
+    })
+    .await;
+    let taint = api.kubectl(&["taint", "node", "sim-0", "dedicated=db:NoExecute"]);
+    assert!(taint.ok, "{}", taint.stderr);
+    let tainted = std::time::Instant::now();
+    eventually("plain evicted", SETTLE, || {
+        stack.cm.check_running();
+        let ok = running(&["brief", "forever"]);
+        async move { ok.then_some(()) }
+    })
+    .await;
+    eventually("brief evicted", SETTLE, || {
+        let ok = running(&["forever"]);
+        async move { ok.then_some(()) }
+    })
+    .await;
+    assert!(
+        tainted.elapsed() >= std::time::Duration::from_secs(3),
+        "brief went after {:?}, before its 3 s toleration ran out",
+        tainted.elapsed()
+    );
+    // The pass that evicted brief looked at forever too, and left it.
+    assert!(running(&["forever"]));
+    eventually("the TaintManagerEviction events", SETTLE, || {
+        let ev = api.kubectl(&[
+            "get",
+            "events",
+            "-n",
+            "tx",
+            "--field-selector",
+            "reason=TaintManagerEviction",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ]);
+        let ok = ev.out().contains("Marking for deletion Pod tx/plain")
+            && ev.out().contains("Marking for deletion Pod tx/brief");
+        async move { ok.then_some(()) }
+    })
+    .await;
 }
