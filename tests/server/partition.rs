@@ -6,7 +6,10 @@
 //! the isolated one takes none, and once the link is back it serves everything written
 //! meanwhile.
 
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::ha::{three_started_members, web_available, Relay};
@@ -108,6 +111,49 @@ impl Drop for Lan {
     }
 }
 
+/// `kubectl get configmaps` against one server, again and again on a thread of its
+/// own until finished: what a user polling a surviving server sees.
+struct Prober {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl Prober {
+    fn start(kubeconfig: PathBuf) -> Prober {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut attempts, mut failures) = (0, Vec::new());
+            while !stopped.load(Ordering::Relaxed) {
+                let out = Command::new("kubectl")
+                    .arg("--kubeconfig")
+                    .arg(&kubeconfig)
+                    .args(["--request-timeout=20s", "get", "configmaps", "-o", "name"])
+                    .output()
+                    .expect("kubectl runs");
+                attempts += 1;
+                if !out.status.success() {
+                    failures.push(String::from_utf8_lossy(&out.stderr).into_owned());
+                }
+            }
+            (attempts, failures)
+        });
+        Prober { stop, thread }
+    }
+
+    /// Stops it, asserting that every request it made succeeded.
+    fn finish(self, what: &str) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (attempts, failures) = self.thread.join().expect("prober thread");
+        assert!(attempts > 0, "{what}: no request made");
+        assert!(
+            failures.is_empty(),
+            "{what}: {} of {attempts} kubectl requests failed: {failures:?}",
+            failures.len()
+        );
+    }
+}
+
 /// Whether `srv`'s store member is the leader (`etcdctl endpoint status`).
 fn leads(srv: &ServerProcess) -> bool {
     let out = srv.etcdctl(&["endpoint", "status"]);
@@ -206,6 +252,7 @@ async fn three_servers_on_a_network_survive_restarts_and_a_partition() {
     let mut written: Vec<String> = Vec::new();
     for down in 0..3 {
         let (a, b) = ((down + 1) % 3, (down + 2) % 3);
+        let prober = Prober::start(servers[b].kubeconfig());
         servers[down].kill9();
         let name = format!("written-while-s{}-down", down + 1);
         write_through(&servers[a], &name).await;
@@ -215,6 +262,11 @@ async fn three_servers_on_a_network_survive_restarts_and_a_partition() {
         servers[down].wait_ready().await;
         three_started_members(&mut servers[down]).await;
         serves_all(&servers[down], &written).await;
+        prober.finish(&format!(
+            "reads through s{} while s{} went and came back",
+            b + 1,
+            down + 1
+        ));
         node.check_running();
     }
 
@@ -224,6 +276,7 @@ async fn three_servers_on_a_network_survive_restarts_and_a_partition() {
         async move { l }
     })
     .await;
+    let prober = Prober::start(servers[(cut + 1) % 3].kubeconfig());
     lan.link(cut, false);
     for i in (0..3).filter(|i| *i != cut) {
         let name = format!("written-through-s{}-during-partition", i + 1);
@@ -275,6 +328,11 @@ async fn three_servers_on_a_network_survive_restarts_and_a_partition() {
         serves_all(s, &written).await;
     }
     three_started_members(&mut servers[cut]).await;
+    prober.finish(&format!(
+        "reads through s{} while s{} was cut off and came back",
+        (cut + 1) % 3 + 1,
+        cut + 1
+    ));
     web_available(&servers[cut], None).await;
     node.check_running();
 }
