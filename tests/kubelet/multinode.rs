@@ -270,7 +270,7 @@ pub(crate) async fn start_nodes(api: &Apiserver, names: &[&str]) -> Nodes {
     eventually("every node Ready", Duration::from_secs(60), || {
         let ready = names.iter().all(|node| {
             jsonpath(
-                &api,
+                api,
                 &["get", "node", node],
                 r#"{.status.conditions[?(@.type=="Ready")].status}"#,
             )
