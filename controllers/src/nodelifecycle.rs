@@ -160,9 +160,18 @@ async fn monitor_node(
             "NodeNotReady",
             format!("Node {name} status is now: NodeNotReady"),
         );
-        mark_pods_not_ready(client, &name).await?;
+        mark_pods_not_ready(client, &pods_on(client, &name).await?).await?;
         // The taints follow on the next pass, from the condition as stored.
         return Ok(());
+    }
+    // What the kubelet would have reported, had it been there: pods bound to the node
+    // since, or still Ready after a failed pass or this controller's restart, are not
+    // Ready either (upstream does this as such pods change).
+    let mut pods = None;
+    if ready == Some("Unknown") {
+        let on = pods_on(client, &name).await?;
+        mark_pods_not_ready(client, &on).await?;
+        pods = Some(on);
     }
     let want: Vec<Taint> = match ready {
         Some("Unknown") => owned_taints(UNREACHABLE),
@@ -223,7 +232,11 @@ async fn monitor_node(
     }
     if !no_execute.is_empty() {
         let refs: Vec<&Taint> = no_execute.iter().collect();
-        evict(client, &name, &refs).await?;
+        let pods = match pods {
+            Some(p) => p,
+            None => pods_on(client, &name).await?,
+        };
+        evict(client, &name, &refs, pods).await?;
     }
     Ok(())
 }
@@ -280,9 +293,9 @@ async fn pods_on(client: &Client, node: &str) -> Result<Vec<Pod>, kube::Error> {
 
 /// Upstream's MarkPodsNotReady: the pods of a silent node are no longer Ready, so
 /// Services and rollouts stop counting on them.
-async fn mark_pods_not_ready(client: &Client, node: &str) -> Result<(), kube::Error> {
+async fn mark_pods_not_ready(client: &Client, pods: &[Pod]) -> Result<(), kube::Error> {
     let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    for pod in pods_on(client, node).await? {
+    for pod in pods {
         let Some(conditions) = pod.status.as_ref().and_then(|s| s.conditions.clone()) else {
             continue;
         };
@@ -316,7 +329,7 @@ async fn mark_pods_not_ready(client: &Client, node: &str) -> Result<(), kube::Er
             Ok(_) => events::record(
                 client,
                 NODE_CONTROLLER,
-                &pod,
+                pod,
                 events::Type::Warning,
                 "NodeNotReady",
                 "Node is not ready".to_string(),
@@ -349,9 +362,14 @@ fn toleration_for<'a>(tolerations: &'a [Toleration], taint: &Taint) -> Option<&'
 
 /// The taint-eviction rule: a pod not tolerating a NoExecute taint goes at once, one
 /// tolerating it for `tolerationSeconds` goes that long after the taint was added.
-async fn evict(client: &Client, node: &str, taints: &[&Taint]) -> Result<(), kube::Error> {
+async fn evict(
+    client: &Client,
+    node: &str,
+    taints: &[&Taint],
+    pods: Vec<Pod>,
+) -> Result<(), kube::Error> {
     let now = Utc::now();
-    for pod in pods_on(client, node).await? {
+    for pod in pods {
         if pod.metadata.deletion_timestamp.is_some() {
             continue;
         }
@@ -388,8 +406,14 @@ async fn evict(client: &Client, node: &str, taints: &[&Taint]) -> Result<(), kub
         );
         let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
         // Upstream's addConditionAndDeletePod: the pod says why it goes before it goes
-        // (a Job's pod failure policy and PodDisruptionBudgets read it).
-        if let Some(patch) = disruption_target(&pod) {
+        // (a Job's pod failure policy and PodDisruptionBudgets read it), written over
+        // its status as it is now (this pass may have just marked it not Ready).
+        let fresh = match api.get(&name).await {
+            Ok(p) => p,
+            Err(kube::Error::Api(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        if let Some(patch) = disruption_target(&fresh) {
             match api
                 .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await

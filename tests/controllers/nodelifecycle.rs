@@ -143,16 +143,21 @@ spec:
         async move { (running == 4).then_some(()) }
     })
     .await;
-    let available = api.kubectl(&[
-        "get",
-        "deployment",
-        "web",
-        "-n",
-        "lc",
-        "-o",
-        "jsonpath={.status.availableReplicas}",
-    ]);
-    assert_eq!(available.out(), "4", "{}", cm.log());
+    // The Deployment's status follows the pods a moment later.
+    eventually("deployment web with 4 available replicas", SETTLE, || {
+        let available = api.kubectl(&[
+            "get",
+            "deployment",
+            "web",
+            "-n",
+            "lc",
+            "-o",
+            "jsonpath={.status.availableReplicas}",
+        ]);
+        let ok = available.out() == "4";
+        async move { ok.then_some(()) }
+    })
+    .await;
 }
 
 /// An admin's NoExecute taint (`kubectl taint`) evicts by the same rule as the
@@ -249,4 +254,114 @@ spec:
         async move { ok.then_some(()) }
     })
     .await;
+}
+
+/// A pod on an unreachable node that tolerates it for good stays, and stays not Ready:
+/// a Ready it claims later (a stale status write) is turned back, as upstream's
+/// controller does for every pod change on such a node.
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_on_an_unreachable_node_stay_not_ready() {
+    let stack = Stack::start().await;
+    let api = &stack.api;
+    let mut cm = Component::start(
+        api,
+        "controller-manager",
+        &[
+            "--leader-elect=false",
+            "--controllers",
+            "nodelifecycle",
+            "--node-monitor-period",
+            "500ms",
+            "--node-monitor-grace-period",
+            "3s",
+        ],
+    );
+    let mut lost = Component::start(
+        api,
+        "node",
+        &[
+            "--simulated",
+            "--node-lease-duration-seconds",
+            "4",
+            "--hostname-override",
+            "lost",
+        ],
+    );
+    stack.namespace("nr");
+    stack.apply(
+        "apiVersion: v1
+kind: Pod
+metadata: {name: stays, namespace: nr}
+spec:
+  nodeName: lost
+  tolerations: [{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute}]
+  containers: [{name: c, image: nginx:1.27}]
+",
+    );
+    let ready = || {
+        api.kubectl(&[
+            "get",
+            "pod",
+            "stays",
+            "-n",
+            "nr",
+            "-o",
+            r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#,
+        ])
+        .stdout
+    };
+    eventually("stays Ready", SETTLE, || {
+        lost.check_running();
+        let ok = ready() == "True";
+        async move { ok.then_some(()) }
+    })
+    .await;
+    lost.kill9();
+    eventually("stays not Ready", SETTLE, || {
+        cm.check_running();
+        let ok = ready() == "False";
+        async move { ok.then_some(()) }
+    })
+    .await;
+    let conditions = api.kubectl(&["get", "pod", "stays", "-n", "nr", "-o", "json"]);
+    let mut status = conditions.json()["status"].clone();
+    for c in status["conditions"].as_array_mut().into_iter().flatten() {
+        if c["type"] == "Ready" {
+            c["status"] = "True".into();
+        }
+    }
+    let patch = serde_json::json!({ "status": {"conditions": status["conditions"]} }).to_string();
+    let claimed = api.kubectl(&[
+        "patch",
+        "pod",
+        "stays",
+        "-n",
+        "nr",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &patch,
+        "-o",
+        r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#,
+    ]);
+    assert_eq!(claimed.out(), "True", "the claim is stored");
+    eventually("stays not Ready again", SETTLE, || {
+        let ok = ready() == "False";
+        async move { ok.then_some(()) }
+    })
+    .await;
+    let phase = api.kubectl(&[
+        "get",
+        "pod",
+        "stays",
+        "-n",
+        "nr",
+        "-o",
+        "jsonpath={.metadata.deletionTimestamp}",
+    ]);
+    assert_eq!(
+        phase.out(),
+        "",
+        "a pod tolerating the taint for good is not evicted"
+    );
 }
