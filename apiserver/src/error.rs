@@ -344,8 +344,9 @@ impl From<etcd_client::Error> for ApiError {
             }
             // The store's own words, as the Go client's error reads (e.g. "etcdserver:
             // request timed out" from a member without a quorum), not the Rust
-            // client's description of the gRPC status around them.
-            etcd_client::Error::GRpcStatus(s) => ApiError::Internal(s.message().to_string()),
+            // client's description of the gRPC status around them; kube-apiserver
+            // answers such an error, which is no API status, as a plain 500.
+            etcd_client::Error::GRpcStatus(s) => ApiError::Unclassified(s.message().to_string()),
             _ => ApiError::Internal(e.to_string()),
         }
     }
@@ -414,9 +415,8 @@ mod tests {
         let timed_out = etcd_client::Error::GRpcStatus(tonic::Status::unavailable(
             "etcdserver: request timed out",
         ));
-        assert_eq!(
-            ApiError::from(timed_out).to_string(),
-            "Internal error occurred: etcdserver: request timed out"
-        );
+        let e = ApiError::from(timed_out);
+        assert_eq!(e.to_string(), "etcdserver: request timed out");
+        assert!(matches!(e, ApiError::Unclassified(_)));
     }
 }

@@ -315,7 +315,7 @@ async fn three_servers_on_a_network_survive_restarts_and_a_partition() {
     // Answered by the apiserver with the store's refusal (a leader without a quorum
     // times the write out), as kube-apiserver passes etcd's on.
     assert!(
-        stderr.contains("Internal error occurred: etcdserver: "),
+        stderr.contains("failed to create configmap: etcdserver: "),
         "{stderr}"
     );
     servers[cut].check_running();
