@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod cache;
+pub mod dashboard;
 pub mod discovery;
 pub mod error;
 pub mod http;
