@@ -74,7 +74,8 @@ const objectKey = (o) => (o.metadata.namespace || '') + '/' + o.metadata.name;
 
 function describe(e) {
   if (e instanceof HttpError && e.status === 401) return 'Unauthorized: sign in with a bearer token';
-  if (e instanceof HttpError) return e.status + ': ' + e.message;
+  // A Status message reads as kubectl prints it ("pods is forbidden: User ...").
+  if (e instanceof HttpError) return e.message;
   return String(e.message || e);
 }
 
