@@ -21,6 +21,9 @@ use serde_json::json;
 use crate::error::ApiError;
 use crate::storage::{MemberStatus, Store};
 
+/// Where the page is served.
+pub const PAGE_PATH: &str = "/dashboard/";
+
 /// The non-resource URL of the store's status, which RBAC authorizes as
 /// `get` on `/dashboard/api/store`.
 pub const STORE_PATH: &str = "/dashboard/api/store";
