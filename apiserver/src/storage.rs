@@ -230,10 +230,12 @@ impl Store {
             failed => {
                 // A fresh connection next time, in case this one is what broke.
                 self.members.lock().remove(url);
-                return Err(match failed {
+                let error = match failed {
                     Ok(Err(e)) => e.to_string(),
                     _ => "no answer within 2s".into(),
-                });
+                };
+                tracing::debug!(member = url, error = %error, "store member status");
+                return Err(error);
             }
         };
         Ok(EndpointStatus {

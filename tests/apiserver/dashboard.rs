@@ -553,4 +553,37 @@ async fn dashboard_shows_the_cluster_live() {
         "the page reloaded"
     );
     assert!(view.status.contains(forbidden), "{}", view.status);
+
+    // Signed out, the page has nothing to show and says why; signed in again through
+    // its form, the admin's view is back.
+    browser
+        .eval("document.getElementById('logout').click()")
+        .await;
+    let view = shown(&mut browser, "the signed-out page", |v| {
+        v.status.starts_with("Not signed in")
+            && v.nodes.is_empty()
+            && v.deployments.is_empty()
+            && v.store.is_empty()
+            && v.phases() == phases([0, 0, 0, 0, 0])
+    })
+    .await;
+    assert_eq!(
+        view.store_error,
+        "Unauthorized: sign in with a bearer token"
+    );
+    browser
+        .eval(&format!(
+            "document.getElementById('token').value = '{admin_token}'; \
+             document.querySelector('#login button[type=submit]').click()"
+        ))
+        .await;
+    let view = shown(&mut browser, "the admin's view after signing in", |v| {
+        v.status == "Live" && v.store.len() == 3 && v.phases() == phases([2, 3, 1, 1, 0])
+    })
+    .await;
+    assert_eq!(
+        view.marker.as_deref(),
+        Some("same page"),
+        "the page reloaded"
+    );
 }
