@@ -342,7 +342,7 @@ async fn dashboard_shows_the_cluster_live() {
         eprintln!("SKIPPED dashboard_shows_the_cluster_live: {CHROMIUM} is not installed (scripts/setup installs Debian's chromium)");
         return;
     }
-    let store = Cluster::start(3).await;
+    let mut store = Cluster::start(3).await;
     let api = Apiserver::start(&store.endpoints().join(",")).await;
     let pki = api.pki_dir();
     let (key, ca) = (
@@ -581,6 +581,26 @@ async fn dashboard_shows_the_cluster_live() {
         v.status == "Live" && v.store.len() == 3 && v.phases() == phases([2, 3, 1, 1, 0])
     })
     .await;
+    assert_eq!(
+        view.marker.as_deref(),
+        Some("same page"),
+        "the page reloaded"
+    );
+
+    // A follower dies: it is listed as unreachable, the others still answer.
+    let follower = (leader + 1) % 3;
+    let follower_name = store.members[follower].name.clone();
+    store.kill9(follower);
+    let view = shown(&mut browser, "the dead member unreachable", |v| {
+        v.store
+            .iter()
+            .any(|r| r[0] == follower_name && r[2] == "unreachable")
+            && v.store
+                .iter()
+                .any(|r| r[0] == leader_name && r[2] == "leader")
+    })
+    .await;
+    assert_eq!(view.store.len(), 3, "{:#?}", view.store);
     assert_eq!(
         view.marker.as_deref(),
         Some("same page"),
