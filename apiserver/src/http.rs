@@ -68,6 +68,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
+        .merge(crate::dashboard::routes())
         .fallback(dispatch)
         .with_state(app)
 }
@@ -462,6 +463,12 @@ async fn handle(
             app.metrics.render(),
         )
             .into_response());
+    }
+    if uri.path() == crate::dashboard::STORE_PATH {
+        if method != Method::GET {
+            return Err(ApiError::MethodNotAllowed);
+        }
+        return crate::dashboard::store_status(&app.registry.store).await;
     }
     if method == Method::GET && matches!(uri.path(), "/api" | "/apis") {
         if let Some(version) = wants_aggregated(headers) {

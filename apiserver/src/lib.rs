@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod cache;
+pub mod dashboard;
 pub mod discovery;
 pub mod error;
 pub mod http;
@@ -124,6 +125,11 @@ pub async fn run(cfg: Config) -> Result<(), ApiError> {
         .await
         .map_err(|e| ApiError::Setup(format!("listening on {}: {e}", cfg.listen)))?;
     tracing::info!(address = %cfg.listen, url = %server_url, "apiserver serving");
+    // Where a person looks first; the README says how to get a token for it.
+    tracing::info!(
+        url = %format!("{server_url}{}", dashboard::PAGE_PATH),
+        "dashboard: open it with #token=<a bearer token> appended"
+    );
     loop {
         let (tcp, _) = match listener.accept().await {
             Ok(c) => c,

@@ -56,7 +56,49 @@ pub enum Reclaimed {
 #[derive(Clone)]
 pub struct Store {
     client: Client,
+    /// One client per member's client URL, for what only that member can answer (its
+    /// Maintenance Status); kept so a dashboard polling every few seconds does not
+    /// open a connection per member each time.
+    members: std::sync::Arc<parking_lot::Mutex<std::collections::HashMap<String, Client>>>,
 }
+
+/// One store member as the Cluster API lists it, with its own Maintenance Status
+/// (what `etcdctl member list` and `etcdctl endpoint status` show).
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    /// The member's ID, in hex as etcdctl prints it (a u64 does not fit a JSON number
+    /// a browser reads exactly).
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "peerURLs")]
+    pub peer_urls: Vec<String>,
+    #[serde(rename = "clientURLs")]
+    pub client_urls: Vec<String>,
+    pub is_learner: bool,
+    /// Its Status, if it answered.
+    pub status: Option<EndpointStatus>,
+    /// Why it did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A member's Maintenance Status.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointStatus {
+    pub version: String,
+    pub db_size: i64,
+    /// The leader this member follows, in hex (empty: it knows none).
+    pub leader: String,
+    pub raft_term: u64,
+    pub raft_index: u64,
+    pub raft_applied_index: u64,
+    pub errors: Vec<String>,
+}
+
+/// How long one member may take to answer its Status before it counts as unreachable.
+const MEMBER_STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A store key-value as the registry handles it.
 pub fn stored(kv: &etcd_client::KeyValue) -> Stored {
@@ -128,7 +170,86 @@ impl Store {
         let client = Client::connect(endpoints, None)
             .await
             .map_err(|e| ApiError::Setup(format!("connecting to the store: {e}")))?;
-        Ok(Store { client })
+        Ok(Store {
+            client,
+            members: Default::default(),
+        })
+    }
+
+    /// Every member (Cluster MemberList) with its own Maintenance Status, asked of each
+    /// member at its first client URL, all at once; a member that does not answer in
+    /// [`MEMBER_STATUS_TIMEOUT`] is listed with the error.
+    pub async fn member_statuses(&self) -> Result<Vec<MemberStatus>, ApiError> {
+        let list = with_retries(true, || {
+            let mut c = self.client.cluster_client();
+            async move { c.member_list().await }
+        })
+        .await?;
+        let asks = list.members().iter().map(|m| async move {
+            let mut out = MemberStatus {
+                id: format!("{:x}", m.id()),
+                name: m.name().to_string(),
+                peer_urls: m.peer_urls().to_vec(),
+                client_urls: m.client_urls().to_vec(),
+                is_learner: m.is_learner(),
+                status: None,
+                error: None,
+            };
+            match m.client_urls().first() {
+                // A member added but not started yet has no client URL.
+                None => out.error = Some("not started".into()),
+                Some(url) => match self.member_status(url).await {
+                    Ok(s) => out.status = Some(s),
+                    Err(e) => out.error = Some(e),
+                },
+            }
+            out
+        });
+        Ok(futures::future::join_all(asks).await)
+    }
+
+    /// The Maintenance Status of the member at `url`.
+    async fn member_status(&self, url: &str) -> Result<EndpointStatus, String> {
+        let cached = self.members.lock().get(url).cloned();
+        let mut client = match cached {
+            Some(c) => c,
+            None => {
+                let opts = etcd_client::ConnectOptions::new()
+                    .with_connect_timeout(MEMBER_STATUS_TIMEOUT)
+                    .with_timeout(MEMBER_STATUS_TIMEOUT);
+                let c = Client::connect([url], Some(opts))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.members.lock().insert(url.to_string(), c.clone());
+                c
+            }
+        };
+        let asked = tokio::time::timeout(MEMBER_STATUS_TIMEOUT, client.status()).await;
+        let resp = match asked {
+            Ok(Ok(r)) => r,
+            failed => {
+                // A fresh connection next time, in case this one is what broke.
+                self.members.lock().remove(url);
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "no answer within 2s".into(),
+                };
+                tracing::debug!(member = url, error = %error, "store member status");
+                return Err(error);
+            }
+        };
+        Ok(EndpointStatus {
+            version: resp.version().to_string(),
+            db_size: resp.db_size(),
+            leader: match resp.leader() {
+                0 => String::new(),
+                l => format!("{l:x}"),
+            },
+            raft_term: resp.raft_term(),
+            raft_index: resp.raft_index(),
+            raft_applied_index: resp.raft_applied_index(),
+            errors: resp.errors().to_vec(),
+        })
     }
 
     /// The store's current revision: the header of a linearizable read of one key that

@@ -6,6 +6,7 @@
 mod support;
 
 mod apply;
+mod dashboard;
 mod kube_rs;
 mod kubectl;
 mod protobuf;
