@@ -55,7 +55,9 @@ pub fn endpoint_ip(advertise: Option<&str>, bind: IpAddr) -> Option<IpAddr> {
 /// and only maintains the Service); `port` its secure port.
 pub async fn run(reg: Arc<Registry>, ip: Option<IpAddr>, port: u16) {
     if ip.is_none() {
-        tracing::warn!("no address to advertise; the kubernetes Service gets no endpoint from this apiserver");
+        tracing::warn!(
+            "no address to advertise; the kubernetes Service gets no endpoint from this apiserver"
+        );
     }
     loop {
         if let Err(e) = ensure_service(&reg, port).await {
@@ -91,12 +93,17 @@ async fn ensure_service(reg: &Registry, port: u16) -> Result<(), ApiError> {
     let ports = service_ports(port);
     match reg.get(svc_rt, Some("default"), "kubernetes").await {
         Ok(mut cur) => {
-            let same_ports = cur.pointer("/spec/ports").map(comparable_ports) == Some(ports.clone());
+            let same_ports =
+                cur.pointer("/spec/ports").map(comparable_ports) == Some(ports.clone());
             let same_type = cur.pointer("/spec/type").and_then(Value::as_str) == Some("ClusterIP");
             if same_ports && same_type {
                 return Ok(());
             }
-            tracing::warn!(namespace = "default", name = "kubernetes", "resetting the kubernetes service's ports and type");
+            tracing::warn!(
+                namespace = "default",
+                name = "kubernetes",
+                "resetting the kubernetes service's ports and type"
+            );
             cur["spec"]["ports"] = ports;
             cur["spec"]["type"] = json!("ClusterIP");
             if let Some(o) = cur.as_object_mut() {

@@ -45,7 +45,9 @@ impl Pool {
     pub fn parse(s: &str) -> Result<Pool, String> {
         let mut ranges = Vec::new();
         for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-            let bad = || format!("invalid address pool entry {item:?}: want a CIDR (10.200.0.0/24) or a range (10.200.0.10-10.200.0.20)");
+            let bad = || {
+                format!("invalid address pool entry {item:?}: want a CIDR (10.200.0.0/24) or a range (10.200.0.10-10.200.0.20)")
+            };
             let range = if let Some((ip, len)) = item.split_once('/') {
                 let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
                 let len: u32 = len.parse().map_err(|_| bad())?;
@@ -154,7 +156,10 @@ pub async fn run(client: Client, pool: Pool) {
             }
         }
     }
-    tracing::info!(held = held.0.len(), "service load balancer addresses recovered");
+    tracing::info!(
+        held = held.0.len(),
+        "service load balancer addresses recovered"
+    );
     let controller = Controller::new(api, watcher::Config::default());
     let services = controller.store();
     let ctx = Arc::new(Ctx {
@@ -278,7 +283,8 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 "EnsuringLoadBalancer",
                 "Ensuring load balancer".into(),
             );
-            let patch = json!({"status": {"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]}}});
+            let patch =
+                json!({"status": {"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]}}});
             if let Err(e) = api
                 .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
@@ -289,7 +295,9 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                     svc.as_ref(),
                     Type::Warning,
                     "SyncLoadBalancerFailed",
-                    format!("Error syncing load balancer: failed to update load balancer status: {e}"),
+                    format!(
+                        "Error syncing load balancer: failed to update load balancer status: {e}"
+                    ),
                 );
                 return Err(e.into());
             }
@@ -357,10 +365,19 @@ mod tests {
     #[test]
     fn pools_parse_cidrs_and_ranges() {
         let p = Pool::parse("10.200.0.0/30, 10.201.0.7-10.201.0.8,10.202.0.1").expect("valid");
-        let all: Vec<String> = p.addresses().map(|a| Ipv4Addr::from(a).to_string()).collect();
+        let all: Vec<String> = p
+            .addresses()
+            .map(|a| Ipv4Addr::from(a).to_string())
+            .collect();
         assert_eq!(
             all,
-            ["10.200.0.1", "10.200.0.2", "10.201.0.7", "10.201.0.8", "10.202.0.1"]
+            [
+                "10.200.0.1",
+                "10.200.0.2",
+                "10.201.0.7",
+                "10.201.0.8",
+                "10.202.0.1"
+            ]
         );
         assert!(Pool::parse("10.0.0.9-10.0.0.1").is_err());
         assert!(Pool::parse("10.0.0.0/33").is_err());

@@ -193,13 +193,20 @@ async fn the_kubernetes_service_lists_every_live_apiserver() {
     );
     assert!(svc["spec"].get("selector").is_none(), "{svc}");
     let one = vec!["127.0.0.1".to_string()];
-    eventually("the endpoints of one apiserver", Duration::from_secs(30), || {
-        let got = kubernetes_endpoints(&s.api);
-        let want = Some((one.clone(), one.clone()));
-        async move { (got == want).then_some(()) }
-    })
+    eventually(
+        "the endpoints of one apiserver",
+        Duration::from_secs(30),
+        || {
+            let got = kubernetes_endpoints(&s.api);
+            let want = Some((one.clone(), one.clone()));
+            async move { (got == want).then_some(()) }
+        },
+    )
     .await;
-    let ep = s.api.kubectl(&["get", "endpoints", "kubernetes", "-o", "json"]).json();
+    let ep = s
+        .api
+        .kubectl(&["get", "endpoints", "kubernetes", "-o", "json"])
+        .json();
     assert_eq!(
         ep["subsets"][0]["ports"],
         json!([{"name": "https", "port": port, "protocol": "TCP"}])
@@ -208,7 +215,10 @@ async fn the_kubernetes_service_lists_every_live_apiserver() {
         ep["metadata"]["labels"],
         json!({"endpointslice.kubernetes.io/skip-mirror": "true"})
     );
-    let slice = s.api.kubectl(&["get", "endpointslice", "kubernetes", "-o", "json"]).json();
+    let slice = s
+        .api
+        .kubectl(&["get", "endpointslice", "kubernetes", "-o", "json"])
+        .json();
     assert_eq!(slice["addressType"], "IPv4");
     assert_eq!(
         slice["metadata"]["labels"],
@@ -216,33 +226,59 @@ async fn the_kubernetes_service_lists_every_live_apiserver() {
     );
     assert_eq!(slice["endpoints"][0]["conditions"]["ready"], true);
     // What `kubectl get` prints.
-    let row = s.api.kubectl(&["get", "svc", "kubernetes", "--no-headers"]).out().to_string();
+    let row = s
+        .api
+        .kubectl(&["get", "svc", "kubernetes", "--no-headers"])
+        .out()
+        .to_string();
     let cols: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(cols[..5], ["kubernetes", "ClusterIP", "10.96.0.1", "<none>", "443/TCP"], "{row}");
+    assert_eq!(
+        cols[..5],
+        ["kubernetes", "ClusterIP", "10.96.0.1", "<none>", "443/TCP"],
+        "{row}"
+    );
 
     // Two apiservers: both listed.
     let mut second = Apiserver::start_at(&s.store.endpoint, "127.0.0.2", port).await;
     let both = vec!["127.0.0.1".to_string(), "127.0.0.2".to_string()];
-    eventually("the endpoints of both apiservers", Duration::from_secs(30), || {
-        let got = kubernetes_endpoints(&s.api);
-        let want = Some((both.clone(), both.clone()));
-        async move { (got == want).then_some(()) }
-    })
+    eventually(
+        "the endpoints of both apiservers",
+        Duration::from_secs(30),
+        || {
+            let got = kubernetes_endpoints(&s.api);
+            let want = Some((both.clone(), both.clone()));
+            async move { (got == want).then_some(()) }
+        },
+    )
     .await;
     // One dies: its lease runs out (15 s) and the survivor drops it.
     second.kill9();
-    eventually("the dead apiserver dropped", Duration::from_secs(60), || {
-        let got = kubernetes_endpoints(&s.api);
-        let want = Some((one.clone(), one.clone()));
-        async move { (got == want).then_some(()) }
-    })
+    eventually(
+        "the dead apiserver dropped",
+        Duration::from_secs(60),
+        || {
+            let got = kubernetes_endpoints(&s.api);
+            let want = Some((one.clone(), one.clone()));
+            async move { (got == want).then_some(()) }
+        },
+    )
     .await;
 
     // Deleted, it comes back.
     s.api.kubectl(&["delete", "svc", "kubernetes"]).out();
-    eventually("the kubernetes service back", Duration::from_secs(30), || {
-        let out = s.api.kubectl(&["get", "svc", "kubernetes", "-o", "jsonpath={.spec.clusterIP}"]);
-        async move { (out.ok && out.stdout == "10.96.0.1").then_some(()) }
-    })
+    eventually(
+        "the kubernetes service back",
+        Duration::from_secs(30),
+        || {
+            let out = s.api.kubectl(&[
+                "get",
+                "svc",
+                "kubernetes",
+                "-o",
+                "jsonpath={.spec.clusterIP}",
+            ]);
+            async move { (out.ok && out.stdout == "10.96.0.1").then_some(()) }
+        },
+    )
     .await;
 }

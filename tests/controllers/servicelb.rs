@@ -79,12 +79,15 @@ async fn load_balancers_get_pool_addresses_until_it_runs_out_and_keep_them_acros
     let api = Apiserver::start(&store.endpoint).await;
     api.kubectl_stdin(
         &["apply", "-f", "-"],
-        Some(&format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n")),
+        Some(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n"
+        )),
     )
     .out();
     let mut cm = controller_manager(&api);
 
-    api.kubectl_stdin(&["apply", "-f", "-"], Some(&lb_service("a"))).out();
+    api.kubectl_stdin(&["apply", "-f", "-"], Some(&lb_service("a")))
+        .out();
     wait_ip(&api, "a", "10.200.0.10").await;
     let json = api
         .kubectl(&["get", "svc", "a", "-n", NS, "-o", "json"])
@@ -100,11 +103,13 @@ async fn load_balancers_get_pool_addresses_until_it_runs_out_and_keep_them_acros
         async move { ok.then_some(()) }
     })
     .await;
-    api.kubectl_stdin(&["apply", "-f", "-"], Some(&lb_service("b"))).out();
+    api.kubectl_stdin(&["apply", "-f", "-"], Some(&lb_service("b")))
+        .out();
     wait_ip(&api, "b", "10.200.0.11").await;
 
     // The pool is full: c waits, and is told why.
-    api.kubectl_stdin(&["apply", "-f", "-"], Some(&lb_service("c"))).out();
+    api.kubectl_stdin(&["apply", "-f", "-"], Some(&lb_service("c")))
+        .out();
     wait_exhausted(&api, "c", 0).await;
     assert_eq!(external_ip(&api, "c"), "<pending>");
 
@@ -113,7 +118,8 @@ async fn load_balancers_get_pool_addresses_until_it_runs_out_and_keep_them_acros
     cm.kill9();
     drop(cm);
     let cm = controller_manager(&api);
-    api.kubectl_stdin(&["apply", "-f", "-"], Some(&lb_service("d"))).out();
+    api.kubectl_stdin(&["apply", "-f", "-"], Some(&lb_service("d")))
+        .out();
     wait_exhausted(&api, "d", 0).await;
     assert_eq!(external_ip(&api, "a"), "10.200.0.10");
     assert_eq!(external_ip(&api, "b"), "10.200.0.11");

@@ -537,7 +537,8 @@ mod tests {
         s.endpoints[0].ready = false;
         let r = build(&settings(), &snap(vec![s]), &Ruleset::default());
         assert!(
-            r.script.contains("10.200.0.1 . tcp . 80 : goto reject-chain"),
+            r.script
+                .contains("10.200.0.1 . tcp . 80 : goto reject-chain"),
             "{}",
             r.script
         );
