@@ -23,7 +23,7 @@ use crate::resources::{self, ResourceType};
 /// The Service's cluster IP: the first address of the service range (10.96.0.0/12,
 /// which the allocator never hands out itself).
 pub const SERVICE_IP: &str = "10.96.0.1";
-/// The Service's port (upstream's default `--kubernetes-service-node-port`-less 443).
+/// The Service's port, upstream's.
 const SERVICE_PORT: i64 = 443;
 /// Where each apiserver's liveness key lives, as upstream's
 /// `/registry/masterleases/<ip>`.
