@@ -283,6 +283,12 @@ struct ControllerManagerArgs {
     /// The cluster CA put into service-account token Secrets.
     #[arg(long)]
     root_ca_file: Option<PathBuf>,
+    /// Addresses for LoadBalancer Services (CIDRs or `first-last` ranges,
+    /// comma-separated): with it, the service-lb-controller gives each one an address
+    /// from here, the role a cloud provider's service controller plays (as k3s's
+    /// ServiceLB and MetalLB's address pools do on bare metal).
+    #[arg(long, value_parser = capstan_controllers::servicelb::Pool::parse)]
+    service_lb_pool: Option<capstan_controllers::servicelb::Pool>,
 }
 
 impl ControllerManagerArgs {
@@ -297,6 +303,7 @@ impl ControllerManagerArgs {
             },
             service_account_key: self.service_account_private_key_file,
             root_ca: self.root_ca_file,
+            service_lb_pool: self.service_lb_pool,
         }
     }
 }

@@ -86,6 +86,13 @@ pub struct ServerArgs {
     /// More names and addresses for the apiserver's serving certificate; repeatable.
     #[arg(long)]
     tls_san: Vec<String>,
+    /// Addresses for LoadBalancer Services (CIDRs or `first-last` ranges,
+    /// comma-separated), handed out by the controller-manager's service-lb-controller
+    /// and routed by every agent's service proxy, as k3s's ServiceLB or MetalLB do on
+    /// bare metal; the pool must be routed to the nodes. Without it LoadBalancer
+    /// Services stay `<pending>`.
+    #[arg(long, value_parser = capstan_controllers::servicelb::Pool::parse)]
+    service_lb_pool: Option<capstan_controllers::servicelb::Pool>,
 }
 
 /// The machine's hostname, the default node name (as the kubelet's).
@@ -293,6 +300,7 @@ pub async fn run(
         // The kubelet's default: where the apiserver reaches it for logs and exec.
         serve: std::net::SocketAddr::from(([0, 0, 0, 0], 10250)),
     });
+    let lb_pool = a.service_lb_pool.clone();
     let components = async move {
         wait_for_file(&kubeconfig).await;
         tracing::info!(kubeconfig = %kubeconfig.display(), "control plane components starting");
@@ -310,6 +318,7 @@ pub async fn run(
             node_monitor: Default::default(),
             service_account_key: Some(pki.join("sa.key")),
             root_ca: Some(pki.join("ca.crt")),
+            service_lb_pool: lb_pool,
         };
         let scheduler = capstan_scheduler::Config {
             kubeconfig: Some(kubeconfig.clone()),

@@ -11,6 +11,7 @@ pub mod dashboard;
 pub mod discovery;
 pub mod error;
 pub mod http;
+pub mod kubernetes_service;
 pub mod managed;
 pub mod metrics;
 pub mod patch;
@@ -87,6 +88,11 @@ pub async fn run(cfg: Config) -> Result<(), ApiError> {
     });
     bootstrap(&registry).await?;
     rbac::bootstrap(&registry).await?;
+    tokio::spawn(kubernetes_service::run(
+        registry.clone(),
+        kubernetes_service::endpoint_ip(cfg.advertise_address.as_deref(), cfg.listen.ip()),
+        cfg.listen.port(),
+    ));
     if !cfg.compaction_interval.is_zero() {
         tokio::spawn(compactor(store.clone(), cfg.compaction_interval));
     }

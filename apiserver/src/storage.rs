@@ -419,6 +419,32 @@ impl Store {
         Ok(Written::Conflict(read_back(resp).flatten().next()))
     }
 
+    /// Writes `key` attached to a fresh store lease of `ttl_seconds`, so the key goes
+    /// away by itself unless written again in time (kube-apiserver's `masterleases`).
+    /// Each write takes a new lease; the one it replaces expires unattached.
+    pub async fn put_with_ttl(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl_seconds: i64,
+    ) -> Result<(), ApiError> {
+        // A lease granted twice (a retried grant that had reached a member) is never
+        // attached to anything and expires on its own, so granting retries like a read.
+        let lease = with_retries(true, || {
+            let mut leases = self.client.lease_client();
+            async move { leases.grant(ttl_seconds, None).await }
+        })
+        .await?;
+        let opts = etcd_client::PutOptions::new().with_lease(lease.id());
+        with_retries(false, || {
+            let mut kv = self.client.kv_client();
+            let (value, opts) = (value.clone(), opts.clone());
+            async move { kv.put(key, value, Some(opts)).await }
+        })
+        .await?;
+        Ok(())
+    }
+
     /// A watch on every key under `prefix`, from `start_revision` on, with previous
     /// values (a delete event carries the deleted object) and progress notifications.
     pub async fn watch(

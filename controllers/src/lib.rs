@@ -11,6 +11,7 @@ pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
 pub mod serviceaccount;
+pub mod servicelb;
 pub mod util;
 
 use std::sync::Arc;
@@ -57,6 +58,7 @@ pub const CONTROLLERS: &[&str] = &[
     "nodelifecycle",
     "serviceaccount",
     "serviceaccount-token",
+    "service-lb-controller",
 ];
 
 /// kube-controller-manager's settings that apply here.
@@ -74,6 +76,9 @@ pub struct Config {
     /// token controller does not run.
     pub service_account_key: Option<std::path::PathBuf>,
     pub root_ca: Option<std::path::PathBuf>,
+    /// `--service-lb-pool`: the addresses LoadBalancer Services get; without it the
+    /// service load-balancer controller does not run.
+    pub service_lb_pool: Option<servicelb::Pool>,
 }
 
 impl Config {
@@ -202,6 +207,7 @@ fn start(client: Client, cfg: &Config) -> tokio::task::JoinHandle<()> {
         let enabled = enabled.clone();
         let node_monitor = cfg.node_monitor.clone();
         let (sa_key, root_ca) = (cfg.service_account_key.clone(), cfg.root_ca.clone());
+        let lb_pool = cfg.service_lb_pool.clone();
         tasks.spawn(async move {
             // Nothing acts on a partial picture of the cluster.
             let _ = pods.wait_until_ready().await;
@@ -253,6 +259,14 @@ fn start(client: Client, cfg: &Config) -> tokio::task::JoinHandle<()> {
             }
             if enabled.contains(&"serviceaccount") {
                 inner.spawn(serviceaccount::run(client.clone()));
+            }
+            if enabled.contains(&"service-lb-controller") {
+                match &lb_pool {
+                    Some(pool) => {
+                        inner.spawn(servicelb::run(client.clone(), pool.clone()));
+                    }
+                    None => tracing::info!("no --service-lb-pool; LoadBalancer Services get no address"),
+                }
             }
             if enabled.contains(&"nodelifecycle") {
                 inner.spawn(nodelifecycle::run(client.clone(), node_monitor));

@@ -93,6 +93,10 @@ pub struct ServiceInfo {
     pub affinity_timeout: Option<u32>,
     /// `externalTrafficPolicy: Local`.
     pub external_local: bool,
+    /// A LoadBalancer Service's `status.loadBalancer.ingress[].ip` whose `ipMode` is
+    /// VIP (or unset): the proxy routes them as kube-proxy does. Proxy-mode addresses
+    /// are left to the load balancer.
+    pub load_balancer_ips: Vec<Ipv4Addr>,
     /// Every endpoint of every slice of the Service, ready or not, in a stable order.
     pub endpoints: Vec<Endpoint>,
 }
@@ -199,6 +203,18 @@ impl Snapshot {
                         // Upstream's default: three hours.
                         .unwrap_or(10800)
                 });
+            let load_balancer_ips: Vec<Ipv4Addr> = if kind == "LoadBalancer" {
+                s.status
+                    .iter()
+                    .filter_map(|st| st.load_balancer.as_ref())
+                    .filter_map(|lb| lb.ingress.as_ref())
+                    .flatten()
+                    .filter(|i| i.ip_mode.as_deref().is_none_or(|m| m == "VIP"))
+                    .filter_map(|i| i.ip.as_deref()?.parse().ok())
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let mut endpoints = by_service
                 .remove(&(ns.clone(), name.clone()))
                 .unwrap_or_default();
@@ -219,6 +235,7 @@ impl Snapshot {
                     ports,
                     affinity_timeout,
                     external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+                    load_balancer_ips,
                     endpoints,
                 },
             );

@@ -1,9 +1,14 @@
 //! Service updates through the real kubectl: a Service that becomes a NodePort gets
 //! node ports, a new port gets one, an update that leaves them out keeps them, and a
-//! Service that stops needing them gives them up for another Service to take.
+//! Service that stops needing them gives them up for another Service to take. And the
+//! `default/kubernetes` Service every apiserver keeps, with endpoints listing exactly
+//! the apiservers that are alive.
 
 use serde_json::{json, Value};
 
+use std::time::Duration;
+
+use crate::support::{eventually, Apiserver};
 use crate::Stack;
 
 fn node_ports(svc: &Value) -> Vec<i64> {
@@ -129,4 +134,151 @@ async fn service_updates_claim_and_release_node_ports() {
         .out();
     let other = api.kubectl(&["get", "svc", "other", "-o", "json"]).json();
     assert_eq!(node_ports(&other), [first[0]]);
+}
+
+/// The addresses of the `kubernetes` Endpoints and of its EndpointSlice, as kubectl
+/// shows them (None until both exist).
+fn kubernetes_endpoints(api: &Apiserver) -> Option<(Vec<String>, Vec<String>)> {
+    let ep = api.kubectl(&["get", "endpoints", "kubernetes", "-o", "json"]);
+    let slice = api.kubectl(&["get", "endpointslice", "kubernetes", "-o", "json"]);
+    if !ep.ok || !slice.ok {
+        return None;
+    }
+    let (ep, slice) = (ep.json(), slice.json());
+    let ips = |v: &Value, ptr: &str, field: &str| -> Vec<String> {
+        v.pointer(ptr)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|a| match &a[field] {
+                Value::String(s) => Some(s.clone()),
+                Value::Array(a) => a.first().and_then(Value::as_str).map(str::to_string),
+                _ => None,
+            })
+            .collect()
+    };
+    Some((
+        ips(&ep, "/subsets/0/addresses", "ip"),
+        ips(&slice, "/endpoints", "addresses"),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_kubernetes_service_lists_every_live_apiserver() {
+    let s = Stack::start().await;
+    // A second apiserver of the same store on another address and the same port, as
+    // a second server would run.
+    let port: u16 = s
+        .api
+        .url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the first apiserver's port");
+    let svc = eventually("the kubernetes service", Duration::from_secs(30), || {
+        let out = s.api.kubectl(&["get", "svc", "kubernetes", "-o", "json"]);
+        async move { out.ok.then(|| out.json()) }
+    })
+    .await;
+    assert_eq!(svc["metadata"]["namespace"], "default");
+    assert_eq!(
+        svc["metadata"]["labels"],
+        json!({"component": "apiserver", "provider": "kubernetes"})
+    );
+    assert_eq!(svc["spec"]["type"], "ClusterIP");
+    assert_eq!(svc["spec"]["clusterIP"], "10.96.0.1");
+    assert_eq!(
+        svc["spec"]["ports"],
+        json!([{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}])
+    );
+    assert!(svc["spec"].get("selector").is_none(), "{svc}");
+    let one = vec!["127.0.0.1".to_string()];
+    eventually(
+        "the endpoints of one apiserver",
+        Duration::from_secs(30),
+        || {
+            let got = kubernetes_endpoints(&s.api);
+            let want = Some((one.clone(), one.clone()));
+            async move { (got == want).then_some(()) }
+        },
+    )
+    .await;
+    let ep = s
+        .api
+        .kubectl(&["get", "endpoints", "kubernetes", "-o", "json"])
+        .json();
+    assert_eq!(
+        ep["subsets"][0]["ports"],
+        json!([{"name": "https", "port": port, "protocol": "TCP"}])
+    );
+    assert_eq!(
+        ep["metadata"]["labels"],
+        json!({"endpointslice.kubernetes.io/skip-mirror": "true"})
+    );
+    let slice = s
+        .api
+        .kubectl(&["get", "endpointslice", "kubernetes", "-o", "json"])
+        .json();
+    assert_eq!(slice["addressType"], "IPv4");
+    assert_eq!(
+        slice["metadata"]["labels"],
+        json!({"kubernetes.io/service-name": "kubernetes"})
+    );
+    assert_eq!(slice["endpoints"][0]["conditions"]["ready"], true);
+    // What `kubectl get` prints.
+    let row = s
+        .api
+        .kubectl(&["get", "svc", "kubernetes", "--no-headers"])
+        .out()
+        .to_string();
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        cols[..5],
+        ["kubernetes", "ClusterIP", "10.96.0.1", "<none>", "443/TCP"],
+        "{row}"
+    );
+
+    // Two apiservers: both listed.
+    let mut second = Apiserver::start_at(&s.store.endpoint, "127.0.0.2", port).await;
+    let both = vec!["127.0.0.1".to_string(), "127.0.0.2".to_string()];
+    eventually(
+        "the endpoints of both apiservers",
+        Duration::from_secs(30),
+        || {
+            let got = kubernetes_endpoints(&s.api);
+            let want = Some((both.clone(), both.clone()));
+            async move { (got == want).then_some(()) }
+        },
+    )
+    .await;
+    // One dies: its lease runs out (15 s) and the survivor drops it.
+    second.kill9();
+    eventually(
+        "the dead apiserver dropped",
+        Duration::from_secs(60),
+        || {
+            let got = kubernetes_endpoints(&s.api);
+            let want = Some((one.clone(), one.clone()));
+            async move { (got == want).then_some(()) }
+        },
+    )
+    .await;
+
+    // Deleted, it comes back.
+    s.api.kubectl(&["delete", "svc", "kubernetes"]).out();
+    eventually(
+        "the kubernetes service back",
+        Duration::from_secs(30),
+        || {
+            let out = s.api.kubectl(&[
+                "get",
+                "svc",
+                "kubernetes",
+                "-o",
+                "jsonpath={.spec.clusterIP}",
+            ]);
+            async move { (out.ok && out.stdout == "10.96.0.1").then_some(()) }
+        },
+    )
+    .await;
 }

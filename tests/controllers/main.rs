@@ -14,6 +14,7 @@ mod namespace;
 mod nodelifecycle;
 mod replicaset;
 mod serviceaccount;
+mod servicelb;
 
 use std::time::Duration;
 

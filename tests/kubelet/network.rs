@@ -1,6 +1,9 @@
 //! Services really route, and cluster DNS names them: the node agent's service proxy
 //! (nftables) and DNS server, with a Deployment of real `busybox httpd` pods in
-//! containerd, reached from another pod by name and from the host by node port.
+//! containerd, reached from another pod by name and from the host by node port and by
+//! a LoadBalancer address from the controller-manager's pool; and the apiserver
+//! reached from a pod through the `kubernetes` Service (10.96.0.1:443: its TLS
+//! listener answers).
 //!
 //! The stack's node address is its own CNI bridge's gateway, so parallel stacks (and
 //! the machine's own services) never share an address, a node port or a DNS
@@ -51,6 +54,9 @@ struct NetStack {
     table: Table,
     /// The node's address: the bridge gateway, where node ports and DNS are served.
     node_ip: String,
+    /// The one address of the load-balancer pool (random, so parallel stacks, whose
+    /// tables all see the host's traffic, never route the same one).
+    lb_ip: String,
     _resolv: tempfile::NamedTempFile,
     _upstream: FakeUpstream,
 }
@@ -116,8 +122,16 @@ impl Drop for FakeUpstream {
 async fn net_stack() -> NetStack {
     let containerd = Containerd::start().await;
     let store = Server::start().await;
-    let api = Apiserver::start(&store.endpoint).await;
+    // On every address, so pods reach it through the `kubernetes` Service (whose
+    // endpoint is then the default route's address); kubectl still uses loopback.
+    let api = Apiserver::start_at(&store.endpoint, "0.0.0.0", crate::support::free_port()).await;
     let node_ip = format!("{}1", containerd.subnet_prefix);
+    let lb_ip = format!(
+        "10.{}.{}.{}",
+        200 + rand::random::<u8>() % 50,
+        rand::random::<u8>(),
+        1 + rand::random::<u8>() % 250
+    );
     let table = Table(format!("capstan-test-{}", rand::random::<u32>()));
     // Names outside the cluster domain are relayed to the host's resolvers; here
     // that is the test's own on a loopback address, so no query leaves the machine.
@@ -147,7 +161,11 @@ async fn net_stack() -> NetStack {
     );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let node = Component::start(&api, "node", &args);
-    let controllers = Component::start(&api, "controller-manager", &["--leader-elect=false"]);
+    let controllers = Component::start(
+        &api,
+        "controller-manager",
+        &["--leader-elect=false", "--service-lb-pool", &lb_ip],
+    );
     NetStack {
         node,
         _controllers: controllers,
@@ -156,6 +174,7 @@ async fn net_stack() -> NetStack {
         containerd,
         table,
         node_ip,
+        lb_ip,
         _resolv: resolv,
         _upstream: upstream,
     }
@@ -225,6 +244,14 @@ kind: Service
 metadata: {{name: web-np}}
 spec:
   type: NodePort
+  selector: {{app: web}}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web-lb}}
+spec:
+  type: LoadBalancer
   selector: {{app: web}}
   ports: [{{name: http, port: 80, targetPort: 8080}}]
 ---
@@ -345,7 +372,12 @@ async fn services_route_to_ready_endpoints_and_cluster_dns_names_them() {
             && table.matches("chain endpoint-default/sticky/").count() == 3
             && table.matches("chain endpoint-default/web/").count() == 3
             && table.matches("chain endpoint-default/web-np/").count() == 3
-            && table.contains(&format!(". tcp . {down_port} : goto reject-chain"));
+            && table.contains(&format!(". tcp . {down_port} : goto reject-chain"))
+            && table.contains(&format!(
+                "{} . tcp . 80 : goto external-default/web-lb/",
+                s.lb_ip
+            ))
+            && table.contains("10.96.0.1 . tcp . 443 : goto service-default/kubernetes/");
         async move { routed.then_some(()) }
     })
     .await;
@@ -357,13 +389,14 @@ async fn services_route_to_ready_endpoints_and_cluster_dns_names_them() {
          echo short:$(timeout 5 wget -qO- http://web/); \
          echo sticky:$(timeout 5 wget -qO- http://sticky/); \
          echo down:$(timeout 5 wget -qO- http://down/ 2>&1); \
-         echo badport:$(timeout 5 wget -qO- http://web:81/ 2>&1);",
+         echo badport:$(timeout 5 wget -qO- http://web:81/ 2>&1); \
+         echo apiserver:$(timeout 5 wget -qO- --no-check-certificate https://10.96.0.1/version 2>&1);",
     );
     let applied = s.api.kubectl_stdin(&["apply", "-f", "-"], Some(&client));
     assert!(applied.ok, "{}", applied.stderr);
     let deadline = std::time::Instant::now() + Duration::from_secs(85);
     eventually(
-        "every replica answering through the service, by both names",
+        "every replica answering through the service, by both names, and the apiserver",
         Duration::from_secs(90),
         || {
             s.node.check_running();
@@ -383,7 +416,14 @@ async fn services_route_to_ready_endpoints_and_cluster_dns_names_them() {
                 .into_iter()
                 .filter(|h| !h.is_empty())
                 .collect();
-            let done = fqdn == pods && short == pods;
+            // The apiserver through the `kubernetes` Service: its TLS listener answers.
+            // busybox's TLS offers no cipher suite rustls accepts, so the answer is
+            // the server's handshake-failure alert, which only a TLS server sends (a
+            // route to nowhere would time out or be refused).
+            let apiserver = tagged(&lines, "apiserver")
+                .iter()
+                .any(|l| l.contains("TLS error from peer (alert code 40)"));
+            let done = fqdn == pods && short == pods && apiserver;
             async move { done.then_some(()) }
         },
     )
@@ -433,6 +473,34 @@ async fn services_route_to_ready_endpoints_and_cluster_dns_names_them() {
         Duration::from_secs(30),
         || {
             if let Ok(body) = http_get(np) {
+                seen.insert(body);
+            }
+            let done = seen == pods;
+            async move { done.then_some(()) }
+        },
+    )
+    .await;
+
+    // From the host, by the load-balancer address the pool gave web-lb: every replica.
+    let external = eventually("web-lb's EXTERNAL-IP", Duration::from_secs(30), || {
+        let out = s.api.kubectl(&["get", "svc", "web-lb", "--no-headers"]);
+        let ip = out
+            .stdout
+            .split_whitespace()
+            .nth(3)
+            .unwrap_or_default()
+            .to_string();
+        async move { (ip != "<pending>" && !ip.is_empty()).then_some(ip) }
+    })
+    .await;
+    assert_eq!(external, s.lb_ip);
+    let lb: SocketAddr = format!("{}:80", s.lb_ip).parse().expect("address");
+    let mut seen = BTreeSet::new();
+    eventually(
+        "every replica answering on the load-balancer address",
+        Duration::from_secs(30),
+        || {
+            if let Ok(body) = http_get(lb) {
                 seen.insert(body);
             }
             let done = seen == pods;

@@ -399,7 +399,8 @@ async fn a_server_runs_a_deployment_in_containerd() {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
-        async move { (table.matches("dnat to").count() >= 2).then_some(()) }
+        // Both replicas' endpoint chains (the `kubernetes` Service has its own).
+        async move { (table.matches("chain endpoint-default/web/").count() >= 2).then_some(()) }
     })
     .await;
     let out = srv.kubectl(&[

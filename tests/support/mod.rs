@@ -632,6 +632,7 @@ pub struct Apiserver {
     pub url: String,
     pub kubeconfig: PathBuf,
     etcd: String,
+    bind: String,
     port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
@@ -640,12 +641,18 @@ pub struct Apiserver {
 impl Apiserver {
     /// Starts an apiserver on `etcd` (a store's client URL) and waits for `/healthz`.
     pub async fn start(etcd: &str) -> Apiserver {
+        Self::start_at(etcd, "127.0.0.1", free_port()).await
+    }
+
+    /// Starts one listening on `bind:port` (several apiservers of one store, each on
+    /// a loopback address of its own, as servers on machines of their own).
+    pub async fn start_at(etcd: &str, bind: &str, port: u16) -> Apiserver {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
         let mut a = Apiserver {
-            url: format!("https://127.0.0.1:{port}"),
+            url: format!("https://{bind}:{port}"),
             kubeconfig: dir.path().join("kubeconfig"),
             etcd: etcd.to_string(),
+            bind: bind.to_string(),
             port,
             child: None,
             dir,
@@ -660,7 +667,7 @@ impl Apiserver {
         cmd.args(["apiserver", "--etcd-servers", &self.etcd])
             .args([
                 "--bind-address",
-                "127.0.0.1",
+                &self.bind,
                 "--secure-port",
                 &self.port.to_string(),
             ])

@@ -293,6 +293,7 @@ mod tests {
             }],
             affinity_timeout: None,
             external_local: false,
+            load_balancer_ips: Vec::new(),
             endpoints: (0..endpoints)
                 .map(|i| Endpoint {
                     ip: Ipv4Addr::new(10, 88, 1, i),

@@ -283,6 +283,7 @@ mod tests {
             }],
             affinity_timeout: None,
             external_local: false,
+            load_balancer_ips: Vec::new(),
             endpoints,
         }
     }

@@ -195,7 +195,7 @@ impl Builder<'_> {
                 .ready()
                 .filter_map(|e| Some((e, endpoint_port(e, p)?)))
                 .collect();
-            let node_ports: Vec<String> = match p.node_port {
+            let mut node_ports: Vec<String> = match p.node_port {
                 Some(np) => self
                     .settings
                     .node_ips
@@ -204,6 +204,13 @@ impl Builder<'_> {
                     .collect(),
                 None => Vec::new(),
             };
+            // Load-balancer addresses are external traffic like node ports (upstream's
+            // `external-` chain serves both), on the Service's own port.
+            node_ports.extend(
+                svc.load_balancer_ips
+                    .iter()
+                    .map(|ip| format!("{ip} . {proto} . {}", p.port)),
+            );
             if ready.is_empty() {
                 self.rejects.push(format!(
                     "{cluster_ip} . {proto} . {} : goto reject-chain",
@@ -421,6 +428,7 @@ mod tests {
             }],
             affinity_timeout: None,
             external_local: false,
+            load_balancer_ips: Vec::new(),
             endpoints,
         }
     }
@@ -504,6 +512,33 @@ mod tests {
         assert!(
             r.script
                 .contains("192.0.2.2 . tcp . 30080 : goto reject-chain"),
+            "{}",
+            r.script
+        );
+    }
+
+    #[test]
+    fn load_balancer_ips_route_like_node_ports_on_the_service_port() {
+        let mut s = svc("lb", vec![ep([10, 88, 0, 5], true, "n2")]);
+        s.kind = "LoadBalancer".into();
+        s.ports[0].node_port = Some(30081);
+        s.load_balancer_ips = vec![Ipv4Addr::new(10, 200, 0, 1)];
+        let r = build(&settings(), &snap(vec![s.clone()]), &Ruleset::default());
+        let t = &r.script;
+        assert!(
+            t.contains("10.200.0.1 . tcp . 80 : goto external-default/lb/tcp/http"),
+            "{t}"
+        );
+        assert!(
+            t.contains("192.0.2.2 . tcp . 30081 : goto external-default/lb/tcp/http"),
+            "{t}"
+        );
+        // No ready endpoint: the address refuses, as the cluster IP does.
+        s.endpoints[0].ready = false;
+        let r = build(&settings(), &snap(vec![s]), &Ruleset::default());
+        assert!(
+            r.script
+                .contains("10.200.0.1 . tcp . 80 : goto reject-chain"),
             "{}",
             r.script
         );
