@@ -12,6 +12,7 @@ pub mod error;
 pub mod http;
 pub mod managed;
 pub mod metrics;
+pub mod node;
 pub mod patch;
 pub mod protobuf;
 pub mod proxy;
