@@ -809,6 +809,26 @@ impl Component {
         c
     }
 
+    /// `capstan <args>` as given (a component that takes no `--kubeconfig`, such as
+    /// `capstan agent`).
+    pub fn with_args(what: &str, args: &[&str]) -> Component {
+        let mut c = Component {
+            what: what.to_string(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            child: None,
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        c.spawn();
+        c
+    }
+
+    /// Its exit status, once it has exited by itself.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().expect("try_wait"))
+    }
+
     fn spawn(&mut self) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_capstan"));
         cmd.args(&self.args);
