@@ -7,7 +7,8 @@
 //! `system:nodes`, proving the token and this node's password (a random secret kept
 //! in `<data-dir>/agent/node-password`; the server remembers the first password a node
 //! name came with and refuses another, as k3s's node-password check). It writes the
-//! kubelet's kubeconfig and runs exactly what `capstan node` runs. The agent never
+//! kubelet's kubeconfig and runs exactly what `capstan node` runs, reaching the
+//! apiserver through a loopback load balancer over every server, as k3s's agents do. The agent never
 //! gets the CA key or the service-account key: its endpoint only issues node
 //! certificates.
 
@@ -191,6 +192,10 @@ pub struct AgentArgs {
     /// Where the agent keeps its credentials (`<data-dir>/agent`).
     #[arg(long, default_value = "/var/lib/capstan")]
     data_dir: PathBuf,
+    /// The loopback port of the agent's load balancer over every server (k3s's
+    /// `--lb-server-port`): the node agent reaches the apiserver through it.
+    #[arg(long, default_value_t = 6444)]
+    lb_server_port: u16,
     #[command(flatten)]
     kubelet: KubeletArgs,
 }
@@ -228,22 +233,111 @@ pub async fn run(a: AgentArgs) -> anyhow::Result<()> {
         std::time::Duration::from_secs(120),
     )
     .await?;
+    let lb = std::sync::Arc::new(Balancer::default());
+    lb.add(std::iter::once(&a.server).chain(&b.servers));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", a.lb_server_port))
+        .await
+        .with_context(|| format!("--lb-server-port {}", a.lb_server_port))?;
+    // Every server's certificate names 127.0.0.1, so TLS through the balancer verifies.
+    let lb_url = format!("https://127.0.0.1:{}", a.lb_server_port);
     let kubeconfig = dir.join("kubelet.kubeconfig");
     let user = format!("system:node:{name}");
     crate::join::write_secret(
         &kubeconfig,
         &capstan_apiserver::tls::client_kubeconfig(
             &b.ca_cert,
-            &a.server,
+            &lb_url,
             &user,
             &b.client_cert,
             &b.client_key,
         ),
     )?;
-    tracing::info!(node = %name, kubeconfig = %kubeconfig.display(), "kubelet certificate issued; starting the node agent");
-    a.kubelet
-        .into_config(kubeconfig, name)?
-        .run()
-        .await
-        .context("node agent")
+    tracing::info!(node = %name, kubeconfig = %kubeconfig.display(), servers = ?b.servers, "kubelet certificate issued; starting the node agent");
+    let node = a.kubelet.into_config(kubeconfig, name)?;
+    tokio::select! {
+        r = lb.clone().serve(listener) => r.context("load balancer"),
+        () = lb.refresh(&lb_url, &token) => Ok(()),
+        r = node.run() => r.context("node agent"),
+    }
+}
+
+/// k3s's agent load balancer: a loopback TCP relay to the first server that accepts a
+/// connection, starting with the one that last did, over every server the cluster
+/// knows (refreshed from the servers endpoint), so the agent outlives the server it
+/// joined through. TLS passes through untouched.
+#[derive(Default)]
+struct Balancer {
+    /// `host:port` of each server.
+    servers: std::sync::Mutex<Vec<String>>,
+    preferred: std::sync::atomic::AtomicUsize,
+}
+
+impl Balancer {
+    fn add<'a>(&self, urls: impl IntoIterator<Item = &'a String>) {
+        let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        for url in urls {
+            match crate::join::Target::parse(url) {
+                Ok(t) => {
+                    let addr = if t.host.contains(':') {
+                        format!("[{}]:{}", t.host, t.port)
+                    } else {
+                        format!("{}:{}", t.host, t.port)
+                    };
+                    if !servers.contains(&addr) {
+                        tracing::info!(server = %addr, "load balancer: server added");
+                        servers.push(addr);
+                    }
+                }
+                Err(e) => tracing::warn!(%url, error = %e, "load balancer: unusable server URL"),
+            }
+        }
+    }
+
+    async fn serve(
+        self: std::sync::Arc<Self>,
+        listener: tokio::net::TcpListener,
+    ) -> anyhow::Result<()> {
+        loop {
+            let (conn, _) = listener.accept().await?;
+            let me = self.clone();
+            tokio::spawn(async move { me.relay(conn).await });
+        }
+    }
+
+    async fn relay(&self, mut conn: tokio::net::TcpStream) {
+        use std::sync::atomic::Ordering;
+        let servers = self
+            .servers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let start = self.preferred.load(Ordering::Relaxed);
+        for i in 0..servers.len() {
+            let at = (start + i) % servers.len();
+            let dial = tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                tokio::net::TcpStream::connect(&servers[at]),
+            );
+            if let Ok(Ok(mut upstream)) = dial.await {
+                if at != start {
+                    self.preferred.store(at, Ordering::Relaxed);
+                    tracing::info!(server = %servers[at], "load balancer: now using this server");
+                }
+                let _ = tokio::io::copy_bidirectional(&mut conn, &mut upstream).await;
+                return;
+            }
+        }
+        tracing::warn!(servers = ?servers, "load balancer: no server reachable");
+    }
+
+    /// Learns servers that joined since, every 15 s.
+    async fn refresh(&self, lb_url: &str, token: &crate::join::Token) {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(15)).await;
+            match crate::join::fetch_apiservers(lb_url, token).await {
+                Ok(servers) => self.add(&servers),
+                Err(e) => tracing::debug!(error = %format!("{e:#}"), "refreshing the server list"),
+            }
+        }
+    }
 }

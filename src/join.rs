@@ -32,6 +32,50 @@ pub const AGENT_BOOTSTRAP_PATH: &str = "/v1-capstan/agent-bootstrap";
 /// Where the store keeps each node's password hash (outside `/registry`, so no API
 /// reads it).
 const NODE_PASSWORD_PREFIX: &str = "/capstan/node-passwords/";
+/// Where each server records the URL of its apiserver, for agents' load balancers
+/// (k3s learns them from the `kubernetes` endpoints, which capstan does not keep).
+const APISERVERS_PREFIX: &str = "/capstan/apiservers/";
+/// Where agents refresh their list of servers.
+pub const APISERVERS_PATH: &str = "/v1-capstan/apiservers";
+
+/// Records this server's apiserver URL in the store, retrying until the store takes
+/// it (a joining member becomes a voter first).
+pub async fn register_apiserver(store_url: &str, name: &str, api_url: &str) {
+    let key = format!("{APISERVERS_PREFIX}{name}");
+    loop {
+        let put = async {
+            let mut etcd = etcd_client::Client::connect([store_url], None).await?;
+            etcd.put(key.as_str(), api_url, None).await
+        };
+        match put.await {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "recording the apiserver URL; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Every server's apiserver URL, as recorded in the store.
+async fn apiservers(s: &JoinState) -> Result<Vec<String>, JoinError> {
+    let unavailable = |e: &dyn std::fmt::Display| JoinError::Unavailable(e.to_string());
+    let mut etcd = etcd_client::Client::connect([s.store_url.as_str()], None)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let got = etcd
+        .get(
+            APISERVERS_PREFIX,
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .map_err(|e| unavailable(&e))?;
+    Ok(got
+        .kvs()
+        .iter()
+        .filter_map(|kv| kv.value_str().ok().map(str::to_string))
+        .collect())
+}
 
 /// A join token: the secret, and the CA hash that pins the cluster (absent in a bare
 /// secret, which then trusts the first CA it is shown, as k3s does).
@@ -168,6 +212,15 @@ pub struct AgentBootstrap {
     pub ca_cert: String,
     pub client_cert: String,
     pub client_key: String,
+    /// Every server's apiserver URL, for the agent's load balancer.
+    #[serde(default)]
+    pub servers: Vec<String>,
+}
+
+/// The answer of the servers endpoint.
+#[derive(Serialize, Deserialize)]
+pub struct Servers {
+    pub servers: Vec<String>,
 }
 
 /// What the join endpoints need on a running server.
@@ -191,7 +244,8 @@ pub fn routes(state: Arc<JoinState>) -> axum::Router {
             "/cacerts",
             axum::routing::get(|State(s): State<Arc<JoinState>>| async move { s.ca_pem.clone() }),
         )
-        .route(AGENT_BOOTSTRAP_PATH, axum::routing::post(agent_bootstrap));
+        .route(AGENT_BOOTSTRAP_PATH, axum::routing::post(agent_bootstrap))
+        .route(APISERVERS_PATH, axum::routing::post(list_apiservers));
     if state.servers_may_join {
         r = r.route(BOOTSTRAP_PATH, axum::routing::post(bootstrap));
     }
@@ -254,6 +308,27 @@ async fn bootstrap(
     }
 }
 
+/// Whether the request carries the agents' secret.
+fn agent_authorized(s: &JoinState, headers: &HeaderMap) -> bool {
+    match &s.agent_secret {
+        Some(agent) => authorized(headers, "node", agent),
+        None => authorized(headers, "node", &s.token.secret),
+    }
+}
+
+/// The servers' apiserver URLs, for an agent holding the token.
+async fn list_apiservers(State(s): State<Arc<JoinState>>, headers: HeaderMap) -> Response {
+    if !agent_authorized(&s, &headers) {
+        return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
+    }
+    match apiservers(&s).await {
+        Ok(servers) => Json(Servers { servers }).into_response(),
+        Err(JoinError::Conflict(m) | JoinError::Unavailable(m)) => {
+            status(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", &m)
+        }
+    }
+}
+
 /// Issues a kubelet client certificate to an agent holding the agent token (or the
 /// server token when there is no agent token) whose node password matches the one its
 /// node name first came with.
@@ -262,11 +337,7 @@ async fn agent_bootstrap(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let ok = match &s.agent_secret {
-        Some(agent) => authorized(&headers, "node", agent),
-        None => authorized(&headers, "node", &s.token.secret),
-    };
-    if !ok {
+    if !agent_authorized(&s, &headers) {
         tracing::warn!("agent join with a wrong token refused");
         return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
     }
@@ -303,6 +374,7 @@ async fn agent_bootstrap(
                 ca_cert: s.ca_pem.clone(),
                 client_cert,
                 client_key,
+                servers: apiservers(&s).await.unwrap_or_default(),
             })
             .into_response()
         }
@@ -434,6 +506,20 @@ pub async fn fetch_bootstrap(
     fetch(url, token, "server", BOOTSTRAP_PATH, req, patience).await
 }
 
+/// The servers' apiserver URLs, asked of `url` (an agent's refresh, so no patience).
+pub async fn fetch_apiservers(url: &str, token: &Token) -> anyhow::Result<Vec<String>> {
+    let s: Servers = fetch(
+        url,
+        token,
+        "node",
+        APISERVERS_PATH,
+        &serde_json::json!({}),
+        Duration::ZERO,
+    )
+    .await?;
+    Ok(s.servers)
+}
+
 /// [`fetch_bootstrap`] for an agent: its kubelet certificate.
 pub async fn fetch_agent_bootstrap(
     url: &str,
@@ -518,13 +604,14 @@ fn message(body: &[u8]) -> String {
 }
 
 /// An `https://host:port` server.
-struct Target {
-    host: String,
-    port: u16,
+pub struct Target {
+    pub host: String,
+    pub port: u16,
 }
 
 impl Target {
-    fn parse(url: &str) -> anyhow::Result<Target> {
+    /// `https://host[:port]` (6443 by default).
+    pub fn parse(url: &str) -> anyhow::Result<Target> {
         let rest = url
             .strip_prefix("https://")
             .with_context(|| format!("--server {url:?}: expected https://host:port"))?;

@@ -232,6 +232,12 @@ pub async fn run(
     // A kubeconfig from an earlier run would let the components start before this
     // apiserver has rewritten it; they wait for the fresh one.
     let _ = std::fs::remove_file(&a.write_kubeconfig);
+    // Agents' load balancers learn every server's URL from the store.
+    let register = {
+        let (store, name) = (client_url.clone(), name.clone());
+        let api_url = format!("https://{}:{}", url_host(&api_host), a.https_listen_port);
+        async move { crate::join::register_apiserver(&store, &name, &api_url).await }
+    };
     let api_cfg = capstan_apiserver::Config {
         etcd_servers: vec![client_url],
         listen: std::net::SocketAddr::new(a.bind_address, a.https_listen_port),
@@ -247,6 +253,7 @@ pub async fn run(
     // A learner's store refuses the apiserver's reads: it starts once this member votes.
     let apiserver = async {
         voter.await?;
+        tokio::spawn(register);
         capstan_apiserver::run(api_cfg).await.context("apiserver")
     };
     let kubeconfig = a.write_kubeconfig.clone();

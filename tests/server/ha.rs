@@ -1,68 +1,14 @@
 //! Three `capstan server`s as one HA cluster (`--cluster-init`, then `--server` and
 //! `--token`), on one machine on distinct loopback ports: each server is SIGKILLed in
 //! turn while `kubectl` against the others keeps working, then restarted, and it
-//! rejoins from its data dir with everything written meanwhile. A wrong token is
-//! refused and changes nothing.
+//! rejoins from its data dir with everything written meanwhile; a `capstan agent` that
+//! joined through the first server keeps its node working through its load balancer.
+//! A wrong token is refused and changes nothing.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::ServerProcess;
 use crate::support::{eventually, free_port, Component};
-
-/// A TCP relay in front of the apiservers, standing in for the load balancer (or
-/// k3s's agent-side one) that a node reaches a HA control plane through: each
-/// connection goes to the first server that accepts it. The servers' certificates are
-/// all issued by the cluster CA for 127.0.0.1, so TLS passes through unchanged.
-struct Relay {
-    port: u16,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Relay {
-    async fn start(backends: Vec<u16>) -> Relay {
-        let port = free_port();
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .expect("relay listens");
-        let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let backends = backends.clone();
-                tokio::spawn(async move {
-                    for b in backends {
-                        if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", b)).await
-                        {
-                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        Relay { port, task }
-    }
-
-    /// `kubeconfig` pointed at the relay.
-    fn kubeconfig(&self, kubeconfig: &Path, out: &Path) -> PathBuf {
-        let text = std::fs::read_to_string(kubeconfig).expect("kubeconfig");
-        let relayed: String = text
-            .lines()
-            .map(|l| match l.trim_start().strip_prefix("server: ") {
-                Some(_) => format!("    server: https://127.0.0.1:{}", self.port),
-                None => l.to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        std::fs::write(out, relayed).expect("write kubeconfig");
-        out.to_path_buf()
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 /// `etcdctl member list` as (name, started, learner) rows, sorted.
 fn members(srv: &ServerProcess) -> Option<Vec<(String, bool, bool)>> {
@@ -215,13 +161,29 @@ async fn three_servers_keep_serving_when_any_one_is_killed_and_rejoin() {
         lost.log()
     );
 
+    // A worker joins through s1 alone; its agent's load balancer learns the others,
+    // so the node keeps working (runs the replacement pods below) while s1 is down.
     let scratch = tempfile::tempdir().expect("tempdir");
-    let relay = Relay::start(vec![s1.https_port, s2.https_port, s3.https_port]).await;
-    let node_kubeconfig = relay.kubeconfig(&s1.kubeconfig(), &scratch.path().join("node"));
-    let mut node = Component::with_kubeconfig(
-        &node_kubeconfig,
-        "node",
-        &["--simulated", "--hostname-override", "worker"],
+    let (agent_dir, lb_port) = (
+        scratch.path().display().to_string(),
+        free_port().to_string(),
+    );
+    let mut node = Component::with_args(
+        "agent",
+        &[
+            "agent",
+            "--server",
+            &s1.url(),
+            "--token",
+            &token,
+            "--node-name",
+            "worker",
+            "--data-dir",
+            &agent_dir,
+            "--lb-server-port",
+            &lb_port,
+            "--simulated",
+        ],
     );
     let out = s2.kubectl(&[
         "create",
