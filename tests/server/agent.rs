@@ -20,6 +20,7 @@ impl Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().display().to_string();
         let url = srv.url();
+        let lb_port = crate::support::free_port().to_string();
         let process = Component::with_args(
             "agent",
             &[
@@ -32,6 +33,8 @@ impl Agent {
                 name,
                 "--data-dir",
                 &data,
+                "--lb-server-port",
+                &lb_port,
                 "--simulated",
             ],
         );
