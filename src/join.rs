@@ -27,6 +27,55 @@ use sha2::{Digest, Sha256};
 
 /// The path of the bootstrap endpoint (k3s: `/v1-k3s/server-bootstrap`).
 pub const BOOTSTRAP_PATH: &str = "/v1-capstan/server-bootstrap";
+/// The agents' bootstrap endpoint: a kubelet client certificate, nothing more.
+pub const AGENT_BOOTSTRAP_PATH: &str = "/v1-capstan/agent-bootstrap";
+/// Where the store keeps each node's password hash (outside `/registry`, so no API
+/// reads it).
+const NODE_PASSWORD_PREFIX: &str = "/capstan/node-passwords/";
+/// Where each server records the URL of its apiserver, for agents' load balancers
+/// (k3s learns them from the `kubernetes` endpoints, which capstan does not keep).
+const APISERVERS_PREFIX: &str = "/capstan/apiservers/";
+/// Where agents refresh their list of servers.
+pub const APISERVERS_PATH: &str = "/v1-capstan/apiservers";
+
+/// Records this server's apiserver URL in the store, retrying until the store takes
+/// it (a joining member becomes a voter first).
+pub async fn register_apiserver(store_url: &str, name: &str, api_url: &str) {
+    let key = format!("{APISERVERS_PREFIX}{name}");
+    loop {
+        let put = async {
+            let mut etcd = etcd_client::Client::connect([store_url], None).await?;
+            etcd.put(key.as_str(), api_url, None).await
+        };
+        match put.await {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "recording the apiserver URL; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Every server's apiserver URL, as recorded in the store.
+async fn apiservers(s: &JoinState) -> Result<Vec<String>, JoinError> {
+    let unavailable = |e: &dyn std::fmt::Display| JoinError::Unavailable(e.to_string());
+    let mut etcd = etcd_client::Client::connect([s.store_url.as_str()], None)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let got = etcd
+        .get(
+            APISERVERS_PREFIX,
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .map_err(|e| unavailable(&e))?;
+    Ok(got
+        .kvs()
+        .iter()
+        .filter_map(|kv| kv.value_str().ok().map(str::to_string))
+        .collect())
+}
 
 /// A join token: the secret, and the CA hash that pins the cluster (absent in a bare
 /// secret, which then trusts the first CA it is shown, as k3s does).
@@ -148,9 +197,40 @@ pub struct Bootstrap {
     pub member_id: String,
 }
 
+/// What an agent sends: its node name and its node password.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentRequest {
+    pub name: String,
+    pub password: String,
+}
+
+/// What an agent gets: the CA to trust and its kubelet client certificate.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentBootstrap {
+    pub ca_cert: String,
+    pub client_cert: String,
+    pub client_key: String,
+    /// Every server's apiserver URL, for the agent's load balancer.
+    #[serde(default)]
+    pub servers: Vec<String>,
+}
+
+/// The answer of the servers endpoint.
+#[derive(Serialize, Deserialize)]
+pub struct Servers {
+    pub servers: Vec<String>,
+}
+
 /// What the join endpoints need on a running server.
 pub struct JoinState {
     pub token: Token,
+    /// The agents' own secret (`--agent-token`), which opens only the agent endpoint;
+    /// without one, agents use the server token.
+    pub agent_secret: Option<String>,
+    /// Whether servers may join (an HA server; a single server's store cannot grow).
+    pub servers_may_join: bool,
     pub ca_pem: String,
     pub pki_dir: PathBuf,
     /// The local store member's client URL (its Cluster API).
@@ -159,13 +239,17 @@ pub struct JoinState {
 
 /// `/cacerts` (public, as k3s's) and the bootstrap endpoint (token-guarded).
 pub fn routes(state: Arc<JoinState>) -> axum::Router {
-    axum::Router::new()
+    let mut r = axum::Router::new()
         .route(
             "/cacerts",
             axum::routing::get(|State(s): State<Arc<JoinState>>| async move { s.ca_pem.clone() }),
         )
-        .route(BOOTSTRAP_PATH, axum::routing::post(bootstrap))
-        .with_state(state)
+        .route(AGENT_BOOTSTRAP_PATH, axum::routing::post(agent_bootstrap))
+        .route(APISERVERS_PATH, axum::routing::post(list_apiservers));
+    if state.servers_may_join {
+        r = r.route(BOOTSTRAP_PATH, axum::routing::post(bootstrap));
+    }
+    r.with_state(state)
 }
 
 fn status(code: StatusCode, reason: &str, message: &str) -> Response {
@@ -176,9 +260,9 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response {
     (code, Json(body)).into_response()
 }
 
-/// Whether the request carries the secret (basic auth `server:<secret>`). Compares
+/// Whether the request carries the secret (basic auth `<user>:<secret>`). Compares
 /// digests, so the time taken says nothing about how much of a guess was right.
-fn authorized(headers: &HeaderMap, secret: &str) -> bool {
+fn authorized(headers: &HeaderMap, user: &str, secret: &str) -> bool {
     let Some(creds) = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -191,7 +275,7 @@ fn authorized(headers: &HeaderMap, secret: &str) -> bool {
     else {
         return false;
     };
-    let want = format!("server:{secret}");
+    let want = format!("{user}:{secret}");
     Sha256::digest(&creds) == Sha256::digest(want.as_bytes())
 }
 
@@ -200,7 +284,7 @@ async fn bootstrap(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if !authorized(&headers, &s.token.secret) {
+    if !authorized(&headers, "server", &s.token.secret) {
         tracing::warn!("join request with a wrong token refused");
         return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
     }
@@ -221,6 +305,118 @@ async fn bootstrap(
         Err(JoinError::Unavailable(m)) => {
             status(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", &m)
         }
+    }
+}
+
+/// Whether the request carries the agents' secret.
+fn agent_authorized(s: &JoinState, headers: &HeaderMap) -> bool {
+    match &s.agent_secret {
+        Some(agent) => authorized(headers, "node", agent),
+        None => authorized(headers, "node", &s.token.secret),
+    }
+}
+
+/// The servers' apiserver URLs, for an agent holding the token.
+async fn list_apiservers(State(s): State<Arc<JoinState>>, headers: HeaderMap) -> Response {
+    if !agent_authorized(&s, &headers) {
+        return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
+    }
+    match apiservers(&s).await {
+        Ok(servers) => Json(Servers { servers }).into_response(),
+        Err(JoinError::Conflict(m) | JoinError::Unavailable(m)) => {
+            status(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", &m)
+        }
+    }
+}
+
+/// Issues a kubelet client certificate to an agent holding the agent token (or the
+/// server token when there is no agent token) whose node password matches the one its
+/// node name first came with.
+async fn agent_bootstrap(
+    State(s): State<Arc<JoinState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !agent_authorized(&s, &headers) {
+        tracing::warn!("agent join with a wrong token refused");
+        return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
+    }
+    let req: AgentRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string()),
+    };
+    let valid_name = !req.name.is_empty()
+        && req.name.len() <= 253
+        && req
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if !valid_name || req.password.is_empty() {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "an agent needs a node name (a DNS subdomain) and a node password",
+        );
+    }
+    if let Err(e) = check_node_password(&s, &req).await {
+        return match e {
+            JoinError::Conflict(m) => status(StatusCode::FORBIDDEN, "Forbidden", &m),
+            JoinError::Unavailable(m) => {
+                status(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", &m)
+            }
+        };
+    }
+    let user = format!("system:node:{}", req.name);
+    match capstan_apiserver::tls::issue_client_cert(&s.pki_dir, &user, Some("system:nodes")) {
+        Ok((client_cert, client_key)) => {
+            tracing::info!(node = %req.name, "agent joined: kubelet certificate issued");
+            Json(AgentBootstrap {
+                ca_cert: s.ca_pem.clone(),
+                client_cert,
+                client_key,
+                servers: apiservers(&s).await.unwrap_or_default(),
+            })
+            .into_response()
+        }
+        Err(e) => status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            &e.to_string(),
+        ),
+    }
+}
+
+/// k3s's node-password check: the first agent to claim a node name records the hash
+/// of its password (in the store, in one transaction); a later claim of the name must
+/// bring the same password, so one agent cannot take over another's node.
+async fn check_node_password(s: &JoinState, req: &AgentRequest) -> Result<(), JoinError> {
+    use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
+    let unavailable = |e: &dyn std::fmt::Display| JoinError::Unavailable(e.to_string());
+    let key = format!("{NODE_PASSWORD_PREFIX}{}", req.name);
+    let hash = hex(&Sha256::digest(req.password.as_bytes()));
+    let mut etcd = etcd_client::Client::connect([s.store_url.as_str()], None)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let txn = Txn::new()
+        .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(key.as_str(), hash.as_str(), None)])
+        .or_else([TxnOp::get(key.as_str(), None)]);
+    let resp = etcd.txn(txn).await.map_err(|e| unavailable(&e))?;
+    if resp.succeeded() {
+        return Ok(());
+    }
+    let stored = resp.op_responses().into_iter().find_map(|r| match r {
+        TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
+        _ => None,
+    });
+    if stored.as_deref() == Some(hash.as_bytes()) {
+        Ok(())
+    } else {
+        tracing::warn!(node = %req.name, "agent join refused: node password mismatch");
+        Err(JoinError::Conflict(format!(
+            "Node password rejected, duplicate hostname or contents of <data-dir>/agent/node-password may not match server node-passwd entry for node {:?}",
+            req.name
+        )))
     }
 }
 
@@ -307,12 +503,47 @@ pub async fn fetch_bootstrap(
     req: &JoinRequest,
     patience: Duration,
 ) -> anyhow::Result<Bootstrap> {
+    fetch(url, token, "server", BOOTSTRAP_PATH, req, patience).await
+}
+
+/// The servers' apiserver URLs, asked of `url` (an agent's refresh, so no patience).
+pub async fn fetch_apiservers(url: &str, token: &Token) -> anyhow::Result<Vec<String>> {
+    let s: Servers = fetch(
+        url,
+        token,
+        "node",
+        APISERVERS_PATH,
+        &serde_json::json!({}),
+        Duration::ZERO,
+    )
+    .await?;
+    Ok(s.servers)
+}
+
+/// [`fetch_bootstrap`] for an agent: its kubelet certificate.
+pub async fn fetch_agent_bootstrap(
+    url: &str,
+    token: &Token,
+    req: &AgentRequest,
+    patience: Duration,
+) -> anyhow::Result<AgentBootstrap> {
+    fetch(url, token, "node", AGENT_BOOTSTRAP_PATH, req, patience).await
+}
+
+async fn fetch<Req: Serialize, Resp: serde::de::DeserializeOwned>(
+    url: &str,
+    token: &Token,
+    user: &str,
+    path: &str,
+    req: &Req,
+    patience: Duration,
+) -> anyhow::Result<Resp> {
     let target = Target::parse(url)?;
     let deadline = tokio::time::Instant::now() + patience;
     let body = serde_json::to_vec(req)?;
     let auth = format!(
         "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("server:{}", token.secret))
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{}", token.secret))
     );
     loop {
         let attempt = async {
@@ -333,20 +564,19 @@ pub async fn fetch_bootstrap(
                 }
             }
             let (code, resp) = target
-                .request(
-                    "POST",
-                    BOOTSTRAP_PATH,
-                    Some(&ca),
-                    Some((&auth, body.clone())),
-                )
+                .request("POST", path, Some(&ca), Some((&auth, body.clone())))
                 .await?;
-            let done: anyhow::Result<Bootstrap> = match code {
-                200 => Ok(serde_json::from_slice::<Bootstrap>(&resp)
+            let done: anyhow::Result<Resp> = match code {
+                200 => Ok(serde_json::from_slice::<Resp>(&resp)
                     .context("reading the bootstrap answer")?),
                 // Another join is catching up, or the store has no leader: try again.
                 503 => bail!("{}", message(&resp)),
                 401 => Err(anyhow::anyhow!(
                     "{url} refused the token (HTTP 401 Unauthorized)"
+                )),
+                // A server that is no HA server has no server join endpoint.
+                404 if user == "server" => Err(anyhow::anyhow!(
+                    "{url} takes no joining servers (it was not started with --cluster-init)"
                 )),
                 c => Err(anyhow::anyhow!("{url}: HTTP {c}: {}", message(&resp))),
             };
@@ -374,13 +604,14 @@ fn message(body: &[u8]) -> String {
 }
 
 /// An `https://host:port` server.
-struct Target {
-    host: String,
-    port: u16,
+pub struct Target {
+    pub host: String,
+    pub port: u16,
 }
 
 impl Target {
-    fn parse(url: &str) -> anyhow::Result<Target> {
+    /// `https://host[:port]` (6443 by default).
+    pub fn parse(url: &str) -> anyhow::Result<Target> {
         let rest = url
             .strip_prefix("https://")
             .with_context(|| format!("--server {url:?}: expected https://host:port"))?;

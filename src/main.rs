@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod agent;
 mod join;
 mod server;
 
@@ -48,6 +49,30 @@ enum Command {
     ControllerManager(ControllerManagerArgs),
     /// Run the scheduler against an apiserver (kube-scheduler's flags).
     Scheduler(SchedulerArgs),
+    /// Join a worker to a cluster (k3s's `agent`): fetch the CA and a kubelet
+    /// certificate with the join token, then run the node agent.
+    Agent(agent::AgentArgs),
+    /// Print a kubeconfig with a new client certificate from the cluster CA (kubeadm's
+    /// `kubeconfig user`): `--client-name system:node:a --org system:nodes` is node a's
+    /// kubelet.
+    Kubeconfig(KubeconfigArgs),
+}
+
+/// `capstan kubeconfig`'s flags (kubeadm's `kubeconfig user` names).
+#[derive(clap::Args)]
+struct KubeconfigArgs {
+    /// The directory of the cluster CA (`ca.crt`, `ca.key`).
+    #[arg(long, default_value = "/var/lib/capstan/pki")]
+    cert_dir: PathBuf,
+    /// The apiserver URL the kubeconfig points at.
+    #[arg(long)]
+    server: String,
+    /// The user: the certificate's common name.
+    #[arg(long)]
+    client_name: String,
+    /// The group: the certificate's organization.
+    #[arg(long)]
+    org: Option<String>,
 }
 
 /// The kubelet's flags where they apply, plus the simulated mode's own.
@@ -59,83 +84,8 @@ struct NodeArgs {
     /// The node's name (default: this machine's hostname).
     #[arg(long)]
     hostname_override: Option<String>,
-    /// Run simulated nodes: registered, heartbeating, and marking their pods Running
-    /// without containers (for tests and scale benchmarks, like kwok).
-    #[arg(long)]
-    simulated: bool,
-    /// How many simulated nodes this process runs; with more than one they are
-    /// named `<hostname>-0`, `<hostname>-1`, ...
-    #[arg(long, default_value_t = 1)]
-    simulated_nodes: usize,
-    /// CPU capacity of each simulated node.
-    #[arg(long, default_value = "4")]
-    simulated_cpu: String,
-    /// Memory capacity of each simulated node.
-    #[arg(long, default_value = "16Gi")]
-    simulated_memory: String,
-    /// Maximum number of pods per node.
-    #[arg(long, default_value_t = 110)]
-    max_pods: u32,
-    /// Labels to add when registering the node (key=value,...).
-    #[arg(long, default_value = "")]
-    node_labels: String,
-    /// Taints to register the node with (key=value:Effect,...).
-    #[arg(long, default_value = "")]
-    register_with_taints: String,
-    /// The CRI endpoint of the container runtime (containerd's socket).
-    #[arg(long, default_value = "unix:///run/containerd/containerd.sock")]
-    container_runtime_endpoint: String,
-    /// The node's address (default: the source address of the default route).
-    #[arg(long)]
-    node_ip: Option<std::net::IpAddr>,
-    /// An image archive (docker-archive or OCI tar) to import into the runtime's
-    /// `k8s.io` namespace at start, with `ctr`; repeatable. No registry is needed for
-    /// images that come this way.
-    #[arg(long)]
-    image_archive: Vec<PathBuf>,
-    /// Cluster DNS server addresses for pods with `dnsPolicy: ClusterFirst`
-    /// (comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    cluster_dns: Vec<String>,
-    /// The cluster's DNS domain, searched by pods.
-    #[arg(long, default_value = "cluster.local")]
-    cluster_domain: String,
-    /// The host resolver file pods with `dnsPolicy: Default` inherit.
-    #[arg(long, default_value = "/etc/resolv.conf")]
-    resolv_conf: PathBuf,
-    /// The kubelet's state directory (pod volumes live under `<root-dir>/pods`).
-    #[arg(long, default_value = "/var/lib/kubelet")]
-    root_dir: PathBuf,
-    /// Where container logs are written (the kubelet's `podLogsDir`).
-    #[arg(long, default_value = "/var/log/pods")]
-    pod_logs_dir: PathBuf,
-    /// Do not run the service proxy (kube-proxy's nftables mode) in this agent.
-    #[arg(long)]
-    disable_kube_proxy: bool,
-    /// The pods' address range (kube-proxy's flag): traffic to a cluster IP from
-    /// outside it is masqueraded.
-    #[arg(long, value_parser = parse_cidr)]
-    cluster_cidr: Option<(std::net::Ipv4Addr, u8)>,
-    /// The nftables table (family `ip`) the service proxy owns; distinct names let
-    /// several agents share one machine.
-    #[arg(long, default_value = "capstan")]
-    proxy_nftables_table: String,
-    /// Serve cluster DNS on this address (port 53), usually the node's address that
-    /// pods reach, given to them with `--cluster-dns`.
-    #[arg(long)]
-    cluster_dns_bind_address: Option<std::net::IpAddr>,
-    /// The address the kubelet server (logs, exec) listens on.
-    #[arg(long, default_value = "0.0.0.0")]
-    address: std::net::IpAddr,
-    /// The kubelet server's port, advertised in the Node's `daemonEndpoints`.
-    #[arg(long, default_value_t = 10250)]
-    port: u16,
-    /// Duration of the node's Lease in seconds; it is renewed every quarter of it.
-    #[arg(long, default_value_t = 40)]
-    node_lease_duration_seconds: i32,
-    /// How often the node status is posted when it has not changed.
-    #[arg(long, default_value = "5m", value_parser = capstan_chaos::cli::parse_duration)]
-    node_status_report_frequency: std::time::Duration,
+    #[command(flatten)]
+    kubelet: agent::KubeletArgs,
 }
 
 /// An IPv4 CIDR (`10.88.0.0/16`).
@@ -152,72 +102,6 @@ pub fn parse_cidr(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
         .filter(|b| *b <= 32)
         .ok_or_else(|| format!("{s}: bad prefix length"))?;
     Ok((ip, bits))
-}
-
-/// Which node agent `capstan node` runs.
-enum NodeConfig {
-    Kubelet(Box<capstan_node::kubelet::Config>),
-    Simulated(capstan_node::simulated::Config),
-}
-
-impl NodeArgs {
-    fn into_config(self) -> anyhow::Result<NodeConfig> {
-        let node_name = match self.hostname_override {
-            Some(n) => n,
-            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .context("reading the hostname; pass --hostname-override")?
-                .trim()
-                .to_lowercase(),
-        };
-        let labels = capstan_node::registration::parse_labels(&self.node_labels)?;
-        let taints = capstan_node::registration::parse_taints(&self.register_with_taints)?;
-        if !self.simulated {
-            return Ok(NodeConfig::Kubelet(Box::new(
-                capstan_node::kubelet::Config {
-                    kubeconfig: self.kubeconfig,
-                    node_name,
-                    runtime_endpoint: self.container_runtime_endpoint,
-                    node_ip: self.node_ip,
-                    max_pods: self.max_pods,
-                    labels,
-                    taints,
-                    heartbeat: capstan_node::registration::Heartbeat {
-                        lease_duration_seconds: self.node_lease_duration_seconds,
-                        status_report_frequency: self.node_status_report_frequency,
-                    },
-                    image_archives: self.image_archive,
-                    serve: std::net::SocketAddr::new(self.address, self.port),
-                    pod_logs_dir: self.pod_logs_dir,
-                    root_dir: self.root_dir,
-                    dns: capstan_node::kubelet::cri::Dns {
-                        cluster_dns: self.cluster_dns,
-                        cluster_domain: self.cluster_domain,
-                        ..Default::default()
-                    }
-                    .with_host_file(&self.resolv_conf),
-                    proxy: (!self.disable_kube_proxy).then_some(
-                        capstan_node::kubelet::ProxyOptions {
-                            table: self.proxy_nftables_table,
-                            cluster_cidr: self.cluster_cidr,
-                        },
-                    ),
-                    dns_listen: self.cluster_dns_bind_address,
-                },
-            )));
-        }
-        Ok(NodeConfig::Simulated(capstan_node::simulated::Config {
-            kubeconfig: self.kubeconfig,
-            node_name,
-            nodes: self.simulated_nodes,
-            cpu: self.simulated_cpu,
-            memory: self.simulated_memory,
-            max_pods: self.max_pods,
-            labels,
-            taints,
-            lease_duration_seconds: self.node_lease_duration_seconds,
-            status_report_frequency: self.node_status_report_frequency,
-        }))
-    }
 }
 
 /// The `--leader-elect-*` flags kube-controller-manager and kube-scheduler share.
@@ -499,19 +383,43 @@ fn main() -> anyhow::Result<()> {
             }
         }),
         Command::Node(args) => {
-            let cfg = args.into_config()?;
+            let node_name = match args.hostname_override {
+                Some(n) => n,
+                None => server::hostname().context("pass --hostname-override")?,
+            };
+            let cfg = args.kubelet.into_config(args.kubeconfig, node_name)?;
             rt.block_on(async move {
-                let agent = async move {
-                    match cfg {
-                        NodeConfig::Kubelet(c) => capstan_node::kubelet::run(*c).await,
-                        NodeConfig::Simulated(c) => capstan_node::simulated::run(c).await,
-                    }
-                };
                 tokio::select! {
-                    r = agent => r.context("node"),
+                    r = cfg.run() => r.context("node"),
                     _ = shutdown_signal() => Ok(()),
                 }
             })
+        }
+        Command::Agent(a) => rt.block_on(async move {
+            tokio::select! {
+                r = agent::run(a) => r,
+                _ = shutdown_signal() => Ok(()),
+            }
+        }),
+        Command::Kubeconfig(a) => {
+            let (cert, key) = capstan_apiserver::tls::issue_client_cert(
+                &a.cert_dir,
+                &a.client_name,
+                a.org.as_deref(),
+            )?;
+            let ca = std::fs::read_to_string(a.cert_dir.join("ca.crt"))
+                .with_context(|| format!("reading {}", a.cert_dir.join("ca.crt").display()))?;
+            print!(
+                "{}",
+                capstan_apiserver::tls::client_kubeconfig(
+                    &ca,
+                    &a.server,
+                    &a.client_name,
+                    &cert,
+                    &key
+                )
+            );
+            Ok(())
         }
         Command::ControllerManager(a) => rt.block_on(async move {
             tokio::select! {

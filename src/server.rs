@@ -1,8 +1,10 @@
 //! `capstan server`: a whole control plane in one process, as k3s runs one: a store
 //! member, the apiserver on it, and the components above the apiserver, each exactly
 //! what its own subcommand runs, wired together over loopback. The components still
-//! reach the cluster only through the apiserver (with the admin kubeconfig the
-//! apiserver writes), so one process changes nothing of the architecture.
+//! reach the cluster only through the apiserver, each with its own identity (a
+//! kubeconfig with a certificate from the cluster CA: `system:kube-controller-manager`,
+//! `system:kube-scheduler`, `system:node:<name>`), so one process changes nothing of
+//! the architecture, nor of who may do what.
 //!
 //! HA, as k3s does it: `--cluster-init` runs the store member on Raft from the start
 //! (a one-member cluster that can grow) and writes a join token; `--server URL --token
@@ -46,24 +48,8 @@ pub struct ServerArgs {
     /// Do not run the node agent: this server schedules no pods onto itself.
     #[arg(long)]
     disable_agent: bool,
-    /// The agent's container runtime (containerd's CRI socket).
-    #[arg(long, default_value = "unix:///run/containerd/containerd.sock")]
-    container_runtime_endpoint: String,
-    /// The agent's node address (default: the source address of the default route).
-    #[arg(long)]
-    node_ip: Option<std::net::IpAddr>,
-    /// Image archives the agent imports into the runtime at start; repeatable.
-    #[arg(long)]
-    image_archive: Vec<PathBuf>,
-    /// Where the agent writes container logs (the kubelet's `podLogsDir`).
-    #[arg(long, default_value = "/var/log/pods")]
-    pod_logs_dir: PathBuf,
-    /// Do not run the agent's service proxy (kube-proxy's nftables mode).
-    #[arg(long)]
-    disable_kube_proxy: bool,
-    /// The pods' address range: traffic to a cluster IP from outside it is masqueraded.
-    #[arg(long, value_parser = crate::parse_cidr)]
-    cluster_cidr: Option<(std::net::Ipv4Addr, u8)>,
+    #[command(flatten)]
+    runtime: crate::agent::RuntimeArgs,
     /// The cluster DNS server pods use. By default the agent serves cluster DNS itself
     /// on the node's address and points pods there; given this, it serves none.
     #[arg(long)]
@@ -83,6 +69,11 @@ pub struct ServerArgs {
     /// `--cluster-init`, the secret to use instead of a random one.
     #[arg(long, short = 't', env = "CAPSTAN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A secret for agents only (k3s's `--agent-token`): it gets a kubelet certificate
+    /// from `capstan agent` but no server's keys. Without it, agents use the server
+    /// token.
+    #[arg(long, env = "CAPSTAN_AGENT_TOKEN", hide_env_values = true)]
+    agent_token: Option<String>,
     /// More names and addresses for the apiserver's serving certificate; repeatable.
     #[arg(long)]
     tls_san: Vec<String>,
@@ -137,7 +128,7 @@ pub async fn run(
     let peer_host = if ha {
         a.advertise_address
             .clone()
-            .or_else(|| a.node_ip.map(|ip| ip.to_string()))
+            .or_else(|| a.runtime.node_ip.map(|ip| ip.to_string()))
             .unwrap_or_else(|| {
                 if a.bind_address.is_unspecified() {
                     capstan_node::kubelet::machine::default_node_ip().to_string()
@@ -177,29 +168,42 @@ pub async fn run(
     };
     // The serving certificate names every address this server is reached at.
     let mut sans = vec![api_host.clone(), peer_host.clone(), name.clone()];
-    sans.extend(a.node_ip.map(|ip| ip.to_string()));
+    sans.extend(a.runtime.node_ip.map(|ip| ip.to_string()));
     sans.extend(a.tls_san.iter().cloned());
     let pkis = capstan_apiserver::tls::ensure_pki(&pki, &sans).context("certificates")?;
-    let token = if ha {
-        let token = crate::join::ensure_token(&a.data_dir, token_arg.as_ref(), &pkis.ca_pem)?;
-        tracing::info!(
-            token_file = %crate::join::token_path(&a.data_dir).display(),
-            "other servers join with --server https://{}:{} --token <the token in that file>",
-            url_host(&api_host),
-            a.https_listen_port
-        );
-        Some(token)
-    } else {
-        None
-    };
-    let join_routes = token.clone().map(|token| {
-        crate::join::routes(std::sync::Arc::new(crate::join::JoinState {
-            token,
+    // Every server has a token: agents join single servers too.
+    let token = crate::join::ensure_token(&a.data_dir, token_arg.as_ref(), &pkis.ca_pem)?;
+    let agent_secret = a
+        .agent_token
+        .as_deref()
+        .map(crate::join::Token::parse)
+        .transpose()
+        .context("--agent-token")?
+        .map(|t| t.secret);
+    if let Some(secret) = &agent_secret {
+        crate::join::write_secret(
+            &a.data_dir.join("server").join("agent-token"),
+            &format!("K10{}::node:{secret}", crate::join::ca_hash(&pkis.ca_pem)),
+        )?;
+    }
+    tracing::info!(
+        token_file = %crate::join::token_path(&a.data_dir).display(),
+        "{}agents join with capstan agent --server https://{}:{} --token <the token in that file>",
+        if ha { "other servers and " } else { "" },
+        url_host(&api_host),
+        a.https_listen_port
+    );
+    let join_routes = Some(crate::join::routes(std::sync::Arc::new(
+        crate::join::JoinState {
+            token: token.clone(),
+            agent_secret,
+            servers_may_join: ha,
             ca_pem: pkis.ca_pem.clone(),
             pki_dir: pki.clone(),
             store_url: client_url.clone(),
-        }))
-    });
+        },
+    )));
+    let token = ha.then_some(token);
     let store_cfg = capstan_store::Config {
         name: name.clone(),
         data_dir: store_dir,
@@ -235,6 +239,12 @@ pub async fn run(
     // A kubeconfig from an earlier run would let the components start before this
     // apiserver has rewritten it; they wait for the fresh one.
     let _ = std::fs::remove_file(&a.write_kubeconfig);
+    // Agents' load balancers learn every server's URL from the store.
+    let register = {
+        let (store, name) = (client_url.clone(), name.clone());
+        let api_url = format!("https://{}:{}", url_host(&api_host), a.https_listen_port);
+        async move { crate::join::register_apiserver(&store, &name, &api_url).await }
+    };
     let api_cfg = capstan_apiserver::Config {
         etcd_servers: vec![client_url],
         listen: std::net::SocketAddr::new(a.bind_address, a.https_listen_port),
@@ -250,12 +260,36 @@ pub async fn run(
     // A learner's store refuses the apiserver's reads: it starts once this member votes.
     let apiserver = async {
         voter.await?;
+        tokio::spawn(register);
         capstan_apiserver::run(api_cfg).await.context("apiserver")
     };
     let kubeconfig = a.write_kubeconfig.clone();
+    // Each component has its own identity, as upstream's (k3s keeps these under
+    // `server/cred` and `agent/`): the authorizer sees who asks, and the bootstrap
+    // policy grants each what it needs, not system:masters.
+    let api_url = format!("https://{}:{}", url_host(&api_host), a.https_listen_port);
+    let cred = a.data_dir.join("server").join("cred");
+    let identity = |file: &str, user: &str, group: Option<&str>| {
+        write_identity(&pki, &pkis.ca_pem, &api_url, &cred.join(file), user, group)
+    };
+    let controller_kubeconfig = identity(
+        "controller.kubeconfig",
+        "system:kube-controller-manager",
+        None,
+    )?;
+    let scheduler_kubeconfig = identity("scheduler.kubeconfig", "system:kube-scheduler", None)?;
+    let kubelet_kubeconfig = write_identity(
+        &pki,
+        &pkis.ca_pem,
+        &api_url,
+        &a.data_dir.join("agent").join("kubelet.kubeconfig"),
+        &format!("system:node:{name}"),
+        Some("system:nodes"),
+    )?;
     // The agent's DNS server listens on the node's address: pods reach it through
     // their default route, and it needs no Service of its own (see ARCHITECTURE.md).
     let node_ip = a
+        .runtime
         .node_ip
         .unwrap_or_else(capstan_node::kubelet::machine::default_node_ip);
     let dns_listen = (a.cluster_dns.is_none() && !a.disable_cluster_dns).then_some(node_ip);
@@ -266,9 +300,9 @@ pub async fn run(
         .into_iter()
         .collect();
     let agent = (!a.disable_agent).then(|| capstan_node::kubelet::Config {
-        kubeconfig: kubeconfig.clone(),
+        kubeconfig: kubelet_kubeconfig,
         node_name: name.clone(),
-        runtime_endpoint: a.container_runtime_endpoint,
+        runtime_endpoint: a.runtime.container_runtime_endpoint,
         node_ip: Some(node_ip),
         max_pods: 110,
         // As k3s labels its servers.
@@ -290,10 +324,10 @@ pub async fn run(
         }
         .with_host_file(std::path::Path::new("/etc/resolv.conf")),
         root_dir: a.data_dir.join("agent/kubelet"),
-        pod_logs_dir: a.pod_logs_dir,
-        image_archives: a.image_archive,
-        proxy: (!a.disable_kube_proxy).then(|| capstan_node::kubelet::ProxyOptions {
-            cluster_cidr: a.cluster_cidr,
+        pod_logs_dir: a.runtime.pod_logs_dir,
+        image_archives: a.runtime.image_archive,
+        proxy: (!a.runtime.disable_kube_proxy).then(|| capstan_node::kubelet::ProxyOptions {
+            cluster_cidr: a.runtime.cluster_cidr,
             ..Default::default()
         }),
         dns_listen,
@@ -305,7 +339,7 @@ pub async fn run(
         wait_for_file(&kubeconfig).await;
         tracing::info!(kubeconfig = %kubeconfig.display(), "control plane components starting");
         let controllers = capstan_controllers::Config {
-            kubeconfig: Some(kubeconfig.clone()),
+            kubeconfig: Some(controller_kubeconfig),
             election: Some(capstan_client::leader::LeaderConfig {
                 namespace: "kube-system".into(),
                 name: "kube-controller-manager".into(),
@@ -321,7 +355,7 @@ pub async fn run(
             service_lb_pool: lb_pool,
         };
         let scheduler = capstan_scheduler::Config {
-            kubeconfig: Some(kubeconfig.clone()),
+            kubeconfig: Some(scheduler_kubeconfig),
             // The apiserver's /healthz covers the process; no second HTTPS port.
             serve: None,
             ..capstan_scheduler::Config::default()
@@ -465,6 +499,25 @@ async fn become_voter(srv: &capstan_store::EtcdServer) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(())
+}
+
+/// Writes a kubeconfig for `user` (in `group`) with a fresh certificate from the
+/// cluster CA, returning its path.
+fn write_identity(
+    pki: &std::path::Path,
+    ca_pem: &str,
+    server: &str,
+    path: &std::path::Path,
+    user: &str,
+    group: Option<&str>,
+) -> anyhow::Result<PathBuf> {
+    let (cert, key) = capstan_apiserver::tls::issue_client_cert(pki, user, group)
+        .with_context(|| format!("the certificate of {user}"))?;
+    crate::join::write_secret(
+        path,
+        &capstan_apiserver::tls::client_kubeconfig(ca_pem, server, user, &cert, &key),
+    )?;
+    Ok(path.to_path_buf())
 }
 
 /// Resolves once `path` exists (the apiserver writes the kubeconfig as it starts).

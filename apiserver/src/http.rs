@@ -454,9 +454,9 @@ async fn handle(
     let q: HashMap<String, String> = Query::<Vec<(String, String)>>::try_from_uri(uri)
         .map(|Query(v)| v.into_iter().collect())
         .unwrap_or_default();
-    app.authorizer
-        .check(&user, &crate::rbac::request_info(&method, uri.path(), &q))
-        .await?;
+    let info = crate::rbac::request_info(&method, uri.path(), &q);
+    app.authorizer.check(&user, &info).await?;
+    app.authorizer.node_restriction().admit(&user, &info)?;
     if uri.path() == "/metrics" {
         return Ok((
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -637,6 +637,9 @@ async fn handle(
         (Method::POST, None, None) => {
             let raw = read_body(body).await?;
             let obj = parse_object(headers, &raw, rt.kind)?;
+            app.authorizer
+                .node_restriction()
+                .admit_create(&user, rt.group, rt.plural, &obj)?;
             app.authorizer
                 .confirm_no_escalation(&user, rt, ns, &obj)
                 .await?;

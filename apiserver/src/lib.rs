@@ -14,6 +14,7 @@ pub mod http;
 pub mod kubernetes_service;
 pub mod managed;
 pub mod metrics;
+pub mod node;
 pub mod patch;
 pub mod protobuf;
 pub mod proxy;

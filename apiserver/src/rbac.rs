@@ -154,8 +154,10 @@ pub enum Decision {
     NoOpinion(String),
 }
 
-/// The RBAC authorizer over the watch caches of the four RBAC kinds.
+/// The Node authorizer, then the RBAC authorizer over the watch caches of the four
+/// RBAC kinds (`--authorization-mode=Node,RBAC`).
 pub struct Authorizer {
+    node: crate::node::NodeAuthorizer,
     cluster_roles: Arc<Cache>,
     roles: Arc<Cache>,
     cluster_role_bindings: Arc<Cache>,
@@ -199,7 +201,12 @@ fn str_of<'a>(v: &'a Value, pointer: &str) -> &'a str {
 impl Authorizer {
     /// The authorizer over the apiserver's caches of roles and bindings.
     pub fn new(caches: &HashMap<&'static str, Arc<Cache>>) -> Result<Authorizer, ApiError> {
+        let pods = resources::find("", "v1", "pods")
+            .and_then(|rt| caches.get(rt.prefix))
+            .cloned()
+            .ok_or_else(|| ApiError::Setup("no watch cache of pods".into()))?;
         Ok(Authorizer {
+            node: crate::node::NodeAuthorizer::new(pods, node_rules()?),
             cluster_roles: cache_of(caches, "clusterroles")?,
             roles: cache_of(caches, "roles")?,
             cluster_role_bindings: cache_of(caches, "clusterrolebindings")?,
@@ -215,12 +222,38 @@ impl Authorizer {
         }
     }
 
-    /// Decides a request: masters are allowed everything; anyone else what a rule of a
-    /// role bound to them allows.
+    /// NodeRestriction (see `node.rs`): what a node may not write though its rules
+    /// allow the verb.
+    pub fn node_restriction(&self) -> &crate::node::NodeAuthorizer {
+        &self.node
+    }
+
+    /// Decides a request: masters are allowed everything; a node what the Node
+    /// authorizer allows it; anyone what a rule of a role bound to them allows. As
+    /// upstream's union of authorizers, the reasons of those with no opinion are
+    /// joined by newlines.
     pub async fn authorize(&self, user: &UserInfo, info: &RequestInfo) -> Decision {
         if user.groups.iter().any(|g| g == MASTERS) {
             return Decision::Allow(String::new());
         }
+        let node_reason = match self.node.authorize(user, info).await {
+            Some(Decision::Allow(r)) => return Decision::Allow(r),
+            Some(Decision::NoOpinion(r)) => r,
+            None => String::new(),
+        };
+        match self.authorize_rbac(user, info).await {
+            Decision::NoOpinion(r) if !node_reason.is_empty() => {
+                let both: Vec<String> = [node_reason, r]
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                Decision::NoOpinion(both.join("\n"))
+            }
+            d => d,
+        }
+    }
+
+    async fn authorize_rbac(&self, user: &UserInfo, info: &RequestInfo) -> Decision {
         self.wait_synced().await;
         let mut allowed = None;
         let mut errors = Vec::new();
@@ -909,6 +942,16 @@ pub fn bootstrap_policy() -> Result<Vec<(&'static str, Value)>, ApiError> {
         out.push(("clusterrolebindings", mark(b.clone(), "ClusterRoleBinding")));
     }
     Ok(out)
+}
+
+/// The rules the Node authorizer grants every node: those of the bootstrap policy's
+/// `system:node` ClusterRole (upstream's `NodeRules()`), fixed at start as upstream's.
+fn node_rules() -> Result<Vec<Value>, ApiError> {
+    Ok(bootstrap_policy()?
+        .into_iter()
+        .find(|(kind, r)| *kind == "clusterroles" && str_of(r, "/metadata/name") == "system:node")
+        .map(|(_, r)| strs_values(r.get("rules")).to_vec())
+        .unwrap_or_default())
 }
 
 /// Creates the bootstrap policy's objects that do not exist (an object a user changed

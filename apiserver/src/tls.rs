@@ -245,3 +245,45 @@ pub fn user_from_cert(der: &[u8]) -> Option<crate::auth::UserInfo> {
         .collect();
     Some(crate::auth::UserInfo { name, groups })
 }
+
+/// A client certificate and key (PEM) for `cn` in group `org`, signed by the CA in
+/// `dir` and not written anywhere: the components' own identities
+/// (`system:kube-controller-manager`, `system:kube-scheduler`, `system:node:<name>` in
+/// `system:nodes`), as kubeadm issues them into their kubeconfigs.
+pub fn issue_client_cert(
+    dir: &Path,
+    cn: &str,
+    org: Option<&str>,
+) -> Result<(String, String), ApiError> {
+    let ca_pem = read(dir, "ca.crt").ok_or_else(|| pki_err("ca.crt", "missing"))?;
+    let ca_key_pem = read(dir, "ca.key").ok_or_else(|| pki_err("ca.key", "missing"))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|e| pki_err("ca.key", e))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(|e| pki_err("ca.crt", e))?;
+    let key = KeyPair::generate().map_err(|e| pki_err(cn, e))?;
+    let mut p = params(cn, org, &[])?;
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    let cert = p.signed_by(&key, &issuer).map_err(|e| pki_err(cn, e))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A kubeconfig for `user` with a client certificate against `server`.
+pub fn client_kubeconfig(
+    ca_pem: &str,
+    server: &str,
+    user: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> String {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: capstan\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: {user:?}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: capstan\n  context:\n    cluster: capstan\n    user: {user:?}\ncurrent-context: capstan\n",
+        b64(ca_pem),
+        b64(cert_pem),
+        b64(key_pem)
+    )
+}

@@ -34,7 +34,12 @@ impl Stack {
         let store = Server::start().await;
         let api = Apiserver::start(&store.endpoint).await;
         let sched = (0..n)
-            .map(|_| Scheduler::start(&api.kubeconfig, extra))
+            .map(|_| {
+                Scheduler::start(
+                    &api.identity_kubeconfig("system:kube-scheduler", None),
+                    extra,
+                )
+            })
             .collect();
         Stack { sched, api, store }
     }

@@ -1,10 +1,10 @@
 //! Three `capstan server`s as one HA cluster (`--cluster-init`, then `--server` and
 //! `--token`), on one machine on distinct loopback ports: each server is SIGKILLed in
 //! turn while `kubectl` against the others keeps working, then restarted, and it
-//! rejoins from its data dir with everything written meanwhile. A wrong token is
-//! refused and changes nothing.
+//! rejoins from its data dir with everything written meanwhile; a `capstan agent` that
+//! joined through the first server keeps its node working through its load balancer.
+//! A wrong token is refused and changes nothing.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::ServerProcess;
@@ -222,19 +222,29 @@ async fn three_servers_keep_serving_when_any_one_is_killed_and_rejoin() {
         lost.log()
     );
 
+    // A worker joins through s1 alone; its agent's load balancer learns the others,
+    // so the node keeps working (runs the replacement pods below) while s1 is down.
     let scratch = tempfile::tempdir().expect("tempdir");
-    let relay = Relay::start(
-        [&s1, &s2, &s3]
-            .iter()
-            .map(|s| std::net::SocketAddr::from(([127, 0, 0, 1], s.https_port)))
-            .collect(),
-    )
-    .await;
-    let node_kubeconfig = relay.kubeconfig(&s1.kubeconfig(), &scratch.path().join("node"));
-    let mut node = Component::with_kubeconfig(
-        &node_kubeconfig,
-        "node",
-        &["--simulated", "--hostname-override", "worker"],
+    let (agent_dir, lb_port) = (
+        scratch.path().display().to_string(),
+        free_port().to_string(),
+    );
+    let mut node = Component::with_args(
+        "agent",
+        &[
+            "agent",
+            "--server",
+            &s1.url(),
+            "--token",
+            &token,
+            "--node-name",
+            "worker",
+            "--data-dir",
+            &agent_dir,
+            "--lb-server-port",
+            &lb_port,
+            "--simulated",
+        ],
     );
     let out = s2.kubectl(&[
         "create",

@@ -9,6 +9,7 @@ mod support;
 #[path = "../kubelet/containerd.rs"]
 mod containerd;
 
+mod agent;
 mod ha;
 mod partition;
 

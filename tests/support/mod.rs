@@ -699,6 +699,57 @@ impl Apiserver {
         std::fs::read_to_string(self.dir.path().join("apiserver.log")).unwrap_or_default()
     }
 
+    /// A kubeconfig for `user` in `group` with a certificate from this apiserver's CA
+    /// (`capstan kubeconfig`): a component's own identity.
+    pub fn identity_kubeconfig(&self, user: &str, group: Option<&str>) -> PathBuf {
+        let path = self
+            .dir
+            .path()
+            .join(format!("{}.kubeconfig", user.replace(':', "_")));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_capstan"));
+        cmd.arg("kubeconfig")
+            .arg("--cert-dir")
+            .arg(self.pki_dir())
+            .args(["--server", &self.url, "--client-name", user]);
+        if let Some(g) = group {
+            cmd.args(["--org", g]);
+        }
+        let out = cmd.output().expect("capstan kubeconfig runs");
+        assert!(
+            out.status.success(),
+            "capstan kubeconfig: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(&path, &out.stdout).expect("writing the kubeconfig");
+        path
+    }
+
+    /// The kubeconfig a component runs with: its upstream identity (the
+    /// controller-manager's, the scheduler's, a single node's kubelet), or the admin's
+    /// for simulated fleets (one process playing many nodes, as kwok).
+    pub fn component_kubeconfig(&self, subcommand: &str, args: &[&str]) -> PathBuf {
+        let flag = |name: &str| {
+            args.iter()
+                .position(|a| *a == name)
+                .and_then(|i| args.get(i + 1))
+                .map(|s| s.to_string())
+        };
+        match subcommand {
+            "controller-manager" => {
+                self.identity_kubeconfig("system:kube-controller-manager", None)
+            }
+            "scheduler" => self.identity_kubeconfig("system:kube-scheduler", None),
+            "node" if flag("--simulated-nodes").is_none_or(|n| n == "1") => {
+                match flag("--hostname-override") {
+                    Some(name) => self
+                        .identity_kubeconfig(&format!("system:node:{name}"), Some("system:nodes")),
+                    None => self.kubeconfig.clone(),
+                }
+            }
+            _ => self.kubeconfig.clone(),
+        }
+    }
+
     /// Its cert dir: the CA, and `sa.key`, which service-account tokens are signed with.
     pub fn pki_dir(&self) -> PathBuf {
         self.dir.path().join("pki")
@@ -794,8 +845,13 @@ pub struct Component {
 impl Component {
     /// Starts `capstan <subcommand>` against `api`. Readiness is the test's to poll for,
     /// through what a user would see (a node Ready, a pod bound...).
+    /// It runs with its own identity ([`Apiserver::component_kubeconfig`]).
     pub fn start(api: &Apiserver, subcommand: &str, args: &[&str]) -> Component {
-        Self::with_kubeconfig(&api.kubeconfig, subcommand, args)
+        Self::with_kubeconfig(
+            &api.component_kubeconfig(subcommand, args),
+            subcommand,
+            args,
+        )
     }
 
     /// [`Component::start`] with any kubeconfig.
@@ -814,6 +870,26 @@ impl Component {
         };
         c.spawn();
         c
+    }
+
+    /// `capstan <args>` as given (a component that takes no `--kubeconfig`, such as
+    /// `capstan agent`).
+    pub fn with_args(what: &str, args: &[&str]) -> Component {
+        let mut c = Component {
+            what: what.to_string(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            child: None,
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        c.spawn();
+        c
+    }
+
+    /// Its exit status, once it has exited by itself.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().expect("try_wait"))
     }
 
     fn spawn(&mut self) {
