@@ -10,67 +10,6 @@ use std::time::Duration;
 use super::ServerProcess;
 use crate::support::{eventually, free_port, Component};
 
-/// A TCP relay in front of the apiservers, standing in for the load balancer (or
-/// k3s's agent-side one) that a node reaches a HA control plane through: each
-/// connection goes to the first server that accepts it within a second. The servers'
-/// certificates are all issued by the cluster CA for the name `kubernetes`, so TLS
-/// passes through unchanged.
-pub(super) struct Relay {
-    port: u16,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Relay {
-    pub(super) async fn start(backends: Vec<std::net::SocketAddr>) -> Relay {
-        let port = free_port();
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .expect("relay listens");
-        let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let backends = backends.clone();
-                tokio::spawn(async move {
-                    for b in backends {
-                        // A server cut off by a partition never answers: try the next.
-                        let connect = tokio::net::TcpStream::connect(b);
-                        if let Ok(Ok(mut out)) =
-                            tokio::time::timeout(Duration::from_secs(1), connect).await
-                        {
-                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        Relay { port, task }
-    }
-
-    /// `kubeconfig` pointed at the relay.
-    pub(super) fn kubeconfig(&self, kubeconfig: &Path, out: &Path) -> PathBuf {
-        let text = std::fs::read_to_string(kubeconfig).expect("kubeconfig");
-        let relayed: String = text
-            .lines()
-            .map(|l| match l.trim_start().strip_prefix("server: ") {
-                Some(_) => format!(
-                    "    server: https://127.0.0.1:{}\n    tls-server-name: kubernetes",
-                    self.port
-                ),
-                None => l.to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        std::fs::write(out, relayed).expect("write kubeconfig");
-        out.to_path_buf()
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// `etcdctl member list` as (name, started, learner) rows, sorted.
 fn members(srv: &ServerProcess) -> Option<Vec<(String, bool, bool)>> {
     let out = srv.etcdctl(&["member", "list"]);
