@@ -87,10 +87,20 @@ impl ServerProcess {
     }
 
     /// `etcdctl` against this server's store member.
+    /// The store serves TLS only, to certificates of its own CA (`pki/etcd`): etcdctl
+    /// shows the apiserver's client certificate.
     fn etcdctl(&self, args: &[&str]) -> support::Ctl {
+        let etcd = self.data_dir().join("pki/etcd");
+        let mut all: Vec<String> = ["ca.crt", "client.crt", "client.key"]
+            .iter()
+            .zip(["--cacert", "--cert", "--key"])
+            .map(|(f, flag)| format!("{flag}={}", etcd.join(f).display()))
+            .collect();
+        all.extend(args.iter().map(|s| s.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
         support::etcdctl_at(
-            &format!("http://127.0.0.1:{}", self.store_client_port),
-            args,
+            &format!("https://127.0.0.1:{}", self.store_client_port),
+            &all,
             None,
         )
     }
