@@ -111,14 +111,14 @@ impl PeerDialer {
     pub fn new(cfg: &crate::Config) -> Result<PeerDialer> {
         Ok(PeerDialer {
             auth: PeerAuth::new(cfg.peer_secret.as_deref())?,
-            tls: cfg
-                .peer_tls
-                .is_set()
-                .then(|| {
-                    cfg.peer_tls
-                        .client_config("--peer-cert-file, --peer-key-file")
-                })
-                .transpose()?,
+            // As the listener: certificates with only http:// peer URLs are ignored.
+            tls: (cfg.peer_tls.is_set()
+                && cfg.listen_peer_urls.iter().any(|u| crate::tls::is_https(u)))
+            .then(|| {
+                cfg.peer_tls
+                    .client_config("--peer-cert-file, --peer-key-file")
+            })
+            .transpose()?,
         })
     }
 }
