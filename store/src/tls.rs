@@ -145,9 +145,17 @@ pub fn is_https(url: &str) -> bool {
 pub fn check_urls(urls: &[String], info: &TlsInfo, kind: &str, flags: &str) -> Result<()> {
     for u in urls {
         if is_https(u) && !info.is_set() {
-            return Err(StoreError::InvalidArgument(format!(
-                "TLS key/cert ({flags}) must be provided for {kind} url {u} with HTTPS scheme"
-            )));
+            // etcd's two messages, word for word.
+            return Err(StoreError::InvalidArgument(if kind == "peer" {
+                let hostport = u.trim_start_matches("https://").trim_end_matches('/');
+                format!(
+                    "cannot listen on TLS for {hostport}: KeyFile and CertFile are not presented"
+                )
+            } else {
+                format!(
+                    "TLS key/cert ({flags}) must be provided for {kind} url {u} with HTTPS scheme"
+                )
+            }));
         }
     }
     if info.is_set() && !urls.iter().any(|u| is_https(u)) {

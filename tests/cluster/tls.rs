@@ -339,3 +339,54 @@ async fn a_tls_cluster_replicates_and_serves_only_certified_clients() -> anyhow:
     let _ = stray.kill();
     Ok(())
 }
+
+/// An `https://` URL without a certificate stops the member at start with etcd's
+/// message, client side and peer side.
+#[tokio::test]
+async fn an_https_url_without_a_certificate_is_refused_at_start() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let run = |client: &str, peer: &str| {
+        member_command()
+            .args(["--data-dir", p(&dir.path().join("d"))])
+            .args([
+                "--listen-client-urls",
+                client,
+                "--advertise-client-urls",
+                client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                peer,
+                "--initial-advertise-peer-urls",
+                peer,
+            ])
+            .args(["--initial-cluster", &format!("default={peer}")])
+            .stdin(Stdio::null())
+            .output()
+            .expect("member runs")
+    };
+    let client = format!("https://127.0.0.1:{}", free_port());
+    let out = run(&client, &format!("http://127.0.0.1:{}", free_port()));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "TLS key/cert (--cert-file, --key-file) must be provided for client url {client} with HTTPS scheme"
+        )),
+        "{err}"
+    );
+    let port = free_port();
+    let out = run(
+        &format!("http://127.0.0.1:{}", free_port()),
+        &format!("https://127.0.0.1:{port}"),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "cannot listen on TLS for 127.0.0.1:{port}: KeyFile and CertFile are not presented"
+        )),
+        "{err}"
+    );
+    Ok(())
+}
