@@ -177,6 +177,7 @@ async fn three_servers_keep_serving_when_any_one_is_killed_and_rejoin() {
     // and the store no member.
     let (hash, _) = token.split_once("::").expect("K10 token");
     let wrong = format!("{hash}::server:not-the-secret");
+    let ids_before_intruders = member_ids(&s1);
     let mut intruder = ServerProcess::named("s4", &["--server", &s1.url(), "--token", &wrong]);
     let status = intruder.exited().await;
     assert!(!status.success(), "{}", intruder.log());
@@ -259,6 +260,12 @@ async fn three_servers_keep_serving_when_any_one_is_killed_and_rejoin() {
         lost.log().contains("does not match the token's hash"),
         "{}",
         lost.log()
+    );
+    assert!(!lost.data_dir().join("pki/etcd/ca.key").exists());
+    assert_eq!(
+        member_ids(&s1),
+        ids_before_intruders,
+        "a server of another CA changed the membership"
     );
 
     let scratch = tempfile::tempdir().expect("tempdir");
