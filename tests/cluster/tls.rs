@@ -35,6 +35,16 @@ impl Drop for TlsCluster {
     }
 }
 
+/// A process killed when the test ends, failed or not.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn member_command() -> Command {
     if against_etcd() {
         Command::new("etcd")
@@ -309,7 +319,7 @@ async fn a_tls_cluster_replicates_and_serves_only_certified_clients() -> anyhow:
     let mut initial: Vec<String> = (0..3).map(|i| format!("m{i}={}", c.peers[i])).collect();
     initial.push(format!("m3={stray_peer}"));
     let stray_log = std::fs::File::create(c.dir.path().join("m3.log"))?;
-    let mut stray = member_command()
+    let stray = member_command()
         .args(["--name", "m3", "--data-dir"])
         .arg(&stray_dir)
         .args(["--listen-client-urls", &stray_client])
@@ -323,20 +333,20 @@ async fn a_tls_cluster_replicates_and_serves_only_certified_clients() -> anyhow:
         .stdout(stray_log.try_clone()?)
         .stderr(stray_log)
         .spawn()?;
+    let mut stray = Reaped(stray);
     // It never becomes part of the cluster (etcd and capstan both give up and exit
     // when no member lets them in; either way it serves no reads as a member).
     let joined = eventually(
         "the plaintext member to give up",
         Duration::from_secs(60),
         || {
-            let st = stray.try_wait().expect("try_wait");
+            let st = stray.0.try_wait().expect("try_wait");
             async move { st }
         },
     )
     .await;
     assert!(!joined.success());
     assert_eq!(c.members(), members, "the membership changed");
-    let _ = stray.kill();
     Ok(())
 }
 
@@ -388,5 +398,64 @@ async fn an_https_url_without_a_certificate_is_refused_at_start() -> anyhow::Res
         )),
         "{err}"
     );
+    Ok(())
+}
+
+/// `capstan apiserver` on a TLS store with kube-apiserver's `--etcd-cafile`,
+/// `--etcd-certfile` and `--etcd-keyfile`: kubectl's writes land in the store, which
+/// `etcdctl` (with the same client certificate) reads back.
+#[tokio::test]
+async fn the_apiserver_reaches_a_tls_store_with_its_client_certificate() -> anyhow::Result<()> {
+    let c = TlsCluster::start().await;
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    let log = std::fs::File::create(dir.path().join("apiserver.log"))?;
+    let port = free_port();
+    let api = Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args(["apiserver", "--etcd-servers", &c.endpoints.join(",")])
+        .args(["--etcd-cafile", p(&c.pki.ca_cert)])
+        .args(["--etcd-certfile", p(&c.pki.client_cert)])
+        .args(["--etcd-keyfile", p(&c.pki.client_key)])
+        .args([
+            "--bind-address",
+            "127.0.0.1",
+            "--secure-port",
+            &port.to_string(),
+        ])
+        .args(["--cert-dir", p(&dir.path().join("pki"))])
+        .args(["--kubeconfig-out", p(&kubeconfig)])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    let mut api = Reaped(api);
+    let kubectl = |args: &[&str]| {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(args)
+            .output()
+            .expect("kubectl runs")
+    };
+    let apiserver_log =
+        || std::fs::read_to_string(dir.path().join("apiserver.log")).unwrap_or_default();
+    eventually("the apiserver to serve", Duration::from_secs(60), || {
+        let st = api.0.try_wait().expect("try_wait");
+        assert!(st.is_none(), "apiserver exited: {}", apiserver_log());
+        let ok = kubeconfig.exists() && kubectl(&["get", "--raw", "/healthz"]).status.success();
+        async move { ok.then_some(()) }
+    })
+    .await;
+    let out = kubectl(&["create", "configmap", "over-tls", "--from-literal=k=v"]);
+    assert!(out.status.success(), "{out:?}\n{}", apiserver_log());
+    let stored = c.etcdctl(
+        2,
+        &[
+            "get",
+            "/registry/configmaps/default/over-tls",
+            "--print-value-only",
+        ],
+    );
+    assert!(stored.out().contains("over-tls"), "{}", stored.stdout);
     Ok(())
 }
