@@ -195,6 +195,13 @@ pub struct Bootstrap {
     pub initial_cluster: String,
     /// The new member's id (hex).
     pub member_id: String,
+    /// The store's CA (`pki/etcd/ca.crt` and its key): the joiner issues its store
+    /// member's and its apiserver's certificates from it. Empty from a server without
+    /// store TLS.
+    #[serde(default)]
+    pub etcd_ca_cert: String,
+    #[serde(default)]
+    pub etcd_ca_key: String,
 }
 
 /// What an agent sends: its node name and its node password.
@@ -235,6 +242,10 @@ pub struct JoinState {
     pub pki_dir: PathBuf,
     /// The local store member's client URL (its Cluster API).
     pub store_url: String,
+    /// The client certificate for it.
+    pub store_tls: capstan_apiserver::storage::EtcdTls,
+    /// Where the store's CA lives (`ca.crt`, `ca.key`), shipped to joiners.
+    pub etcd_ca_dir: PathBuf,
 }
 
 /// `/cacerts` (public, as k3s's) and the bootstrap endpoint (token-guarded).
@@ -437,7 +448,13 @@ async fn add_member(s: &JoinState, req: &JoinRequest) -> Result<Bootstrap, JoinE
             .map_err(|e| JoinError::Unavailable(format!("{name}: {e}")))
     };
     let (ca_key, sa_key) = (read("ca.key")?, read("sa.key")?);
-    let mut etcd = etcd_client::Client::connect([s.store_url.as_str()], None)
+    let read_etcd = |name: &str| {
+        std::fs::read_to_string(s.etcd_ca_dir.join(name))
+            .map_err(|e| JoinError::Unavailable(format!("etcd/{name}: {e}")))
+    };
+    let (etcd_ca_cert, etcd_ca_key) = (read_etcd("ca.crt")?, read_etcd("ca.key")?);
+    let opts = s.store_tls.options().map_err(|e| unavailable(&e))?;
+    let mut etcd = etcd_client::Client::connect([s.store_url.as_str()], opts)
         .await
         .map_err(|e| unavailable(&e))?;
     let list = etcd.member_list().await.map_err(|e| unavailable(&e))?;
@@ -491,6 +508,8 @@ async fn add_member(s: &JoinState, req: &JoinRequest) -> Result<Bootstrap, JoinE
         sa_key,
         initial_cluster,
         member_id: format!("{id:x}"),
+        etcd_ca_cert,
+        etcd_ca_key,
     })
 }
 

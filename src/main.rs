@@ -243,6 +243,15 @@ struct ApiserverArgs {
     /// Its key (default: `apiserver-kubelet-client.key` in the cert dir).
     #[arg(long)]
     kubelet_client_key: Option<PathBuf>,
+    /// SSL Certificate Authority file used to secure etcd communication.
+    #[arg(long)]
+    etcd_cafile: Option<PathBuf>,
+    /// SSL certification file used to secure etcd communication.
+    #[arg(long)]
+    etcd_certfile: Option<PathBuf>,
+    /// SSL key file used to secure etcd communication.
+    #[arg(long)]
+    etcd_keyfile: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -312,6 +321,32 @@ struct StoreArgs {
     /// Maximum number of operations permitted in a transaction.
     #[arg(long, default_value_t = 128)]
     max_txn_ops: usize,
+    /// Path to the client server TLS cert file (served on https:// client URLs).
+    #[arg(long)]
+    cert_file: Option<PathBuf>,
+    /// Path to the client server TLS key file.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Path to the client server TLS trusted CA cert file.
+    #[arg(long)]
+    trusted_ca_file: Option<PathBuf>,
+    /// Enable client cert authentication: clients without a certificate signed by
+    /// --trusted-ca-file are refused in the TLS handshake.
+    #[arg(long)]
+    client_cert_auth: bool,
+    /// Path to the peer server TLS cert file (served on https:// peer URLs and shown
+    /// to the other members).
+    #[arg(long)]
+    peer_cert_file: Option<PathBuf>,
+    /// Path to the peer server TLS key file.
+    #[arg(long)]
+    peer_key_file: Option<PathBuf>,
+    /// Path to the peer server TLS trusted CA file.
+    #[arg(long)]
+    peer_trusted_ca_file: Option<PathBuf>,
+    /// Enable peer client cert authentication.
+    #[arg(long)]
+    peer_client_cert_auth: bool,
 }
 
 impl StoreArgs {
@@ -347,6 +382,18 @@ impl StoreArgs {
             },
             max_request_bytes: self.max_request_bytes,
             max_txn_ops: self.max_txn_ops,
+            client_tls: capstan_store::tls::TlsInfo {
+                cert_file: self.cert_file,
+                key_file: self.key_file,
+                trusted_ca_file: self.trusted_ca_file,
+                client_cert_auth: self.client_cert_auth,
+            },
+            peer_tls: capstan_store::tls::TlsInfo {
+                cert_file: self.peer_cert_file,
+                key_file: self.peer_key_file,
+                trusted_ca_file: self.peer_trusted_ca_file,
+                client_cert_auth: self.peer_client_cert_auth,
+            },
             ..d
         }
     }
@@ -375,6 +422,11 @@ fn main() -> anyhow::Result<()> {
                 compaction_interval: a.etcd_compaction_interval,
                 kubelet_client_certificate: a.kubelet_client_certificate,
                 kubelet_client_key: a.kubelet_client_key,
+                etcd_tls: capstan_apiserver::storage::EtcdTls {
+                    ca_file: a.etcd_cafile,
+                    cert_file: a.etcd_certfile,
+                    key_file: a.etcd_keyfile,
+                },
                 extra_routes: None,
             };
             tokio::select! {

@@ -108,7 +108,8 @@ pub async fn run(
     if let Some(dir) = a.write_kubeconfig.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let client_url = format!("http://127.0.0.1:{}", a.store_client_port);
+    // The store speaks TLS on both ports, certificates required (see ensure_etcd_pki).
+    let client_url = format!("https://127.0.0.1:{}", a.store_client_port);
     let store_dir = a.data_dir.join("store");
     let cluster_file = a.data_dir.join("server").join("initial-cluster");
     let joined = store_dir.join("member").join("identity").exists();
@@ -144,9 +145,9 @@ pub async fn run(
     } else {
         "127.0.0.1".to_string()
     };
-    let peer_url = format!("http://{}:{}", url_host(&peer_host), a.store_peer_port);
+    let peer_url = format!("https://{}:{}", url_host(&peer_host), a.store_peer_port);
     let peer_listen = format!(
-        "http://{}:{}",
+        "https://{}:{}",
         url_host(&peer_listen_host),
         a.store_peer_port
     );
@@ -171,6 +172,20 @@ pub async fn run(
     sans.extend(a.runtime.node_ip.map(|ip| ip.to_string()));
     sans.extend(a.tls_san.iter().cloned());
     let pkis = capstan_apiserver::tls::ensure_pki(&pki, &sans).context("certificates")?;
+    let etcd_pki =
+        capstan_apiserver::tls::ensure_etcd_pki(&pki, &sans).context("store certificates")?;
+    let member_tls = |cert: &std::path::Path, key: &std::path::Path| capstan_store::tls::TlsInfo {
+        cert_file: Some(cert.to_path_buf()),
+        key_file: Some(key.to_path_buf()),
+        trusted_ca_file: Some(etcd_pki.ca_cert.clone()),
+        client_cert_auth: true,
+    };
+    // The apiserver's (and the join endpoint's) client certificate for the store.
+    let store_client_tls = capstan_apiserver::storage::EtcdTls {
+        ca_file: Some(etcd_pki.ca_cert.clone()),
+        cert_file: Some(etcd_pki.client_cert.clone()),
+        key_file: Some(etcd_pki.client_key.clone()),
+    };
     // Every server has a token: agents join single servers too.
     let token = crate::join::ensure_token(&a.data_dir, token_arg.as_ref(), &pkis.ca_pem)?;
     let agent_secret = a
@@ -201,6 +216,8 @@ pub async fn run(
             ca_pem: pkis.ca_pem.clone(),
             pki_dir: pki.clone(),
             store_url: client_url.clone(),
+            store_tls: store_client_tls.clone(),
+            etcd_ca_dir: pki.join("etcd"),
         },
     )));
     let token = ha.then_some(token);
@@ -216,6 +233,8 @@ pub async fn run(
         raft: ha,
         // Only servers holding the token reach the store's Raft.
         peer_secret: token.map(|t| t.secret),
+        client_tls: member_tls(&etcd_pki.server_cert, &etcd_pki.server_key),
+        peer_tls: member_tls(&etcd_pki.peer_cert, &etcd_pki.peer_key),
         ..capstan_store::Config::default()
     };
     tracing::info!(name = %name, data_dir = %a.data_dir.display(), ha, "starting server");
@@ -255,6 +274,7 @@ pub async fn run(
         compaction_interval: Duration::from_secs(300),
         kubelet_client_certificate: None,
         kubelet_client_key: None,
+        etcd_tls: store_client_tls,
         extra_routes: join_routes,
     };
     // A learner's store refuses the apiserver's reads: it starts once this member votes.
@@ -421,6 +441,21 @@ async fn first_start(
         crate::join::write_secret(&pki.join("sa.key"), &b.sa_key)?;
         for f in ["apiserver.crt", "apiserver.key", "admin.crt", "admin.key"] {
             let _ = std::fs::remove_file(pki.join(f));
+        }
+        // The store's CA: this server's member and client certificates are issued
+        // from it, so the other members' peer and client ports accept them.
+        if b.etcd_ca_cert.is_empty() || b.etcd_ca_key.is_empty() {
+            anyhow::bail!("{url} sent no store CA: it runs an older capstan without store TLS");
+        }
+        let etcd_dir = pki.join("etcd");
+        std::fs::create_dir_all(&etcd_dir)
+            .with_context(|| format!("creating {}", etcd_dir.display()))?;
+        std::fs::write(etcd_dir.join("ca.crt"), &b.etcd_ca_cert).context("writing etcd/ca.crt")?;
+        crate::join::write_secret(&etcd_dir.join("ca.key"), &b.etcd_ca_key)?;
+        for f in ["server", "peer", "client"] {
+            for ext in ["crt", "key"] {
+                let _ = std::fs::remove_file(etcd_dir.join(format!("{f}.{ext}")));
+            }
         }
         std::fs::create_dir_all(cluster_file.parent().unwrap_or(&a.data_dir))?;
         std::fs::write(&cluster_file, &b.initial_cluster)

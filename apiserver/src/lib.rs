@@ -57,6 +57,8 @@ pub struct Config {
     /// shows kubelets for logs and exec (default: the ones generated in the cert dir).
     pub kubelet_client_certificate: Option<PathBuf>,
     pub kubelet_client_key: Option<PathBuf>,
+    /// `--etcd-cafile`, `--etcd-certfile`, `--etcd-keyfile`.
+    pub etcd_tls: storage::EtcdTls,
     /// Routes served beside the API on the same port, outside its authentication
     /// (they check their own credentials): `capstan server`'s `/cacerts` and join
     /// endpoint, as k3s serves them on its apiserver port.
@@ -68,7 +70,7 @@ const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "k
 
 /// Runs the apiserver until the listener fails.
 pub async fn run(cfg: Config) -> Result<(), ApiError> {
-    let store = connect_store(&cfg.etcd_servers).await?;
+    let store = connect_store(&cfg.etcd_servers, &cfg.etcd_tls).await?;
     let host = cfg
         .advertise_address
         .clone()
@@ -172,10 +174,13 @@ pub async fn run(cfg: Config) -> Result<(), ApiError> {
 }
 
 /// Connects to the store, waiting for it to come up (servers start in any order).
-async fn connect_store(endpoints: &[String]) -> Result<storage::Store, ApiError> {
+async fn connect_store(
+    endpoints: &[String],
+    tls: &storage::EtcdTls,
+) -> Result<storage::Store, ApiError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        match storage::Store::connect(endpoints).await {
+        match storage::Store::connect(endpoints, tls).await {
             Ok(s) => match s.revision().await {
                 Ok(_) => return Ok(s),
                 Err(e) if tokio::time::Instant::now() > deadline => return Err(e),

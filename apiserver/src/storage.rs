@@ -165,9 +165,47 @@ fn header_rev(h: Option<&etcd_client::ResponseHeader>) -> i64 {
     h.map(|h| h.revision()).unwrap_or(0)
 }
 
+/// The client's TLS to the store (kube-apiserver's `--etcd-cafile`, `--etcd-certfile`,
+/// `--etcd-keyfile`): used for `https://` servers.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdTls {
+    pub ca_file: Option<std::path::PathBuf>,
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+impl EtcdTls {
+    /// etcd-client's options for these files; `None` without any (plaintext, or an
+    /// https store whose certificate the client cannot verify and so refuses).
+    pub fn options(&self) -> Result<Option<etcd_client::ConnectOptions>, ApiError> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| ApiError::Setup(format!("{}: {e}", p.display())))
+        };
+        let mut tls = etcd_client::TlsOptions::new();
+        let mut any = false;
+        if let Some(ca) = &self.ca_file {
+            tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+            any = true;
+        }
+        match (&self.cert_file, &self.key_file) {
+            (Some(c), Some(k)) => {
+                tls = tls.identity(etcd_client::Identity::from_pem(read(c)?, read(k)?));
+                any = true;
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ApiError::Setup(
+                    "--etcd-certfile and --etcd-keyfile go together".into(),
+                ))
+            }
+        }
+        Ok(any.then(|| etcd_client::ConnectOptions::new().with_tls(tls)))
+    }
+}
+
 impl Store {
-    pub async fn connect(endpoints: &[String]) -> Result<Store, ApiError> {
-        let client = Client::connect(endpoints, None)
+    pub async fn connect(endpoints: &[String], tls: &EtcdTls) -> Result<Store, ApiError> {
+        let client = Client::connect(endpoints, tls.options()?)
             .await
             .map_err(|e| ApiError::Setup(format!("connecting to the store: {e}")))?;
         Ok(Store {

@@ -287,3 +287,99 @@ pub fn client_kubeconfig(
         b64(key_pem)
     )
 }
+
+/// The store's certificates under `<cert-dir>/etcd/` (k3s keeps them in
+/// `server/tls/etcd/`): a CA of their own, so no certificate of the cluster CA (admin,
+/// nodes, components) reaches the store; the member's client-port serving certificate,
+/// its peer certificate (serving and dialing), and the apiserver's client certificate.
+pub struct EtcdPki {
+    pub ca_cert: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub peer_cert: PathBuf,
+    pub peer_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+/// Loads the store's PKI from `<dir>/etcd`, generating what is missing; `hosts` are the
+/// names and addresses the member's certificates must be valid for. A joining server
+/// gets the CA (certificate and key) from the cluster and issues its own member
+/// certificates here.
+pub fn ensure_etcd_pki(dir: &Path, hosts: &[String]) -> Result<EtcdPki, ApiError> {
+    let dir = dir.join("etcd");
+    std::fs::create_dir_all(&dir).map_err(|e| pki_err(&dir.display().to_string(), e))?;
+    let (ca_pem, ca_key_pem) = match (read(&dir, "ca.crt"), read(&dir, "ca.key")) {
+        (Some(c), Some(k)) => (c, k),
+        _ => {
+            let key = KeyPair::generate().map_err(|e| pki_err("etcd ca key", e))?;
+            let mut p = params("capstan-etcd-ca", None, &[])?;
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::CrlSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+            let cert = p
+                .self_signed(&key)
+                .map_err(|e| pki_err("etcd ca cert", e))?;
+            write(&dir, "ca.crt", &cert.pem(), false)?;
+            write(&dir, "ca.key", &key.serialize_pem(), true)?;
+            (cert.pem(), key.serialize_pem())
+        }
+    };
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|e| pki_err("etcd/ca.key", e))?;
+    let issuer =
+        Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(|e| pki_err("etcd/ca.crt", e))?;
+    let mut sans: Vec<String> = vec!["localhost".into(), "127.0.0.1".into()];
+    for h in hosts {
+        if !sans.contains(h) {
+            sans.push(h.clone());
+        }
+    }
+    let leaf = |name: &str,
+                cn: &str,
+                sans: &[String],
+                usages: Vec<ExtendedKeyUsagePurpose>|
+     -> Result<(PathBuf, PathBuf), ApiError> {
+        let (crt, keyf) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        if crt.exists() && keyf.exists() {
+            return Ok((crt, keyf));
+        }
+        let key = KeyPair::generate().map_err(|e| pki_err(name, e))?;
+        let mut p = params(cn, None, sans)?;
+        p.extended_key_usages = usages;
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        let cert = p.signed_by(&key, &issuer).map_err(|e| pki_err(name, e))?;
+        write(&dir, &format!("{name}.crt"), &cert.pem(), false)?;
+        write(&dir, &format!("{name}.key"), &key.serialize_pem(), true)?;
+        Ok((crt, keyf))
+    };
+    use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+    // Both usages, as etcd's member certificates: a member also dials with them.
+    let (server_cert, server_key) =
+        leaf("server", "etcd-server", &sans, vec![ServerAuth, ClientAuth])?;
+    let (peer_cert, peer_key) = leaf("peer", "etcd-peer", &sans, vec![ServerAuth, ClientAuth])?;
+    // kubeadm's name for the apiserver's etcd client certificate.
+    let (client_cert, client_key) = leaf(
+        "client",
+        "kube-apiserver-etcd-client",
+        &[],
+        vec![ClientAuth],
+    )?;
+    Ok(EtcdPki {
+        ca_cert: dir.join("ca.crt"),
+        server_cert,
+        server_key,
+        peer_cert,
+        peer_key,
+        client_cert,
+        client_key,
+    })
+}

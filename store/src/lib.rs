@@ -13,6 +13,7 @@ pub mod mvcc;
 pub mod raft;
 pub mod server;
 pub mod snapshot;
+pub mod tls;
 pub mod watch;
 
 pub use error::{Result, StoreError};

@@ -22,6 +22,9 @@ pub struct Metrics {
     registry: Registry,
     /// Proposals committed to the log (one per client write).
     pub proposals_committed: IntCounter,
+    /// Connections refused in the TLS handshake (no or a wrong client certificate,
+    /// plaintext on a TLS port).
+    pub tls_handshake_failures: IntCounter,
     /// Time to apply one batch to the backend (a single member: and fsync it; with
     /// Raft the log is the durable copy, so the apply is unsynced).
     pub backend_commit: Histogram,
@@ -79,6 +82,13 @@ impl Metrics {
                 IntCounter::new(
                     "etcd_server_proposals_committed_total",
                     "The total number of consensus proposals committed.",
+                ),
+            ),
+            tls_handshake_failures: register(
+                &r,
+                IntCounter::new(
+                    "capstan_store_tls_handshake_failures_total",
+                    "Connections refused in the TLS handshake.",
                 ),
             ),
             // etcd's buckets: 1 ms doubling to about 8 s.

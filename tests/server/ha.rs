@@ -123,6 +123,7 @@ async fn three_servers_keep_serving_when_any_one_is_killed_and_rejoin() {
     // and the store no member.
     let (hash, _) = token.split_once("::").expect("K10 token");
     let wrong = format!("{hash}::server:not-the-secret");
+    let ids_before_intruders = member_ids(&s1);
     let mut intruder = ServerProcess::named("s4", &["--server", &s1.url(), "--token", &wrong]);
     let status = intruder.exited().await;
     assert!(!status.success(), "{}", intruder.log());
@@ -138,19 +139,65 @@ async fn three_servers_keep_serving_when_any_one_is_killed_and_rejoin() {
         "{}",
         s1.etcdctl(&["member", "list"]).out()
     );
-    // The store's peer port, which other machines reach, serves only holders of the
-    // secret: a Raft client without it is refused.
-    let mut raw = capstan_proto::raftpb::raft_client::RaftClient::connect(format!(
-        "http://127.0.0.1:{}",
-        s1.store_peer_port
-    ))
-    .await
-    .expect("peer port accepts connections");
-    let refused = raw
-        .members(capstan_proto::raftpb::MembersRequest {})
+    // The store's peer port, which other machines reach, speaks TLS only and serves
+    // only certificates of the cluster's store CA: plaintext is refused, and so is a
+    // member with certificates of another CA, before any request reaches Raft.
+    let peer = format!("127.0.0.1:{}", s1.store_peer_port);
+    let plain = async {
+        let mut raw =
+            capstan_proto::raftpb::raft_client::RaftClient::connect(format!("http://{peer}"))
+                .await
+                .map_err(|e| e.to_string())?;
+        raw.members(capstan_proto::raftpb::MembersRequest {})
+            .await
+            .map_err(|e| e.to_string())
+    };
+    plain
         .await
-        .expect_err("a peer request without the secret is refused");
-    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+        .expect_err("a plaintext peer connection is refused");
+    let foreign_dir = tempfile::tempdir().expect("tempdir");
+    let foreign = capstan_apiserver::tls::ensure_etcd_pki(foreign_dir.path(), &[])
+        .expect("another CA's certificates");
+    let ours = s1.data_dir().join("pki/etcd");
+    let tls_members = |cert: PathBuf, key: PathBuf| {
+        let peer = peer.clone();
+        let ca = ours.join("ca.crt");
+        async move {
+            let read = |f: &std::path::Path| std::fs::read(f).expect("certificate file");
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(read(&ca)))
+                .identity(tonic::transport::Identity::from_pem(
+                    read(&cert),
+                    read(&key),
+                ));
+            let channel = tonic::transport::Endpoint::from_shared(format!("https://{peer}"))
+                .map_err(|e| e.to_string())?
+                .tls_config(tls)
+                .map_err(|e| e.to_string())?
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
+            capstan_proto::raftpb::raft_client::RaftClient::new(channel)
+                .members(capstan_proto::raftpb::MembersRequest {})
+                .await
+                .map_err(|e| e.to_string())
+        }
+    };
+    tls_members(foreign.peer_cert.clone(), foreign.peer_key.clone())
+        .await
+        .expect_err("a peer certificate of another CA is refused");
+    // The same call with the cluster's own peer certificate passes the handshake (and
+    // is then refused for want of the peer secret), so the refusal above is the CA's.
+    let own = tls_members(ours.join("peer.crt"), ours.join("peer.key"))
+        .await
+        .expect_err("no peer secret");
+    assert!(own.contains("peer secret"), "{own}");
+    assert_eq!(
+        members(&s1).map(|m| m.len()),
+        Some(3),
+        "{}",
+        s1.etcdctl(&["member", "list"]).out()
+    );
     // A token of another cluster (another CA hash): the joiner stops before sending it.
     let other = format!("K10{}::server:x", "0".repeat(64));
     let mut lost = ServerProcess::named("s5", &["--server", &s1.url(), "--token", &other]);
@@ -159,6 +206,12 @@ async fn three_servers_keep_serving_when_any_one_is_killed_and_rejoin() {
         lost.log().contains("does not match the token's hash"),
         "{}",
         lost.log()
+    );
+    assert!(!lost.data_dir().join("pki/etcd/ca.key").exists());
+    assert_eq!(
+        member_ids(&s1),
+        ids_before_intruders,
+        "a server of another CA changed the membership"
     );
 
     // A worker joins through s1 alone; its agent's load balancer learns the others,

@@ -114,11 +114,21 @@ impl ServerProcess {
     }
 
     /// `etcdctl` against this server's store member (its client port is on loopback:
-    /// inside the server's namespace).
+    /// inside the server's namespace, if it has one). The store serves TLS only, to
+    /// certificates of its own CA (`pki/etcd`): etcdctl shows the apiserver's client
+    /// certificate.
     fn etcdctl(&self, args: &[&str]) -> support::Ctl {
-        let endpoint = format!("http://127.0.0.1:{}", self.store_client_port);
+        let endpoint = format!("https://127.0.0.1:{}", self.store_client_port);
+        let etcd = self.data_dir().join("pki/etcd");
+        let mut all: Vec<String> = ["ca.crt", "client.crt", "client.key"]
+            .iter()
+            .zip(["--cacert", "--cert", "--key"])
+            .map(|(f, flag)| format!("{flag}={}", etcd.join(f).display()))
+            .collect();
+        all.extend(args.iter().map(|s| s.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
         let Some(netns) = &self.netns else {
-            return support::etcdctl_at(&endpoint, args, None);
+            return support::etcdctl_at(&endpoint, &all, None);
         };
         let out = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{netns}"))
@@ -127,7 +137,7 @@ impl ServerProcess {
                 &format!("--endpoints={endpoint}"),
                 "--command-timeout=10s",
             ])
-            .args(args)
+            .args(&all)
             .env("ETCDCTL_API", "3")
             .stdin(Stdio::null())
             .output()

@@ -83,11 +83,11 @@ async fn join(cfg: &Config, me: &Member) -> Result<(u64, u64)> {
         .collect();
     let mut want = me.peer_urls.clone();
     want.sort();
-    let auth = network::PeerAuth::new(cfg.peer_secret.as_deref())?;
+    let dialer = network::PeerDialer::new(cfg)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         for url in &others {
-            let Ok(mut c) = network::client_at(url, &auth) else {
+            let Ok(mut c) = network::client_at(url, &dialer) else {
                 continue;
             };
             let mut req = tonic::Request::new(rpb::MembersRequest {});
@@ -463,10 +463,10 @@ impl RaftNode {
         let Some(url) = node.peer_urls.first().cloned() else {
             return;
         };
-        let auth = self.peers.auth.clone();
+        let dialer = self.peers.dialer.clone();
         tokio::spawn(async move {
             for _ in 0..10 {
-                if let Ok(mut c) = network::client_at(&url, &auth) {
+                if let Ok(mut c) = network::client_at(&url, &dialer) {
                     let mut req = tonic::Request::new(rpb::RemovedRequest {});
                     req.set_timeout(Duration::from_secs(1));
                     if c.removed(req).await.is_ok() {

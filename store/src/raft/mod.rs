@@ -174,9 +174,7 @@ impl RaftNode {
         let waiters = Arc::new(state_machine::Waiters::default());
         let (sm_store, applied) = state_machine::SmStore::open(sm, id, waiters.clone())?;
         let log_store = log_store::LogStore::new(engine);
-        let peers = Arc::new(network::Peers::new(network::PeerAuth::new(
-            cfg.peer_secret.as_deref(),
-        )?));
+        let peers = Arc::new(network::Peers::new(network::PeerDialer::new(cfg)?));
         let removed = Arc::new(watch::channel(false).0);
         let net = network::Network {
             peers: peers.clone(),
@@ -236,12 +234,17 @@ impl RaftNode {
         // leases), and a joining member is contacted by the leader from here on.
         for url in &cfg.listen_peer_urls {
             let addr = parse_url(url)?;
+            let tls = crate::tls::is_https(url)
+                .then(|| {
+                    cfg.peer_tls
+                        .server_config("--peer-cert-file, --peer-key-file")
+                })
+                .transpose()?;
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| StoreError::InvalidArgument(format!("listen on {url}: {e}")))?;
-            tracing::info!(member = %format!("{id:x}"), %addr, "serving peer traffic");
-            let incoming =
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            tracing::info!(member = %format!("{id:x}"), %addr, tls = tls.is_some(),
+                client_cert_auth = tls.is_some() && cfg.peer_tls.client_cert_auth, "serving peer traffic");
             let svc =
                 rpb::raft_server::RaftServer::new(service::RaftService { node: node.clone() })
                     .max_decoding_message_size(usize::MAX)
@@ -250,12 +253,23 @@ impl RaftNode {
                 svc,
                 network::PeerCheck::new(cfg.peer_secret.as_deref()),
             );
+            let router = tonic::transport::Server::builder().add_service(svc);
             tokio::spawn(async move {
-                if let Err(e) = tonic::transport::Server::builder()
-                    .add_service(svc)
-                    .serve_with_incoming(incoming)
-                    .await
-                {
+                // With peer TLS a plaintext connection fails the handshake and is
+                // closed before anything reaches Raft.
+                let served = match tls {
+                    Some(cfg) => {
+                        router
+                            .serve_with_incoming(crate::tls::incoming(listener, cfg, "peer"))
+                            .await
+                    }
+                    None => {
+                        let incoming = tonic::transport::server::TcpIncoming::from(listener)
+                            .with_nodelay(Some(true));
+                        router.serve_with_incoming(incoming).await
+                    }
+                };
+                if let Err(e) = served {
                     tracing::error!(error = %e, "peer server stopped");
                 }
             });

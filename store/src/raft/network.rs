@@ -98,15 +98,47 @@ impl Interceptor for PeerCheck {
     }
 }
 
+/// How this member dials its peers: the peer secret on every request and, with peer
+/// TLS configured, its peer certificate (`https://` peer URLs only, as etcd's peer
+/// transport).
+#[derive(Clone, Default)]
+pub struct PeerDialer {
+    pub auth: PeerAuth,
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
+impl PeerDialer {
+    pub fn new(cfg: &crate::Config) -> Result<PeerDialer> {
+        Ok(PeerDialer {
+            auth: PeerAuth::new(cfg.peer_secret.as_deref())?,
+            // As the listener: certificates with only http:// peer URLs are ignored.
+            tls: (cfg.peer_tls.is_set()
+                && cfg.listen_peer_urls.iter().any(|u| crate::tls::is_https(u)))
+            .then(|| {
+                cfg.peer_tls
+                    .client_config("--peer-cert-file, --peer-key-file")
+            })
+            .transpose()?,
+        })
+    }
+}
+
 /// A client of the peer service at `url` (connected on first use).
-pub fn client_at(url: &str, auth: &PeerAuth) -> Result<PeerRaftClient> {
-    let channel = tonic::transport::Endpoint::from_shared(url.replace("localhost", "127.0.0.1"))
-        .map_err(|e| StoreError::InvalidArgument(format!("peer URL {url:?}: {e}")))?
+pub fn client_at(url: &str, dialer: &PeerDialer) -> Result<PeerRaftClient> {
+    let bad =
+        |e: tonic::transport::Error| StoreError::InvalidArgument(format!("peer URL {url:?}: {e}"));
+    let mut endpoint =
+        tonic::transport::Endpoint::from_shared(url.replace("localhost", "127.0.0.1"))
+            .map_err(bad)?;
+    if let Some(tls) = &dialer.tls {
+        endpoint = endpoint.tls_config(tls.clone()).map_err(bad)?;
+    }
+    let channel = endpoint
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .connect_lazy();
-    Ok(RaftClient::with_interceptor(channel, auth.clone())
+    Ok(RaftClient::with_interceptor(channel, dialer.auth.clone())
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX))
 }
@@ -116,14 +148,14 @@ pub fn client_at(url: &str, auth: &PeerAuth) -> Result<PeerRaftClient> {
 #[derive(Default)]
 pub struct Peers {
     clients: Mutex<HashMap<u64, (String, PeerRaftClient)>>,
-    pub auth: PeerAuth,
+    pub dialer: PeerDialer,
 }
 
 impl Peers {
-    pub fn new(auth: PeerAuth) -> Peers {
+    pub fn new(dialer: PeerDialer) -> Peers {
         Peers {
             clients: Mutex::default(),
-            auth,
+            dialer,
         }
     }
 
@@ -139,7 +171,7 @@ impl Peers {
                 return Ok(c.clone());
             }
         }
-        let c = client_at(url, &self.auth)?;
+        let c = client_at(url, &self.dialer)?;
         clients.insert(id, (url.clone(), c.clone()));
         Ok(c)
     }

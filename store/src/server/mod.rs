@@ -66,6 +66,11 @@ pub struct Config {
     /// server's join secret), so only members of the cluster reach Raft. Not part of
     /// etcd, which secures peers with TLS; the secret itself travels unencrypted.
     pub peer_secret: Option<String>,
+    /// TLS on the client listeners (`--cert-file`, `--key-file`, `--trusted-ca-file`,
+    /// `--client-cert-auth`): used for the `https://` ones.
+    pub client_tls: crate::tls::TlsInfo,
+    /// TLS on the peer listeners and for dialing peers (`--peer-cert-file`, ...).
+    pub peer_tls: crate::tls::TlsInfo,
 }
 
 impl Default for Config {
@@ -91,6 +96,8 @@ impl Default for Config {
             watch_progress_notify_interval: Duration::from_secs(600),
             raft: false,
             peer_secret: None,
+            client_tls: Default::default(),
+            peer_tls: Default::default(),
         }
     }
 }
@@ -101,6 +108,32 @@ impl Config {
     pub fn min_lease_ttl(&self) -> i64 {
         let ms = self.election_timeout_ms * 3 / 2;
         ms.div_ceil(1000).max(1) as i64
+    }
+
+    /// Checks the listener URLs against the TLS flags, as etcd does before it opens
+    /// anything (an `https://` URL needs a certificate).
+    pub fn check_tls(&self) -> Result<()> {
+        use crate::tls::check_urls;
+        let client = "--cert-file, --key-file";
+        let peer = "--peer-cert-file, --peer-key-file";
+        check_urls(&self.listen_client_urls, &self.client_tls, "client", client)?;
+        check_urls(&self.listen_peer_urls, &self.peer_tls, "peer", peer)?;
+        if self
+            .listen_client_urls
+            .iter()
+            .any(|u| crate::tls::is_https(u))
+        {
+            self.client_tls.server_config(client)?;
+        }
+        if self
+            .listen_peer_urls
+            .iter()
+            .any(|u| crate::tls::is_https(u))
+        {
+            self.peer_tls.server_config(peer)?;
+            self.peer_tls.client_config(peer)?;
+        }
+        Ok(())
     }
 }
 
@@ -162,6 +195,7 @@ impl EtcdServer {
     /// `--initial-cluster` names one member (and [`Config::raft`] is off), a Raft
     /// member (serving the peer API on `--listen-peer-urls`) otherwise.
     pub async fn start(cfg: Config) -> Result<Arc<Self>> {
+        cfg.check_tls()?;
         if !cfg.raft && crate::raft::parse_initial_cluster(&cfg.initial_cluster)?.len() <= 1 {
             return Self::open(cfg);
         }
@@ -566,12 +600,12 @@ pub async fn serve(
     let mut tasks = Vec::new();
     for url in &srv.cfg.listen_client_urls {
         let addr = parse_url(url)?;
+        let tls = crate::tls::is_https(url)
+            .then(|| srv.cfg.client_tls.server_config("--cert-file, --key-file"))
+            .transpose()?;
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        tracing::info!(member = %format!("{:x}", srv.member_id), %addr, "serving client requests");
-        // Set here: the builder's `tcp_nodelay` is ignored for a caller-supplied listener,
-        // and Nagle delays a response queued behind a watch event on the same connection.
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        tracing::info!(member = %format!("{:x}", srv.member_id), %addr, tls = tls.is_some(),
+            client_cert_auth = tls.is_some() && srv.cfg.client_tls.client_cert_auth, "serving client requests");
         let router = tonic::transport::Server::builder()
             .layer(learner::LearnerGuardLayer { srv: srv.clone() })
             .tcp_nodelay(true)
@@ -605,9 +639,22 @@ pub async fn serve(
                 cluster::ClusterService { srv: srv.clone() },
             ));
         let sd = shutdown.clone();
-        tasks.push(tokio::spawn(
-            router.serve_with_incoming_shutdown(incoming, sd),
-        ));
+        tasks.push(match tls {
+            Some(cfg) => {
+                tokio::spawn(router.serve_with_incoming_shutdown(
+                    crate::tls::incoming(listener, cfg, "client"),
+                    sd,
+                ))
+            }
+            None => {
+                // Set here: the builder's `tcp_nodelay` is ignored for a caller-supplied
+                // listener, and Nagle delays a response queued behind a watch event on
+                // the same connection.
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, sd))
+            }
+        });
     }
     for t in tasks {
         t.await??;
