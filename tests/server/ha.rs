@@ -5,6 +5,7 @@
 //! joined through the first server keeps its node working through its load balancer.
 //! A wrong token is refused and changes nothing.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::ServerProcess;
