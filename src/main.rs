@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod certificate;
+mod etcd_snapshot;
 mod join;
 mod server;
 
@@ -35,6 +37,12 @@ enum Command {
     /// Store snapshots (`etcdctl snapshot save` writes them).
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// On-demand snapshots of a server's store, as k3s's: save, ls, delete (restore
+    /// with `capstan server --cluster-reset --cluster-reset-restore-path`).
+    EtcdSnapshot(etcd_snapshot::Args),
+    /// The server's certificates, as k3s's: `rotate` re-issues them from the CA.
+    #[command(subcommand)]
+    Certificate(certificate::Command),
     /// Chaos and failover suite: a recorded workload under injected faults, checked for
     /// linearizability, watch guarantees and lost writes (see README "Chaos suite").
     Chaos(capstan_chaos::cli::Args),
@@ -130,12 +138,35 @@ struct NodeArgs {
     /// The kubelet server's port, advertised in the Node's `daemonEndpoints`.
     #[arg(long, default_value_t = 10250)]
     port: u16,
+    /// The address of the kubelet's healthz server (plain HTTP).
+    #[arg(long, default_value = "127.0.0.1")]
+    healthz_bind_address: std::net::IpAddr,
+    /// The port of the kubelet's healthz server (0 disables it).
+    #[arg(long, default_value_t = 10248)]
+    healthz_port: u16,
+    /// kube-proxy's `--healthz-bind-address`: where the service proxy serves its
+    /// `/healthz` (host:port; empty or port 0 disables it).
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    proxy_healthz_bind_address: String,
+    /// kube-proxy's `--metrics-bind-address`: where the service proxy serves
+    /// `/metrics` (host:port; empty or port 0 disables it).
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    proxy_metrics_bind_address: String,
     /// Duration of the node's Lease in seconds; it is renewed every quarter of it.
     #[arg(long, default_value_t = 40)]
     node_lease_duration_seconds: i32,
     /// How often the node status is posted when it has not changed.
     #[arg(long, default_value = "5m", value_parser = capstan_chaos::cli::parse_duration)]
     node_status_report_frequency: std::time::Duration,
+}
+
+/// `host:port`, where an empty value or port 0 means "not served".
+pub fn parse_optional_addr(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let addr: std::net::SocketAddr = s.parse().map_err(|e| format!("{s}: {e}"))?;
+    Ok((addr.port() != 0).then_some(addr))
 }
 
 /// An IPv4 CIDR (`10.88.0.0/16`).
@@ -187,6 +218,9 @@ impl NodeArgs {
                     },
                     image_archives: self.image_archive,
                     serve: std::net::SocketAddr::new(self.address, self.port),
+                    healthz: (self.healthz_port != 0).then(|| {
+                        std::net::SocketAddr::new(self.healthz_bind_address, self.healthz_port)
+                    }),
                     pod_logs_dir: self.pod_logs_dir,
                     root_dir: self.root_dir,
                     dns: capstan_node::kubelet::cri::Dns {
@@ -199,6 +233,12 @@ impl NodeArgs {
                         capstan_node::kubelet::ProxyOptions {
                             table: self.proxy_nftables_table,
                             cluster_cidr: self.cluster_cidr,
+                            healthz: parse_optional_addr(&self.proxy_healthz_bind_address)
+                                .map_err(anyhow::Error::msg)
+                                .context("--proxy-healthz-bind-address")?,
+                            metrics: parse_optional_addr(&self.proxy_metrics_bind_address)
+                                .map_err(anyhow::Error::msg)
+                                .context("--proxy-metrics-bind-address")?,
                         },
                     ),
                     dns_listen: self.cluster_dns_bind_address,
@@ -283,6 +323,12 @@ struct ControllerManagerArgs {
     /// The cluster CA put into service-account token Secrets.
     #[arg(long)]
     root_ca_file: Option<PathBuf>,
+    /// The address to serve /healthz, /livez, /readyz and /metrics on (HTTPS).
+    #[arg(long, default_value = "0.0.0.0")]
+    bind_address: std::net::IpAddr,
+    /// The port to serve HTTPS on (0 disables it).
+    #[arg(long, default_value_t = 10257)]
+    secure_port: u16,
 }
 
 impl ControllerManagerArgs {
@@ -297,6 +343,8 @@ impl ControllerManagerArgs {
             },
             service_account_key: self.service_account_private_key_file,
             root_ca: self.root_ca_file,
+            serve: (self.secure_port != 0)
+                .then(|| std::net::SocketAddr::new(self.bind_address, self.secure_port)),
         }
     }
 }
@@ -534,6 +582,8 @@ fn main() -> anyhow::Result<()> {
             println!("Snapshot restored to {}", dir.display());
             Ok(())
         }
+        Command::EtcdSnapshot(a) => rt.block_on(etcd_snapshot::run(a)),
+        Command::Certificate(c) => certificate::run(c),
         Command::Chaos(args) => {
             // `--spawn` starts members of this very binary unless told otherwise.
             let report =

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cache;
 pub mod discovery;
 pub mod error;
+pub mod health;
 pub mod http;
 pub mod managed;
 pub mod metrics;
