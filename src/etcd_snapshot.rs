@@ -94,10 +94,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         }
         Command::Ls => {
             let rows = list(&dir)?;
-            println!(
-                "{:<40} {:<80} {:>10} {}",
-                "Name", "Location", "Size", "Created"
-            );
+            println!("{:<40} {:<80} {:>10} Created", "Name", "Location", "Size");
             for r in rows {
                 println!(
                     "{:<40} {:<80} {:>10} {}",

@@ -615,11 +615,19 @@ async fn run_store(cfg: capstan_store::Config) -> anyhow::Result<()> {
         let srv = srv.clone();
         async move { srv.removed().await }
     };
+    // A leader hands leadership over before it stops serving.
+    let stop = {
+        let srv = srv.clone();
+        async move {
+            shutdown_signal().await;
+            server::hand_off_leadership(&srv).await;
+        }
+    };
     tokio::select! {
         _ = removed => {
             anyhow::bail!("{}", capstan_store::StoreError::MemberRemoved);
         }
-        r = capstan_store::server::serve(srv, shutdown_signal()) => {
+        r = capstan_store::server::serve(srv, stop) => {
             r.map_err(|e| anyhow::anyhow!(e))?;
             tracing::info!("stopped");
         }

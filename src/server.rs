@@ -333,6 +333,15 @@ pub async fn run(
         let srv = srv.clone();
         async move { srv.removed().await }
     };
+    // On SIGTERM a leading store member first hands leadership to another, so the
+    // cluster does not wait an election timeout for the one that is leaving.
+    let shutdown = {
+        let srv = srv.clone();
+        async move {
+            shutdown.await;
+            hand_off_leadership(&srv).await;
+        }
+    };
     let voter = {
         let srv = srv.clone();
         async move { become_voter(&srv).await }
@@ -517,6 +526,40 @@ async fn first_start(
             .with_context(|| format!("writing {}", cluster_file.display()))?;
     }
     Ok("new")
+}
+
+/// If this store member leads a Raft cluster, moves leadership to another voter (etcd's
+/// `MoveLeader`, which waits until the transferee has caught up and leads), within a
+/// few seconds; a member that cannot hand over simply leaves, and the others elect.
+pub async fn hand_off_leadership(srv: &capstan_store::EtcdServer) {
+    let Some(raft) = srv.raft() else {
+        return;
+    };
+    if !srv.is_leader() {
+        return;
+    }
+    // Within `capstan store`'s 5 s grace after the signal.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+    for m in raft.members() {
+        if m.id == srv.member_id || m.is_learner {
+            continue;
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, raft.move_leader(m.id)).await {
+            Ok(Ok(())) => {
+                tracing::info!(from = %format!("{:x}", srv.member_id), to = %format!("{:x}", m.id),
+                    name = %m.name, "handed store leadership over before stopping");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(to = %format!("{:x}", m.id), error = %e, "store leadership transfer failed")
+            }
+            Err(_) => {
+                tracing::warn!(to = %format!("{:x}", m.id), "store leadership transfer timed out");
+                return;
+            }
+        }
+    }
 }
 
 /// `--cluster-reset`, as k3s's: the store is rebuilt from a snapshot (the given one,

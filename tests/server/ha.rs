@@ -346,3 +346,65 @@ async fn cluster_init_refuses_a_single_servers_data_dir() {
     let got = srv.kubectl(&["get", "configmap", "keep", "-o", "jsonpath={.data.k}"]);
     assert_eq!(got.out(), "v");
 }
+
+/// `etcdctl endpoint status` of `srv`'s member: its id and the leader it knows.
+fn endpoint_status(srv: &ServerProcess) -> Option<(u64, u64)> {
+    let out = srv.etcdctl(&["endpoint", "status", "-w", "json"]);
+    if !out.ok {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+    let st = &v[0]["Status"];
+    Some((st["header"]["member_id"].as_u64()?, st["leader"].as_u64()?))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leading_server_hands_store_leadership_over_on_sigterm() {
+    let mut s1 = ServerProcess::named("s1", &["--cluster-init"]);
+    s1.wait_ready().await;
+    let token = std::fs::read_to_string(s1.data_dir().join("server/token")).expect("token file");
+    let token = token.trim().to_string();
+    let mut s2 = ServerProcess::named("s2", &["--server", &s1.url(), "--token", &token]);
+    s2.wait_ready().await;
+    let mut s3 = ServerProcess::named("s3", &["--server", &s1.url(), "--token", &token]);
+    s3.wait_ready().await;
+    three_started_members(&mut s1).await;
+    let mut servers = [s1, s2, s3];
+    let (leader, old_id) = eventually("a store leader", Duration::from_secs(30), || {
+        let found = servers.iter().enumerate().find_map(|(i, s)| {
+            endpoint_status(s).and_then(|(me, leader)| (me == leader).then_some((i, me)))
+        });
+        async move { found }
+    })
+    .await;
+
+    let status = servers[leader].terminate();
+    assert!(status.success(), "{status}\n{}", servers[leader].log());
+    let log = servers[leader].log();
+    assert!(
+        log.contains("handed store leadership over before stopping"),
+        "{log}"
+    );
+    // The survivors agree on a new leader among themselves, and take writes.
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    eventually(
+        "the survivors to follow a new leader",
+        Duration::from_secs(10),
+        || {
+            let st: Vec<Option<(u64, u64)>> = survivors
+                .iter()
+                .map(|i| endpoint_status(&servers[*i]))
+                .collect();
+            let ids: Vec<u64> = st.iter().flatten().map(|(me, _)| *me).collect();
+            let agreed = st
+                .iter()
+                .all(|s| s.is_some_and(|(_, l)| l != 0 && l != old_id && ids.contains(&l)))
+                && st.first().copied().flatten().map(|s| s.1)
+                    == st.get(1).copied().flatten().map(|s| s.1);
+            async move { agreed.then_some(()) }
+        },
+    )
+    .await;
+    let out = servers[survivors[0]].kubectl(&["create", "configmap", "after-handoff"]);
+    assert!(out.ok, "{}", out.stderr);
+}

@@ -199,6 +199,17 @@ impl ServerProcess {
         }
     }
 
+    /// SIGTERM (a graceful stop), waiting for the process to exit.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("the server runs");
+        let st = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(st.success(), "kill -TERM: {st}");
+        c.wait().expect("wait")
+    }
+
     fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
