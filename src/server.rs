@@ -269,6 +269,9 @@ pub async fn run(
     if a.cluster_reset {
         cluster_reset(&a, &name, ha.then_some(peer_url.as_str()))?;
     }
+    // A reset Raft store's data is in no log entry: it is snapshotted (and the log
+    // purged) before anyone can join, so joiners start from the snapshot.
+    let snapshot_first = a.cluster_reset && ha;
     let joined = store_dir.join("member").join("identity").exists();
     let pki = a.data_dir.join("pki");
     let cluster_state = if joined {
@@ -346,6 +349,7 @@ pub async fn run(
         let srv = srv.clone();
         async move { become_voter(&srv).await }
     };
+    let reset_store = srv.clone();
     let store = async {
         capstan_store::server::serve(srv, std::future::pending())
             .await
@@ -370,6 +374,12 @@ pub async fn run(
     // A learner's store refuses the apiserver's reads: it starts once this member votes.
     let apiserver = async {
         voter.await?;
+        if let (true, Some(raft)) = (snapshot_first, reset_store.raft()) {
+            raft.snapshot_and_purge()
+                .await
+                .context("snapshotting the reset store")?;
+            tracing::info!("reset store snapshotted; other servers may join");
+        }
         capstan_apiserver::run(api_cfg).await.context("apiserver")
     };
     let kubeconfig = a.write_kubeconfig.clone();

@@ -408,3 +408,70 @@ async fn a_leading_server_hands_store_leadership_over_on_sigterm() {
     let out = servers[survivors[0]].kubectl(&["create", "configmap", "after-handoff"]);
     assert!(out.ok, "{}", out.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ha_server_restored_with_cluster_reset_lets_others_join_again() {
+    let mut s1 = ServerProcess::named("s1", &["--cluster-init"]);
+    s1.wait_ready().await;
+    let token = std::fs::read_to_string(s1.data_dir().join("server/token")).expect("token file");
+    let token = token.trim().to_string();
+    assert!(s1.kubectl(&["create", "configmap", "at-snapshot"]).ok);
+    let saved = std::process::Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args([
+            "etcd-snapshot",
+            "save",
+            "--name",
+            "ha",
+            "--node-name",
+            "s1",
+            "--data-dir",
+        ])
+        .arg(s1.data_dir())
+        .args(["--store-client-port", &s1.store_client_port.to_string()])
+        .output()
+        .expect("capstan runs");
+    assert!(
+        saved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&saved.stderr)
+    );
+    let name = String::from_utf8_lossy(&saved.stdout)
+        .trim()
+        .trim_start_matches("Snapshot ")
+        .trim_end_matches(" saved.")
+        .to_string();
+    let file = s1.data_dir().join("server/db/snapshots").join(name);
+    assert!(s1.kubectl(&["create", "configmap", "after-snapshot"]).ok);
+
+    s1.kill9();
+    s1.args.extend([
+        "--cluster-reset".to_string(),
+        "--cluster-reset-restore-path".to_string(),
+        file.display().to_string(),
+    ]);
+    s1.spawn();
+    s1.wait_ready().await;
+    let names = s1.kubectl(&["get", "configmaps", "-o", "name"]);
+    assert!(
+        names.out().contains("configmap/at-snapshot"),
+        "{}",
+        names.out()
+    );
+    assert!(!names.out().contains("after-snapshot"), "{}", names.out());
+    assert_eq!(member_ids(&s1).len(), 1, "a single member");
+    // Still a cluster others join, with the same token.
+    let mut s2 = ServerProcess::named("s2", &["--server", &s1.url(), "--token", &token]);
+    s2.wait_ready().await;
+    eventually("two members", Duration::from_secs(60), || {
+        let n = members(&s1).map(|m| m.len());
+        async move { (n == Some(2)).then_some(()) }
+    })
+    .await;
+    // The joined server serves the restored data (its member caught up from the log or
+    // a snapshot).
+    eventually("the restored data on s2", Duration::from_secs(30), || {
+        let names = s2.kubectl(&["get", "configmaps", "-o", "name"]);
+        async move { names.stdout.contains("configmap/at-snapshot").then_some(()) }
+    })
+    .await;
+}
