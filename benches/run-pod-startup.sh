@@ -9,22 +9,11 @@
 #
 # Needs root and scripts/setup (containerd, runc, the CNI plugins, the busybox image
 # archive). BIN_DIR picks the build (default target/release).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-BIN_DIR=${BIN_DIR:-target/release}
+# shellcheck source=benches/lib/common.sh
+source "$(dirname "$0")/lib/common.sh"
 SOCKET=/run/containerd/containerd.sock
 ARCHIVE=/var/lib/capstan/images/busybox.tar
 [ -f "$ARCHIVE" ] || { echo "no $ARCHIVE: run scripts/setup" >&2; exit 1; }
-work=$(mktemp -d)
-pids=()
-server_pid=
-cleanup() {
-    if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
 
 if ! ctr --address "$SOCKET" version >/dev/null 2>&1; then
     containerd >"$work/containerd.log" 2>&1 &
@@ -36,7 +25,6 @@ fi
 containers() {
     ctr --address "$SOCKET" -n k8s.io containers ls -q 'labels."io.kubernetes.pod.namespace"==startup-bench' 2>/dev/null | wc -l
 }
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # The node's address: the host's default-route one, where the apiserver reaches the
 # kubelet and the pods reach cluster DNS.
 node_ip=$(ip -4 route get 1.1.1.1 2>/dev/null | awk '{for (i = 1; i < NF; i++) if ($i == "src") print $(i + 1)}')
@@ -46,6 +34,7 @@ node_ip=$(ip -4 route get 1.1.1.1 2>/dev/null | awk '{for (i = 1; i < NF; i++) i
     --image-archive "$ARCHIVE" --pod-logs-dir "$work/pods" ${node_ip:+--node-ip "$node_ip"} \
     --log-level warn 2>"$work/server.log" &
 server_pid=$!
+pids+=("$server_pid")
 ready=0
 for _ in $(seq 600); do
     if [ -f "$work/kubeconfig" ] &&
@@ -70,5 +59,5 @@ for _ in $(seq 600); do
 done
 left=$(containers)
 [ "$left" -eq 0 ] || echo "warning: $left containers of the benchmark's pods are still there" >&2
-echo "server CPU time (user+sys, s): $(awk '{print ($14+$15)/100}' "/proc/$server_pid/stat")"
-echo "server RSS now / peak (MiB): $(awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$server_pid/status") / $(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$server_pid/status")"
+echo "server CPU time (user+sys, s): $(cpu_seconds "$server_pid")"
+rss_line server "$server_pid"

@@ -342,6 +342,11 @@ impl From<etcd_client::Error> for ApiError {
             {
                 ApiError::Compacted
             }
+            // The store's own words, as the Go client's error reads (e.g. "etcdserver:
+            // request timed out" from a member without a quorum), not the Rust
+            // client's description of the gRPC status around them; kube-apiserver
+            // answers such an error, which is no API status, as a plain 500.
+            etcd_client::Error::GRpcStatus(s) => ApiError::Unclassified(s.message().to_string()),
             _ => ApiError::Internal(e.to_string()),
         }
     }
@@ -398,5 +403,20 @@ impl axum::response::IntoResponse for ApiError {
             self.status().to_string(),
         )
             .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_read_as_the_go_clients() {
+        let timed_out = etcd_client::Error::GRpcStatus(tonic::Status::unavailable(
+            "etcdserver: request timed out",
+        ));
+        let e = ApiError::from(timed_out);
+        assert_eq!(e.to_string(), "etcdserver: request timed out");
+        assert!(matches!(e, ApiError::Unclassified(_)));
     }
 }

@@ -2,26 +2,9 @@
 # the reference etcd with CAPSTAN_BENCH_STORE=etcd) and a capstan apiserver on free
 # loopback ports in a temp dir, waits until the apiserver answers, and stops everything
 # on exit. Sets: BIN_DIR, work (the temp dir; its kubeconfig is $work/kubeconfig),
-# pids, store_pid, api_pid, store_what. Defines: port, rss_line, cpu_seconds.
-set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-BIN_DIR=${BIN_DIR:-target/release}
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# cpu_seconds PID: user+system CPU time so far.
-cpu_seconds() { awk '{print ($14+$15)/100}' "/proc/$1/stat"; }
-# rss_line NAME PID: "NAME RSS now / peak (MiB): X / Y".
-rss_line() {
-    echo "$1 RSS now / peak (MiB): $(awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$2/status") / $(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$2/status")"
-}
+# pids, store_pid, api_pid, store_what, and what common.sh defines.
+# shellcheck source=benches/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 client=$(port); peer=$(port); api=$(port)
 if [ "${CAPSTAN_BENCH_STORE:-capstan}" = etcd ]; then

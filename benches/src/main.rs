@@ -164,6 +164,10 @@ struct StartupArgs {
     /// Creates in flight.
     #[arg(long, default_value_t = 10)]
     concurrency: usize,
+    /// Creates per second at most, as upstream's density test paces them; without it
+    /// the pods are created in one burst.
+    #[arg(long)]
+    qps: Option<f64>,
     /// Namespace of the pods (created if missing; the pods are deleted afterwards).
     #[arg(long, default_value = "startup-bench")]
     namespace: String,
@@ -183,6 +187,7 @@ fn run_startup(a: &StartupArgs) -> anyhow::Result<()> {
         kubeconfig: a.kubeconfig.clone(),
         pods: a.pods,
         concurrency: a.concurrency,
+        qps: a.qps,
         namespace: a.namespace.clone(),
         image: a.image.clone(),
         timeout: std::time::Duration::from_secs(a.timeout),

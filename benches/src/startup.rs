@@ -21,6 +21,9 @@ pub struct Opts {
     pub kubeconfig: std::path::PathBuf,
     pub pods: usize,
     pub concurrency: usize,
+    /// Creates per second at most (upstream's density test paces its creates too);
+    /// `None`: as fast as `concurrency` allows, a burst.
+    pub qps: Option<f64>,
     pub namespace: String,
     pub image: String,
     /// How long every pod may take to run before the run fails.
@@ -73,15 +76,25 @@ pub async fn run(o: Opts) -> anyhow::Result<Report> {
         })
     };
     eprintln!(
-        "creating {} pods of {}, {} at a time",
-        o.pods, o.image, o.concurrency
+        "creating {} pods of {}, {} at a time{}",
+        o.pods,
+        o.image,
+        o.concurrency,
+        o.qps
+            .map(|q| format!(", {q} per second"))
+            .unwrap_or_default()
     );
     let start = Instant::now();
+    let qps = o.qps.filter(|q| *q > 0.0);
     futures::stream::iter((0..o.pods).map(|i| {
         let pods = pods.clone();
         let sent = sent.clone();
         let image = o.image.clone();
         async move {
+            if let Some(q) = qps {
+                tokio::time::sleep_until((start + Duration::from_secs_f64(i as f64 / q)).into())
+                    .await;
+            }
             let name = format!("startup-{i}");
             let pod: Pod = serde_json::from_value(json!({
                 "metadata": {"name": name, "labels": {"bench": "startup"}},

@@ -6,7 +6,10 @@
 //! healthy. Pods on a node with a NoExecute taint they do not tolerate are evicted
 //! (deleted) at once, those tolerating it for `tolerationSeconds` after that long from
 //! when the taint was added: the taint-eviction controller's rule, so the ReplicaSet
-//! controller replaces them on healthy nodes.
+//! controller replaces them on healthy nodes; any other NoExecute taint (an admin's
+//! `kubectl taint`) evicts by the same rule. As upstream, an evicted pod first gets
+//! the `DisruptionTarget` condition (`DeletionByTaintManager`), and the node and its
+//! pods get the events `kubectl describe` shows (`NodeNotReady`, `TaintManagerEviction`).
 //!
 //! "Stopped renewing" is judged on this process's own clock, from when it last saw the
 //! Lease's renew time (or the Ready heartbeat) change, as upstream does, so the
@@ -25,6 +28,12 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use futures::StreamExt;
+
+use crate::events;
+
+/// The event sources, upstream's component names.
+const NODE_CONTROLLER: &str = "node-controller";
+const TAINT_EVICTION: &str = "taint-eviction-controller";
 
 /// The taint keys this controller owns.
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
@@ -53,6 +62,9 @@ impl Default for Settings {
 struct Seen {
     heartbeat: Option<DateTime<Utc>>,
     at: Instant,
+    /// When this process first saw each of the node's NoExecute taints that carry no
+    /// `timeAdded` (by key and value): their tolerations count from then.
+    untimed: HashMap<(String, Option<String>), DateTime<Utc>>,
 }
 
 /// Runs the controller until the process stops.
@@ -127,6 +139,7 @@ async fn monitor_node(
     let entry = seen.entry(name.clone()).or_insert(Seen {
         heartbeat,
         at: Instant::now(),
+        untimed: HashMap::new(),
     });
     if entry.heartbeat != heartbeat {
         entry.heartbeat = heartbeat;
@@ -138,9 +151,27 @@ async fn monitor_node(
     if silent && ready != Some("Unknown") {
         tracing::info!(node = %name, "kubelet stopped posting node status; conditions set to Unknown");
         set_conditions_unknown(&nodes, node).await?;
-        mark_pods_not_ready(client, &name).await?;
+        // Upstream's RecordNodeStatusChange.
+        events::record(
+            client,
+            NODE_CONTROLLER,
+            node,
+            events::Type::Normal,
+            "NodeNotReady",
+            format!("Node {name} status is now: NodeNotReady"),
+        );
+        mark_pods_not_ready(client, &pods_on(client, &name).await?).await?;
         // The taints follow on the next pass, from the condition as stored.
         return Ok(());
+    }
+    // What the kubelet would have reported, had it been there: pods bound to the node
+    // since, or still Ready after a failed pass or this controller's restart, are not
+    // Ready either (upstream does this as such pods change).
+    let mut pods = None;
+    if ready == Some("Unknown") {
+        let on = pods_on(client, &name).await?;
+        mark_pods_not_ready(client, &on).await?;
+        pods = Some(on);
     }
     let want: Vec<Taint> = match ready {
         Some("Unknown") => owned_taints(UNREACHABLE),
@@ -178,9 +209,34 @@ async fn monitor_node(
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
     }
-    let no_execute: Vec<&Taint> = ours.iter().filter(|t| t.effect == "NoExecute").collect();
+    // Every NoExecute taint evicts, not only ours: the taint-eviction controller's
+    // rule covers a taint an admin puts on a node too.
+    let mut no_execute: Vec<Taint> = next
+        .into_iter()
+        .filter(|t| t.effect == "NoExecute")
+        .collect();
+    if let Some(entry) = seen.get_mut(&name) {
+        let now = Utc::now();
+        entry.untimed.retain(|(k, v), _| {
+            no_execute
+                .iter()
+                .any(|t| t.time_added.is_none() && &t.key == k && &t.value == v)
+        });
+        for t in no_execute.iter_mut().filter(|t| t.time_added.is_none()) {
+            let since = *entry
+                .untimed
+                .entry((t.key.clone(), t.value.clone()))
+                .or_insert(now);
+            t.time_added = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(since));
+        }
+    }
     if !no_execute.is_empty() {
-        evict(client, &name, &no_execute).await?;
+        let refs: Vec<&Taint> = no_execute.iter().collect();
+        let pods = match pods {
+            Some(p) => p,
+            None => pods_on(client, &name).await?,
+        };
+        evict(client, &name, &refs, pods).await?;
     }
     Ok(())
 }
@@ -237,9 +293,9 @@ async fn pods_on(client: &Client, node: &str) -> Result<Vec<Pod>, kube::Error> {
 
 /// Upstream's MarkPodsNotReady: the pods of a silent node are no longer Ready, so
 /// Services and rollouts stop counting on them.
-async fn mark_pods_not_ready(client: &Client, node: &str) -> Result<(), kube::Error> {
+async fn mark_pods_not_ready(client: &Client, pods: &[Pod]) -> Result<(), kube::Error> {
     let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    for pod in pods_on(client, node).await? {
+    for pod in pods {
         let Some(conditions) = pod.status.as_ref().and_then(|s| s.conditions.clone()) else {
             continue;
         };
@@ -270,7 +326,15 @@ async fn mark_pods_not_ready(client: &Client, node: &str) -> Result<(), kube::Er
             )
             .await
         {
-            Ok(_) | Err(kube::Error::Api(_)) => {}
+            Ok(_) => events::record(
+                client,
+                NODE_CONTROLLER,
+                pod,
+                events::Type::Warning,
+                "NodeNotReady",
+                "Node is not ready".to_string(),
+            ),
+            Err(kube::Error::Api(_)) => {}
             Err(e) => return Err(e),
         }
     }
@@ -298,9 +362,14 @@ fn toleration_for<'a>(tolerations: &'a [Toleration], taint: &Taint) -> Option<&'
 
 /// The taint-eviction rule: a pod not tolerating a NoExecute taint goes at once, one
 /// tolerating it for `tolerationSeconds` goes that long after the taint was added.
-async fn evict(client: &Client, node: &str, taints: &[&Taint]) -> Result<(), kube::Error> {
+async fn evict(
+    client: &Client,
+    node: &str,
+    taints: &[&Taint],
+    pods: Vec<Pod>,
+) -> Result<(), kube::Error> {
     let now = Utc::now();
-    for pod in pods_on(client, node).await? {
+    for pod in pods {
         if pod.metadata.deletion_timestamp.is_some() {
             continue;
         }
@@ -325,14 +394,72 @@ async fn evict(client: &Client, node: &str, taints: &[&Taint]) -> Result<(), kub
             continue;
         }
         let ns = pod.namespace().unwrap_or_default();
-        tracing::info!(node = %node, namespace = %ns, pod = %pod.name_any(), "evicting pod from tainted node");
+        let name = pod.name_any();
+        tracing::info!(node = %node, namespace = %ns, pod = %name, "evicting pod from tainted node");
+        events::record(
+            client,
+            TAINT_EVICTION,
+            &pod,
+            events::Type::Normal,
+            "TaintManagerEviction",
+            format!("Marking for deletion Pod {ns}/{name}"),
+        );
         let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        match api.delete(&pod.name_any(), &DeleteParams::default()).await {
+        // Upstream's addConditionAndDeletePod: the pod says why it goes before it goes
+        // (a Job's pod failure policy and PodDisruptionBudgets read it), written over
+        // its status as it is now (this pass may have just marked it not Ready).
+        let fresh = match api.get(&name).await {
+            Ok(p) => p,
+            Err(kube::Error::Api(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        if let Some(patch) = disruption_target(&fresh) {
+            match api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) | Err(kube::Error::Api(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match api.delete(&name, &DeleteParams::default()).await {
             Ok(_) | Err(kube::Error::Api(_)) => {}
             Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// The status patch that adds the `DisruptionTarget` condition to `pod`, unless it is
+/// already there.
+fn disruption_target(pod: &Pod) -> Option<serde_json::Value> {
+    let conditions = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    if conditions
+        .iter()
+        .any(|c| c.type_ == "DisruptionTarget" && c.status == "True")
+    {
+        return None;
+    }
+    let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut next: Vec<serde_json::Value> = conditions
+        .iter()
+        .filter(|c| c.type_ != "DisruptionTarget")
+        .map(|c| serde_json::to_value(c).unwrap_or_default())
+        .collect();
+    next.push(json!({
+        "type": "DisruptionTarget",
+        "status": "True",
+        "reason": "DeletionByTaintManager",
+        "message": "Taint manager: deleting due to NoExecute taint",
+        "lastTransitionTime": now,
+    }));
+    Some(
+        json!({"metadata": {"resourceVersion": pod.resource_version()}, "status": {"conditions": next}}),
+    )
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ mod support;
 mod containerd;
 mod multinode;
 mod network;
+mod nodeloss;
 mod streams;
 
 use std::collections::HashMap;

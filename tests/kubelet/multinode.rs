@@ -26,8 +26,8 @@ fn ip(args: &[&str]) {
 /// A network namespace joined to the host by a veth pair (`<host_ip>/30` on the host
 /// side, `<node_ip>/30` inside, the host its default route). Deleted on drop, which
 /// takes the veth pair and the host's routes through it along.
-struct Netns {
-    name: String,
+pub(crate) struct Netns {
+    pub(crate) name: String,
     host_if: String,
     host_ip: String,
     node_ip: String,
@@ -117,23 +117,36 @@ impl Drop for Netns {
 }
 
 /// A `capstan node` inside a namespace; SIGKILLed on drop.
-struct NsNode {
+pub(crate) struct NsNode {
     child: Option<Child>,
     log: PathBuf,
 }
 
 impl NsNode {
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILLs the agent (nsenter execs it: the child is the agent), leaving its
+    /// containers running.
+    pub(crate) fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Panics with the agent's log if it exited.
+    pub(crate) fn check_running(&mut self) {
+        if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+            panic!("capstan node exited with {status}; log:\n{}", self.log());
+        }
     }
 }
 
 impl Drop for NsNode {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.kill9();
     }
 }
 
@@ -158,33 +171,31 @@ async fn forward(listen: &str, to: String) -> u16 {
 }
 
 /// Field order is drop order: agents, then runtimes, then namespaces.
-struct Nodes {
-    agents: Vec<NsNode>,
-    runtimes: Vec<Containerd>,
-    _namespaces: Vec<Netns>,
+pub(crate) struct Nodes {
+    pub(crate) agents: Vec<NsNode>,
+    pub(crate) runtimes: Vec<Containerd>,
+    pub(crate) namespaces: Vec<Netns>,
     _kubeconfigs: Vec<tempfile::NamedTempFile>,
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn pods_on_two_nodes_reach_each_other_without_nat() {
-    let store = Server::start().await;
-    let api = Apiserver::start(&store.endpoint).await;
-    let _controllers = Component::start(&api, "controller-manager", &["--leader-elect=false"]);
+/// Starts a node agent for each of `names` (at most 60), each in a network namespace
+/// of its own with its own containerd, and waits until every node is Ready. The agents
+/// renew their Leases every second.
+pub(crate) async fn start_nodes(api: &Apiserver, names: &[&str]) -> Nodes {
     let api_port = api.url.rsplit(':').next().expect("port").to_string();
     let n: u8 = rand::random::<u8>() % 250;
     let tag: u32 = rand::random::<u32>() % 100_000;
     let mut nodes = Nodes {
         agents: Vec::new(),
         runtimes: Vec::new(),
-        _namespaces: Vec::new(),
+        namespaces: Vec::new(),
         _kubeconfigs: Vec::new(),
     };
-    let names = ["mn-a", "mn-b"];
     for (i, node) in names.iter().enumerate() {
         let base = 4 * i as u8;
         let ns = Netns::create(
-            format!("capt-{node}-{tag}"),
-            format!("cv{}{tag}", &node[3..]),
+            format!("capt-{node}-{}-{tag}", std::process::id()),
+            format!("cv{i}{tag}"),
             format!("10.251.{n}.{}", base + 1),
             format!("10.251.{n}.{}", base + 2),
         );
@@ -253,13 +264,13 @@ async fn pods_on_two_nodes_reach_each_other_without_nat() {
             log,
         });
         nodes.runtimes.push(runtime);
-        nodes._namespaces.push(ns);
+        nodes.namespaces.push(ns);
         nodes._kubeconfigs.push(kubeconfig);
     }
-    eventually("both nodes Ready", Duration::from_secs(60), || {
+    eventually("every node Ready", Duration::from_secs(60), || {
         let ready = names.iter().all(|node| {
             jsonpath(
-                &api,
+                api,
                 &["get", "node", node],
                 r#"{.status.conditions[?(@.type=="Ready")].status}"#,
             )
@@ -269,6 +280,16 @@ async fn pods_on_two_nodes_reach_each_other_without_nat() {
         async move { ready.then_some(()) }
     })
     .await;
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_on_two_nodes_reach_each_other_without_nat() {
+    let store = Server::start().await;
+    let api = Apiserver::start(&store.endpoint).await;
+    let _controllers = Component::start(&api, "controller-manager", &["--leader-elect=false"]);
+    let names = ["mn-a", "mn-b"];
+    let nodes = start_nodes(&api, &names).await;
     let manifest = format!(
         r#"apiVersion: v1
 kind: Pod
@@ -315,7 +336,7 @@ spec:
         async move { ip }
     })
     .await;
-    let ns_b = nodes._namespaces[1].name.clone();
+    let ns_b = nodes.namespaces[1].name.clone();
     eventually(
         "node b's proxy routing cross to server-a",
         Duration::from_secs(60),

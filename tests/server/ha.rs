@@ -12,15 +12,16 @@ use crate::support::{eventually, free_port, Component};
 
 /// A TCP relay in front of the apiservers, standing in for the load balancer (or
 /// k3s's agent-side one) that a node reaches a HA control plane through: each
-/// connection goes to the first server that accepts it. The servers' certificates are
-/// all issued by the cluster CA for 127.0.0.1, so TLS passes through unchanged.
-struct Relay {
+/// connection goes to the first server that accepts it within a second. The servers'
+/// certificates are all issued by the cluster CA for the name `kubernetes`, so TLS
+/// passes through unchanged.
+pub(super) struct Relay {
     port: u16,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Relay {
-    async fn start(backends: Vec<u16>) -> Relay {
+    pub(super) async fn start(backends: Vec<std::net::SocketAddr>) -> Relay {
         let port = free_port();
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
@@ -30,7 +31,10 @@ impl Relay {
                 let backends = backends.clone();
                 tokio::spawn(async move {
                     for b in backends {
-                        if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", b)).await
+                        // A server cut off by a partition never answers: try the next.
+                        let connect = tokio::net::TcpStream::connect(b);
+                        if let Ok(Ok(mut out)) =
+                            tokio::time::timeout(Duration::from_secs(1), connect).await
                         {
                             let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
                             return;
@@ -43,12 +47,15 @@ impl Relay {
     }
 
     /// `kubeconfig` pointed at the relay.
-    fn kubeconfig(&self, kubeconfig: &Path, out: &Path) -> PathBuf {
+    pub(super) fn kubeconfig(&self, kubeconfig: &Path, out: &Path) -> PathBuf {
         let text = std::fs::read_to_string(kubeconfig).expect("kubeconfig");
         let relayed: String = text
             .lines()
             .map(|l| match l.trim_start().strip_prefix("server: ") {
-                Some(_) => format!("    server: https://127.0.0.1:{}", self.port),
+                Some(_) => format!(
+                    "    server: https://127.0.0.1:{}\n    tls-server-name: kubernetes",
+                    self.port
+                ),
                 None => l.to_string(),
             })
             .collect::<Vec<_>>()
@@ -100,7 +107,7 @@ fn member_ids(srv: &ServerProcess) -> Vec<String> {
 }
 
 /// Waits until `srv`'s store member lists exactly s1, s2, s3, all started voters.
-async fn three_started_members(srv: &mut ServerProcess) {
+pub(super) async fn three_started_members(srv: &mut ServerProcess) {
     let want: Vec<(String, bool, bool)> = ["s1", "s2", "s3"]
         .iter()
         .map(|n| (n.to_string(), true, false))
@@ -119,7 +126,7 @@ async fn three_started_members(srv: &mut ServerProcess) {
 
 /// Waits until the Deployment `web` has three available pods, none of them `gone`,
 /// and returns their names.
-async fn web_available(srv: &ServerProcess, gone: Option<&str>) -> Vec<String> {
+pub(super) async fn web_available(srv: &ServerProcess, gone: Option<&str>) -> Vec<String> {
     eventually(
         "deployment web to have 3 available replicas",
         Duration::from_secs(120),
@@ -216,7 +223,13 @@ async fn three_servers_keep_serving_when_any_one_is_killed_and_rejoin() {
     );
 
     let scratch = tempfile::tempdir().expect("tempdir");
-    let relay = Relay::start(vec![s1.https_port, s2.https_port, s3.https_port]).await;
+    let relay = Relay::start(
+        [&s1, &s2, &s3]
+            .iter()
+            .map(|s| std::net::SocketAddr::from(([127, 0, 0, 1], s.https_port)))
+            .collect(),
+    )
+    .await;
     let node_kubeconfig = relay.kubeconfig(&s1.kubeconfig(), &scratch.path().join("node"));
     let mut node = Component::with_kubeconfig(
         &node_kubeconfig,

@@ -11,6 +11,7 @@ mod containerd;
 
 mod ha;
 mod ops;
+mod partition;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -23,12 +24,17 @@ struct ServerProcess {
     dir: tempfile::TempDir,
     args: Vec<String>,
     child: Option<Child>,
-    /// The apiserver's port on 127.0.0.1.
+    /// The apiserver's port on `host`.
     https_port: u16,
-    /// The store member's client port on 127.0.0.1 (for `etcdctl`).
+    /// The store member's client port on loopback (for `etcdctl`).
     store_client_port: u16,
-    /// The store member's peer port on 127.0.0.1.
+    /// The store member's peer port on `host`.
     store_peer_port: u16,
+    /// The address the server binds: 127.0.0.1, or its address in `netns`.
+    host: String,
+    /// The network namespace (of `ip netns add`) the server runs in, as on a machine
+    /// of its own.
+    netns: Option<String>,
     /// Where the components serve their health and metrics.
     ports: HealthPorts,
 }
@@ -60,10 +66,28 @@ impl ServerProcess {
     }
 
     fn launch(name: &str, extra: &[&str]) -> ServerProcess {
+        Self::launch_at(name, None, extra)
+    }
+
+    /// A server without its node agent in the network namespace `netns`, bound to
+    /// `ip` there, on the default ports (the namespace has them to itself).
+    fn in_netns(name: &str, netns: &str, ip: &str, extra: &[&str]) -> ServerProcess {
+        let mut args = vec!["--disable-agent"];
+        args.extend(extra);
+        Self::launch_at(name, Some((netns, ip)), &args)
+    }
+
+    fn launch_at(name: &str, place: Option<(&str, &str)>, extra: &[&str]) -> ServerProcess {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (https_port, store_client_port, store_peer_port) =
-            (free_port(), free_port(), free_port());
-        let mut args: Vec<String> = ["server", "--node-name", name, "--bind-address", "127.0.0.1"]
+        let (host, netns, (https_port, store_client_port, store_peer_port)) = match place {
+            Some((netns, ip)) => (ip.to_string(), Some(netns.to_string()), (6443, 2379, 2380)),
+            None => (
+                "127.0.0.1".to_string(),
+                None,
+                (free_port(), free_port(), free_port()),
+            ),
+        };
+        let mut args: Vec<String> = ["server", "--node-name", name, "--bind-address", &host]
             .iter()
             .map(|s| s.to_string())
             .collect();
@@ -119,6 +143,8 @@ impl ServerProcess {
             https_port,
             store_client_port,
             store_peer_port,
+            host,
+            netns,
         };
         s.spawn();
         s
@@ -126,16 +152,33 @@ impl ServerProcess {
 
     /// The apiserver's URL, which `--server` takes.
     fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.https_port)
+        format!("https://{}:{}", self.host, self.https_port)
     }
 
-    /// `etcdctl` against this server's store member.
+    /// `etcdctl` against this server's store member (its client port is on loopback:
+    /// inside the server's namespace).
     fn etcdctl(&self, args: &[&str]) -> support::Ctl {
-        support::etcdctl_at(
-            &format!("http://127.0.0.1:{}", self.store_client_port),
-            args,
-            None,
-        )
+        let endpoint = format!("http://127.0.0.1:{}", self.store_client_port);
+        let Some(netns) = &self.netns else {
+            return support::etcdctl_at(&endpoint, args, None);
+        };
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{netns}"))
+            .args([
+                "etcdctl",
+                &format!("--endpoints={endpoint}"),
+                "--command-timeout=10s",
+            ])
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .stdin(Stdio::null())
+            .output()
+            .expect("etcdctl runs");
+        support::Ctl {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -160,7 +203,17 @@ impl ServerProcess {
             .append(true)
             .open(self.dir.path().join("log"))
             .expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_capstan"))
+        // nsenter execs the server: the child is the server itself.
+        let mut cmd = match &self.netns {
+            Some(netns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{netns}"))
+                    .arg(env!("CARGO_BIN_EXE_capstan"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_capstan")),
+        };
+        let child = cmd
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))

@@ -422,10 +422,7 @@ impl RaftNode {
     /// applied up to it, a local read sees every write acknowledged before the read began.
     pub async fn read_index(&self) -> Result<()> {
         let work = async {
-            let (tx, rx) = oneshot::channel();
-            self.read_waiters.lock().push(tx);
-            self.read_wake.notify_one();
-            let index = rx.await.map_err(|_| StoreError::Stopped)??;
+            let index = self.next_read_round().await?;
             let mut applied = self.applied.clone();
             applied
                 .wait_for(|a| *a >= index)
@@ -434,6 +431,28 @@ impl RaftNode {
             Ok(())
         };
         tokio::time::timeout(self.request_timeout, work)
+            .await
+            .map_err(|_| StoreError::Timeout)?
+    }
+
+    /// The commit point confirmed by the next read round of [`run_read_loop`], which every
+    /// read waiting when it starts shares.
+    async fn next_read_round(&self) -> Result<u64> {
+        let (tx, rx) = oneshot::channel();
+        self.read_waiters.lock().push(tx);
+        self.read_wake.notify_one();
+        rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// A follower's `ReadIndex` RPC, served by the leader. It joins the leader's own read
+    /// rounds rather than confirming leadership once per RPC: with reads spread over all
+    /// members, each follower's round would otherwise cost the leader a heartbeat to
+    /// every member, and its own reads another.
+    pub(crate) async fn serve_read_index(&self) -> Result<u64> {
+        if !self.is_leader() {
+            return Err(StoreError::NoLeader);
+        }
+        tokio::time::timeout(self.request_timeout, self.next_read_round())
             .await
             .map_err(|_| StoreError::Timeout)?
     }

@@ -7,7 +7,7 @@
 
 use capstan_proto::raftpb as rpb;
 use capstan_proto::raftpb::raft_server::Raft as RaftRpc;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, RaftError};
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -93,16 +93,8 @@ impl RaftRpc for RaftService {
         &self,
         _req: Request<rpb::ReadIndexRequest>,
     ) -> Result<Response<rpb::ReadIndexResponse>, Status> {
-        match self.node.raft.ensure_linearizable().await {
-            Ok(l) => Ok(Response::new(rpb::ReadIndexResponse {
-                index: l.map(|l| l.index).unwrap_or(0),
-            })),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))
-            | Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
-                Err(StoreError::NoLeader.to_status())
-            }
-            Err(e) => Err(fatal(e)),
-        }
+        let index = self.node.serve_read_index().await?;
+        Ok(Response::new(rpb::ReadIndexResponse { index }))
     }
 
     async fn members(
