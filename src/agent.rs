@@ -98,6 +98,20 @@ pub struct KubeletArgs {
     /// The kubelet server's port, advertised in the Node's `daemonEndpoints`.
     #[arg(long, default_value_t = 10250)]
     port: u16,
+    /// The address of the kubelet's healthz server (plain HTTP).
+    #[arg(long, default_value = "127.0.0.1")]
+    healthz_bind_address: std::net::IpAddr,
+    /// The port of the kubelet's healthz server (0 disables it).
+    #[arg(long, default_value_t = 10248)]
+    healthz_port: u16,
+    /// kube-proxy's `--healthz-bind-address`: where the service proxy serves its
+    /// `/healthz` (host:port; empty or port 0 disables it).
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    proxy_healthz_bind_address: String,
+    /// kube-proxy's `--metrics-bind-address`: where the service proxy serves
+    /// `/metrics` (host:port; empty or port 0 disables it).
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    proxy_metrics_bind_address: String,
     /// Duration of the node's Lease in seconds; it is renewed every quarter of it.
     #[arg(long, default_value_t = 40)]
     node_lease_duration_seconds: i32,
@@ -158,6 +172,9 @@ impl KubeletArgs {
                 },
                 image_archives: rt.image_archive,
                 serve: std::net::SocketAddr::new(self.address, self.port),
+                healthz: (self.healthz_port != 0).then(|| {
+                    std::net::SocketAddr::new(self.healthz_bind_address, self.healthz_port)
+                }),
                 pod_logs_dir: rt.pod_logs_dir,
                 root_dir: self.root_dir,
                 dns: capstan_node::kubelet::cri::Dns {
@@ -169,6 +186,12 @@ impl KubeletArgs {
                 proxy: (!rt.disable_kube_proxy).then_some(capstan_node::kubelet::ProxyOptions {
                     table: self.proxy_nftables_table,
                     cluster_cidr: rt.cluster_cidr,
+                    healthz: crate::parse_optional_addr(&self.proxy_healthz_bind_address)
+                        .map_err(anyhow::Error::msg)
+                        .context("--proxy-healthz-bind-address")?,
+                    metrics: crate::parse_optional_addr(&self.proxy_metrics_bind_address)
+                        .map_err(anyhow::Error::msg)
+                        .context("--proxy-metrics-bind-address")?,
                 }),
                 dns_listen: self.cluster_dns_bind_address,
             },

@@ -6,6 +6,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 mod agent;
+mod certificate;
+mod etcd_snapshot;
 mod join;
 mod server;
 
@@ -36,6 +38,12 @@ enum Command {
     /// Store snapshots (`etcdctl snapshot save` writes them).
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// On-demand snapshots of a server's store, as k3s's: save, ls, delete (restore
+    /// with `capstan server --cluster-reset --cluster-reset-restore-path`).
+    EtcdSnapshot(etcd_snapshot::Args),
+    /// The server's certificates, as k3s's: `rotate` re-issues them from the CA.
+    #[command(subcommand)]
+    Certificate(certificate::Command),
     /// Chaos and failover suite: a recorded workload under injected faults, checked for
     /// linearizability, watch guarantees and lost writes (see README "Chaos suite").
     Chaos(capstan_chaos::cli::Args),
@@ -86,6 +94,15 @@ struct NodeArgs {
     hostname_override: Option<String>,
     #[command(flatten)]
     kubelet: agent::KubeletArgs,
+}
+
+/// `host:port`, where an empty value or port 0 means "not served".
+pub fn parse_optional_addr(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let addr: std::net::SocketAddr = s.parse().map_err(|e| format!("{s}: {e}"))?;
+    Ok((addr.port() != 0).then_some(addr))
 }
 
 /// An IPv4 CIDR (`10.88.0.0/16`).
@@ -173,6 +190,12 @@ struct ControllerManagerArgs {
     /// ServiceLB and MetalLB's address pools do on bare metal).
     #[arg(long, value_parser = capstan_controllers::servicelb::Pool::parse)]
     service_lb_pool: Option<capstan_controllers::servicelb::Pool>,
+    /// The address to serve /healthz, /livez, /readyz and /metrics on (HTTPS).
+    #[arg(long, default_value = "0.0.0.0")]
+    bind_address: std::net::IpAddr,
+    /// The port to serve HTTPS on (0 disables it).
+    #[arg(long, default_value_t = 10257)]
+    secure_port: u16,
 }
 
 impl ControllerManagerArgs {
@@ -188,6 +211,8 @@ impl ControllerManagerArgs {
             service_account_key: self.service_account_private_key_file,
             root_ca: self.root_ca_file,
             service_lb_pool: self.service_lb_pool,
+            serve: (self.secure_port != 0)
+                .then(|| std::net::SocketAddr::new(self.bind_address, self.secure_port)),
         }
     }
 }
@@ -501,6 +526,8 @@ fn main() -> anyhow::Result<()> {
             println!("Snapshot restored to {}", dir.display());
             Ok(())
         }
+        Command::EtcdSnapshot(a) => rt.block_on(etcd_snapshot::run(a)),
+        Command::Certificate(c) => certificate::run(c),
         Command::Chaos(args) => {
             // `--spawn` starts members of this very binary unless told otherwise.
             let report =
@@ -532,11 +559,19 @@ async fn run_store(cfg: capstan_store::Config) -> anyhow::Result<()> {
         let srv = srv.clone();
         async move { srv.removed().await }
     };
+    // A leader hands leadership over before it stops serving.
+    let stop = {
+        let srv = srv.clone();
+        async move {
+            shutdown_signal().await;
+            server::hand_off_leadership(&srv).await;
+        }
+    };
     tokio::select! {
         _ = removed => {
             anyhow::bail!("{}", capstan_store::StoreError::MemberRemoved);
         }
-        r = capstan_store::server::serve(srv, shutdown_signal()) => {
+        r = capstan_store::server::serve(srv, stop) => {
             r.map_err(|e| anyhow::anyhow!(e))?;
             tracing::info!("stopped");
         }

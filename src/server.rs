@@ -84,6 +84,85 @@ pub struct ServerArgs {
     /// Services stay `<pending>`.
     #[arg(long, value_parser = capstan_controllers::servicelb::Pool::parse)]
     service_lb_pool: Option<capstan_controllers::servicelb::Pool>,
+    /// Rebuild the store as a single member that keeps its data (from
+    /// `--cluster-reset-restore-path` if given), then start: a lost quorum's way back,
+    /// or a restore. Other servers may join it afterwards.
+    #[arg(long, conflicts_with = "server")]
+    cluster_reset: bool,
+    /// The snapshot (`capstan etcd-snapshot save`, `etcdctl snapshot save`) the reset
+    /// store starts from.
+    #[arg(long, requires = "cluster_reset", value_name = "FILE")]
+    cluster_reset_restore_path: Option<PathBuf>,
+    /// A flag for the controller-manager (`secure-port=N`, `bind-address=IP`), as
+    /// k3s passes them; repeatable.
+    #[arg(long, value_name = "KEY=VALUE")]
+    kube_controller_manager_arg: Vec<String>,
+    /// A flag for the scheduler (`secure-port=N`, `bind-address=IP`); repeatable.
+    #[arg(long, value_name = "KEY=VALUE")]
+    kube_scheduler_arg: Vec<String>,
+    /// A flag for the kubelet (`healthz-port=N`, `healthz-bind-address=IP`); repeatable.
+    #[arg(long, value_name = "KEY=VALUE")]
+    kubelet_arg: Vec<String>,
+    /// A flag for the service proxy (`healthz-bind-address=HOST:PORT`,
+    /// `metrics-bind-address=HOST:PORT`); repeatable.
+    #[arg(long, value_name = "KEY=VALUE")]
+    kube_proxy_arg: Vec<String>,
+}
+
+/// The `--<component>-arg key=value` flags (a leading `--` allowed, as k3s writes
+/// them), refused for keys this server does not pass on.
+fn component_args(
+    flag: &str,
+    args: &[String],
+    known: &[&str],
+) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    let mut out = std::collections::HashMap::new();
+    for a in args {
+        let (k, v) = a
+            .trim_start_matches("--")
+            .split_once('=')
+            .with_context(|| format!("--{flag} {a}: not key=value"))?;
+        anyhow::ensure!(
+            known.contains(&k),
+            "--{flag} {a}: {k} is not supported (only {})",
+            known.join(", ")
+        );
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+/// A component's `bind-address` and port keys, over k3s's defaults (loopback); port 0
+/// turns the endpoint off.
+fn secure_endpoint(
+    args: &std::collections::HashMap<String, String>,
+    address_key: &str,
+    port_key: &str,
+    default_port: u16,
+) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    let ip: std::net::IpAddr = match args.get(address_key) {
+        Some(a) => a.parse().with_context(|| format!("{address_key}={a}"))?,
+        None => std::net::Ipv4Addr::LOCALHOST.into(),
+    };
+    let port: u16 = match args.get(port_key) {
+        Some(p) => p.parse().with_context(|| format!("{port_key}={p}"))?,
+        None => default_port,
+    };
+    Ok((port != 0).then(|| std::net::SocketAddr::new(ip, port)))
+}
+
+/// A `host:port` key (kube-proxy's form); empty or port 0 turns it off.
+fn addr_arg(
+    args: &std::collections::HashMap<String, String>,
+    key: &str,
+    default: std::net::SocketAddr,
+) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    match args.get(key) {
+        Some(v) => crate::parse_optional_addr(v)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("{key}={v}")),
+        None => Ok(Some(default)),
+    }
 }
 
 /// The machine's hostname, the default node name (as the kubelet's).
@@ -103,6 +182,42 @@ pub async fn run(
         Some(n) => n.clone(),
         None => hostname()?,
     };
+    // Each component serves its health and metrics on its own port, as upstream and
+    // k3s (on loopback).
+    let cm_args = component_args(
+        "kube-controller-manager-arg",
+        &a.kube_controller_manager_arg,
+        &["secure-port", "bind-address"],
+    )?;
+    let cm_serve = secure_endpoint(&cm_args, "bind-address", "secure-port", 10257)?;
+    let sched_args = component_args(
+        "kube-scheduler-arg",
+        &a.kube_scheduler_arg,
+        &["secure-port", "bind-address"],
+    )?;
+    let sched_serve = secure_endpoint(&sched_args, "bind-address", "secure-port", 10259)?;
+    let kubelet_args = component_args(
+        "kubelet-arg",
+        &a.kubelet_arg,
+        &["healthz-port", "healthz-bind-address"],
+    )?;
+    let kubelet_healthz =
+        secure_endpoint(&kubelet_args, "healthz-bind-address", "healthz-port", 10248)?;
+    let proxy_args = component_args(
+        "kube-proxy-arg",
+        &a.kube_proxy_arg,
+        &["healthz-bind-address", "metrics-bind-address"],
+    )?;
+    let proxy_healthz = addr_arg(
+        &proxy_args,
+        "healthz-bind-address",
+        std::net::SocketAddr::from(([127, 0, 0, 1], 10256)),
+    )?;
+    let proxy_metrics = addr_arg(
+        &proxy_args,
+        "metrics-bind-address",
+        std::net::SocketAddr::from(([127, 0, 0, 1], 10249)),
+    )?;
     std::fs::create_dir_all(&a.data_dir)
         .with_context(|| format!("creating {}", a.data_dir.display()))?;
     if let Some(dir) = a.write_kubeconfig.parent() {
@@ -112,7 +227,6 @@ pub async fn run(
     let client_url = format!("https://127.0.0.1:{}", a.store_client_port);
     let store_dir = a.data_dir.join("store");
     let cluster_file = a.data_dir.join("server").join("initial-cluster");
-    let joined = store_dir.join("member").join("identity").exists();
     let token_arg = a
         .token
         .as_deref()
@@ -151,6 +265,13 @@ pub async fn run(
         url_host(&peer_listen_host),
         a.store_peer_port
     );
+    if a.cluster_reset {
+        cluster_reset(&a, &name, ha.then_some(peer_url.as_str()))?;
+    }
+    // A reset Raft store's data is in no log entry: it is snapshotted (and the log
+    // purged) before anyone can join, so joiners start from the snapshot.
+    let snapshot_first = a.cluster_reset && ha;
+    let joined = store_dir.join("member").join("identity").exists();
     let pki = a.data_dir.join("pki");
     let cluster_state = if joined {
         "existing"
@@ -245,10 +366,20 @@ pub async fn run(
         let srv = srv.clone();
         async move { srv.removed().await }
     };
+    // On SIGTERM a leading store member first hands leadership to another, so the
+    // cluster does not wait an election timeout for the one that is leaving.
+    let shutdown = {
+        let srv = srv.clone();
+        async move {
+            shutdown.await;
+            hand_off_leadership(&srv).await;
+        }
+    };
     let voter = {
         let srv = srv.clone();
         async move { become_voter(&srv).await }
     };
+    let reset_store = srv.clone();
     let store = async {
         capstan_store::server::serve(srv, std::future::pending())
             .await
@@ -280,6 +411,12 @@ pub async fn run(
     // A learner's store refuses the apiserver's reads: it starts once this member votes.
     let apiserver = async {
         voter.await?;
+        if let (true, Some(raft)) = (snapshot_first, reset_store.raft()) {
+            raft.snapshot_and_purge()
+                .await
+                .context("snapshotting the reset store")?;
+            tracing::info!("reset store snapshotted; other servers may join");
+        }
         tokio::spawn(register);
         capstan_apiserver::run(api_cfg).await.context("apiserver")
     };
@@ -348,11 +485,14 @@ pub async fn run(
         image_archives: a.runtime.image_archive,
         proxy: (!a.runtime.disable_kube_proxy).then(|| capstan_node::kubelet::ProxyOptions {
             cluster_cidr: a.runtime.cluster_cidr,
+            healthz: proxy_healthz,
+            metrics: proxy_metrics,
             ..Default::default()
         }),
         dns_listen,
         // The kubelet's default: where the apiserver reaches it for logs and exec.
         serve: std::net::SocketAddr::from(([0, 0, 0, 0], 10250)),
+        healthz: kubelet_healthz,
     });
     let lb_pool = a.service_lb_pool.clone();
     let components = async move {
@@ -373,11 +513,11 @@ pub async fn run(
             service_account_key: Some(pki.join("sa.key")),
             root_ca: Some(pki.join("ca.crt")),
             service_lb_pool: lb_pool,
+            serve: cm_serve,
         };
         let scheduler = capstan_scheduler::Config {
             kubeconfig: Some(scheduler_kubeconfig),
-            // The apiserver's /healthz covers the process; no second HTTPS port.
-            serve: None,
+            serve: sched_serve,
             ..capstan_scheduler::Config::default()
         };
         let agent = async move {
@@ -474,6 +614,92 @@ async fn first_start(
             .with_context(|| format!("writing {}", cluster_file.display()))?;
     }
     Ok("new")
+}
+
+/// If this store member leads a Raft cluster, moves leadership to another voter (etcd's
+/// `MoveLeader`, which waits until the transferee has caught up and leads), within a
+/// few seconds; a member that cannot hand over simply leaves, and the others elect.
+pub async fn hand_off_leadership(srv: &capstan_store::EtcdServer) {
+    let Some(raft) = srv.raft() else {
+        return;
+    };
+    if !srv.is_leader() {
+        return;
+    }
+    // Within `capstan store`'s 5 s grace after the signal.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+    for m in raft.members() {
+        if m.id == srv.member_id || m.is_learner {
+            continue;
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, raft.move_leader(m.id)).await {
+            Ok(Ok(())) => {
+                tracing::info!(from = %format!("{:x}", srv.member_id), to = %format!("{:x}", m.id),
+                    name = %m.name, "handed store leadership over before stopping");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(to = %format!("{:x}", m.id), error = %e, "store leadership transfer failed")
+            }
+            Err(_) => {
+                tracing::warn!(to = %format!("{:x}", m.id), "store leadership transfer timed out");
+                return;
+            }
+        }
+    }
+}
+
+/// `--cluster-reset`, as k3s's: the store is rebuilt from a snapshot (the given one,
+/// else one taken of its own data dir), as a single member; the old store is kept
+/// aside in `<data-dir>/server/db/store-old-<unix time>`. With `peer_url` (HA) the
+/// membership file names this server alone, so the store starts as a new one-member
+/// Raft cluster that others can join.
+fn cluster_reset(a: &ServerArgs, name: &str, peer_url: Option<&str>) -> anyhow::Result<()> {
+    let store_dir = a.data_dir.join("store");
+    let db = a.data_dir.join("server").join("db");
+    std::fs::create_dir_all(&db).with_context(|| format!("creating {}", db.display()))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the clock is before 1970")?
+        .as_secs();
+    let snapshot = match &a.cluster_reset_restore_path {
+        Some(p) => {
+            anyhow::ensure!(
+                p.is_file(),
+                "--cluster-reset-restore-path {}: no such file",
+                p.display()
+            );
+            p.clone()
+        }
+        None => {
+            let p = db.join(format!("reset-{name}-{now}"));
+            capstan_store::server::maintenance::export_snapshot(&store_dir, &p)
+                .with_context(|| format!("snapshot of {}", store_dir.display()))?;
+            p
+        }
+    };
+    let old = db.join(format!("store-old-{now}"));
+    if store_dir.exists() {
+        std::fs::rename(&store_dir, &old)
+            .with_context(|| format!("moving {} aside", store_dir.display()))?;
+    }
+    if let Err(e) = capstan_store::server::maintenance::restore_snapshot(&snapshot, &store_dir) {
+        // Put the old store back: a failed reset changes nothing.
+        let _ = std::fs::remove_dir_all(&store_dir);
+        if old.exists() {
+            let _ = std::fs::rename(&old, &store_dir);
+        }
+        return Err(e).with_context(|| format!("restoring {}", snapshot.display()));
+    }
+    let cluster_file = a.data_dir.join("server").join("initial-cluster");
+    if let Some(peer_url) = peer_url {
+        std::fs::write(&cluster_file, format!("{name}={peer_url}"))
+            .with_context(|| format!("writing {}", cluster_file.display()))?;
+    }
+    tracing::warn!(snapshot = %snapshot.display(), old_store = %old.display(),
+        "store reset to a single member from the snapshot; other servers must join again with fresh data dirs");
+    Ok(())
 }
 
 /// A host as it goes into a URL (IPv6 addresses in brackets).

@@ -65,9 +65,7 @@ pub struct Peer(pub Option<UserInfo>);
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/version", get(|| async { Json(discovery::version()) }))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/livez", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
+        .merge(crate::health::routes())
         .merge(crate::dashboard::routes())
         .fallback(dispatch)
         .with_state(app)

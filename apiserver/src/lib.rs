@@ -10,6 +10,7 @@ pub mod cache;
 pub mod dashboard;
 pub mod discovery;
 pub mod error;
+pub mod health;
 pub mod http;
 pub mod kubernetes_service;
 pub mod managed;

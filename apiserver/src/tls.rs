@@ -78,6 +78,38 @@ fn params(cn: &str, org: Option<&str>, sans: &[String]) -> Result<CertificatePar
     Ok(p)
 }
 
+/// How long a leaf certificate (serving, admin, kubelet client) is issued for.
+const LEAF_VALIDITY_SECS: i64 = 365 * 86400;
+
+/// Leaf certificates closer than this to their expiry are re-issued at start, as k3s
+/// renews its certificates.
+const RENEW_BEFORE: std::time::Duration = std::time::Duration::from_secs(90 * 86400);
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// How long until the PEM certificate expires (zero if it has); None if it cannot be
+/// read (then it is kept, as before renewal existed).
+fn expires_in(pem: &str) -> Option<std::time::Duration> {
+    let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()?
+        .ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    let left = cert.validity().not_after.timestamp() - unix_now();
+    Some(std::time::Duration::from_secs(
+        u64::try_from(left).unwrap_or(0),
+    ))
+}
+
+/// The leaf certificates of the cert dir (`<name>.crt` and `.key`), which
+/// `capstan certificate rotate` moves aside for the next start to re-issue; the CA and
+/// the service-account key stay.
+pub const LEAF_CERTIFICATES: &[&str] = &["apiserver", "admin", "apiserver-kubelet-client"];
+
 /// Loads the PKI from `dir`, generating whatever is missing. `hosts` are the names and
 /// addresses the serving certificate must be valid for.
 pub fn ensure_pki(dir: &Path, hosts: &[String]) -> Result<Pki, ApiError> {
@@ -109,10 +141,22 @@ pub fn ensure_pki(dir: &Path, hosts: &[String]) -> Result<Pki, ApiError> {
      -> Result<(String, String), ApiError> {
         let (crt, keyf) = (format!("{name}.crt"), format!("{name}.key"));
         if let (Some(c), Some(k)) = (read(dir, &crt), read(dir, &keyf)) {
-            return Ok((c, k));
+            match expires_in(&c) {
+                Some(left) if left < RENEW_BEFORE => {
+                    tracing::warn!(certificate = %dir.join(&crt).display(), days_left = left.as_secs() / 86400,
+                        "certificate expires within 90 days; renewing it from the CA");
+                }
+                _ => return Ok((c, k)),
+            }
         }
         let key = KeyPair::generate().map_err(|e| pki_err(name, e))?;
         let mut p = params(cn, org, sans)?;
+        let now = unix_now();
+        // An hour back for clocks behind ours; a year, as k3s issues them.
+        p.not_before =
+            time::OffsetDateTime::from_unix_timestamp(now - 3600).map_err(|e| pki_err(name, e))?;
+        p.not_after = time::OffsetDateTime::from_unix_timestamp(now + LEAF_VALIDITY_SECS)
+            .map_err(|e| pki_err(name, e))?;
         p.extended_key_usages = vec![usage];
         p.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,

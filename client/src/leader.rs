@@ -45,6 +45,10 @@ pub struct Elector {
 
 impl Elector {
     pub fn new(client: kube::Client, cfg: LeaderConfig) -> Elector {
+        // A standby reports 0, as upstream's backup.
+        crate::metrics::LEADER
+            .with_label_values(&[&cfg.name])
+            .set(0);
         Elector {
             api: Api::namespaced(client, &cfg.namespace),
             cfg,
@@ -59,6 +63,9 @@ impl Elector {
             match self.try_acquire_or_renew().await {
                 Ok(true) => {
                     tracing::info!(lease = %format!("{}/{}", self.cfg.namespace, self.cfg.name), identity = %self.cfg.identity, "successfully acquired lease");
+                    crate::metrics::LEADER
+                        .with_label_values(&[&self.cfg.name])
+                        .set(1);
                     return;
                 }
                 Ok(false) => {}
@@ -71,6 +78,14 @@ impl Elector {
     /// Renews the lease every retry period; returns once a renewal has not succeeded
     /// within the renew deadline (leadership lost).
     pub async fn hold(&mut self) -> Lost {
+        let lost = self.hold_inner().await;
+        crate::metrics::LEADER
+            .with_label_values(&[&self.cfg.name])
+            .set(0);
+        lost
+    }
+
+    async fn hold_inner(&mut self) -> Lost {
         let mut last_renewed = Instant::now();
         loop {
             tokio::time::sleep(self.cfg.retry_period).await;

@@ -4,6 +4,8 @@
 //! on it does not make one component depend on another.
 
 pub mod leader;
+pub mod metrics;
+pub mod serve;
 
 use std::path::Path;
 
@@ -30,7 +32,19 @@ pub enum ClientError {
 /// A client for the apiserver `kubeconfig` names, or, without one, the one the
 /// environment names (as kubectl finds it), sending kube-rs's own User-Agent.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientError> {
-    Ok(kube::Client::try_from(config(kubeconfig).await?)?)
+    counted(config(kubeconfig).await?)
+}
+
+/// A client whose every request is counted in [`metrics::REQUESTS`], as client-go's.
+fn counted(cfg: kube::Config) -> Result<kube::Client, ClientError> {
+    let host = cfg
+        .cluster_url
+        .authority()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    Ok(kube::client::ClientBuilder::try_from(cfg)?
+        .with_layer(&metrics::CountLayer { host })
+        .build())
 }
 
 /// [`client`] for the component `name` (`kube-controller-manager`, `kube-scheduler`,
@@ -43,7 +57,7 @@ pub async fn client_as(kubeconfig: Option<&Path>, name: &str) -> Result<kube::Cl
     if let Ok(v) = http::HeaderValue::from_str(&agent) {
         cfg.headers.push((http::header::USER_AGENT, v));
     }
-    Ok(kube::Client::try_from(cfg)?)
+    counted(cfg)
 }
 
 async fn config(kubeconfig: Option<&Path>) -> Result<kube::Config, ClientError> {

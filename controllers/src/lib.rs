@@ -44,6 +44,9 @@ pub enum Error {
     /// A sync did not reach its goal (it is retried).
     #[error("{0}")]
     Sync(String),
+    /// The health and metrics endpoint could not be served.
+    #[error(transparent)]
+    Serve(#[from] capstan_client::serve::ServeError),
 }
 
 /// The controllers this manager runs (upstream's names for `--controllers`).
@@ -79,6 +82,9 @@ pub struct Config {
     /// `--service-lb-pool`: the addresses LoadBalancer Services get; without it the
     /// service load-balancer controller does not run.
     pub service_lb_pool: Option<servicelb::Pool>,
+    /// `--bind-address` and `--secure-port` (10257): `/healthz`, `/livez`, `/readyz`
+    /// and `/metrics` over HTTPS; `None`: not served.
+    pub serve: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -109,6 +115,16 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
     }
     let client =
         capstan_client::client_as(cfg.kubeconfig.as_deref(), "kube-controller-manager").await?;
+    // Health and metrics answer whether or not this instance leads, as upstream's.
+    let serving = match cfg.serve {
+        Some(addr) => {
+            let ep = capstan_client::serve::Endpoint::new(addr, true)
+                .with_metrics(|| capstan_client::metrics::render(&[]));
+            Some(AbortOnDrop(tokio::spawn(ep.bind().await?)))
+        }
+        None => None,
+    };
+    let _serving = serving;
     let mut elector = cfg
         .election
         .clone()
@@ -127,6 +143,15 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
             let _ = controllers.await;
             Ok(())
         }
+    }
+}
+
+/// Stops the endpoint's task when the controller-manager stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

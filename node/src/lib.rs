@@ -18,6 +18,7 @@
 
 pub mod dns;
 pub mod kubelet;
+pub mod metrics;
 pub mod podstatus;
 pub mod proxy;
 pub mod registration;

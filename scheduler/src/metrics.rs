@@ -4,7 +4,7 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
 pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
@@ -69,9 +69,7 @@ pub static EVENTS_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
-/// The registry in Prometheus' text format.
+/// The registry in Prometheus' text format, with client-go's metrics.
 pub fn gather() -> String {
-    let mut buf = Vec::new();
-    let _ = prometheus::TextEncoder::new().encode(&REGISTRY.gather(), &mut buf);
-    String::from_utf8_lossy(&buf).into_owned()
+    capstan_client::metrics::render(&[&REGISTRY])
 }

@@ -362,3 +362,132 @@ async fn cluster_init_refuses_a_single_servers_data_dir() {
     let got = srv.kubectl(&["get", "configmap", "keep", "-o", "jsonpath={.data.k}"]);
     assert_eq!(got.out(), "v");
 }
+
+/// `etcdctl endpoint status` of `srv`'s member: its id and the leader it knows.
+fn endpoint_status(srv: &ServerProcess) -> Option<(u64, u64)> {
+    let out = srv.etcdctl(&["endpoint", "status", "-w", "json"]);
+    if !out.ok {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+    let st = &v[0]["Status"];
+    Some((st["header"]["member_id"].as_u64()?, st["leader"].as_u64()?))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leading_server_hands_store_leadership_over_on_sigterm() {
+    let mut s1 = ServerProcess::named("s1", &["--cluster-init"]);
+    s1.wait_ready().await;
+    let token = std::fs::read_to_string(s1.data_dir().join("server/token")).expect("token file");
+    let token = token.trim().to_string();
+    let mut s2 = ServerProcess::named("s2", &["--server", &s1.url(), "--token", &token]);
+    s2.wait_ready().await;
+    let mut s3 = ServerProcess::named("s3", &["--server", &s1.url(), "--token", &token]);
+    s3.wait_ready().await;
+    three_started_members(&mut s1).await;
+    let mut servers = [s1, s2, s3];
+    let (leader, old_id) = eventually("a store leader", Duration::from_secs(30), || {
+        let found = servers.iter().enumerate().find_map(|(i, s)| {
+            endpoint_status(s).and_then(|(me, leader)| (me == leader).then_some((i, me)))
+        });
+        async move { found }
+    })
+    .await;
+
+    let status = servers[leader].terminate();
+    assert!(status.success(), "{status}\n{}", servers[leader].log());
+    let log = servers[leader].log();
+    assert!(
+        log.contains("handed store leadership over before stopping"),
+        "{log}"
+    );
+    // The survivors agree on a new leader among themselves, and take writes.
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    eventually(
+        "the survivors to follow a new leader",
+        Duration::from_secs(10),
+        || {
+            let st: Vec<Option<(u64, u64)>> = survivors
+                .iter()
+                .map(|i| endpoint_status(&servers[*i]))
+                .collect();
+            let ids: Vec<u64> = st.iter().flatten().map(|(me, _)| *me).collect();
+            let agreed = st
+                .iter()
+                .all(|s| s.is_some_and(|(_, l)| l != 0 && l != old_id && ids.contains(&l)))
+                && st.first().copied().flatten().map(|s| s.1)
+                    == st.get(1).copied().flatten().map(|s| s.1);
+            async move { agreed.then_some(()) }
+        },
+    )
+    .await;
+    let out = servers[survivors[0]].kubectl(&["create", "configmap", "after-handoff"]);
+    assert!(out.ok, "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ha_server_restored_with_cluster_reset_lets_others_join_again() {
+    let mut s1 = ServerProcess::named("s1", &["--cluster-init"]);
+    s1.wait_ready().await;
+    let token = std::fs::read_to_string(s1.data_dir().join("server/token")).expect("token file");
+    let token = token.trim().to_string();
+    assert!(s1.kubectl(&["create", "configmap", "at-snapshot"]).ok);
+    let saved = std::process::Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args([
+            "etcd-snapshot",
+            "save",
+            "--name",
+            "ha",
+            "--node-name",
+            "s1",
+            "--data-dir",
+        ])
+        .arg(s1.data_dir())
+        .args(["--store-client-port", &s1.store_client_port.to_string()])
+        .output()
+        .expect("capstan runs");
+    assert!(
+        saved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&saved.stderr)
+    );
+    let name = String::from_utf8_lossy(&saved.stdout)
+        .trim()
+        .trim_start_matches("Snapshot ")
+        .trim_end_matches(" saved.")
+        .to_string();
+    let file = s1.data_dir().join("server/db/snapshots").join(name);
+    assert!(s1.kubectl(&["create", "configmap", "after-snapshot"]).ok);
+
+    s1.kill9();
+    s1.args.extend([
+        "--cluster-reset".to_string(),
+        "--cluster-reset-restore-path".to_string(),
+        file.display().to_string(),
+    ]);
+    s1.spawn();
+    s1.wait_ready().await;
+    let names = s1.kubectl(&["get", "configmaps", "-o", "name"]);
+    assert!(
+        names.out().contains("configmap/at-snapshot"),
+        "{}",
+        names.out()
+    );
+    assert!(!names.out().contains("after-snapshot"), "{}", names.out());
+    assert_eq!(member_ids(&s1).len(), 1, "a single member");
+    // Still a cluster others join, with the same token.
+    let mut s2 = ServerProcess::named("s2", &["--server", &s1.url(), "--token", &token]);
+    s2.wait_ready().await;
+    eventually("two members", Duration::from_secs(60), || {
+        let n = members(&s1).map(|m| m.len());
+        async move { (n == Some(2)).then_some(()) }
+    })
+    .await;
+    // The joined server serves the restored data (its member caught up from the log or
+    // a snapshot).
+    eventually("the restored data on s2", Duration::from_secs(30), || {
+        let names = s2.kubectl(&["get", "configmaps", "-o", "name"]);
+        async move { names.stdout.contains("configmap/at-snapshot").then_some(()) }
+    })
+    .await;
+}

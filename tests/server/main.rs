@@ -11,6 +11,7 @@ mod containerd;
 
 mod agent;
 mod ha;
+mod ops;
 mod partition;
 
 use std::path::PathBuf;
@@ -35,6 +36,17 @@ struct ServerProcess {
     /// The network namespace (of `ip netns add`) the server runs in, as on a machine
     /// of its own.
     netns: Option<String>,
+    /// Where the components serve their health and metrics.
+    ports: HealthPorts,
+}
+
+/// The components' health and metrics ports (on 127.0.0.1).
+struct HealthPorts {
+    controller_manager: u16,
+    scheduler: u16,
+    kubelet: u16,
+    proxy_healthz: u16,
+    proxy_metrics: u16,
 }
 
 impl ServerProcess {
@@ -93,8 +105,39 @@ impl ServerProcess {
             args.push(flag.to_string());
             args.push(value);
         }
+        // Upstream's fixed health ports would collide between servers run at once.
+        let ports = HealthPorts {
+            controller_manager: free_port(),
+            scheduler: free_port(),
+            kubelet: free_port(),
+            proxy_healthz: free_port(),
+            proxy_metrics: free_port(),
+        };
+        for (flag, value) in [
+            (
+                "--kube-controller-manager-arg",
+                format!("secure-port={}", ports.controller_manager),
+            ),
+            (
+                "--kube-scheduler-arg",
+                format!("secure-port={}", ports.scheduler),
+            ),
+            ("--kubelet-arg", format!("healthz-port={}", ports.kubelet)),
+            (
+                "--kube-proxy-arg",
+                format!("healthz-bind-address=127.0.0.1:{}", ports.proxy_healthz),
+            ),
+            (
+                "--kube-proxy-arg",
+                format!("metrics-bind-address=127.0.0.1:{}", ports.proxy_metrics),
+            ),
+        ] {
+            args.push(flag.to_string());
+            args.push(value);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut s = ServerProcess {
+            ports,
             dir,
             args,
             child: None,
@@ -218,6 +261,17 @@ impl ServerProcess {
         if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
             panic!("capstan server exited with {status}; log:\n{}", self.log());
         }
+    }
+
+    /// SIGTERM (a graceful stop), waiting for the process to exit.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("the server runs");
+        let st = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(st.success(), "kill -TERM: {st}");
+        c.wait().expect("wait")
     }
 
     fn kill9(&mut self) {
@@ -469,6 +523,62 @@ async fn a_server_runs_a_deployment_in_containerd() {
     assert_eq!(logs, "started\n");
     let out = srv.kubectl(&["exec", "deployment/web", "--", "echo", "hi from exec"]);
     assert_eq!(out.stdout, "hi from exec\n", "{}", out.stderr);
+
+    // The agent's health and metrics, as the kubelet and kube-proxy serve them: the
+    // kubelet's healthz port, its metrics on the kubelet server (client certificate
+    // of the cluster CA), the proxy's JSON healthz and its metrics port.
+    let kubelet = format!("http://127.0.0.1:{}/healthz", srv.ports.kubelet);
+    assert_eq!(ops::curl(&kubelet, &[]), Some((200, "ok".to_string())));
+    let (_, verbose) = ops::curl(&format!("{kubelet}?verbose"), &[]).expect("kubelet healthz");
+    assert!(verbose.contains("[+]syncloop ok\n"), "{verbose}");
+    let pki = srv.data_dir().join("pki");
+    let (cert, key) = (pki.join("admin.crt"), pki.join("admin.key"));
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let (code, metrics) = ops::curl(
+        "https://127.0.0.1:10250/metrics",
+        &["--cert", &cert, "--key", &key],
+    )
+    .expect("kubelet metrics");
+    assert_eq!(code, 200, "{metrics}");
+    let running: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kubelet_running_pods "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("kubelet_running_pods in {metrics}"));
+    assert!(running >= 2, "{metrics}");
+    let started: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kubelet_pod_start_duration_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("kubelet_pod_start_duration_seconds in {metrics}"));
+    assert!(started >= 2, "{metrics}");
+    let (code, health) = ops::curl(
+        &format!("http://127.0.0.1:{}/healthz", srv.ports.proxy_healthz),
+        &[],
+    )
+    .expect("proxy healthz");
+    assert_eq!(code, 200, "{health}");
+    let health: serde_json::Value = serde_json::from_str(&health).expect("JSON");
+    assert_eq!(health["nodeEligible"], true, "{health}");
+    assert!(
+        health["lastUpdated"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty()),
+        "{health}"
+    );
+    let (_, metrics) = ops::curl(
+        &format!("http://127.0.0.1:{}/metrics", srv.ports.proxy_metrics),
+        &[],
+    )
+    .expect("proxy metrics");
+    assert!(
+        metrics.contains("kubeproxy_sync_proxy_rules_duration_seconds_count "),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kubeproxy_sync_proxy_rules_last_timestamp_seconds "),
+        "{metrics}"
+    );
     // Gone again, containers and all, before the runtime is torn down.
     let del = srv.kubectl(&["delete", "deployment", "web"]);
     assert!(del.ok, "{}", del.stderr);

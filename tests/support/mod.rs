@@ -862,6 +862,10 @@ impl Component {
             kubeconfig.display().to_string(),
         ];
         all.extend(args.iter().map(|a| a.to_string()));
+        // Upstream's fixed health ports would collide between tests run at once.
+        if subcommand == "controller-manager" && !args.contains(&"--secure-port") {
+            all.extend(["--secure-port".to_string(), free_port().to_string()]);
+        }
         let mut c = Component {
             what: subcommand.to_string(),
             args: all,

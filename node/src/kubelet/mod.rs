@@ -78,6 +78,9 @@ pub struct Config {
     pub dns_listen: Option<IpAddr>,
     /// The kubelet server's address and port (`--address`, `--port`).
     pub serve: std::net::SocketAddr,
+    /// `--healthz-bind-address` and `--healthz-port` (127.0.0.1:10248): `/healthz`
+    /// over plain HTTP; `None` (port 0): not served.
+    pub healthz: Option<std::net::SocketAddr>,
 }
 
 /// The service proxy's flags.
@@ -87,6 +90,10 @@ pub struct ProxyOptions {
     pub table: String,
     /// kube-proxy's `--cluster-cidr`.
     pub cluster_cidr: Option<(std::net::Ipv4Addr, u8)>,
+    /// kube-proxy's `--healthz-bind-address` (0.0.0.0:10256; `None`: not served).
+    pub healthz: Option<std::net::SocketAddr>,
+    /// kube-proxy's `--metrics-bind-address` (127.0.0.1:10249; `None`: not served).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Default for ProxyOptions {
@@ -94,6 +101,8 @@ impl Default for ProxyOptions {
         ProxyOptions {
             table: "capstan".into(),
             cluster_cidr: None,
+            healthz: Some(std::net::SocketAddr::from(([0, 0, 0, 0], 10256))),
+            metrics: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 10249))),
         }
     }
 }
@@ -129,6 +138,10 @@ struct Kubelet {
     /// Set once the watch's first list is in: until then every sandbox would look
     /// like an orphan, and a restarted agent would kill the pods it should adopt.
     listed: tokio::sync::watch::Sender<bool>,
+    /// When each pod not yet running was first seen, for `kubelet_pod_start_duration_seconds`.
+    first_seen: Mutex<HashMap<String, std::time::Instant>>,
+    /// When the last relist finished: the `syncloop` health check.
+    last_relist: Mutex<std::time::Instant>,
 }
 
 /// What the relist read from the runtime, grouped by pod uid.
@@ -238,8 +251,40 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         events: recorder,
         wake: tokio::sync::Notify::new(),
         listed: tokio::sync::watch::Sender::new(false),
+        first_seen: Mutex::new(HashMap::new()),
+        last_relist: Mutex::new(std::time::Instant::now()),
         cfg,
     });
+    // The kubelet's healthz port: up as long as the sync loop turns (upstream's
+    // `syncloop` check allows it a few minutes).
+    if let Some(addr) = k.cfg.healthz {
+        let weak = Arc::downgrade(&k);
+        let ep = capstan_client::serve::Endpoint::new(addr, false).with_check(
+            capstan_client::serve::Check::new("syncloop", move || {
+                let Some(k) = weak.upgrade() else {
+                    return Err("the kubelet stopped".into());
+                };
+                let last = k
+                    .last_relist
+                    .lock()
+                    .map(|t| *t)
+                    .map_err(|e| e.to_string())?;
+                if last.elapsed() > Duration::from_secs(180) {
+                    return Err(format!("sync loop took too long: {:?}", last.elapsed()));
+                }
+                Ok(())
+            }),
+        );
+        match ep.bind().await {
+            Ok(serving) => {
+                tokio::spawn(serving);
+            }
+            Err(e) => tracing::error!(error = %e, "kubelet healthz server not started"),
+        }
+    }
+    crate::metrics::NODE_NAME
+        .with_label_values(&[&k.cfg.node_name])
+        .set(1);
     tokio::spawn(k.clone().watch_pods());
     if let Some(l) = listener {
         tokio::spawn(server::serve(k.clone(), l, tls));
@@ -267,6 +312,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
                 let mut cfg = crate::proxy::Config::new(&k.cfg.node_name, node_ip);
                 cfg.rules.table = opts.table.clone();
                 cfg.rules.cluster_cidr = opts.cluster_cidr;
+                let _serving = proxy_endpoints(opts, &cfg).await;
                 crate::proxy::run(cfg, rx).await
             }
             _ => std::future::pending().await,
@@ -278,6 +324,56 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         () = k.sync_loop() => Ok(()),
         r = proxy => r.map_err(NodeError::Proxy),
     }
+}
+
+/// Stops a spawned endpoint when the agent stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// kube-proxy's two ports: `/healthz` and `/livez` (its JSON, 503 when rules are
+/// overdue) on `--healthz-bind-address`, `/metrics` on `--metrics-bind-address`. A port
+/// that cannot be bound is logged and costs only that endpoint.
+async fn proxy_endpoints(opts: &ProxyOptions, cfg: &crate::proxy::Config) -> Vec<AbortOnDrop> {
+    use capstan_client::serve::{Endpoint, Reply};
+    let mut serving = Vec::new();
+    let timeout = cfg.sync_period * 2;
+    let health = cfg.health.clone();
+    let custom: capstan_client::serve::Custom = Arc::new(move |path: &str| {
+        if !matches!(path, "/healthz" | "/livez") {
+            return None;
+        }
+        let (healthy, body) = health.report(timeout);
+        Some(Reply {
+            code: if healthy {
+                hyper::StatusCode::OK
+            } else {
+                hyper::StatusCode::SERVICE_UNAVAILABLE
+            },
+            content_type: "application/json",
+            body,
+        })
+    });
+    let mut endpoints = Vec::new();
+    if let Some(addr) = opts.healthz {
+        let mut ep = Endpoint::new(addr, false);
+        ep.custom = Some(custom);
+        endpoints.push(ep);
+    }
+    if let Some(addr) = opts.metrics {
+        endpoints.push(Endpoint::new(addr, false).with_metrics(crate::metrics::render_proxy));
+    }
+    for ep in endpoints {
+        match ep.bind().await {
+            Ok(f) => serving.push(AbortOnDrop(tokio::spawn(f))),
+            Err(e) => tracing::error!(error = %e, "kube-proxy endpoint not started"),
+        }
+    }
+    serving
 }
 
 impl Kubelet {
@@ -292,6 +388,7 @@ impl Kubelet {
             match ev {
                 Ok(watcher::Event::Init) => fresh = Some(HashMap::new()),
                 Ok(watcher::Event::InitApply(p)) => {
+                    self.saw(&p);
                     if let (Some(f), Some(uid)) = (fresh.as_mut(), p.metadata.uid.clone()) {
                         f.insert(uid, p);
                     }
@@ -303,11 +400,17 @@ impl Kubelet {
                     self.listed.send_replace(true);
                 }
                 Ok(watcher::Event::Apply(p)) => {
+                    self.saw(&p);
                     if let (Some(uid), Ok(mut pods)) = (p.metadata.uid.clone(), self.pods.lock()) {
                         pods.insert(uid, p);
                     }
                 }
                 Ok(watcher::Event::Delete(p)) => {
+                    if let (Some(uid), Ok(mut seen)) =
+                        (p.metadata.uid.as_ref(), self.first_seen.lock())
+                    {
+                        seen.remove(uid);
+                    }
                     if let (Some(uid), Ok(mut pods)) = (p.metadata.uid.as_ref(), self.pods.lock()) {
                         pods.remove(uid);
                     }
@@ -318,12 +421,32 @@ impl Kubelet {
         }
     }
 
+    /// Notes when a pod that has not run yet was first seen (a pod already running,
+    /// adopted after a restart, has no start to time).
+    fn saw(&self, p: &Pod) {
+        let started = p
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|ph| ph != "Pending");
+        if let (Some(uid), false, Ok(mut seen)) =
+            (p.metadata.uid.clone(), started, self.first_seen.lock())
+        {
+            seen.entry(uid).or_insert_with(std::time::Instant::now);
+        }
+    }
+
     async fn sync_loop(self: &Arc<Self>) {
         let mut listed = self.listed.subscribe();
         let _ = listed.wait_for(|l| *l).await;
         loop {
             match self.relist().await {
-                Ok(r) => self.sync_all(r).await,
+                Ok(r) => {
+                    if let Ok(mut t) = self.last_relist.lock() {
+                        *t = std::time::Instant::now();
+                    }
+                    self.sync_all(r).await
+                }
                 Err(e) => tracing::warn!(error = %e, "relisting the container runtime"),
             }
             let _ = tokio::time::timeout(RELIST, self.wake.notified()).await;
@@ -363,6 +486,18 @@ impl Kubelet {
             .map(|c| c.id.clone())
             .collect();
         self.prober.retain(&running);
+        let sandboxes_running = r
+            .sandboxes
+            .values()
+            .filter(|ss| {
+                ss.iter()
+                    .any(|s| s.state == api::PodSandboxState::SandboxReady as i32)
+            })
+            .count();
+        crate::metrics::RUNNING_PODS.set(sandboxes_running as i64);
+        crate::metrics::RUNNING_CONTAINERS
+            .with_label_values(&["running"])
+            .set(running.len() as i64);
         let pods: Vec<Pod> = match self.pods.lock() {
             Ok(p) => p.values().cloned().collect(),
             Err(_) => return,
@@ -1085,6 +1220,12 @@ impl Kubelet {
         {
             Ok(_) => {
                 tracing::debug!(namespace = %ns, pod = %name, phase = %status["phase"], "pod status");
+                if status["phase"] == "Running" {
+                    let seen = self.first_seen.lock().ok().and_then(|mut s| s.remove(&uid));
+                    if let Some(t) = seen {
+                        crate::metrics::POD_START_DURATION.observe(t.elapsed().as_secs_f64());
+                    }
+                }
                 if let Ok(mut st) = self.state.lock() {
                     st.entry(uid).or_default().written = Some(status);
                 }

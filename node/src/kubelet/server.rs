@@ -313,6 +313,7 @@ impl Kubelet {
                 self.exec(&ns, &pod, &container, req).await
             }
             (Method::GET, ["healthz"]) => text(StatusCode::OK, "ok"),
+            (Method::GET, ["metrics"]) => text(StatusCode::OK, crate::metrics::render_kubelet()),
             _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
         }
     }

@@ -30,6 +30,58 @@ pub struct Config {
     pub min_sync_period: Duration,
     /// Upstream's `--sync-period` (30 s).
     pub sync_period: Duration,
+    /// What `/healthz` reports (see [`Health`]).
+    pub health: Arc<Health>,
+}
+
+/// The proxy's health as kube-proxy's healthz server judges it: unhealthy once a
+/// change has waited for a sync longer than twice the sync period (its
+/// `healthTimeout`), answered as its JSON.
+#[derive(Default, Debug)]
+pub struct Health {
+    state: std::sync::Mutex<HealthState>,
+}
+
+#[derive(Default, Debug)]
+struct HealthState {
+    last_updated: Option<chrono::DateTime<chrono::Utc>>,
+    pending_since: Option<std::time::Instant>,
+}
+
+impl Health {
+    /// A change is waiting for a sync (kept from the oldest one).
+    pub fn queued(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.pending_since.get_or_insert_with(std::time::Instant::now);
+        }
+    }
+
+    /// The rules were synced.
+    pub fn synced(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.last_updated = Some(chrono::Utc::now());
+            s.pending_since = None;
+        }
+    }
+
+    /// Whether the proxy is healthy, with `timeout` as its health timeout, and the
+    /// body of kube-proxy's `/healthz`.
+    pub fn report(&self, timeout: Duration) -> (bool, String) {
+        let (last, pending) = match self.state.lock() {
+            Ok(s) => (s.last_updated, s.pending_since),
+            Err(_) => (None, None),
+        };
+        let healthy = pending.is_none_or(|p| p.elapsed() <= timeout);
+        let fmt = |t: chrono::DateTime<chrono::Utc>| {
+            t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+        };
+        let body = serde_json::json!({
+            "lastUpdated": last.map(fmt).unwrap_or_default(),
+            "currentTime": fmt(chrono::Utc::now()),
+            "nodeEligible": true,
+        });
+        (healthy, body.to_string())
+    }
 }
 
 impl Config {
@@ -48,6 +100,7 @@ impl Config {
             },
             min_sync_period: Duration::from_secs(1),
             sync_period: Duration::from_secs(30),
+            health: Arc::new(Health::default()),
         }
     }
 }
@@ -133,6 +186,7 @@ pub async fn run(
     let _guard = TableGuard(table.clone());
     let mut applied = rules::Ruleset::default();
     let mut last_sync: Option<tokio::time::Instant> = None;
+    cfg.health.queued();
     loop {
         let snap = snapshots.borrow_and_update().clone();
         if snap.synced {
@@ -144,6 +198,9 @@ pub async fn run(
                 match nft(&next.script).await {
                     Ok(()) => {
                         let elapsed_ms = started.elapsed().as_millis() as u64;
+                        crate::metrics::SYNC_DURATION.observe(started.elapsed().as_secs_f64());
+                        crate::metrics::SYNC_LAST.set(chrono::Utc::now().timestamp());
+                        cfg.health.synced();
                         // A periodic resync that changed nothing is not news.
                         if changed {
                             tracing::info!(table = %table, services = snap.services.len(),
@@ -169,6 +226,7 @@ pub async fn run(
                 if r.is_err() {
                     return Ok(());
                 }
+                cfg.health.queued();
             }
             () = resync => {}
         }

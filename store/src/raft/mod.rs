@@ -304,6 +304,44 @@ impl RaftNode {
         *self.applied.borrow()
     }
 
+    /// Builds a snapshot of everything applied and purges the log it covers, so that a
+    /// member added later starts from the snapshot rather than from the log. A store
+    /// rebuilt from a snapshot file (`capstan server --cluster-reset`) needs it: its data
+    /// is in no log entry, so replaying the log would give a new member none of it.
+    pub async fn snapshot_and_purge(&self) -> Result<()> {
+        let applied = self.applied_index();
+        let fatal = |e: openraft::error::Fatal<u64>| StoreError::Engine(format!("raft: {e}"));
+        self.raft.trigger().snapshot().await.map_err(fatal)?;
+        let mut m = self.metrics.clone();
+        let built = async {
+            m.wait_for(|m| m.snapshot.is_some_and(|s| s.index >= applied))
+                .await
+                .map(|m| m.snapshot.map(|s| s.index).unwrap_or(applied))
+        };
+        let index = match tokio::time::timeout(Duration::from_secs(60), built).await {
+            Ok(Ok(i)) => i,
+            Ok(Err(_)) => return Err(StoreError::Stopped),
+            Err(_) => {
+                return Err(StoreError::Engine(
+                    "raft: snapshot not built within 60 s".into(),
+                ))
+            }
+        };
+        self.raft.trigger().purge_log(index).await.map_err(fatal)?;
+        let purged = async {
+            m.wait_for(|m| m.purged.is_some_and(|p| p.index >= index))
+                .await
+                .map(|_| ())
+        };
+        match tokio::time::timeout(Duration::from_secs(60), purged).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(StoreError::Stopped),
+            Err(_) => Err(StoreError::Engine(
+                "raft: log not purged within 60 s".into(),
+            )),
+        }
+    }
+
     /// Resolves once this member knows of a leader other than `old` (never while no
     /// leader is known: an election alone does not mean the old leader is gone).
     async fn leader_changed_from(&self, old: u64) {

@@ -268,6 +268,32 @@ fn stream_snapshot(
     Ok(())
 }
 
+/// Writes a snapshot of a stopped member's data dir to `file` (created, not
+/// overwritten), in the format `etcdctl snapshot save` stores: what `capstan server
+/// --cluster-reset` takes before it rebuilds the store as a single member. The state is
+/// what the member had applied; a Raft member's committed entries it had not applied
+/// yet are not in it.
+pub fn export_snapshot(data_dir: &Path, file: &Path) -> Result<()> {
+    let db = data_dir.join("member").join("db");
+    if !db.is_dir() {
+        return Err(StoreError::InvalidArgument(format!(
+            "{}: no store data",
+            db.display()
+        )));
+    }
+    let engine = RocksEngine::open(&db).map_err(|e| StoreError::Engine(e.to_string()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(file)
+        .map_err(|e| io_err(&file.display().to_string(), e))?;
+    let (sha, _) = write_snapshot(&engine, &mut f)?;
+    use std::io::Write as _;
+    f.write_all(&sha)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| io_err(&file.display().to_string(), e))
+}
+
 /// Restores a member's data dir from a snapshot taken with `etcdctl snapshot save`
 /// (or any client of the `Snapshot` RPC): checks the SHA-256 trailer, then writes every
 /// record into a fresh engine under `<data_dir>/member/db`. Refuses an existing data dir.
