@@ -86,8 +86,19 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             let file_name = format!("{name}-{node}-{now}");
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let path = dir.join(&file_name);
-            let endpoint = format!("http://127.0.0.1:{store_client_port}");
-            save(&endpoint, &path).await?;
+            // The server's store speaks TLS to certificates of its own CA; this
+            // command shows the apiserver's client certificate, as k3s's does.
+            let etcd = a.common.data_dir.join("pki").join("etcd");
+            let tls = capstan_apiserver::storage::EtcdTls {
+                ca_file: Some(etcd.join("ca.crt")),
+                cert_file: Some(etcd.join("client.crt")),
+                key_file: Some(etcd.join("client.key")),
+            };
+            let options = tls
+                .options()
+                .with_context(|| format!("the store's client certificate in {}", etcd.display()))?;
+            let endpoint = format!("https://127.0.0.1:{store_client_port}");
+            save(&endpoint, options, &path).await?;
             println!("Snapshot {file_name} saved.");
             tracing::info!(snapshot = %path.display(), "snapshot saved");
             Ok(())
@@ -126,9 +137,13 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
 /// Streams a snapshot from the store at `endpoint` into `path`, through a temporary
 /// file renamed into place once complete, so a failed save leaves nothing a restore
 /// could take for a snapshot.
-pub async fn save(endpoint: &str, path: &Path) -> anyhow::Result<()> {
+pub async fn save(
+    endpoint: &str,
+    options: Option<etcd_client::ConnectOptions>,
+    path: &Path,
+) -> anyhow::Result<()> {
     use std::io::Write as _;
-    let mut client = etcd_client::Client::connect([endpoint], None)
+    let mut client = etcd_client::Client::connect([endpoint], options)
         .await
         .with_context(|| format!("connecting to the store at {endpoint}"))?;
     let mut stream = client
