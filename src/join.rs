@@ -39,12 +39,20 @@ const APISERVERS_PREFIX: &str = "/capstan/apiservers/";
 pub const APISERVERS_PATH: &str = "/v1-capstan/apiservers";
 
 /// Records this server's apiserver URL in the store, retrying until the store takes
-/// it (a joining member becomes a voter first).
-pub async fn register_apiserver(store_url: &str, name: &str, api_url: &str) {
+/// it (a joining member becomes a voter first). `tls`: the store's client certificate.
+pub async fn register_apiserver(
+    store_url: &str,
+    tls: &capstan_apiserver::storage::EtcdTls,
+    name: &str,
+    api_url: &str,
+) {
     let key = format!("{APISERVERS_PREFIX}{name}");
     loop {
         let put = async {
-            let mut etcd = etcd_client::Client::connect([store_url], None).await?;
+            let opts = tls
+                .options()
+                .map_err(|e| etcd_client::Error::InvalidArgs(e.to_string()))?;
+            let mut etcd = etcd_client::Client::connect([store_url], opts).await?;
             etcd.put(key.as_str(), api_url, None).await
         };
         match put.await {
@@ -59,21 +67,29 @@ pub async fn register_apiserver(store_url: &str, name: &str, api_url: &str) {
 
 /// Every server's apiserver URL, as recorded in the store.
 async fn apiservers(s: &JoinState) -> Result<Vec<String>, JoinError> {
-    let unavailable = |e: &dyn std::fmt::Display| JoinError::Unavailable(e.to_string());
-    let mut etcd = etcd_client::Client::connect([s.store_url.as_str()], None)
+    let all = named_apiservers(s)
         .await
-        .map_err(|e| unavailable(&e))?;
+        .map_err(|e| JoinError::Unavailable(format!("{e:#}")))?;
+    Ok(all.into_iter().map(|(_, url)| url).collect())
+}
+
+/// Every server's name and apiserver URL, as recorded in the store.
+pub async fn named_apiservers(s: &JoinState) -> anyhow::Result<Vec<(String, String)>> {
+    let opts = s.store_tls.options()?;
+    let mut etcd = etcd_client::Client::connect([s.store_url.as_str()], opts).await?;
     let got = etcd
         .get(
             APISERVERS_PREFIX,
             Some(etcd_client::GetOptions::new().with_prefix()),
         )
-        .await
-        .map_err(|e| unavailable(&e))?;
+        .await?;
     Ok(got
         .kvs()
         .iter()
-        .filter_map(|kv| kv.value_str().ok().map(str::to_string))
+        .filter_map(|kv| {
+            let name = kv.key_str().ok()?.strip_prefix(APISERVERS_PREFIX)?;
+            Some((name.to_string(), kv.value_str().ok()?.to_string()))
+        })
         .collect())
 }
 
@@ -248,6 +264,17 @@ pub struct JoinState {
     pub etcd_ca_dir: PathBuf,
 }
 
+impl JoinState {
+    /// A client of the local store member, with the store's client certificate.
+    async fn store(&self) -> Result<etcd_client::Client, JoinError> {
+        let unavailable = |e: &dyn std::fmt::Display| JoinError::Unavailable(e.to_string());
+        let opts = self.store_tls.options().map_err(|e| unavailable(&e))?;
+        etcd_client::Client::connect([self.store_url.as_str()], opts)
+            .await
+            .map_err(|e| unavailable(&e))
+    }
+}
+
 /// `/cacerts` (public, as k3s's) and the bootstrap endpoint (token-guarded).
 pub fn routes(state: Arc<JoinState>) -> axum::Router {
     let mut r = axum::Router::new()
@@ -405,9 +432,7 @@ async fn check_node_password(s: &JoinState, req: &AgentRequest) -> Result<(), Jo
     let unavailable = |e: &dyn std::fmt::Display| JoinError::Unavailable(e.to_string());
     let key = format!("{NODE_PASSWORD_PREFIX}{}", req.name);
     let hash = hex(&Sha256::digest(req.password.as_bytes()));
-    let mut etcd = etcd_client::Client::connect([s.store_url.as_str()], None)
-        .await
-        .map_err(|e| unavailable(&e))?;
+    let mut etcd = s.store().await?;
     let txn = Txn::new()
         .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
         .and_then([TxnOp::put(key.as_str(), hash.as_str(), None)])
@@ -453,10 +478,7 @@ async fn add_member(s: &JoinState, req: &JoinRequest) -> Result<Bootstrap, JoinE
             .map_err(|e| JoinError::Unavailable(format!("etcd/{name}: {e}")))
     };
     let (etcd_ca_cert, etcd_ca_key) = (read_etcd("ca.crt")?, read_etcd("ca.key")?);
-    let opts = s.store_tls.options().map_err(|e| unavailable(&e))?;
-    let mut etcd = etcd_client::Client::connect([s.store_url.as_str()], opts)
-        .await
-        .map_err(|e| unavailable(&e))?;
+    let mut etcd = s.store().await?;
     let list = etcd.member_list().await.map_err(|e| unavailable(&e))?;
     for m in list.members() {
         let same_urls = m.peer_urls().iter().any(|u| req.peer_urls.contains(u));

@@ -329,18 +329,17 @@ pub async fn run(
         url_host(&api_host),
         a.https_listen_port
     );
-    let join_routes = Some(crate::join::routes(std::sync::Arc::new(
-        crate::join::JoinState {
-            token: token.clone(),
-            agent_secret,
-            servers_may_join: ha,
-            ca_pem: pkis.ca_pem.clone(),
-            pki_dir: pki.clone(),
-            store_url: client_url.clone(),
-            store_tls: store_client_tls.clone(),
-            etcd_ca_dir: pki.join("etcd"),
-        },
-    )));
+    let join_state = std::sync::Arc::new(crate::join::JoinState {
+        token: token.clone(),
+        agent_secret,
+        servers_may_join: ha,
+        ca_pem: pkis.ca_pem.clone(),
+        pki_dir: pki.clone(),
+        store_url: client_url.clone(),
+        store_tls: store_client_tls.clone(),
+        etcd_ca_dir: pki.join("etcd"),
+    });
+    let join_routes = Some(crate::join::routes(join_state.clone()));
     let token = ha.then_some(token);
     let store_cfg = capstan_store::Config {
         name: name.clone(),
@@ -391,9 +390,9 @@ pub async fn run(
     let _ = std::fs::remove_file(&a.write_kubeconfig);
     // Agents' load balancers learn every server's URL from the store.
     let register = {
-        let (store, name) = (client_url.clone(), name.clone());
+        let (store, tls, name) = (client_url.clone(), store_client_tls.clone(), name.clone());
         let api_url = format!("https://{}:{}", url_host(&api_host), a.https_listen_port);
-        async move { crate::join::register_apiserver(&store, &name, &api_url).await }
+        async move { crate::join::register_apiserver(&store, &tls, &name, &api_url).await }
     };
     let api_cfg = capstan_apiserver::Config {
         etcd_servers: vec![client_url],
@@ -532,12 +531,64 @@ pub async fn run(
             r = agent => r,
         }
     };
+    // An HA server's kubeconfig lists every server (see `list_servers_in_kubeconfig`).
+    let listing = {
+        let (path, pkis, own) = (a.write_kubeconfig.clone(), pkis.clone(), api_url.clone());
+        async move {
+            if ha {
+                list_servers_in_kubeconfig(&path, &pkis, &own, &join_state).await;
+            }
+            std::future::pending::<anyhow::Result<()>>().await
+        }
+    };
     tokio::select! {
         r = store => r,
         r = apiserver => r,
         r = components => r,
+        r = listing => r,
         () = removed => Err(anyhow::anyhow!("{}", capstan_store::StoreError::MemberRemoved)),
         () = shutdown => Ok(()),
+    }
+}
+
+/// Keeps an HA server's admin kubeconfig listing every server recorded in the store:
+/// the current context `capstan` stays on this server, and each server also gets a
+/// context `capstan-<name>`, so a user whose server is down switches with `kubectl
+/// --context`. kubectl takes one server per cluster entry; a load balancer in front of
+/// the servers is the other way (the agents have their own). Written to a temp file and
+/// renamed, so a reader never sees half of it; rewritten only when the list changes.
+async fn list_servers_in_kubeconfig(
+    path: &std::path::Path,
+    pki: &capstan_apiserver::tls::Pki,
+    own: &str,
+    join: &crate::join::JoinState,
+) {
+    wait_for_file(path).await;
+    loop {
+        match crate::join::named_apiservers(join).await {
+            Ok(mut servers) if servers.len() > 1 => {
+                servers.sort();
+                let text = pki.admin_kubeconfig_listing(own, &servers);
+                if std::fs::read_to_string(path).ok().as_deref() != Some(text.as_str()) {
+                    let tmp = path.with_extension("tmp");
+                    let written =
+                        std::fs::write(&tmp, &text).and_then(|()| std::fs::rename(&tmp, path));
+                    match written {
+                        Ok(()) => tracing::info!(
+                            kubeconfig = %path.display(),
+                            servers = servers.len(),
+                            "kubeconfig lists every server"
+                        ),
+                        Err(e) => tracing::warn!(error = %e, "rewriting the kubeconfig"),
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(error = %format!("{e:#}"), "listing the servers for the kubeconfig")
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
     }
 }
 

@@ -20,6 +20,7 @@ use rustls::server::WebPkiClientVerifier;
 use crate::error::ApiError;
 
 /// Paths of the PEM files under the cert dir.
+#[derive(Clone)]
 pub struct Pki {
     pub dir: PathBuf,
     pub ca_pem: String,
@@ -230,14 +231,42 @@ pub fn ensure_pki(dir: &Path, hosts: &[String]) -> Result<Pki, ApiError> {
 impl Pki {
     /// A kubeconfig for the admin user against `server` (an `https://` URL).
     pub fn admin_kubeconfig(&self, server: &str) -> String {
+        self.admin_kubeconfig_listing(server, &[])
+    }
+
+    /// [`Self::admin_kubeconfig`] that also lists `others` (name, URL): one cluster and
+    /// one context `capstan-<name>` each, so that with `server` down `kubectl --context
+    /// capstan-<name>` reaches another server of an HA control plane. The current
+    /// context stays `capstan`, on `server`.
+    pub fn admin_kubeconfig_listing(&self, server: &str, others: &[(String, String)]) -> String {
         use base64::Engine;
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: capstan\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: capstan\n  context:\n    cluster: capstan\n    user: admin\ncurrent-context: capstan\n",
-            b64(&self.ca_pem),
+        let ca = b64(&self.ca_pem);
+        let entries: Vec<(String, &str)> = std::iter::once(("capstan".to_string(), server))
+            .chain(
+                others
+                    .iter()
+                    .map(|(n, u)| (format!("capstan-{n}"), u.as_str())),
+            )
+            .collect();
+        let mut out = String::from("apiVersion: v1\nkind: Config\nclusters:\n");
+        for (name, url) in &entries {
+            out.push_str(&format!(
+                "- name: {name:?}\n  cluster:\n    server: {url}\n    certificate-authority-data: {ca}\n"
+            ));
+        }
+        out.push_str(&format!(
+            "users:\n- name: admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n",
             b64(&self.admin_cert_pem),
             b64(&self.admin_key_pem)
-        )
+        ));
+        for (name, _) in &entries {
+            out.push_str(&format!(
+                "- name: {name:?}\n  context:\n    cluster: {name:?}\n    user: admin\n"
+            ));
+        }
+        out.push_str("current-context: capstan\n");
+        out
     }
 
     /// The listener's TLS config: our serving cert; client certs optional (bearer

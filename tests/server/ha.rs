@@ -249,6 +249,33 @@ async fn three_servers_keep_serving_when_any_one_is_killed_and_rejoin() {
     assert!(out.ok, "{}", out.stderr);
     let mut pods = web_available(&s3, None).await;
 
+    // Each server's kubeconfig lists every server, one context each; the current one
+    // stays on the server itself.
+    let contexts = |s: &ServerProcess| {
+        let mut c: Vec<String> = s
+            .kubectl(&["config", "get-contexts", "-o", "name"])
+            .out()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        c.sort();
+        c
+    };
+    let every = ["capstan", "capstan-s1", "capstan-s2", "capstan-s3"];
+    eventually(
+        "every kubeconfig to list every server",
+        Duration::from_secs(30),
+        || {
+            let listed = [&s1, &s2, &s3].iter().all(|s| contexts(s) == every);
+            async move { listed.then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(
+        s1.kubectl(&["config", "current-context"]).out().trim(),
+        "capstan"
+    );
+
     let mut servers = [s1, s2, s3];
     let mut written: Vec<String> = Vec::new();
     for down in 0..3 {
@@ -271,6 +298,18 @@ async fn three_servers_keep_serving_when_any_one_is_killed_and_rejoin() {
         written.push(name.clone());
         let got = servers[b].kubectl(&["get", "configmap", &name, "-o", "jsonpath={.data.k}"]);
         assert_eq!(got.out(), "v", "{}", got.stderr);
+        // The killed server's own kubeconfig reaches a survivor by its context.
+        let survivor = format!("capstan-s{}", b + 1);
+        let got = servers[down].kubectl(&[
+            "--context",
+            &survivor,
+            "get",
+            "configmap",
+            &name,
+            "-o",
+            "jsonpath={.data.k}",
+        ]);
+        assert_eq!(got.out(), "v", "{survivor}: {}", got.stderr);
         // The controllers and scheduler still act (their leader may have been the
         // killed server's: a standby takes over): a deleted pod is replaced.
         let victim = pods[0].clone();

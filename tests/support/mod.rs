@@ -648,8 +648,10 @@ impl Apiserver {
     /// a loopback address of its own, as servers on machines of their own).
     pub async fn start_at(etcd: &str, bind: &str, port: u16) -> Apiserver {
         let dir = tempfile::tempdir().expect("tempdir");
+        // Bound to every address, it is reached on loopback (as its kubeconfig says).
+        let host = if bind == "0.0.0.0" { "127.0.0.1" } else { bind };
         let mut a = Apiserver {
-            url: format!("https://{bind}:{port}"),
+            url: format!("https://{host}:{port}"),
             kubeconfig: dir.path().join("kubeconfig"),
             etcd: etcd.to_string(),
             bind: bind.to_string(),
