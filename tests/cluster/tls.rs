@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use capstan_apiserver::tls::{ensure_etcd_pki, EtcdPki};
 
-use crate::support::{against_etcd, etcdctl_at, eventually, free_port, Ctl};
+use crate::support::{
+    against_etcd, etcdctl_at, eventually, free_port, peer_client, plaintext_peer_members, Ctl,
+};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -160,40 +162,6 @@ impl TlsCluster {
     }
 }
 
-/// A TLS client of a peer port (the members' own `raftpb.Raft` service), with the
-/// given client identity, trusting `ca`.
-async fn peer_client(
-    peer: &str,
-    ca: &Path,
-    identity: Option<(&Path, &Path)>,
-) -> Result<Vec<String>, String> {
-    use capstan_proto::raftpb::raft_client::RaftClient;
-    let read = |f: &Path| std::fs::read(f).expect("certificate file");
-    let mut tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)));
-    if let Some((c, k)) = identity {
-        tls = tls.identity(tonic::transport::Identity::from_pem(read(c), read(k)));
-    }
-    let channel = tonic::transport::Endpoint::from_shared(peer.to_string())
-        .map_err(|e| e.to_string())?
-        .tls_config(tls)
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(3))
-        .connect()
-        .await
-        .map_err(|e| format!("{e:?}"))?;
-    let resp = RaftClient::new(channel)
-        .members(capstan_proto::raftpb::MembersRequest {})
-        .await
-        .map_err(|e| format!("{e:?}"))?;
-    Ok(resp
-        .into_inner()
-        .members
-        .into_iter()
-        .map(|m| m.name)
-        .collect())
-}
-
 #[tokio::test]
 async fn a_tls_cluster_replicates_and_serves_only_certified_clients() -> anyhow::Result<()> {
     let c = TlsCluster::start().await;
@@ -305,17 +273,7 @@ async fn a_tls_cluster_replicates_and_serves_only_certified_clients() -> anyhow:
         )
         .await
         .expect_err("a peer with another CA's certificate is refused");
-        let plain = async {
-            let mut raw = capstan_proto::raftpb::raft_client::RaftClient::connect(
-                c.peers[1].replace("https://", "http://"),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            raw.members(capstan_proto::raftpb::MembersRequest {})
-                .await
-                .map_err(|e| e.to_string())
-        };
-        plain
+        plaintext_peer_members(&c.peers[1].replace("https://", "http://"))
             .await
             .expect_err("a plaintext peer connection is refused");
     }

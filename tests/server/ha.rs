@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::ServerProcess;
-use crate::support::{eventually, free_port, Component};
+use crate::support::{eventually, free_port, peer_client, plaintext_peer_members, Component};
 
 /// `etcdctl member list` as (name, started, learner) rows, sorted.
 fn members(srv: &ServerProcess) -> Option<Vec<(String, bool, bool)>> {
@@ -144,45 +144,17 @@ async fn three_servers_keep_serving_when_any_one_is_killed_and_rejoin() {
     // only certificates of the cluster's store CA: plaintext is refused, and so is a
     // member with certificates of another CA, before any request reaches Raft.
     let peer = format!("127.0.0.1:{}", s1.store_peer_port);
-    let plain = async {
-        let mut raw =
-            capstan_proto::raftpb::raft_client::RaftClient::connect(format!("http://{peer}"))
-                .await
-                .map_err(|e| e.to_string())?;
-        raw.members(capstan_proto::raftpb::MembersRequest {})
-            .await
-            .map_err(|e| e.to_string())
-    };
-    plain
+    plaintext_peer_members(&format!("http://{peer}"))
         .await
         .expect_err("a plaintext peer connection is refused");
     let foreign_dir = tempfile::tempdir().expect("tempdir");
     let foreign = capstan_apiserver::tls::ensure_etcd_pki(foreign_dir.path(), &[])
         .expect("another CA's certificates");
     let ours = s1.data_dir().join("pki/etcd");
+    let (peer_url, ca) = (format!("https://{peer}"), ours.join("ca.crt"));
     let tls_members = |cert: PathBuf, key: PathBuf| {
-        let peer = peer.clone();
-        let ca = ours.join("ca.crt");
-        async move {
-            let read = |f: &std::path::Path| std::fs::read(f).expect("certificate file");
-            let tls = tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(read(&ca)))
-                .identity(tonic::transport::Identity::from_pem(
-                    read(&cert),
-                    read(&key),
-                ));
-            let channel = tonic::transport::Endpoint::from_shared(format!("https://{peer}"))
-                .map_err(|e| e.to_string())?
-                .tls_config(tls)
-                .map_err(|e| e.to_string())?
-                .connect()
-                .await
-                .map_err(|e| e.to_string())?;
-            capstan_proto::raftpb::raft_client::RaftClient::new(channel)
-                .members(capstan_proto::raftpb::MembersRequest {})
-                .await
-                .map_err(|e| e.to_string())
-        }
+        let (peer_url, ca) = (peer_url.clone(), ca.clone());
+        async move { peer_client(&peer_url, &ca, Some((&cert, &key))).await }
     };
     tls_members(foreign.peer_cert.clone(), foreign.peer_key.clone())
         .await

@@ -988,3 +988,55 @@ impl std::ops::DerefMut for Scheduler {
         &mut self.process
     }
 }
+
+/// A TLS client of a peer port (the members' own `raftpb.Raft` service), with the
+/// given client identity, trusting `ca`; the members' names.
+pub async fn peer_client(
+    peer: &str,
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Vec<String>, String> {
+    use capstan_proto::raftpb::raft_client::RaftClient;
+    let read = |f: &Path| std::fs::read(f).expect("certificate file");
+    let mut tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)));
+    if let Some((c, k)) = identity {
+        tls = tls.identity(tonic::transport::Identity::from_pem(read(c), read(k)));
+    }
+    let channel = tonic::transport::Endpoint::from_shared(peer.to_string())
+        .map_err(|e| e.to_string())?
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let resp = RaftClient::new(channel)
+        .members(capstan_proto::raftpb::MembersRequest {})
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    Ok(resp
+        .into_inner()
+        .members
+        .into_iter()
+        .map(|m| m.name)
+        .collect())
+}
+
+/// A plaintext client of a peer port (`http://...`): the members' names, or the error
+/// of a port that refuses plaintext.
+pub async fn plaintext_peer_members(peer: &str) -> Result<Vec<String>, String> {
+    let mut raw = capstan_proto::raftpb::raft_client::RaftClient::connect(peer.to_string())
+        .await
+        .map_err(|e| e.to_string())?;
+    let resp = raw
+        .members(capstan_proto::raftpb::MembersRequest {})
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(resp
+        .into_inner()
+        .members
+        .into_iter()
+        .map(|m| m.name)
+        .collect())
+}
