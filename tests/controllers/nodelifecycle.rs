@@ -5,12 +5,10 @@
 use crate::support::{eventually, Component};
 use crate::{Stack, SETTLE};
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_silent_nodes_pods_are_rescheduled_elsewhere() {
-    let stack = Stack::start().await;
-    let api = &stack.api;
-    // A second controller-manager would only stand by; this one watches nodes closely.
-    let mut cm = Component::start(
+/// A controller-manager running only the node lifecycle controller, which watches
+/// nodes closely (a 3 s grace period, checked every 500 ms) to keep the tests short.
+fn watchful_node_lifecycle(api: &crate::support::Apiserver) -> Component {
+    Component::start(
         api,
         "controller-manager",
         &[
@@ -22,7 +20,15 @@ async fn a_silent_nodes_pods_are_rescheduled_elsewhere() {
             "--node-monitor-grace-period",
             "3s",
         ],
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_nodes_pods_are_rescheduled_elsewhere() {
+    let stack = Stack::start().await;
+    let api = &stack.api;
+    // A second controller-manager would only stand by; this one watches nodes closely.
+    let mut cm = watchful_node_lifecycle(api);
     let mut sched = Component::start(
         api,
         "scheduler",
@@ -263,19 +269,7 @@ spec:
 async fn pods_on_an_unreachable_node_stay_not_ready() {
     let stack = Stack::start().await;
     let api = &stack.api;
-    let mut cm = Component::start(
-        api,
-        "controller-manager",
-        &[
-            "--leader-elect=false",
-            "--controllers",
-            "nodelifecycle",
-            "--node-monitor-period",
-            "500ms",
-            "--node-monitor-grace-period",
-            "3s",
-        ],
-    );
+    let mut cm = watchful_node_lifecycle(api);
     let mut lost = Component::start(
         api,
         "node",
