@@ -67,22 +67,24 @@ pub async fn register_apiserver(
 
 /// Every server's apiserver URL, as recorded in the store.
 async fn apiservers(s: &JoinState) -> Result<Vec<String>, JoinError> {
-    let all = named_apiservers(s)
-        .await
-        .map_err(|e| JoinError::Unavailable(format!("{e:#}")))?;
-    Ok(all.into_iter().map(|(_, url)| url).collect())
+    Ok(named_apiservers(s)
+        .await?
+        .into_iter()
+        .map(|(_, url)| url)
+        .collect())
 }
 
 /// Every server's name and apiserver URL, as recorded in the store.
-pub async fn named_apiservers(s: &JoinState) -> anyhow::Result<Vec<(String, String)>> {
-    let opts = s.store_tls.options()?;
-    let mut etcd = etcd_client::Client::connect([s.store_url.as_str()], opts).await?;
-    let got = etcd
+pub async fn named_apiservers(s: &JoinState) -> Result<Vec<(String, String)>, JoinError> {
+    let got = s
+        .store()
+        .await?
         .get(
             APISERVERS_PREFIX,
             Some(etcd_client::GetOptions::new().with_prefix()),
         )
-        .await?;
+        .await
+        .map_err(|e| JoinError::Unavailable(e.to_string()))?;
     Ok(got
         .kvs()
         .iter()
@@ -456,11 +458,20 @@ async fn check_node_password(s: &JoinState, req: &AgentRequest) -> Result<(), Jo
     }
 }
 
-enum JoinError {
+/// Why the join endpoints cannot do what was asked (each becomes an HTTP status).
+pub enum JoinError {
     /// The name or peer URLs belong to another running member.
     Conflict(String),
     /// The store cannot take the member now (no leader, another learner catching up).
     Unavailable(String),
+}
+
+impl std::fmt::Display for JoinError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JoinError::Conflict(m) | JoinError::Unavailable(m) => f.write_str(m),
+        }
+    }
 }
 
 /// Adds the joiner as a learner through the local member's Cluster API; a member left
