@@ -26,6 +26,10 @@ pub struct FramedWrite<T, B> {
     final_flush_done: bool,
 
     encoder: Encoder<B>,
+
+    /// capstan patch: whether the connection task has already yielded once with
+    /// frames buffered since the last flush (see `yield_before_flush`).
+    yielded_before_flush: bool,
 }
 
 #[derive(Debug)]
@@ -91,6 +95,7 @@ where
         FramedWrite {
             inner,
             final_flush_done: false,
+            yielded_before_flush: false,
             encoder: Encoder {
                 hpack: hpack::Encoder::default(),
                 buf: Cursor::new(BytesMut::with_capacity(DEFAULT_BUFFER_CAPACITY)),
@@ -134,10 +139,32 @@ where
         self.encoder.buffer(item)
     }
 
+    /// capstan patch: returns true (once per flush) when frames are buffered and the
+    /// connection task should yield to the executor before writing them.
+    ///
+    /// Each response (or request) is produced by its own task, which queues its frames
+    /// and wakes the connection task. Tokio runs a task woken this way next (its LIFO
+    /// slot), so without this the connection wrote and flushed every response on its
+    /// own: one `writev`, one TCP segment and one wake-up of the peer per response,
+    /// with the other streams' tasks, already runnable, about to queue theirs. Yielding
+    /// once puts the connection task behind them, so their frames leave in the same
+    /// write, as grpc-go's writer batches by yielding the processor once before a
+    /// small flush. The cost is one pass through the run queue; the flag bounds it to
+    /// one yield per flush.
+    pub(crate) fn yield_before_flush(&mut self) -> bool {
+        if self.yielded_before_flush || self.encoder.is_empty() {
+            return false;
+        }
+        self.yielded_before_flush = true;
+        true
+    }
+
     /// Flush buffered data to the wire
     pub fn flush(&mut self, cx: &mut Context) -> Poll<io::Result<()>> {
         let span = tracing::trace_span!("FramedWrite::flush");
         let _e = span.enter();
+        // capstan patch: see `yield_before_flush`.
+        self.yielded_before_flush = false;
 
         loop {
             while !self.encoder.is_empty() {

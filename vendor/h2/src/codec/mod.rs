@@ -152,6 +152,11 @@ where
         self.framed_write().buffer(item)
     }
 
+    /// capstan patch: see `FramedWrite::yield_before_flush`.
+    pub(crate) fn yield_before_flush(&mut self) -> bool {
+        self.framed_write().yield_before_flush()
+    }
+
     /// Flush buffered data to the wire
     pub fn flush(&mut self, cx: &mut Context) -> Poll<io::Result<()>> {
         self.framed_write().flush(cx)

@@ -218,6 +218,13 @@ where
                 BufferStatus::CodecFull => continue,
             }
 
+            // capstan patch: let the other streams' tasks, already runnable, queue
+            // their frames before this write (see `FramedWrite::yield_before_flush`).
+            if dst.yield_before_flush() {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+
             // Flush any frames staged by `buffer_pending` without holding the
             // stream-state or send-buffer mutexes.
             ready!(dst.flush(cx))?;
