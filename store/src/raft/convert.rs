@@ -301,6 +301,7 @@ mod tests {
                     items: vec![rpb::ProposalItem {
                         seq: 10,
                         request: vec![4],
+                        member: 8,
                     }],
                 }),
             },

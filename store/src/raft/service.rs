@@ -7,7 +7,7 @@
 
 use capstan_proto::raftpb as rpb;
 use capstan_proto::raftpb::raft_server::Raft as RaftRpc;
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::RaftError;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -75,18 +75,8 @@ impl RaftRpc for RaftService {
             .into_inner()
             .proposal
             .ok_or_else(|| StoreError::InvalidArgument("forward without a proposal".into()))?;
-        if self.node.is_transferring() {
-            return Err(StoreError::NoLeader.to_status());
-        }
-        match self.node.raft.client_write(proposal).await {
-            Ok(r) => Ok(Response::new(rpb::ForwardResponse {
-                log_id: Some(convert::log_id_to_pb(&r.log_id)),
-            })),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(StoreError::NoLeader.to_status())
-            }
-            Err(e) => Err(fatal(e)),
-        }
+        self.node.serve_forward(proposal).await?;
+        Ok(Response::new(rpb::ForwardResponse { log_id: None }))
     }
 
     async fn read_index(

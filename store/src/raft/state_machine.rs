@@ -170,14 +170,20 @@ impl RaftStateMachine<C> for SmStore {
             match e.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(p) => {
-                    let items: Vec<(u64, Vec<u8>)> = if p.items.is_empty() {
-                        vec![(p.seq, p.request)]
+                    let items: Vec<(u64, u64, Vec<u8>)> = if p.items.is_empty() {
+                        vec![(p.member, p.seq, p.request)]
                     } else {
-                        p.items.into_iter().map(|i| (i.seq, i.request)).collect()
+                        p.items
+                            .into_iter()
+                            .map(|i| {
+                                let member = if i.member == 0 { p.member } else { i.member };
+                                (member, i.seq, i.request)
+                            })
+                            .collect()
                     };
                     // A batch's requests share the entry's index: apply_batch applies them
                     // all in one atomic batch, or skips them all on replay.
-                    for (seq, request) in items {
+                    for (member, seq, request) in items {
                         // A request that does not decode is a bug in the proposer; every
                         // member decodes the same bytes, so every member fails it the same
                         // way (apply answers an empty request with an error).
@@ -186,7 +192,7 @@ impl RaftStateMachine<C> for SmStore {
                             ApplyRequest { op: None }
                         });
                         reqs.push((e.log_id.index, req));
-                        proposers.push((p.member, seq));
+                        proposers.push((member, seq));
                     }
                 }
                 EntryPayload::Membership(m) => {
@@ -488,6 +494,62 @@ mod tests {
             .await
             .expect("a notice in time")
             .expect("stream open")
+    }
+
+    /// The leader merges the batches its followers forward into its own entries, so
+    /// one entry holds requests of several members: each member answers only its own
+    /// clients (a follower's sequence numbers may equal this member's), each with the
+    /// result of its own request.
+    #[tokio::test]
+    async fn an_entry_of_several_members_answers_only_this_members_clients() {
+        let sm = Arc::new(StateMachine::open(Arc::new(MemEngine::new()), 1).expect("open"));
+        let waiters = Arc::new(Waiters::default());
+        let (mut st, _) = SmStore::open(sm.clone(), 1, waiters.clone()).expect("sm");
+        let (mine, mut mine_rx) = oneshot::channel();
+        waiters.insert(5, mine);
+        let (same_seq, mut same_seq_rx) = oneshot::channel();
+        waiters.insert(6, same_seq);
+        let req = |k: &str| {
+            ApplyRequest {
+                op: Some(put(k, "v", 0)),
+            }
+            .encode_to_vec()
+        };
+        let item = |seq, k: &str, member| rpb::ProposalItem {
+            seq,
+            request: req(k),
+            member,
+        };
+        let e = Entry::<C> {
+            log_id: log_id(1),
+            payload: EntryPayload::Normal(rpb::Proposal {
+                member: 2,
+                seq: 0,
+                request: Vec::new(),
+                // Member 2's seq 6, this member's seq 5, and (member 0) the proposal's
+                // member, 2, again.
+                items: vec![item(6, "a", 2), item(5, "b", 1), item(6, "c", 0)],
+            }),
+        };
+        st.apply([e]).await.expect("apply");
+        // Answered within the apply, before it returns.
+        let r = mine_rx.try_recv().expect("answered").expect("applied");
+        // "a" made revision 2, "b" 3: the answer is b's own.
+        assert_eq!(r.revision(), 3);
+        assert!(matches!(
+            same_seq_rx.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        ));
+        let all = crate::mvcc::range(
+            &sm.mvcc,
+            &pb::RangeRequest {
+                key: b"a".to_vec(),
+                range_end: b"d".to_vec(),
+                ..Default::default()
+            },
+        )
+        .expect("range");
+        assert_eq!(all.count, 3);
     }
 
     #[tokio::test]
