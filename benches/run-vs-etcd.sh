@@ -14,6 +14,9 @@
 #   benches/run-vs-etcd.sh --watch-fanout  # only: 10,000 watchers of one prefix, event latency
 #   benches/run-vs-etcd.sh --memory-1m     # only: put 1,000,000 distinct keys (256 B values),
 #                                          # then each server's RSS
+#   benches/run-vs-etcd.sh --rounds 5      # each server five times, alternating; every
+#                                          # figure is the median of the rounds, and a
+#                                          # second table gives each round's ratios
 #
 # Servers are started one after the other, never side by side, so they do not compete
 # for this machine's cores; the load generator runs on the same machine as the server.
@@ -27,6 +30,7 @@ WATCH_FANOUT=0
 MEMORY_1M=0
 SCALE=1
 BUILD=1
+ROUNDS=1
 while (($#)); do
     case "$1" in
         --write) WRITE=1 ;;
@@ -42,8 +46,13 @@ while (($#)); do
             MEMBERS=${2:?--members needs a number}
             shift
             ;;
+        --rounds)
+            ROUNDS=${2:?--rounds needs a number}
+            [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "--rounds needs a positive number" >&2; exit 2; }
+            shift
+            ;;
         -h | --help)
-            sed -n '2,19p' "$0"
+            sed -n '2,22p' "$0"
             exit 0
             ;;
         *)
@@ -125,12 +134,16 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 USED_PORTS=" "
+# Below the kernel's ephemeral range: a port there may be the local end of some
+# outgoing connection, which refuses connections (so looks free) yet cannot be bound.
+EPHEMERAL_LOW=$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+PORT_LOW=$((EPHEMERAL_LOW / 2 < 10000 ? EPHEMERAL_LOW / 2 : 10000))
 # A free loopback port: nothing accepts a connection on it and this run has not handed
 # it out already. Bash's /dev/tcp keeps the script free of extra tools.
 free_port() {
     local p
     while :; do
-        p=$((20000 + RANDOM % 40000))
+        p=$((PORT_LOW + RANDOM % (EPHEMERAL_LOW - PORT_LOW)))
         [[ "$USED_PORTS" == *" $p "* ]] && continue
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
             USED_PORTS+="$p "
@@ -154,7 +167,7 @@ start_members() {
     ENDPOINTS=$(IFS=,; echo "${clients[*]}")
     MEMBER_PIDS=()
     for ((i = 0; i < MEMBERS; i++)); do
-        local dir="$WORK/$kind/m$i" cmd
+        local dir="$WORK/$kind/r$ROUND/m$i" cmd
         mkdir -p "$dir"
         if [[ "$kind" == etcd ]]; then cmd=("$ETCD"); else cmd=("$CAPSTAN" store); fi
         "${cmd[@]}" --name "m$i" --data-dir "$dir/data" \
@@ -170,7 +183,7 @@ start_members() {
         until ETCDCTL_API=3 etcdctl --endpoints="$ep" --command-timeout=2s get bench-ready >/dev/null 2>&1; do
             if ((SECONDS > deadline)); then
                 echo "$kind at $ep not ready in 60 s; log:" >&2
-                cat "$WORK/$kind"/m*/server.log >&2
+                cat "$WORK/$kind/r$ROUND"/m*/server.log >&2
                 exit 1
             fi
             sleep 0.2
@@ -206,14 +219,15 @@ cpu_ticks() {
     echo "$total"
 }
 
-# run_suite KIND: every workload against KIND; JSON lines to $WORK/KIND.jsonl, memory
-# to $WORK/KIND.rss and $WORK/KIND.hwm.
+# run_suite KIND: every workload against KIND, in round $ROUND; JSON lines to
+# $WORK/KIND.ROUND.jsonl, CPU ticks to .cpu, memory to .rss and .hwm, the failover
+# report to .failover.
 run_suite() {
-    local kind=$1 w label args
+    local kind=$1 w label args out="$WORK/$1.$ROUND"
     start_members "$kind"
-    log "$kind: $MEMBERS member(s) at $ENDPOINTS"
-    : >"$WORK/$kind.jsonl"
-    : >"$WORK/$kind.cpu"
+    log "$kind: $MEMBERS member(s) at $ENDPOINTS (round $ROUND of $ROUNDS)"
+    : >"$out.jsonl"
+    : >"$out.cpu"
     for w in "${WORKLOADS[@]}"; do
         label=${w%%|*}
         args=${w#*|}
@@ -223,19 +237,19 @@ run_suite() {
         local before
         before=$(cpu_ticks)
         # shellcheck disable=SC2086 # $args is a word list by design
-        "$BENCH" $args --endpoints "$ENDPOINTS" --json --label "$label" >>"$WORK/$kind.jsonl" ||
+        "$BENCH" $args --endpoints "$ENDPOINTS" --json --label "$label" >>"$out.jsonl" ||
             log "$kind: $label failed (exit $?)"
-        echo "$label|$(($(cpu_ticks) - before))" >>"$WORK/$kind.cpu"
-        tail -n 1 "$WORK/$kind.jsonl" >&2
+        echo "$label|$(($(cpu_ticks) - before))" >>"$out.cpu"
+        tail -n 1 "$out.jsonl" >&2
     done
-    mem_kib VmRSS >"$WORK/$kind.rss"
-    mem_kib VmHWM >"$WORK/$kind.hwm"
+    mem_kib VmRSS >"$out.rss"
+    mem_kib VmHWM >"$out.hwm"
     if ((FAILOVER)); then
         log "$kind: failover (leader SIGKILL after 3 s of writes)"
         "$BENCH" failover --endpoints "$ENDPOINTS" --pids "$(IFS=,; echo "${MEMBER_PIDS[*]}")" \
             --clients-per-member 10 --kill-after 3 --duration 10 --json --label "$kind" \
-            >"$WORK/$kind.failover" || log "$kind: failover run failed (exit $?)"
-        cat "$WORK/$kind.failover" >&2
+            >"$out.failover" || log "$kind: failover run failed (exit $?)"
+        cat "$out.failover" >&2
     fi
     stop_members
 }
@@ -281,7 +295,7 @@ def load(kind):
     for line in open(f"{work}/{kind}.cpu"):
         label, ticks = line.rstrip("\n").rsplit("|", 1)
         n = ops.get(label, 0)
-        out[label] = int(ticks) / hz * 1e6 / n if n else None
+        out[label] = float(ticks) / hz * 1e6 / n if n else None
     return out
 e, c = load("etcd"), load("capstan")
 print("| server CPU per operation, all members (µs) | etcd | capstan | capstan/etcd |")
@@ -294,11 +308,115 @@ for label in e:
 PY
 }
 
-run_suite etcd
-run_suite capstan
+# Rounds alternate the servers, so a change in the machine's load over the run falls on
+# both alike.
+for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
+    run_suite etcd
+    run_suite capstan
+done
+
+# median_of_rounds: each server's per-round files folded into $WORK/KIND.jsonl, .cpu,
+# .rss, .hwm and .failover, each figure the median over the rounds (the mean of the two
+# middle ones for an even count), which the tables below read as one run's. Acknowledged writes
+# lost are summed instead: a loss in any round must show.
+median_of_rounds() {
+    python3 - "$WORK" "$ROUNDS" <<'PY'
+import json, sys
+work, rounds = sys.argv[1], int(sys.argv[2])
+def med(vals):
+    vals = sorted(v for v in vals if v is not None)
+    if not vals:
+        return None
+    mid = len(vals) // 2
+    m = vals[mid] if len(vals) % 2 else (vals[mid - 1] + vals[mid]) / 2
+    # Counts stay integers (the table tool reads them as such).
+    return round(m) if all(isinstance(v, int) for v in vals) else m
+def lines(path):
+    try:
+        out = []
+        for l in open(path):
+            try:
+                out.append(json.loads(l))
+            except ValueError:
+                pass
+        return out
+    except OSError:
+        return []
+for kind in ("etcd", "capstan"):
+    runs = [lines(f"{work}/{kind}.{r}.jsonl") for r in range(1, rounds + 1)]
+    with open(f"{work}/{kind}.jsonl", "w") as f:
+        for row in runs[0]:
+            same = [next((x for x in rr if x.get("label") == row.get("label")), None) for rr in runs]
+            same = [x for x in same if x]
+            out = dict(row)
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    out[k] = med([x.get(k) for x in same])
+            f.write(json.dumps(out) + "\n")
+    cpu = {}
+    for r in range(1, rounds + 1):
+        for l in open(f"{work}/{kind}.{r}.cpu"):
+            label, ticks = l.rstrip("\n").rsplit("|", 1)
+            cpu.setdefault(label, []).append(int(ticks))
+    with open(f"{work}/{kind}.cpu", "w") as f:
+        for label, t in cpu.items():
+            f.write(f"{label}|{med(t)}\n")
+    for ext in ("rss", "hwm"):
+        vals = [int(open(f"{work}/{kind}.{r}.{ext}").read().strip() or 0) for r in range(1, rounds + 1)]
+        open(f"{work}/{kind}.{ext}", "w").write(f"{med(vals)}\n")
+    fo = [lines(f"{work}/{kind}.{r}.failover") for r in range(1, rounds + 1)]
+    fo = [x[-1] for x in fo if x]
+    if fo:
+        out = dict(fo[0])
+        for k, v in fo[0].items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[k] = sum(x.get(k, 0) for x in fo) if k == "lost" else med([x.get(k) for x in fo])
+        open(f"{work}/{kind}.failover", "w").write(json.dumps(out) + "\n")
+PY
+}
+
+# rounds_table: each round's capstan/etcd ratios per workload, throughput and p99 (the
+# spread the medians hide), or the failover gap ratio.
+rounds_table() {
+    python3 - "$WORK" "$ROUNDS" "$FAILOVER" <<'PY'
+import json, sys
+work, rounds, failover = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+def last(path):
+    try:
+        return [json.loads(l) for l in open(path) if l.strip()]
+    except (OSError, ValueError):
+        return []
+head = "| capstan/etcd per round | " + " | ".join(f"{r}" for r in range(1, rounds + 1)) + " |"
+print(head)
+print("|---|" + "--:|" * rounds)
+if failover:
+    cells = []
+    for r in range(1, rounds + 1):
+        e, c = last(f"{work}/etcd.{r}.failover"), last(f"{work}/capstan.{r}.failover")
+        ok = e and c and e[-1].get("gap_ms") and c[-1].get("gap_ms") is not None
+        cells.append(f"{c[-1]['gap_ms'] / e[-1]['gap_ms']:.2f}" if ok else "n/a")
+    print("| write gap | " + " | ".join(cells) + " |")
+else:
+    per = [(last(f"{work}/etcd.{r}.jsonl"), last(f"{work}/capstan.{r}.jsonl")) for r in range(1, rounds + 1)]
+    for row in per[0][0]:
+        label = row.get("label")
+        for key, name in (("throughput", "throughput"), ("p99_ms", "p99")):
+            cells = []
+            for e, c in per:
+                ev = next((x.get(key) for x in e if x.get("label") == label), None)
+                cv = next((x.get(key) for x in c if x.get("label") == label), None)
+                cells.append(f"{cv / ev:.2f}" if ev and cv is not None else "n/a")
+            print(f"| {label}, {name} | " + " | ".join(cells) + " |")
+PY
+}
+
+median_of_rounds
 
 if ((FAILOVER)); then
     TABLE=$(failover_table)
+    if ((ROUNDS > 1)); then TABLE+="
+
+$(rounds_table)"; fi
 else
 TABLE=$("$BENCH" compare \
     --baseline-name etcd --baseline "$WORK/etcd.jsonl" \
@@ -308,6 +426,9 @@ TABLE=$("$BENCH" compare \
     TABLE+="
 
 $(cpu_table)"
+    if ((ROUNDS > 1)); then TABLE+="
+
+$(rounds_table)"; fi
 fi
 
 CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
@@ -316,7 +437,9 @@ if [[ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null)" ]]; then COMMIT+=" (
 ETCD_VERSION=$("$ETCD" --version 2>/dev/null | awk '/etcd Version/ { print $3 }')
 # The load average says whether something else was competing for the cores.
 LOAD_AVG=$(cut -d' ' -f1-3 /proc/loadavg)
-REPORT="Run $(date -u +%Y-%m-%dT%H:%MZ) at commit $COMMIT on $(nproc) cores ($CPU), $MEMBERS member(s) each, etcd ${ETCD_VERSION:-?}; load average at the end: $LOAD_AVG.
+ROUNDS_NOTE=""
+if ((ROUNDS > 1)); then ROUNDS_NOTE=" Each figure is the median of $ROUNDS rounds (the servers alternating)."; fi
+REPORT="Run $(date -u +%Y-%m-%dT%H:%MZ) at commit $COMMIT on $(nproc) cores ($CPU), $MEMBERS member(s) each, etcd ${ETCD_VERSION:-?}; load average at the end: $LOAD_AVG.$ROUNDS_NOTE
 
 $TABLE"
 
