@@ -76,7 +76,7 @@ impl RaftRpc for RaftService {
             .proposal
             .ok_or_else(|| StoreError::InvalidArgument("forward without a proposal".into()))?;
         self.node.serve_forward(proposal).await?;
-        Ok(Response::new(rpb::ForwardResponse { log_id: None }))
+        Ok(Response::new(rpb::ForwardResponse {}))
     }
 
     async fn read_index(
