@@ -153,8 +153,8 @@ where
     }
 
     /// capstan patch: see `FramedWrite::yield_before_flush`.
-    pub(crate) fn yield_before_flush(&mut self) -> bool {
-        self.framed_write().yield_before_flush()
+    pub(crate) fn yield_before_flush(&mut self, open_streams: usize) -> bool {
+        self.framed_write().yield_before_flush(open_streams)
     }
 
     /// Flush buffered data to the wire

@@ -159,6 +159,12 @@ impl Counts {
         self.peer
     }
 
+    /// capstan patch: open streams, both directions (see
+    /// `FramedWrite::yield_before_flush`).
+    pub(crate) fn num_open_streams(&self) -> usize {
+        self.num_send_streams + self.num_recv_streams
+    }
+
     pub fn has_streams(&self) -> bool {
         self.num_send_streams != 0 || self.num_recv_streams != 0
     }

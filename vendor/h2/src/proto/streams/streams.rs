@@ -198,9 +198,10 @@ where
             // Make any required socket progress before taking stream locks.
             ready!(dst.poll_ready(cx))?;
 
-            let status = {
+            let (status, open_streams) = {
                 let mut me = self.inner.lock().unwrap();
                 let status = me.buffer_pending(&self.send_buffer, dst)?;
+                let open_streams = me.counts.num_open_streams();
 
                 // Register the task while holding the same lock used to
                 // observe that all pending frames have been buffered. A
@@ -210,7 +211,7 @@ where
                     me.actions.task = Some(cx.waker().clone());
                 }
 
-                status
+                (status, open_streams)
             };
 
             match status {
@@ -220,7 +221,7 @@ where
 
             // capstan patch: let the other streams' tasks, already runnable, queue
             // their frames before this write (see `FramedWrite::yield_before_flush`).
-            if dst.yield_before_flush() {
+            if dst.yield_before_flush(open_streams) {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
