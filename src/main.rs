@@ -433,7 +433,19 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let rt = tokio::runtime::Runtime::new()?;
-    match cli.command {
+    let result = run(cli.command, &rt);
+    // The runtime's tasks hold the store's engines; once they are dropped, the store's
+    // own threads close them, which must end before the process exits (see
+    // `wait_all_closed`).
+    drop(rt);
+    if !capstan_store::engine::rocks::wait_all_closed(std::time::Duration::from_secs(10)) {
+        tracing::warn!("the store did not close within 10 s; exiting anyway");
+    }
+    result
+}
+
+fn run(command: Command, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    match command {
         Command::Server(a) => rt.block_on(server::run(a, shutdown_signal())),
         Command::Store(args) => rt.block_on(run_store(args.into_config())),
         Command::Apiserver(a) => rt.block_on(async move {

@@ -19,6 +19,46 @@ use super::{BatchOp, Cf, Engine, EngineError, ExportVisitor, WriteBatch};
 pub struct RocksEngine {
     db: DB,
     size_cache: Mutex<Option<(Instant, u64)>>,
+    /// Declared after `db`, so it drops (and counts the engine closed) only once the
+    /// database is closed.
+    _open: OpenGuard,
+}
+
+/// Engines opened in this process and not yet closed, for [`wait_all_closed`].
+static OPEN: (Mutex<usize>, parking_lot::Condvar) = (Mutex::new(0), parking_lot::Condvar::new());
+
+struct OpenGuard;
+
+impl OpenGuard {
+    fn new() -> Self {
+        *OPEN.0.lock() += 1;
+        OpenGuard
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        let mut n = OPEN.0.lock();
+        *n = n.saturating_sub(1);
+        OPEN.1.notify_all();
+    }
+}
+
+/// Waits (up to `timeout`) until every engine this process opened is closed; returns
+/// whether they all are. A process should call it before it exits: the last handle
+/// to an engine may be dropped by one of the store's own threads (the Raft log
+/// writer) while the main thread returns, and RocksDB closing a database while the
+/// process runs its exit-time destructors aborts it ("pthread lock: Invalid
+/// argument").
+pub fn wait_all_closed(timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut n = OPEN.0.lock();
+    while *n > 0 {
+        if OPEN.1.wait_until(&mut n, deadline).timed_out() {
+            return *n == 0;
+        }
+    }
+    true
 }
 
 /// How long a size reading is reused (see `size_bytes`).
@@ -59,6 +99,7 @@ impl RocksEngine {
         Ok(Self {
             db,
             size_cache: Mutex::new(None),
+            _open: OpenGuard::new(),
         })
     }
 
