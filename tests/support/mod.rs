@@ -1011,10 +1011,16 @@ pub async fn peer_client(
         .connect()
         .await
         .map_err(|e| format!("{e:?}"))?;
-    let resp = RaftClient::new(channel)
-        .members(capstan_proto::raftpb::MembersRequest {})
+    member_names(RaftClient::new(channel))
         .await
-        .map_err(|e| format!("{e:?}"))?;
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// The members' names, as a peer's `Members` RPC lists them.
+async fn member_names(
+    mut c: capstan_proto::raftpb::raft_client::RaftClient<tonic::transport::Channel>,
+) -> Result<Vec<String>, tonic::Status> {
+    let resp = c.members(capstan_proto::raftpb::MembersRequest {}).await?;
     Ok(resp
         .into_inner()
         .members
@@ -1026,17 +1032,8 @@ pub async fn peer_client(
 /// A plaintext client of a peer port (`http://...`): the members' names, or the error
 /// of a port that refuses plaintext.
 pub async fn plaintext_peer_members(peer: &str) -> Result<Vec<String>, String> {
-    let mut raw = capstan_proto::raftpb::raft_client::RaftClient::connect(peer.to_string())
+    let raw = capstan_proto::raftpb::raft_client::RaftClient::connect(peer.to_string())
         .await
         .map_err(|e| e.to_string())?;
-    let resp = raw
-        .members(capstan_proto::raftpb::MembersRequest {})
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(resp
-        .into_inner()
-        .members
-        .into_iter()
-        .map(|m| m.name)
-        .collect())
+    member_names(raw).await.map_err(|e| e.to_string())
 }
