@@ -38,6 +38,10 @@ pub struct Metrics {
     /// Time from submitting a batch until the leader has it committed and applied (on
     /// a follower this includes the forward to the leader).
     pub proposal_submit: Histogram,
+    /// Time from the leader's answer that a batch is committed and applied there until
+    /// this member has applied it too and answers its client: on the leader about
+    /// zero, on a follower the wait for the commit to reach it.
+    pub proposal_apply_lag: Histogram,
     /// Time to build a Raft snapshot (etcd: saving one to disk).
     pub snap_save: Histogram,
     /// Time to install a Raft snapshot received from the leader (etcd: saving the
@@ -121,6 +125,12 @@ impl Metrics {
                 "capstan_raft_proposal_submit_duration_seconds",
                 "Time from submitting a batch of proposals until the leader applied it.",
                 prometheus::exponential_buckets(0.0005, 2.0, 14).unwrap_or_default(),
+            ),
+            proposal_apply_lag: histogram(
+                &r,
+                "capstan_raft_proposal_apply_lag_seconds",
+                "Time from the leader applying a proposal until this member applied it.",
+                prometheus::exponential_buckets(0.0001, 2.0, 14).unwrap_or_default(),
             ),
             // etcd's buckets (snap/metrics.go).
             snap_save: histogram(

@@ -321,6 +321,12 @@ async fn every_member_holds_the_same_data_and_a_follower_snapshot_restores() -> 
     if support::against_etcd() {
         return Ok(()); // restoring is capstan's own command
     }
+    // Every member answered the ten puts it took once it had applied them itself, and
+    // its metrics say how long that took past the leader's answer.
+    for i in 0..3 {
+        let n = metric_on(&c, i, "capstan_raft_proposal_apply_lag_seconds_count");
+        assert!(n.unwrap_or_default() >= 10.0, "member {i}: {n:?}");
+    }
     // A snapshot taken from a follower restores into a fresh single member holding the
     // same data, which then takes writes at the next revision.
     let leader = c.leader().await;

@@ -398,7 +398,12 @@ impl RaftNode {
             .map_err(|_| StoreError::Stopped)?;
         let work = async {
             submitted_rx.await.map_err(|_| StoreError::Stopped)??;
-            rx.await.map_err(|_| StoreError::Stopped)?
+            let submitted = std::time::Instant::now();
+            let r = rx.await.map_err(|_| StoreError::Stopped)?;
+            crate::metrics::METRICS
+                .proposal_apply_lag
+                .observe(submitted.elapsed().as_secs_f64());
+            r
         };
         tokio::time::timeout(self.request_timeout, work)
             .await
