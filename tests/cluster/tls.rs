@@ -313,6 +313,46 @@ async fn a_tls_cluster_replicates_and_serves_only_certified_clients() -> anyhow:
     .await;
     assert!(!joined.success());
     assert_eq!(c.members(), members, "the membership changed");
+
+    // With auth on, a request that carries no token acts as the user its verified
+    // client certificate names (etcd's rule under --client-cert-auth: the CN is the
+    // user name); a token still takes precedence.
+    let cn = "kube-apiserver-etcd-client";
+    let cn_user = format!("{cn}:cnpw");
+    for args in [
+        vec!["user", "add", "root", "--new-user-password=rootpw"],
+        vec!["user", "add", &cn_user, "--interactive=false"],
+        vec!["role", "add", "apps"],
+        vec![
+            "role",
+            "grant-permission",
+            "apps",
+            "readwrite",
+            "apps/",
+            "--prefix",
+        ],
+        vec!["user", "grant-role", cn, "apps"],
+        vec!["auth", "enable"],
+    ] {
+        c.etcdctl(0, &args).out();
+    }
+    for i in 0..3 {
+        c.etcdctl(i, &["put", &format!("apps/{i}"), "by-certificate"])
+            .out();
+    }
+    let got = c.etcdctl(1, &["get", "apps/0", "--print-value-only"]);
+    assert_eq!(got.out().trim(), "by-certificate");
+    let denied = c.etcdctl(2, &["put", "tls-key", "v2"]);
+    assert!(
+        denied.err().contains("etcdserver: permission denied"),
+        "{}",
+        denied.stderr
+    );
+    let as_root = c.etcdctl(
+        2,
+        &["--user=root:rootpw", "get", "tls-key", "--print-value-only"],
+    );
+    assert_eq!(as_root.out().trim(), "v1");
     Ok(())
 }
 

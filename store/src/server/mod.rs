@@ -569,7 +569,9 @@ fn sm_lease_owner(srv: Arc<EtcdServer>) {
 }
 
 impl EtcdServer {
-    /// The user a request acts as: `None` when auth is off or no token was sent (a
+    /// The user a request acts as: the token's user, else (with `--client-cert-auth`)
+    /// the common name of the client certificate the connection was verified with, as
+    /// etcd's `AuthInfoFromTLS`; `None` when auth is off or neither names one (a
     /// permission check then fails with etcd's "user name is empty").
     pub fn auth_user<T>(&self, req: &tonic::Request<T>) -> Result<Option<String>> {
         if !self.sm.auth.is_enabled() {
@@ -580,10 +582,15 @@ impl EtcdServer {
             .get("token")
             .or_else(|| md.get("authorization"))
             .and_then(|v| v.to_str().ok());
-        match token {
-            Some(t) => Ok(Some(self.sm.auth.user_from_token(t)?)),
-            None => Ok(None),
+        if let Some(t) = token {
+            return Ok(Some(self.sm.auth.user_from_token(t)?));
         }
+        if !self.cfg.client_tls.client_cert_auth {
+            return Ok(None);
+        }
+        Ok(req
+            .peer_certs()
+            .and_then(|chain| chain.first().and_then(|c| crate::tls::common_name(c))))
     }
 }
 
