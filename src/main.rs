@@ -466,10 +466,9 @@ fn run(command: Command, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                 },
                 extra_routes: None,
             };
-            tokio::select! {
-                r = capstan_apiserver::run(cfg) => r.context("apiserver"),
-                _ = shutdown_signal() => Ok(()),
-            }
+            capstan_apiserver::run(cfg, shutdown_signal())
+                .await
+                .context("apiserver")
         }),
         Command::Node(args) => {
             let node_name = match args.hostname_override {

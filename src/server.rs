@@ -417,7 +417,11 @@ pub async fn run(
             tracing::info!("reset store snapshotted; other servers may join");
         }
         tokio::spawn(register);
-        capstan_apiserver::run(api_cfg).await.context("apiserver")
+        // The server's own shutdown (leadership hand-off, then exit) ends this
+        // future; the apiserver's endpoint then expires with its key's TTL.
+        capstan_apiserver::run(api_cfg, std::future::pending())
+            .await
+            .context("apiserver")
     };
     let kubeconfig = a.write_kubeconfig.clone();
     // Each component has its own identity, as upstream's (k3s keeps these under

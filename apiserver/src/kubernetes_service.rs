@@ -5,7 +5,9 @@
 //! `/registry/masterleases/<ip>` with a 15 s store lease, then makes the Endpoints and
 //! the EndpointSlice `kubernetes` list exactly the addresses whose keys are alive. An
 //! apiserver that dies stops renewing, its key expires, and the next reconcile of any
-//! survivor drops it, so clients of the Service are only sent to live servers.
+//! survivor drops it, so clients of the Service are only sent to live servers. One
+//! that stops cleanly deletes its key and drops itself at once (upstream's
+//! `RemoveEndpoints` on shutdown), so its clients move on without waiting for the TTL.
 //!
 //! The writes go through the registry like any client's (validation, defaults,
 //! resourceVersions), under the manager `kube-apiserver`.
@@ -166,6 +168,33 @@ async fn reconcile_endpoints(reg: &Registry, ip: IpAddr, port: u16) -> Result<()
             TTL_SECONDS,
         )
         .await?;
+    let ips = live_ips(reg).await?;
+    // Our own key was just written: an empty list means the store answered wrongly,
+    // and erasing every endpoint on that would cut all clients off.
+    if ips.is_empty() {
+        return Err(ApiError::Internal(
+            "no apiserver addresses were listed in the store, refusing to erase all endpoints for the kubernetes service".into(),
+        ));
+    }
+    sync_endpoints(reg, &ips, port).await?;
+    sync_slice(reg, &ips, ip.is_ipv6(), port).await
+}
+
+/// Deletes this apiserver's key and lists the others' (a stopping apiserver's last
+/// reconcile). With no other apiserver alive the endpoints are left as they are:
+/// nothing better can be said of them, and the next apiserver rewrites them.
+pub async fn remove_endpoint(reg: &Registry, ip: IpAddr, port: u16) -> Result<(), ApiError> {
+    reg.store.delete(&format!("{LEASES}{ip}")).await?;
+    let ips = live_ips(reg).await?;
+    if ips.is_empty() {
+        return Ok(());
+    }
+    sync_endpoints(reg, &ips, port).await?;
+    sync_slice(reg, &ips, ip.is_ipv6(), port).await
+}
+
+/// The addresses of every apiserver whose key is alive, sorted.
+async fn live_ips(reg: &Registry) -> Result<Vec<String>, ApiError> {
     let mut ips: Vec<String> = reg
         .store
         .list(LEASES, None, 0, 0)
@@ -181,15 +210,7 @@ async fn reconcile_endpoints(reg: &Registry, ip: IpAddr, port: u16) -> Result<()
         .collect();
     ips.sort();
     ips.dedup();
-    // Our own key was just written: an empty list means the store answered wrongly,
-    // and erasing every endpoint on that would cut all clients off.
-    if ips.is_empty() {
-        return Err(ApiError::Internal(
-            "no apiserver addresses were listed in the store, refusing to erase all endpoints for the kubernetes service".into(),
-        ));
-    }
-    sync_endpoints(reg, &ips, port).await?;
-    sync_slice(reg, &ips, ip.is_ipv6(), port).await
+    Ok(ips)
 }
 
 async fn sync_endpoints(reg: &Registry, ips: &[String], port: u16) -> Result<(), ApiError> {

@@ -69,8 +69,16 @@ pub struct Config {
 /// Namespaces kube-apiserver creates at start.
 const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
 
-/// Runs the apiserver until the listener fails.
-pub async fn run(cfg: Config) -> Result<(), ApiError> {
+/// How long a stopping apiserver tries to take itself out of the `kubernetes`
+/// Service's endpoints before it exits anyway (the key's TTL then does it).
+const REMOVE_ENDPOINT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs the apiserver until the listener fails or `shutdown` resolves; on shutdown it
+/// first takes its address out of the `kubernetes` Service's endpoints.
+pub async fn run(
+    cfg: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ApiError> {
     let store = connect_store(&cfg.etcd_servers, &cfg.etcd_tls).await?;
     let host = cfg
         .advertise_address
@@ -92,9 +100,11 @@ pub async fn run(cfg: Config) -> Result<(), ApiError> {
     });
     bootstrap(&registry).await?;
     rbac::bootstrap(&registry).await?;
-    tokio::spawn(kubernetes_service::run(
+    let endpoint_ip =
+        kubernetes_service::endpoint_ip(cfg.advertise_address.as_deref(), cfg.listen.ip());
+    let reconciler = tokio::spawn(kubernetes_service::run(
         registry.clone(),
-        kubernetes_service::endpoint_ip(cfg.advertise_address.as_deref(), cfg.listen.ip()),
+        endpoint_ip,
         cfg.listen.port(),
     ));
     if !cfg.compaction_interval.is_zero() {
@@ -110,7 +120,7 @@ pub async fn run(cfg: Config) -> Result<(), ApiError> {
     }
     let authorizer = rbac::Authorizer::new(&caches)?;
     let app = Arc::new(http::App {
-        registry,
+        registry: registry.clone(),
         authorizer,
         caches,
         sa_public_key: pki.sa_public_key.clone(),
@@ -140,8 +150,13 @@ pub async fn run(cfg: Config) -> Result<(), ApiError> {
         url = %format!("{server_url}{}", dashboard::PAGE_PATH),
         "dashboard: open it with #token=<a bearer token> appended"
     );
+    let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (tcp, _) = match listener.accept().await {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            () = &mut shutdown => break,
+        };
+        let (tcp, _) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -172,6 +187,28 @@ pub async fn run(cfg: Config) -> Result<(), ApiError> {
                 .await;
         });
     }
+    // Stopped renewing first, so the removal is not undone by a reconcile in flight.
+    reconciler.abort();
+    let _ = reconciler.await;
+    if let Some(ip) = endpoint_ip {
+        let removed = tokio::time::timeout(
+            REMOVE_ENDPOINT_TIMEOUT,
+            kubernetes_service::remove_endpoint(&registry, ip, cfg.listen.port()),
+        )
+        .await;
+        match removed {
+            Ok(Ok(())) => {
+                tracing::info!(%ip, "removed this apiserver from the kubernetes service's endpoints")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%ip, error = %e, "removing this apiserver from the kubernetes service's endpoints")
+            }
+            Err(_) => {
+                tracing::warn!(%ip, "removing this apiserver from the kubernetes service's endpoints timed out")
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Connects to the store, waiting for it to come up (servers start in any order).

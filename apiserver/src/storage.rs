@@ -483,6 +483,16 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes `key` whatever its revision (a key only this apiserver writes).
+    pub async fn delete(&self, key: &str) -> Result<(), ApiError> {
+        with_retries(true, || {
+            let mut kv = self.client.kv_client();
+            async move { kv.delete(key, None).await }
+        })
+        .await?;
+        Ok(())
+    }
+
     /// A watch on every key under `prefix`, from `start_revision` on, with previous
     /// values (a delete event carries the deleted object) and progress notifications.
     pub async fn watch(

@@ -163,6 +163,16 @@ fn kubernetes_endpoints(api: &Apiserver) -> Option<(Vec<String>, Vec<String>)> {
     ))
 }
 
+/// Waits until the `kubernetes` Endpoints and EndpointSlice both list exactly `ips`.
+async fn endpoints_become(api: &Apiserver, what: &str, ips: &[String], within: Duration) {
+    eventually(what, within, || {
+        let got = kubernetes_endpoints(api);
+        let want = Some((ips.to_vec(), ips.to_vec()));
+        async move { (got == want).then_some(()) }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_kubernetes_service_lists_every_live_apiserver() {
     let s = Stack::start().await;
@@ -193,14 +203,11 @@ async fn the_kubernetes_service_lists_every_live_apiserver() {
     );
     assert!(svc["spec"].get("selector").is_none(), "{svc}");
     let one = vec!["127.0.0.1".to_string()];
-    eventually(
+    endpoints_become(
+        &s.api,
         "the endpoints of one apiserver",
+        &one,
         Duration::from_secs(30),
-        || {
-            let got = kubernetes_endpoints(&s.api);
-            let want = Some((one.clone(), one.clone()));
-            async move { (got == want).then_some(()) }
-        },
     )
     .await;
     let ep = s
@@ -238,29 +245,47 @@ async fn the_kubernetes_service_lists_every_live_apiserver() {
         "{row}"
     );
 
-    // Two apiservers: both listed.
+    // Three apiservers: all listed.
     let mut second = Apiserver::start_at(&s.store.endpoint, "127.0.0.2", port).await;
-    let both = vec!["127.0.0.1".to_string(), "127.0.0.2".to_string()];
-    eventually(
-        "the endpoints of both apiservers",
+    let mut third = Apiserver::start_at(&s.store.endpoint, "127.0.0.3", port).await;
+    let three: Vec<String> = (1..=3).map(|i| format!("127.0.0.{i}")).collect();
+    endpoints_become(
+        &s.api,
+        "the endpoints of three apiservers",
+        &three,
         Duration::from_secs(30),
-        || {
-            let got = kubernetes_endpoints(&s.api);
-            let want = Some((both.clone(), both.clone()));
-            async move { (got == want).then_some(()) }
-        },
+    )
+    .await;
+    // One stops cleanly: its key is gone by the time it has exited (not 15 s later,
+    // as after a crash), and the endpoints drop it.
+    let key = "/registry/masterleases/127.0.0.3";
+    let lease = s.store.etcdctl(&["get", key, "--keys-only"]);
+    assert_eq!(lease.out().trim(), key, "the live apiserver's key");
+    third.terminate();
+    let lease = s.store.etcdctl(&["get", key, "--keys-only"]);
+    assert_eq!(lease.out().trim(), "", "the stopped apiserver's key");
+    assert!(
+        third
+            .log()
+            .contains("removed this apiserver from the kubernetes service's endpoints"),
+        "{}",
+        third.log()
+    );
+    let both = vec!["127.0.0.1".to_string(), "127.0.0.2".to_string()];
+    endpoints_become(
+        &s.api,
+        "the endpoints of the two apiservers left",
+        &both,
+        Duration::from_secs(30),
     )
     .await;
     // One dies: its lease runs out (15 s) and the survivor drops it.
     second.kill9();
-    eventually(
+    endpoints_become(
+        &s.api,
         "the dead apiserver dropped",
+        &one,
         Duration::from_secs(60),
-        || {
-            let got = kubernetes_endpoints(&s.api);
-            let want = Some((one.clone(), one.clone()));
-            async move { (got == want).then_some(()) }
-        },
     )
     .await;
 

@@ -101,6 +101,18 @@ fn kill_child(child: &mut Option<Child>) {
     }
 }
 
+/// Sends SIGTERM (a graceful stop) with kill(1) and waits for the process to exit.
+fn terminate_child(child: &mut Option<Child>, what: &str) {
+    if let Some(mut c) = child.take() {
+        let st = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(st.success(), "kill -TERM {what}: {st}");
+        let _ = c.wait();
+    }
+}
+
 /// Panics, with the process's log, if it has exited.
 fn check_running(child: &mut Option<Child>, what: &str, log: impl Fn() -> String) {
     if let Some(c) = child.as_mut() {
@@ -762,6 +774,11 @@ impl Apiserver {
         kill_child(&mut self.child);
     }
 
+    /// Stops the apiserver with SIGTERM and waits for it to exit.
+    pub fn terminate(&mut self) {
+        terminate_child(&mut self.child, "apiserver");
+    }
+
     /// The column headers of a `kubectl get` table.
     pub fn table_header(&self, args: &[&str]) -> Vec<String> {
         let out = self.kubectl(args);
@@ -925,14 +942,7 @@ impl Component {
 
     /// Sends SIGTERM (a graceful stop) with kill(1) and waits for the process to exit.
     pub fn terminate(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let st = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status()
-                .expect("kill(1) runs");
-            assert!(st.success(), "kill -TERM {}: {st}", self.what);
-            let _ = c.wait();
-        }
+        terminate_child(&mut self.child, &self.what);
     }
 
     /// Starts it again with the same arguments.
