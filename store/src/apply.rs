@@ -80,6 +80,31 @@ pub enum Op {
     MemberAttr(pb::Member),
 }
 
+impl ApplyRequest {
+    /// Whether applying this costs a bounded, small amount whatever the store holds: a
+    /// put, or a txn of single-key compares, puts and single-key reads (what the
+    /// apiserver and most clients write with). A delete range, a range in a txn, a
+    /// compaction or a lease revoke can each touch any number of keys.
+    pub fn is_point_write(&self) -> bool {
+        fn ops_are_points(ops: &[pb::RequestOp]) -> bool {
+            ops.iter().all(|op| match &op.request {
+                Some(request_op::Request::RequestPut(_)) => true,
+                Some(request_op::Request::RequestRange(r)) => r.range_end.is_empty(),
+                _ => false,
+            })
+        }
+        match &self.op {
+            Some(Op::Put(_)) => true,
+            Some(Op::Txn(t)) => {
+                t.compare.iter().all(|c| c.range_end.is_empty())
+                    && ops_are_points(&t.success)
+                    && ops_are_points(&t.failure)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// `Cf::Meta` key of a member's published attributes (a `pb::Member` with name and
 /// client URLs).
 pub fn member_attr_key(id: u64) -> Vec<u8> {

@@ -312,3 +312,53 @@ async fn random_batches_match_the_model() {
         }
     }
 }
+
+#[test]
+fn point_writes_are_puts_and_txns_of_single_keys() {
+    let put = |k: &str| pb::RequestOp {
+        request: Some(request_op::Request::RequestPut(pb::PutRequest {
+            key: k.into(),
+            ..Default::default()
+        })),
+    };
+    let get = |k: &str, end: &str| pb::RequestOp {
+        request: Some(request_op::Request::RequestRange(pb::RangeRequest {
+            key: k.into(),
+            range_end: end.into(),
+            ..Default::default()
+        })),
+    };
+    let txn = |compare_end: &str, success: Vec<pb::RequestOp>, failure: Vec<pb::RequestOp>| {
+        ApplyRequest {
+            op: Some(Op::Txn(pb::TxnRequest {
+                compare: vec![pb::Compare {
+                    key: b"k".to_vec(),
+                    range_end: compare_end.into(),
+                    ..Default::default()
+                }],
+                success,
+                failure,
+            })),
+        }
+    };
+    let op = |o: Op| ApplyRequest { op: Some(o) };
+    // What the apiserver writes with: compare one key's revision, put, else get it.
+    assert!(txn("", vec![put("k")], vec![get("k", "")]).is_point_write());
+    assert!(op(Op::Put(pb::PutRequest::default())).is_point_write());
+    // Anything that can touch any number of keys is not.
+    assert!(!txn("l", vec![put("k")], vec![]).is_point_write());
+    assert!(!txn("", vec![put("k")], vec![get("a", "z")]).is_point_write());
+    assert!(!txn(
+        "",
+        vec![pb::RequestOp {
+            request: Some(request_op::Request::RequestDeleteRange(
+                pb::DeleteRangeRequest::default()
+            )),
+        }],
+        vec![]
+    )
+    .is_point_write());
+    assert!(!op(Op::DeleteRange(pb::DeleteRangeRequest::default())).is_point_write());
+    assert!(!op(Op::Compaction(pb::CompactionRequest::default())).is_point_write());
+    assert!(!op(Op::LeaseRevoke(pb::LeaseRevokeRequest::default())).is_point_write());
+}

@@ -55,8 +55,9 @@ const KEY_LAST_SNAPSHOT: &[u8] = b"last_snapshot";
 type Current = Arc<Mutex<Option<(SnapshotMeta<u64, Member>, Arc<Vec<u8>>)>>>;
 
 /// The most requests, and encoded request bytes, of an apply run on the state machine's
-/// task rather than the blocking pool (see `apply`): at these bounds an apply takes well
-/// under a millisecond.
+/// task rather than the blocking pool (see `apply`): with only point writes
+/// (`ApplyRequest::is_point_write`) an apply within these bounds takes well under a
+/// millisecond.
 const INLINE_APPLY_MAX: usize = 64;
 const INLINE_APPLY_MAX_BYTES: usize = 256 << 10;
 
@@ -168,6 +169,7 @@ impl RaftStateMachine<C> for SmStore {
     {
         let mut reqs: Vec<(u64, ApplyRequest)> = Vec::new();
         let mut request_bytes = 0;
+        let mut point_writes = true;
         let mut proposers: Vec<(u64, u64)> = Vec::new();
         let mut n = 0;
         let mut last = self.last_applied;
@@ -199,6 +201,7 @@ impl RaftStateMachine<C> for SmStore {
                             tracing::error!(index = e_index(&last), error = %e, "undecodable proposal");
                             ApplyRequest { op: None }
                         });
+                        point_writes &= req.is_point_write();
                         reqs.push((e.log_id.index, req));
                         proposers.push((member, seq));
                     }
@@ -222,7 +225,9 @@ impl RaftStateMachine<C> for SmStore {
             self.sm.mvcc.engine().write(extra, false).map_err(sm_err)?;
         } else {
             let sm = self.sm.clone();
-            let inline = reqs.len() <= INLINE_APPLY_MAX && request_bytes <= INLINE_APPLY_MAX_BYTES;
+            let inline = point_writes
+                && reqs.len() <= INLINE_APPLY_MAX
+                && request_bytes <= INLINE_APPLY_MAX_BYTES;
             let apply = move || {
                 let refs: Vec<(u64, &ApplyRequest)> = reqs.iter().map(|(i, r)| (*i, r)).collect();
                 let started = std::time::Instant::now();
@@ -233,11 +238,12 @@ impl RaftStateMachine<C> for SmStore {
                 m.proposals_committed.inc_by(refs.len() as u64);
                 r
             };
-            // A small batch (the common case under load: a few dozen puts, well under a
-            // millisecond) is applied on this task: handing it to the blocking pool
-            // costs two thread wake-ups per batch, which on a loaded two-core machine
-            // cost more CPU than the apply. Big batches (a large txn, a catch-up after a
-            // restart) still leave the runtime's workers free.
+            // A small batch of point writes (the common case under load: a few dozen
+            // puts, well under a millisecond) is applied on this task: handing it to
+            // the blocking pool costs two thread wake-ups per batch, which on a loaded
+            // two-core machine cost more CPU than the apply. Anything else (a delete
+            // range, a compaction, a catch-up after a restart) still leaves the
+            // runtime's workers free.
             let results = if inline {
                 apply()
             } else {
