@@ -60,6 +60,10 @@ type Current = Arc<Mutex<Option<(SnapshotMeta<u64, Member>, Arc<Vec<u8>>)>>>;
 /// millisecond.
 const INLINE_APPLY_MAX: usize = 64;
 const INLINE_APPLY_MAX_BYTES: usize = 256 << 10;
+/// The most watchers for an inline apply: the apply also hands every event to the
+/// watchers it matches, which with thousands of watchers on one prefix takes
+/// milliseconds (an apiserver's watch cache is a few dozen).
+const INLINE_APPLY_MAX_WATCHERS: usize = 256;
 
 /// Clients waiting for the result of an entry this member proposed, by sequence number.
 #[derive(Default)]
@@ -227,7 +231,11 @@ impl RaftStateMachine<C> for SmStore {
             let sm = self.sm.clone();
             let inline = point_writes
                 && reqs.len() <= INLINE_APPLY_MAX
-                && request_bytes <= INLINE_APPLY_MAX_BYTES;
+                && request_bytes <= INLINE_APPLY_MAX_BYTES
+                && {
+                    let (synced, unsynced) = self.sm.watch.counts();
+                    synced + unsynced <= INLINE_APPLY_MAX_WATCHERS
+                };
             let apply = move || {
                 let refs: Vec<(u64, &ApplyRequest)> = reqs.iter().map(|(i, r)| (*i, r)).collect();
                 let started = std::time::Instant::now();
@@ -242,8 +250,8 @@ impl RaftStateMachine<C> for SmStore {
             // puts, well under a millisecond) is applied on this task: handing it to
             // the blocking pool costs two thread wake-ups per batch, which on a loaded
             // two-core machine cost more CPU than the apply. Anything else (a delete
-            // range, a compaction, a catch-up after a restart) still leaves the
-            // runtime's workers free.
+            // range, a compaction, a catch-up after a restart, a fan-out to thousands
+            // of watchers) still leaves the runtime's workers free.
             let results = if inline {
                 apply()
             } else {
