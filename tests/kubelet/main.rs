@@ -102,6 +102,47 @@ fn pod_row(api: &Apiserver, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// Waits until `kubectl describe pod <pod>` shows every one of `texts` (its events).
+async fn described(api: &Apiserver, pod: &str, texts: &[&str]) {
+    eventually(&format!("{pod} described with {texts:?}"), WAIT, || {
+        let d = api.kubectl(&["describe", "pod", pod]).stdout;
+        let ok = texts.iter().all(|t| d.contains(t));
+        async move { ok.then_some(()) }
+    })
+    .await;
+}
+
+/// Waits until `pod` shows Completed, and returns its container `c`'s log.
+async fn completed_log(api: &Apiserver, logs_dir: &std::path::Path, pod: &str) -> String {
+    eventually(&format!("{pod} Completed"), WAIT, || {
+        let row = pod_row(api, pod);
+        let ok = row.get(2).map(String::as_str) == Some("Completed");
+        async move { ok.then_some(()) }
+    })
+    .await;
+    let uid = jsonpath(api, &["get", "pod", pod], "{.metadata.uid}").unwrap_or_default();
+    std::fs::read_to_string(logs_dir.join(format!("default_{pod}_{uid}/c/0.log")))
+        .unwrap_or_default()
+}
+
+/// Waits until `pod`'s first container waits in CreateContainerConfigError with
+/// `message`, as `kubectl get` and the pod's status show it.
+async fn config_error(node: &mut Component, api: &Apiserver, pod: &str, message: &str) {
+    eventually(message, WAIT, || {
+        node.check_running();
+        let row = pod_row(api, pod);
+        let got = jsonpath(
+            api,
+            &["get", "pod", pod],
+            "{.status.containerStatuses[0].state.waiting.message}",
+        );
+        let ok = row.get(2).map(String::as_str) == Some("CreateContainerConfigError")
+            && got.as_deref() == Some(message);
+        async move { ok.then_some(()) }
+    })
+    .await;
+}
+
 fn pod_yaml(name: &str, policy: &str, command: &str) -> String {
     format!(
         r#"apiVersion: v1
@@ -521,6 +562,40 @@ spec:
     image: {BUSYBOX}
     command: [sh, -c, 'cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.shares']
     resources: {{limits: {{cpu: 500m, memory: 64Mi}}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: creds}}
+stringData: {{PASSWORD: s3cret}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: refs}}
+spec:
+  nodeName: {NODE}
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: [sh, -c, 'echo "greeting=$CFG_greeting pw=$PASSWORD url=$URL mem=$MEM_MI opt=${{OPT-unset}}"']
+    envFrom: [{{configMapRef: {{name: settings}}, prefix: CFG_}}, {{secretRef: {{name: creds}}}}]
+    env:
+    - {{name: URL, value: "$(CFG_greeting)@$(MY_SVC_SERVICE_HOST)"}}
+    - {{name: OPT, valueFrom: {{configMapKeyRef: {{name: absent, key: k, optional: true}}}}}}
+    - {{name: MEM_MI, valueFrom: {{resourceFieldRef: {{resource: limits.memory, divisor: 1Mi}}}}}}
+    resources: {{limits: {{memory: 32Mi}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: later}}
+spec:
+  nodeName: {NODE}
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: [sh, -c, 'echo "late=$LATE"']
+    env: [{{name: LATE, valueFrom: {{configMapKeyRef: {{name: late-config, key: value}}}}}}]
 "#
     );
     api.kubectl_stdin(&["apply", "-f", "-"], Some(&manifest))
@@ -572,12 +647,14 @@ spec:
     )
     .await;
 
-    eventually("the liveness events", WAIT, || {
-        let d = api.kubectl(&["describe", "pod", "probed"]).stdout;
-        let ok = d.contains("Liveness probe failed:")
-            && d.contains("Container c failed liveness probe, will be restarted");
-        async move { ok.then_some(()) }
-    })
+    described(
+        api,
+        "probed",
+        &[
+            "Liveness probe failed:",
+            "Container c failed liveness probe, will be restarted",
+        ],
+    )
     .await;
 
     // A readiness probe that never passes: Running but not ready.
@@ -595,31 +672,14 @@ spec:
     })
     .await;
 
-    eventually("the readiness event", WAIT, || {
-        let d = api.kubectl(&["describe", "pod", "unready"]).stdout;
-        let ok = d.contains("Readiness probe failed: dial tcp ");
-        async move { ok.then_some(()) }
-    })
-    .await;
+    described(api, "unready", &["Readiness probe failed: dial tcp "]).await;
 
     // Resources become the container's cgroup limits: memory, CFS quota, shares.
-    eventually("limited Completed", WAIT, || {
-        let row = pod_row(api, "limited");
-        let ok = row.get(2).map(String::as_str) == Some("Completed");
-        async move { ok.then_some(()) }
-    })
-    .await;
+    let log = completed_log(api, &s.containerd.pod_logs_dir, "limited").await;
     assert_eq!(
         jsonpath(api, &["get", "pod", "limited"], "{.status.qosClass}"),
         Some("Guaranteed".to_string())
     );
-    let luid = jsonpath(api, &["get", "pod", "limited"], "{.metadata.uid}").unwrap_or_default();
-    let log = std::fs::read_to_string(
-        s.containerd
-            .pod_logs_dir
-            .join(format!("default_limited_{luid}/c/0.log")),
-    )
-    .unwrap_or_default();
     let values: Vec<&str> = log
         .lines()
         .filter_map(|l| l.split_whitespace().nth(3))
@@ -627,22 +687,10 @@ spec:
     assert_eq!(values, ["67108864", "50000", "512"], "{log}");
 
     // Services that existed when the container started are in its environment.
-    eventually("envs Completed", WAIT, || {
-        let row = pod_row(api, "envs");
-        let ok = row.get(2).map(String::as_str) == Some("Completed");
-        async move { ok.then_some(()) }
-    })
-    .await;
+    let log = completed_log(api, &s.containerd.pod_logs_dir, "envs").await;
     let cluster_ip =
         jsonpath(api, &["get", "service", "my-svc"], "{.spec.clusterIP}").unwrap_or_default();
     assert!(!cluster_ip.is_empty());
-    let euid = jsonpath(api, &["get", "pod", "envs"], "{.metadata.uid}").unwrap_or_default();
-    let log = std::fs::read_to_string(
-        s.containerd
-            .pod_logs_dir
-            .join(format!("default_envs_{euid}/c/0.log")),
-    )
-    .unwrap_or_default();
     assert!(
         log.contains(&format!(
             "stdout F host={cluster_ip} port=80 link=tcp://{cluster_ip}:80"
@@ -657,6 +705,54 @@ spec:
     ] {
         assert!(log.contains(line), "no {line:?} in {log}");
     }
+
+    // ConfigMaps and Secrets become variables: whole (prefixed) and by key, with
+    // `$(VAR)` references to them and to service variables; an optional reference to a
+    // missing ConfigMap leaves its variable unset; a resourceFieldRef reads the limit.
+    let log = completed_log(api, &s.containerd.pod_logs_dir, "refs").await;
+    assert!(
+        log.contains(&format!(
+            "stdout F greeting=hello-config pw=s3cret url=hello-config@{cluster_ip} mem=32 opt=unset"
+        )),
+        "{log}"
+    );
+
+    // A container whose ConfigMap does not exist waits in CreateContainerConfigError,
+    // saying why, until the ConfigMap (and then its key) is there.
+    config_error(
+        &mut s.node,
+        api,
+        "later",
+        "configmap \"late-config\" not found",
+    )
+    .await;
+    described(
+        api,
+        "later",
+        &["Error: configmap \"late-config\" not found"],
+    )
+    .await;
+    api.kubectl(&[
+        "create",
+        "configmap",
+        "late-config",
+        "--from-literal=other=x",
+    ])
+    .out();
+    config_error(
+        &mut s.node,
+        api,
+        "later",
+        "couldn't find key value in ConfigMap default/late-config",
+    )
+    .await;
+    api.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: late-config}\ndata: {value: arrived}\n"),
+    )
+    .out();
+    let log = completed_log(api, &s.containerd.pod_logs_dir, "later").await;
+    assert!(log.contains("stdout F late=arrived"), "{log}");
 
     api.kubectl(&["delete", "pods", "--all", "--timeout=60s"])
         .out();

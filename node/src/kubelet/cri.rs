@@ -1,7 +1,7 @@
 //! The CRI side: a client of containerd's RuntimeService and ImageService over its unix
 //! socket, and the translation of a pod into the CRI's sandbox and container configs
-//! (labels the kubelet puts on them, log paths, namespaces, env with `$(VAR)`
-//! expansion, resources as cgroup limits).
+//! (labels the kubelet puts on them, log paths, namespaces, `$(VAR)` expansion of
+//! command and args, resources as cgroup limits).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use capstan_proto::cri;
 use capstan_proto::cri::image_service_client::ImageServiceClient;
 use capstan_proto::cri::runtime_service_client::RuntimeServiceClient;
-use k8s_openapi::api::core::v1::{Container, Pod, Service};
+use k8s_openapi::api::core::v1::{Container, Pod};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::NodeError;
@@ -236,125 +236,6 @@ pub fn sandbox_config(pod: &Pod, attempt: u32, logs: &Path, dns: &Dns) -> cri::P
     }
 }
 
-/// What a container's environment is made of besides its own `env`: the values the
-/// downward API's `fieldRef` can name, and the service variables.
-pub struct FieldRefs<'a> {
-    pub pod_ip: &'a str,
-    pub host_ip: &'a str,
-    /// From [`service_env`], first in the environment.
-    pub service_env: &'a [(String, String)],
-}
-
-/// The variables the kubelet derives from Services (docker-links style):
-/// `<SVC>_SERVICE_HOST`, `<SVC>_SERVICE_PORT[_<PORT NAME>]`, `<SVC>_PORT` and
-/// `<SVC>_PORT_<port>_<PROTO>[_PROTO|_PORT|_ADDR]`, for services with a cluster IP.
-pub fn service_env(services: &[Service]) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for svc in services {
-        let Some(spec) = &svc.spec else { continue };
-        let ip = spec.cluster_ip.clone().unwrap_or_default();
-        if ip.is_empty() || ip == "None" {
-            continue;
-        }
-        let ports = spec.ports.clone().unwrap_or_default();
-        let Some(first) = ports.first() else { continue };
-        let prefix = svc
-            .metadata
-            .name
-            .clone()
-            .unwrap_or_default()
-            .to_uppercase()
-            .replace('-', "_");
-        let proto = |p: &k8s_openapi::api::core::v1::ServicePort| {
-            p.protocol.clone().unwrap_or_else(|| "TCP".into())
-        };
-        out.push((format!("{prefix}_SERVICE_HOST"), ip.clone()));
-        out.push((format!("{prefix}_SERVICE_PORT"), first.port.to_string()));
-        for p in &ports {
-            if let Some(n) = p.name.as_deref().filter(|n| !n.is_empty()) {
-                let n = n.to_uppercase().replace('-', "_");
-                out.push((format!("{prefix}_SERVICE_PORT_{n}"), p.port.to_string()));
-            }
-        }
-        out.push((
-            format!("{prefix}_PORT"),
-            format!("{}://{ip}:{}", proto(first).to_lowercase(), first.port),
-        ));
-        for p in &ports {
-            let pr = proto(p);
-            let var = format!("{prefix}_PORT_{}_{}", p.port, pr.to_uppercase());
-            out.push((
-                var.clone(),
-                format!("{}://{ip}:{}", pr.to_lowercase(), p.port),
-            ));
-            out.push((format!("{var}_PROTO"), pr.to_lowercase()));
-            out.push((format!("{var}_PORT"), p.port.to_string()));
-            out.push((format!("{var}_ADDR"), ip.clone()));
-        }
-    }
-    out
-}
-
-fn field_ref(pod: &Pod, path: &str, f: &FieldRefs) -> Option<String> {
-    let spec = pod.spec.as_ref();
-    Some(match path {
-        "metadata.name" => pod.metadata.name.clone()?,
-        "metadata.namespace" => pod.metadata.namespace.clone()?,
-        "metadata.uid" => pod.metadata.uid.clone()?,
-        "spec.nodeName" => spec?.node_name.clone()?,
-        "spec.serviceAccountName" => spec?.service_account_name.clone()?,
-        "status.podIP" | "status.podIPs" => f.pod_ip.to_string(),
-        "status.hostIP" | "status.hostIPs" => f.host_ip.to_string(),
-        _ => {
-            let rest = path.strip_prefix("metadata.labels['")?.strip_suffix("']");
-            match rest {
-                Some(k) => pod.metadata.labels.as_ref()?.get(k)?.clone(),
-                None => {
-                    let k = path
-                        .strip_prefix("metadata.annotations['")?
-                        .strip_suffix("']")?;
-                    pod.metadata.annotations.as_ref()?.get(k)?.clone()
-                }
-            }
-        }
-    })
-}
-
-/// Expands `$(VAR)` references as the kubelet does: defined names are replaced, `$$`
-/// escapes a `$`, anything else stays as written.
-pub fn expand(s: &str, env: &HashMap<String, String>) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        if let Some(a) = after.strip_prefix('$') {
-            out.push('$');
-            rest = a;
-        } else if let Some(body) = after.strip_prefix('(') {
-            match body.find(')') {
-                Some(j) if env.contains_key(&body[..j]) => {
-                    out.push_str(&env[&body[..j]]);
-                    rest = &body[j + 1..];
-                }
-                Some(j) => {
-                    out.push_str(&rest[i..i + 2 + j + 1]);
-                    rest = &body[j + 1..];
-                }
-                None => {
-                    out.push_str(&rest[i..]);
-                    rest = "";
-                }
-            }
-        } else {
-            out.push('$');
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
 /// A resource quantity in base units (cores for `cpu` as millicores), or None if it
 /// does not parse.
 pub fn quantity(q: &str, milli: bool) -> Option<i64> {
@@ -404,43 +285,22 @@ fn resources(c: &Container) -> cri::LinuxContainerResources {
     }
 }
 
-/// The container's environment: the service variables, then `env` in order, `$(VAR)`
-/// expanded against the variables before it, `fieldRef` from the downward API. References to ConfigMaps
-/// and Secrets are not resolved yet; such variables are left out.
-pub fn environment(pod: &Pod, c: &Container, f: &FieldRefs) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = f.service_env.to_vec();
-    let mut known: HashMap<String, String> = env.iter().cloned().collect();
-    for e in c.env.iter().flatten() {
-        let v = match (&e.value, &e.value_from) {
-            (_, Some(from)) => match from.field_ref.as_ref() {
-                Some(fr) => field_ref(pod, &fr.field_path, f),
-                None => None,
-            },
-            (Some(v), None) => Some(expand(v, &known)),
-            (None, None) => Some(String::new()),
-        };
-        if let Some(v) = v {
-            known.insert(e.name.clone(), v.clone());
-            env.retain(|(k, _)| k != &e.name);
-            env.push((e.name.clone(), v));
-        }
-    }
-    env
-}
-
-/// The container config for attempt `attempt` of container `c`.
+/// The container config for attempt `attempt` of container `c`, with the environment
+/// [`super::env::resolve`] made (its `command` and `args` are expanded against it).
 pub fn container_config(
     pod: &Pod,
     c: &Container,
     image_id: &str,
     attempt: u32,
-    f: &FieldRefs,
+    env: Vec<(String, String)>,
 ) -> cri::ContainerConfig {
     let (name, ns, uid) = meta(pod);
-    let env = environment(pod, c, f);
     let known: HashMap<String, String> = env.iter().cloned().collect();
     let exp = |v: &Option<Vec<String>>| -> Vec<String> {
-        v.iter().flatten().map(|s| expand(s, &known)).collect()
+        v.iter()
+            .flatten()
+            .map(|s| super::env::expand(s, &known))
+            .collect()
     };
     let labels = HashMap::from([
         (POD_NAME.to_string(), name),
@@ -495,32 +355,6 @@ pub fn container_config(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dollar_references_expand_like_the_kubelet() {
-        let env = HashMap::from([("A".to_string(), "x".to_string())]);
-        assert_eq!(expand("$(A)-$(B)-$$(A)-$", &env), "x-$(B)-$(A)-$");
-        assert_eq!(expand("a$(A", &env), "a$(A");
-    }
-
-    #[test]
-    fn services_become_docker_link_variables() {
-        let svc: Service = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "my-svc"},
-            "spec": {"clusterIP": "10.96.0.5",
-                     "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]},
-        }))
-        .expect("service");
-        let env: HashMap<String, String> = service_env(&[svc]).into_iter().collect();
-        assert_eq!(env["MY_SVC_SERVICE_HOST"], "10.96.0.5");
-        assert_eq!(env["MY_SVC_SERVICE_PORT"], "80");
-        assert_eq!(env["MY_SVC_SERVICE_PORT_HTTP"], "80");
-        assert_eq!(env["MY_SVC_PORT"], "tcp://10.96.0.5:80");
-        assert_eq!(env["MY_SVC_PORT_80_TCP"], "tcp://10.96.0.5:80");
-        assert_eq!(env["MY_SVC_PORT_80_TCP_PROTO"], "tcp");
-        assert_eq!(env["MY_SVC_PORT_80_TCP_PORT"], "80");
-        assert_eq!(env["MY_SVC_PORT_80_TCP_ADDR"], "10.96.0.5");
-    }
 
     #[test]
     fn cluster_first_pods_resolve_through_the_cluster_dns() {

@@ -28,7 +28,7 @@ fn read(path: &str) -> String {
 }
 
 /// Total memory in KiB, from /proc/meminfo.
-fn memory_kib() -> u64 {
+pub fn memory_kib() -> u64 {
     read("/proc/meminfo")
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))

@@ -14,6 +14,7 @@
 
 pub mod backoff;
 pub mod cri;
+pub mod env;
 pub mod events;
 pub mod machine;
 pub mod prober;
@@ -39,7 +40,8 @@ use kube::Api;
 use serde_json::{json, Value};
 
 use self::backoff::Backoff;
-use self::cri::{FieldRefs, Images, Runtime};
+use self::cri::{Images, Runtime};
+use self::env::FieldRefs;
 use self::status::{Observed, PodView, Waiting};
 use crate::registration::{self, Heartbeat, NodeSource};
 use crate::NodeError;
@@ -123,6 +125,8 @@ struct Kubelet {
     images: Images,
     runtime_name: String,
     host_ip: String,
+    /// What a `resourceFieldRef` to an unset limit reads (the node's capacity).
+    allocatable: env::Allocatable,
     /// The pods bound to this node, by uid, as last seen from the watch.
     pods: Mutex<HashMap<String, Pod>>,
     state: Mutex<HashMap<String, PodState>>,
@@ -239,6 +243,10 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     let k = Arc::new(Kubelet {
         runtime_name: version.runtime_name,
         host_ip: node_ip.to_string(),
+        allocatable: env::Allocatable {
+            cpu_millis: std::thread::available_parallelism().map_or(1, |n| n.get()) as i64 * 1000,
+            memory_bytes: machine::memory_kib().saturating_mul(1024) as i64,
+        },
         client: client.clone(),
         runtime: runtime.clone(),
         images,
@@ -822,6 +830,31 @@ impl Kubelet {
         started
     }
 
+    /// A container that cannot be created from its pod's spec as things stand (a volume
+    /// or environment source missing): it waits in `CreateContainerConfigError` with
+    /// `message`, with a `Failed` event when it starts waiting so, and the next sync
+    /// tries again.
+    fn config_error(&self, pod: &Pod, c: &Container, message: String) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let changed = self.set_waiting(
+            &uid,
+            &c.name,
+            Some(Waiting {
+                reason: "CreateContainerConfigError".into(),
+                message: message.clone(),
+            }),
+        );
+        if changed {
+            self.events.record(
+                pod,
+                self.about(pod, &c.name),
+                true,
+                "Failed",
+                format!("Error: {message}"),
+            );
+        }
+    }
+
     /// Sets (or clears) a container's waiting reason; true if the reason changed, so
     /// events are recorded once per transition rather than on every sync.
     fn set_waiting(&self, uid: &str, container: &str, w: Option<Waiting>) -> bool {
@@ -1085,7 +1118,7 @@ impl Kubelet {
             return false;
         };
         let services = self.services_for(pod).await;
-        let service_env = cri::service_env(&services);
+        let service_env = env::service_env(&services);
         let refs = FieldRefs {
             pod_ip: pod_ip.unwrap_or_default(),
             host_ip: &self.host_ip,
@@ -1095,18 +1128,34 @@ impl Kubelet {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(namespace = %ns, pod = %name, container = %c.name, error = %e, "volumes");
-                self.set_waiting(
-                    &uid,
-                    &c.name,
-                    Some(Waiting {
-                        reason: "CreateContainerConfigError".into(),
-                        message: e.to_string(),
-                    }),
-                );
+                self.config_error(pod, c, e.to_string());
                 return false;
             }
         };
-        let mut config = cri::container_config(pod, c, &image_id, attempt, &refs);
+        let resolved = match env::Sources::read(&self.client, pod, c)
+            .await
+            .and_then(|sources| env::resolve(pod, c, &refs, &self.allocatable, &sources))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(namespace = %ns, pod = %name, container = %c.name, error = %e, "environment");
+                self.config_error(pod, c, e.to_string());
+                return false;
+            }
+        };
+        for (kind, source, keys) in &resolved.skipped {
+            self.events.record(
+                pod,
+                events::About::Pod,
+                true,
+                "InvalidEnvironmentVariableNames",
+                format!(
+                    "Keys [{}] from the EnvFrom {kind} {ns}/{source} were skipped since they are considered invalid environment variable names.",
+                    keys.join(", ")
+                ),
+            );
+        }
+        let mut config = cri::container_config(pod, c, &image_id, attempt, resolved.vars);
         config.mounts = mounts;
         let mut rt = self.runtime.clone();
         let created = rt
