@@ -94,6 +94,12 @@ fn resource_entries(r: &ResourceType) -> Vec<Value> {
         out.push(sub("binding", "Binding", &["create"]));
         out.push(sub("log", "Pod", &["get"]));
         out.push(sub("exec", "PodExecOptions", &["create", "get"]));
+        out.push(sub("attach", "PodAttachOptions", &["create", "get"]));
+        out.push(sub(
+            "portforward",
+            "PodPortForwardOptions",
+            &["create", "get"],
+        ));
         out.push(sub("eviction", "Eviction", &["create"]));
     }
     if r.kind == "Namespace" {
@@ -181,11 +187,13 @@ fn resource_discovery(r: &ResourceType) -> Value {
     if r.kind == "Pod" {
         subs.push(sub("binding", gvk("", "v1", "Binding"), &["create"]));
         subs.push(sub("log", own.clone(), &["get"]));
-        subs.push(sub(
-            "exec",
-            gvk("", "v1", "PodExecOptions"),
-            &["create", "get"],
-        ));
+        for (name, kind) in [
+            ("exec", "PodExecOptions"),
+            ("attach", "PodAttachOptions"),
+            ("portforward", "PodPortForwardOptions"),
+        ] {
+            subs.push(sub(name, gvk("", "v1", kind), &["create", "get"]));
+        }
         subs.push(sub(
             "eviction",
             gvk("policy", "v1", "Eviction"),

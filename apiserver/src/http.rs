@@ -223,7 +223,7 @@ fn request_labels(method: &Method, uri: &Uri, t: &Target) -> Option<[&'static st
         _ => return None,
     };
     // A stream upgrade is upstream's CONNECT verb.
-    let verb = if t.sub.as_deref() == Some("exec") {
+    let verb = if matches!(t.sub.as_deref(), Some("exec" | "attach" | "portforward")) {
         "CONNECT"
     } else {
         verb
@@ -235,6 +235,8 @@ fn request_labels(method: &Method, uri: &Uri, t: &Target) -> Option<[&'static st
         Some("finalize") => "finalize",
         Some("log") => "log",
         Some("exec") => "exec",
+        Some("attach") => "attach",
+        Some("portforward") => "portforward",
         Some(_) => "other",
         None => "",
     };
@@ -698,9 +700,19 @@ async fn handle(
         (Method::GET, Some(name), Some("log")) if rt.kind == "Pod" => {
             crate::proxy::pod_log(reg, &app.kubelets, ns.unwrap_or_default(), name, uri).await
         }
-        (Method::GET | Method::POST, Some(name), Some("exec")) if rt.kind == "Pod" => {
-            crate::proxy::pod_exec(
+        (
+            Method::GET | Method::POST,
+            Some(name),
+            Some(sub @ ("exec" | "attach" | "portforward")),
+        ) if rt.kind == "Pod" => {
+            let kind = match sub {
+                "exec" => crate::proxy::PodStream::Exec,
+                "attach" => crate::proxy::PodStream::Attach,
+                _ => crate::proxy::PodStream::PortForward,
+            };
+            crate::proxy::pod_stream(
                 app,
+                kind,
                 ns.unwrap_or_default(),
                 name,
                 method.clone(),
@@ -709,13 +721,6 @@ async fn handle(
                 upgrade,
             )
             .await
-        }
-        (Method::GET | Method::POST, Some(_), Some("attach" | "portforward"))
-            if rt.kind == "Pod" =>
-        {
-            Err(ApiError::BadRequest(
-                "pod attach and port-forward are not proxied to the node agent yet".into(),
-            ))
         }
         (Method::PUT, Some(name), sub @ (None | Some("status") | Some("finalize"))) => {
             if sub == Some("status") && !rt.status

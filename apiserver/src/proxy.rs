@@ -1,11 +1,12 @@
-//! `pods/log` and `pods/exec`: proxied to the kubelet of the pod's node, as
+//! `pods/log`, `pods/exec`, `pods/attach` and `pods/portforward`: proxied to the
+//! kubelet of the pod's node, as
 //! kube-apiserver does. The pod and container are checked here first (upstream's
 //! `LogLocation`/`ExecLocation`, with their messages); the kubelet is reached at the
 //! node's address (InternalIP, then ExternalIP, then Hostname: kubeadm's
 //! `--kubelet-preferred-address-types`) and `daemonEndpoints.kubeletEndpoint.Port`, over
 //! TLS with the apiserver's kubelet client certificate. A log streams through as the
-//! kubelet writes it; an exec upgrade (SPDY or WebSocket) is relayed byte for byte in
-//! both directions once the kubelet switched protocols.
+//! kubelet writes it; an exec, attach or port-forward upgrade (SPDY or WebSocket) is
+//! relayed byte for byte in both directions once the kubelet switched protocols.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -330,9 +331,21 @@ const UPGRADE_HEADERS: &[&str] = &[
     "sec-websocket-extensions",
 ];
 
-/// `GET|POST pods/{name}/exec`, an upgrade relayed to the kubelet.
-pub async fn pod_exec(
+/// What a stream upgrade on a pod reaches on its kubelet (upstream's
+/// `ExecLocation`, `AttachLocation` and `PortForwardLocation`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum PodStream {
+    Exec,
+    Attach,
+    PortForward,
+}
+
+/// `GET|POST pods/{name}/exec`, `/attach` and `/portforward`: an upgrade relayed to the
+/// kubelet.
+#[allow(clippy::too_many_arguments)]
+pub async fn pod_stream(
     app: &crate::http::App,
+    kind: PodStream,
     ns: &str,
     name: &str,
     method: Method,
@@ -346,7 +359,10 @@ pub async fn pod_exec(
         .collect();
     let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let pod = reg.get(pod_rt()?, Some(ns), name).await?;
-    let container = pick_container(&pod, name, get("container"))?;
+    let container = match kind {
+        PodStream::PortForward => String::new(),
+        PodStream::Exec | PodStream::Attach => pick_container(&pod, name, get("container"))?,
+    };
     let node = pod
         .pointer("/spec/nodeName")
         .and_then(Value::as_str)
@@ -360,13 +376,13 @@ pub async fn pod_exec(
         return Err(ApiError::BadRequest("Upgrade request required".to_string()));
     };
     // The kubelet's query: the command in order, the streams as upstream's
-    // `streamParams` writes them.
+    // `streamParams` writes them, the ports of a port-forward.
     // Built in a block: the serializer is not Send, so it must not live across an await.
     let params = {
         let mut params = form_urlencoded::Serializer::new(String::new());
         for (k, v) in &q {
-            if k == "command" {
-                params.append_pair("command", v);
+            if k == "command" && kind == PodStream::Exec || k == "ports" {
+                params.append_pair(if k == "ports" { "port" } else { k }, v);
             }
         }
         for (flag, kubelet_name) in [
@@ -382,13 +398,20 @@ pub async fn pod_exec(
         params.finish()
     };
     let (host, port) = kubelet_location(reg, node).await?;
-    let path = format!(
-        "/exec/{}/{}/{}?{}",
-        enc(ns),
-        enc(name),
-        enc(&container),
-        params
-    );
+    let path = match kind {
+        PodStream::Exec | PodStream::Attach => format!(
+            "/{}/{}/{}/{}?{params}",
+            if kind == PodStream::Exec {
+                "exec"
+            } else {
+                "attach"
+            },
+            enc(ns),
+            enc(name),
+            enc(&container),
+        ),
+        PodStream::PortForward => format!("/portForward/{}/{}?{params}", enc(ns), enc(name)),
+    };
     let mut req = Request::builder()
         .method(method)
         .uri(&path)
@@ -421,7 +444,7 @@ pub async fn pod_exec(
                 let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
             }
             (a, b) => tracing::debug!(namespace = %ns, pod = %name,
-                client = a.is_ok(), kubelet = b.is_ok(), "exec upgrade failed"),
+                client = a.is_ok(), kubelet = b.is_ok(), "stream upgrade failed"),
         }
     });
     Ok(out)

@@ -1,9 +1,10 @@
-//! `kubectl logs` and `kubectl exec` end to end: the real kubectl against the
-//! apiserver, which proxies to the kubelet's HTTPS server, which reads containerd's CRI
-//! log files and relays exec streams to containerd's streaming server.
+//! `kubectl logs`, `exec`, `attach` and `port-forward` end to end: the real kubectl
+//! against the apiserver, which proxies to the kubelet's HTTPS server, which reads
+//! containerd's CRI log files and relays the streams to containerd's streaming server.
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::containerd::BUSYBOX;
@@ -47,6 +48,29 @@ fn kubectl_env(api: &Apiserver, args: &[&str], stdin: Option<&str>, env: &[(&str
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// Starts a kubectl that keeps running, its stdout lines arriving on the receiver.
+fn kubectl_lines(api: &Apiserver, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&api.kubeconfig)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    let (tx, rx) = mpsc::channel::<String>();
+    let stdout = child.stdout.take().expect("piped stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (child, rx)
 }
 
 fn running(api: &Apiserver, pod: &str) -> bool {
@@ -195,24 +219,7 @@ spec:
     assert_eq!(r.stdout, "one\ntwo\nthree\n");
 
     // `-f` streams: a line written after the follow started arrives while it runs.
-    let mut follow = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(&api.kubeconfig)
-        .args(["logs", "-f", "talker"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl logs -f runs");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let stdout = follow.stdout.take().expect("piped stdout");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let (mut follow, rx) = kubectl_lines(api, &["logs", "-f", "talker"]);
     let mut seen = Vec::new();
     let deadline = Instant::now() + WAIT;
     while seen.len() < 3 && Instant::now() < deadline {
@@ -447,6 +454,127 @@ spec:
         counted(&[r#"verb="GET""#, r#"subresource="log""#, r#"code="200""#]),
         "logs counted"
     );
+}
+
+#[tokio::test]
+async fn kubectl_port_forward_and_attach_reach_real_containers() {
+    let mut s = stack().await;
+    node_ready(&mut s).await;
+    let api = &s.api;
+    // `web` serves a page on 8080 inside its pod's network; `reader` answers one line
+    // of its stdin.
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: web}}
+spec:
+  nodeName: {NODE}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: [sh, -c, 'mkdir /www; echo hello from the pod > /www/index.html; exec httpd -f -p 8080 -h /www']
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: reader}}
+spec:
+  nodeName: {NODE}
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    stdin: true
+    stdinOnce: true
+    command: [sh, -c, 'read line; echo "got $line"']
+"#
+    );
+    let r = kubectl(api, &["apply", "-f", "-"], Some(&manifest));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    for pod in ["web", "reader"] {
+        eventually(&format!("{pod} Running"), WAIT, || {
+            let ok = running(api, pod);
+            async move { ok.then_some(()) }
+        })
+        .await;
+    }
+
+    // port-forward: a local port that reaches the pod's 8080, one connection after
+    // another over the same forward.
+    let (mut forward, lines) = kubectl_lines(api, &["port-forward", "pod/web", ":8080"]);
+    let first = lines.recv_timeout(WAIT);
+    let local = first
+        .as_deref()
+        .ok()
+        .and_then(|l| l.strip_prefix("Forwarding from 127.0.0.1:"))
+        .and_then(|l| l.strip_suffix(" -> 8080"))
+        .and_then(|p| p.parse::<u16>().ok());
+    let Some(local) = local else {
+        let _ = forward.kill();
+        let out = forward.wait_with_output().expect("kubectl ends");
+        panic!(
+            "no forwarding line: {first:?}; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for _ in 0..2 {
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", local))
+            .await
+            .expect("the forwarded port accepts");
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        conn.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
+            .await
+            .expect("request sent");
+        let mut page = String::new();
+        tokio::time::timeout(WAIT, conn.read_to_string(&mut page))
+            .await
+            .expect("the pod answers in time")
+            .expect("the answer reads");
+        assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+        assert!(page.ends_with("hello from the pod\n"), "{page}");
+    }
+    assert!(
+        matches!(forward.try_wait(), Ok(None)),
+        "the forward goes on after its connections end"
+    );
+    let _ = forward.kill();
+    let _ = forward.wait();
+
+    // attach: the container's own stdin and stdout (`stdinOnce`: it ends with them).
+    let r = kubectl(api, &["attach", "-i", "reader"], Some("hello\n"));
+    assert!(
+        r.stdout.contains("got hello"),
+        "{} / {}",
+        r.stdout,
+        r.stderr
+    );
+    eventually("reader Completed", WAIT, || {
+        let phase = jsonpath(api, &["get", "pod", "reader"], "{.status.phase}");
+        async move { (phase.as_deref() == Some("Succeeded")).then_some(()) }
+    })
+    .await;
+
+    // Errors, as upstream words them.
+    let r = kubectl(api, &["port-forward", "pod/ghost", ":80"], None);
+    assert!(
+        r.stderr.contains("pods \"ghost\" not found"),
+        "{}",
+        r.stderr
+    );
+    // Counted under upstream's verb and subresources.
+    let metrics = api.kubectl(&["get", "--raw", "/metrics"]).stdout;
+    for sub in ["portforward", "attach"] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("apiserver_request_total{")
+                    && l.contains(r#"verb="CONNECT""#)
+                    && l.contains(&format!(r#"subresource="{sub}""#))
+                    && l.contains(r#"code="101""#)),
+            "{sub} upgrades counted"
+        );
+    }
 }
 
 /// `2006-01-02T15:04:05.000000000Z`: what upstream's `--timestamps` prints.

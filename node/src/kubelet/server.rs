@@ -1,5 +1,5 @@
 //! The kubelet's own HTTPS server (`--address`, `--port`, 10250), which the apiserver
-//! proxies `pods/log` and `pods/exec` to, as upstream's kubelet server:
+//! proxies `pods/log`, `exec`, `attach` and `portforward` to, as upstream's kubelet server:
 //!
 //! - `GET /containerLogs/{namespace}/{pod}/{container}`: the container's CRI log file
 //!   (`<RFC3339Nano> <stream> <P|F> <message>` lines, written by containerd) turned back
@@ -8,7 +8,10 @@
 //! - `GET|POST /exec/{namespace}/{pod}/{container}?command=...`: CRI `Exec` gives a URL
 //!   on the runtime's streaming server, and the caller's upgrade (SPDY/3.1) is relayed
 //!   to it byte for byte, as the kubelet proxies streams; a WebSocket upgrade speaking
-//!   `v5.channel.k8s.io` is served here ([`super::stream`]), on SPDY to the runtime.
+//!   `v5.channel.k8s.io` is served here ([`super::stream`]), on SPDY to the runtime;
+//! - `GET|POST /attach/{namespace}/{pod}/{container}`: the same with CRI `Attach`;
+//! - `GET|POST /portForward/{namespace}/{pod}[/{uid}]`: CRI `PortForward` on the pod's
+//!   sandbox, its SPDY upgrade relayed the same way.
 //!
 //! Only callers with a client certificate signed by the cluster CA (the one in the
 //! kubelet's kubeconfig) get in: the apiserver has one for talking to kubelets.
@@ -308,9 +311,17 @@ impl Kubelet {
                 let q = query_pairs(&req);
                 self.container_logs(ns, pod, container, &q).await
             }
-            (Method::GET | Method::POST, ["exec", ns, pod, container]) => {
+            (Method::GET | Method::POST, [verb @ ("exec" | "attach"), ns, pod, container]) => {
                 let (ns, pod, container) = (ns.to_string(), pod.to_string(), container.to_string());
-                self.exec(&ns, &pod, &container, req).await
+                self.remote_command(&ns, &pod, &container, *verb == "attach", req)
+                    .await
+            }
+            (Method::GET | Method::POST, ["portForward", ns, pod, rest @ ..])
+                if rest.len() <= 1 =>
+            {
+                let (ns, pod) = (ns.to_string(), pod.to_string());
+                let uid = rest.first().map(|u| u.to_string());
+                self.port_forward(&ns, &pod, uid.as_deref(), req).await
             }
             (Method::GET, ["healthz"]) => text(StatusCode::OK, "ok"),
             (Method::GET, ["metrics"]) => text(StatusCode::OK, crate::metrics::render_kubelet()),

@@ -1,5 +1,6 @@
-//! `exec` on the kubelet server: CRI `Exec` returns a URL on the runtime's streaming
-//! server (containerd's, on loopback).
+//! `exec`, `attach` and `portForward` on the kubelet server: CRI `Exec`, `Attach` and
+//! `PortForward` return a URL on the runtime's streaming server (containerd's, on
+//! loopback).
 //!
 //! - A SPDY/3.1 upgrade (`v4.channel.k8s.io` and its predecessors, which the runtime
 //!   speaks itself) is relayed to it byte for byte, as the upstream kubelet proxies
@@ -97,19 +98,30 @@ const UPGRADE_HEADERS: &[&str] = &[
     "sec-websocket-extensions",
 ];
 
+/// A runtime call that failed, answered as upstream's streaming server does.
+fn runtime_error(e: &tonic::Status) -> Response<Body> {
+    status_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        &super::cri::grpc_message(e),
+    )
+}
+
 impl Kubelet {
-    pub(super) async fn exec(
+    /// `exec` (a command in the container: CRI `Exec`) or, with `attach`, `attach` (the
+    /// container's own streams: CRI `Attach`); the same streams either way.
+    pub(super) async fn remote_command(
         &self,
         ns: &str,
         name: &str,
         container: &str,
+        attach: bool,
         req: Request<Incoming>,
     ) -> Response<Body> {
         let opts = ExecOptions::parse(req.uri().query().unwrap_or(""));
         let Some((_, status)) = self.find_pod(ns, name) else {
             return status_error(StatusCode::NOT_FOUND, "pod does not exist");
         };
-        if opts.command.is_empty() {
+        if !attach && opts.command.is_empty() {
             return status_error(
                 StatusCode::BAD_REQUEST,
                 "you must specify at least 1 command",
@@ -122,30 +134,110 @@ impl Kubelet {
             );
         };
         let mut rt = self.runtime.clone();
-        let url = match rt
-            .exec(api::ExecRequest {
+        // A tty merges stderr into stdout: the runtime refuses both.
+        let stderr = opts.stderr && !opts.tty;
+        let url = if attach {
+            rt.attach(api::AttachRequest {
+                container_id: id,
+                stdin: opts.stdin,
+                tty: opts.tty,
+                stdout: opts.stdout,
+                stderr,
+            })
+            .await
+            .map(|r| r.into_inner().url)
+        } else {
+            rt.exec(api::ExecRequest {
                 container_id: id,
                 cmd: opts.command.clone(),
                 tty: opts.tty,
                 stdin: opts.stdin,
-                // A tty merges stderr into stdout: the runtime refuses both.
                 stdout: opts.stdout,
-                stderr: opts.stderr && !opts.tty,
+                stderr,
+            })
+            .await
+            .map(|r| r.into_inner().url)
+        };
+        let url = match url {
+            Ok(u) => u,
+            Err(e) => return runtime_error(&e),
+        };
+        tracing::debug!(namespace = %ns, pod = %name, container, attach, command = ?opts.command, "remote command");
+        if wants_websocket_v5(&req) {
+            return websocket_exec(&url, &opts, req).await;
+        }
+        proxy_upgrade(&url, req).await
+    }
+
+    /// `portForward`: CRI `PortForward` on the pod's ready sandbox, whose URL speaks
+    /// upstream's SPDY `portforward.k8s.io` (each forwarded connection a data and an
+    /// error stream), relayed as `exec`'s. A WebSocket upgrade is refused, so kubectl
+    /// falls back to SPDY, as it does against a kube-apiserver without WebSocket
+    /// port-forwarding.
+    pub(super) async fn port_forward(
+        &self,
+        ns: &str,
+        name: &str,
+        uid: Option<&str>,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
+        let Some((pod, _)) = self.find_pod(ns, name) else {
+            return status_error(StatusCode::NOT_FOUND, "pod does not exist");
+        };
+        let pod_uid = pod.metadata.uid.clone().unwrap_or_default();
+        if uid.is_some_and(|u| !u.is_empty() && u != pod_uid) {
+            return status_error(StatusCode::NOT_FOUND, "pod not found");
+        }
+        let websocket = req
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        if websocket {
+            return status_error(
+                StatusCode::BAD_REQUEST,
+                "port-forward over WebSocket is not supported; use SPDY",
+            );
+        }
+        let mut rt = self.runtime.clone();
+        let ready = rt
+            .list_pod_sandbox(api::ListPodSandboxRequest {
+                filter: Some(api::PodSandboxFilter {
+                    label_selector: HashMap::from([(
+                        super::cri::POD_UID.to_string(),
+                        pod_uid.clone(),
+                    )]),
+                    state: Some(api::PodSandboxStateValue {
+                        state: api::PodSandboxState::SandboxReady as i32,
+                    }),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map(|r| r.into_inner().items);
+        let sandbox = match ready {
+            Ok(items) => match items.into_iter().max_by_key(|s| s.created_at) {
+                Some(s) => s.id,
+                None => {
+                    return status_error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &format!("failed to find sandboxID for pod {name}_{ns}({pod_uid})"),
+                    )
+                }
+            },
+            Err(e) => return runtime_error(&e),
+        };
+        let url = match rt
+            .port_forward(api::PortForwardRequest {
+                pod_sandbox_id: sandbox,
+                port: Vec::new(),
             })
             .await
         {
             Ok(r) => r.into_inner().url,
-            Err(e) => {
-                return status_error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    &super::cri::grpc_message(&e),
-                )
-            }
+            Err(e) => return runtime_error(&e),
         };
-        tracing::debug!(namespace = %ns, pod = %name, container, command = ?opts.command, "exec");
-        if wants_websocket_v5(&req) {
-            return websocket_exec(&url, &opts, req).await;
-        }
+        tracing::debug!(namespace = %ns, pod = %name, "port-forward");
         proxy_upgrade(&url, req).await
     }
 }
