@@ -2,7 +2,8 @@
 //! ready and not-ready addresses of the pods it selects (pods with an IP), with the
 //! service's ports resolved against each pod (a named targetPort by the container
 //! port's name), written as the Endpoints object of the service's name and one
-//! EndpointSlice labelled `kubernetes.io/service-name`, owned by the Service.
+//! EndpointSlice labelled `kubernetes.io/service-name`, owned by the Service. The
+//! Endpoints of a deleted Service are deleted ([`remove_leftovers`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -54,12 +55,85 @@ pub async fn run(client: Client, pods: Store<Pod>, pod_events: crate::Events<Pod
             .collect();
         futures::stream::iter(refs)
     });
+    let leftovers = tokio::spawn(remove_leftovers(client.clone()));
     controller
         .reconcile_on(triggers)
         .reconcile_all_on(crate::resync())
         .run(reconcile, error_policy, Arc::new(Ctx { client, pods }))
         .for_each(|_| futures::future::ready(()))
         .await;
+    leftovers.abort();
+}
+
+/// Annotation of an Endpoints object used as a leader-election lock (by older
+/// controller-managers): it has no Service and is not ours to remove.
+const LEADER_RECORD: &str = "control-plane.alpha.kubernetes.io/leader";
+
+/// Deletes the Endpoints of a Service that is deleted, as upstream's endpoints
+/// controller does (the EndpointSlice goes with the Service, which owns it). Each time
+/// the Service watch (re)lists, Endpoints without a Service are deleted too (upstream's
+/// check for leftovers at start), leader-election records aside: deletions a watch
+/// missed while reconnecting show up only that way.
+async fn remove_leftovers(client: Client) {
+    use kube::runtime::watcher::Event;
+    // The Services of the list under way.
+    let mut listing: std::collections::HashSet<(String, String)> = Default::default();
+    let key = |s: &Service| (s.namespace().unwrap_or_default(), s.name_any());
+    let mut events = std::pin::pin!(watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default()
+    ));
+    while let Some(ev) = events.next().await {
+        match ev {
+            Ok(Event::Apply(_)) => {}
+            Ok(Event::Delete(s)) => {
+                let (ns, name) = key(&s);
+                delete_endpoints(&client, &ns, &name).await;
+            }
+            Ok(Event::Init) => listing.clear(),
+            Ok(Event::InitApply(s)) => {
+                listing.insert(key(&s));
+            }
+            Ok(Event::InitDone) => {
+                let known = std::mem::take(&mut listing);
+                let all = Api::<Endpoints>::all(client.clone())
+                    .list(&ListParams::default())
+                    .await;
+                for ep in all.map(|l| l.items).unwrap_or_default() {
+                    let leader = ep.annotations().contains_key(LEADER_RECORD);
+                    let (ns, name) = (ep.namespace().unwrap_or_default(), ep.name_any());
+                    if leader || known.contains(&(ns.clone(), name.clone())) {
+                        continue;
+                    }
+                    // A Service made since the list above may own these already.
+                    let svc = Api::<Service>::namespaced(client.clone(), &ns)
+                        .get_opt(&name)
+                        .await;
+                    if matches!(svc, Ok(None)) {
+                        delete_endpoints(&client, &ns, &name).await;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "watching services for deleted endpoints");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Deletes `ns/name`'s Endpoints; one already gone is fine.
+async fn delete_endpoints(client: &Client, ns: &str, name: &str) {
+    let api = Api::<Endpoints>::namespaced(client.clone(), ns);
+    match api.delete(name, &Default::default()).await {
+        Ok(_) => tracing::info!(
+            namespace = ns,
+            name,
+            "endpoints of a deleted service removed"
+        ),
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => tracing::warn!(namespace = ns, name, error = %e, "deleting endpoints"),
+    }
 }
 
 fn error_policy(svc: Arc<Service>, err: &Error, _: Arc<Ctx>) -> Action {

@@ -85,4 +85,27 @@ spec:
     // kubectl's view.
     let out = stack.api.kubectl(&["-n", ns, "get", "endpoints", "web"]);
     assert!(out.out().contains(":8080"), "{}", out.stdout);
+
+    // The Service's deletion takes its Endpoints and EndpointSlice with it.
+    stack
+        .api
+        .kubectl(&["-n", ns, "delete", "service", "web"])
+        .out();
+    eventually("the Endpoints and EndpointSlice gone", SETTLE, || async {
+        let ep = eps.get_opt("web").await.ok()?;
+        let left = slices
+            .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
+            .await
+            .ok()?
+            .items
+            .len();
+        (ep.is_none() && left == 0).then_some(())
+    })
+    .await;
+    let out = stack.api.kubectl(&["-n", ns, "get", "endpoints", "web"]);
+    assert!(
+        out.stderr.contains("endpoints \"web\" not found"),
+        "{}",
+        out.stderr
+    );
 }
