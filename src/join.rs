@@ -710,9 +710,9 @@ impl Target {
             }
             None => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(
-                    capstan_apiserver::proxy::AnyServerCert(provider),
-                ))
+                .with_custom_certificate_verifier(Arc::new(capstan_client::tls::AnyServerCert(
+                    provider,
+                )))
                 .with_no_client_auth(),
         };
         let name = rustls::pki_types::ServerName::try_from(self.host.clone())

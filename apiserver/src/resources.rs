@@ -642,6 +642,11 @@ fn default_pod_spec(spec: &mut Value) {
                         "Always"
                     };
                 c.entry("imagePullPolicy").or_insert(json!(policy));
+                for kind in ["livenessProbe", "readinessProbe", "startupProbe"] {
+                    if let Some(p) = c.get_mut(kind).and_then(Value::as_object_mut) {
+                        default_probe(p);
+                    }
+                }
                 if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
                     for p in ports {
                         if let Some(p) = p.as_object_mut() {
@@ -651,6 +656,23 @@ fn default_pod_spec(spec: &mut Value) {
                 }
             }
         }
+    }
+}
+
+/// Upstream's `SetDefaults_Probe`, `SetDefaults_HTTPGetAction` and
+/// `SetDefaults_GRPCAction`: what `kubectl describe` prints as `timeout=1s period=10s
+/// #success=1 #failure=3`.
+fn default_probe(p: &mut Map<String, Value>) {
+    p.entry("timeoutSeconds").or_insert(json!(1));
+    p.entry("periodSeconds").or_insert(json!(10));
+    p.entry("successThreshold").or_insert(json!(1));
+    p.entry("failureThreshold").or_insert(json!(3));
+    if let Some(h) = p.get_mut("httpGet").and_then(Value::as_object_mut) {
+        h.entry("path").or_insert(json!("/"));
+        h.entry("scheme").or_insert(json!("HTTP"));
+    }
+    if let Some(g) = p.get_mut("grpc").and_then(Value::as_object_mut) {
+        g.entry("service").or_insert(json!(""));
     }
 }
 

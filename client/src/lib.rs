@@ -6,6 +6,7 @@
 pub mod leader;
 pub mod metrics;
 pub mod serve;
+pub mod tls;
 
 use std::path::Path;
 

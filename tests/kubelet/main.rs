@@ -10,6 +10,7 @@ mod containerd;
 mod multinode;
 mod network;
 mod nodeloss;
+mod probes;
 mod streams;
 
 use std::collections::HashMap;

@@ -693,6 +693,12 @@ impl Apiserver {
         self.child = Some(spawn_logged(&mut cmd, &log, "apiserver"));
     }
 
+    /// Its `--cert-dir` (the cluster CA, its serving certificate `apiserver.crt` and
+    /// key, the other certificates it made).
+    pub fn pki(&self) -> PathBuf {
+        self.dir.path().join("pki")
+    }
+
     /// Polls `kubectl get --raw /healthz` until it answers (deadline 60 s).
     pub async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);

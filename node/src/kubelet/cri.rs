@@ -213,7 +213,13 @@ pub fn sandbox_config(pod: &Pod, attempt: u32, logs: &Path, dns: &Dns) -> cri::P
             namespace: ns,
             attempt,
         }),
-        hostname: spec.hostname.clone().unwrap_or(name),
+        // A pod on the host's network keeps the host's name, as the kubelet leaves it
+        // unset: it has no UTS namespace of its own to name (runc refuses).
+        hostname: if spec.host_network == Some(true) {
+            String::new()
+        } else {
+            spec.hostname.clone().unwrap_or(name)
+        },
         log_directory,
         dns_config: Some(dns.for_pod(pod)),
         port_mappings,

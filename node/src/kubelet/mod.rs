@@ -711,6 +711,11 @@ impl Kubelet {
                     .filter(|ip| !ip.is_empty());
             }
         }
+        // A pod on the host's network has the node's address (its probes, its
+        // `status.podIP` variable), as upstream's.
+        if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+            pod_ip = Some(self.host_ip.clone());
+        }
         let mut observed = self.observe(&containers).await;
         if let Some(s) = &sandbox {
             let started = self

@@ -5,7 +5,8 @@
 //! container's `ready` (false until the first success); a failed liveness or startup
 //! probe stops the container with the grace period, and the restart policy takes it
 //! from there. Liveness and readiness wait for the startup probe to succeed. Handlers:
-//! exec (CRI ExecSync), tcpSocket, and httpGet over plain HTTP.
+//! exec (CRI ExecSync), tcpSocket, httpGet over HTTP or HTTPS (the certificate not
+//! verified, as the kubelet's), and gRPC (`grpc.health.v1`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -287,30 +288,30 @@ impl Prober {
             };
         }
         if let Some(http) = &probe.http_get {
-            if http.scheme.as_deref() == Some("HTTPS") {
-                // Not supported yet: counts as a failure rather than a false success.
-                return Err("HTTPS probes are not supported by this node".into());
-            }
+            let https = http.scheme.as_deref() == Some("HTTPS");
             let host = http.host.clone().unwrap_or_else(|| t.pod_ip.clone());
             let Some(p) = port(&http.port) else {
                 return Err(format!("unknown port {:?}", http.port));
             };
             let path = http.path.clone().unwrap_or_else(|| "/".into());
+            let mut req = format!(
+                "GET {path} HTTP/1.1\r\nHost: {host}:{p}\r\nUser-Agent: kube-probe/1.32\r\nAccept: */*\r\nConnection: close\r\n"
+            );
+            for h in http.http_headers.iter().flatten() {
+                req += &format!("{}: {}\r\n", h.name, h.value);
+            }
+            req += "\r\n";
             let request = async {
-                let mut s = tokio::net::TcpStream::connect((host.as_str(), p)).await?;
-                let mut req = format!(
-                    "GET {path} HTTP/1.1\r\nHost: {host}:{p}\r\nUser-Agent: kube-probe/1.32\r\nAccept: */*\r\nConnection: close\r\n"
-                );
-                for h in http.http_headers.iter().flatten() {
-                    req += &format!("{}: {}\r\n", h.name, h.value);
+                let s = tokio::net::TcpStream::connect((host.as_str(), p)).await?;
+                if !https {
+                    return status_line(s, &req).await;
                 }
-                req += "\r\n";
-                s.write_all(req.as_bytes()).await?;
-                let mut buf = vec![0u8; 64];
-                let n = s.read(&mut buf).await?;
-                Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf[..n]).to_string())
+                // As the kubelet: TLS without verifying the container's certificate.
+                let s = tls_connector().connect(server_name(&host), s).await?;
+                status_line(s, &req).await
             };
-            let url = format!("http://{host}:{p}{path}");
+            let scheme = if https { "https" } else { "http" };
+            let url = format!("{scheme}://{host}:{p}{path}");
             return match tokio::time::timeout(timeout, request).await {
                 Ok(Ok(head)) => {
                     let code = head
@@ -330,8 +331,120 @@ impl Prober {
                 )),
             };
         }
-        // gRPC probes are not supported yet; they pass rather than restart a healthy
-        // container.
+        if let Some(grpc) = &probe.grpc {
+            let host = t.pod_ip.clone();
+            let addr = format!("{host}:{}", grpc.port);
+            return grpc_probe(&addr, grpc.service.clone().unwrap_or_default(), timeout).await;
+        }
         Ok(())
+    }
+}
+
+/// Sends `req` and returns the start of the answer (its status line).
+async fn status_line<S>(mut s: S, req: &str) -> std::io::Result<String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = vec![0u8; 64];
+    let n = s.read(&mut buf).await?;
+    Ok(String::from_utf8_lossy(&buf[..n]).to_string())
+}
+
+/// The TLS client of HTTPS probes: any certificate, as the kubelet's
+/// `InsecureSkipVerify` (containers serve self-signed ones), made once.
+fn tls_connector() -> tokio_rustls::TlsConnector {
+    static CONNECTOR: std::sync::OnceLock<tokio_rustls::TlsConnector> = std::sync::OnceLock::new();
+    CONNECTOR
+        .get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map(|b| {
+                    b.dangerous()
+                        .with_custom_certificate_verifier(Arc::new(
+                            capstan_client::tls::AnyServerCert(provider),
+                        ))
+                        .with_no_client_auth()
+                });
+            match config {
+                Ok(c) => tokio_rustls::TlsConnector::from(Arc::new(c)),
+                // ring supports the default versions; this cannot fail, but a probe
+                // must not panic: a config with no versions fails every handshake.
+                Err(_) => tokio_rustls::TlsConnector::from(Arc::new(
+                    rustls::ClientConfig::builder()
+                        .with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth(),
+                )),
+            }
+        })
+        .clone()
+}
+
+/// The name a probe's TLS handshake presents: the host as an IP or DNS name.
+fn server_name(host: &str) -> rustls::pki_types::ServerName<'static> {
+    rustls::pki_types::ServerName::try_from(host.to_string()).unwrap_or_else(|_| {
+        rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into())
+    })
+}
+
+/// A gRPC probe: `grpc.health.v1.Health/Check` on `addr` over plain HTTP/2 for
+/// `service`, healthy only if it answers SERVING; failures in the kubelet's words.
+async fn grpc_probe(addr: &str, service: String, timeout: Duration) -> Result<(), String> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("error: failed to connect service at {addr:?}: {e}"))?
+        .user_agent("kube-probe/1.32")
+        .map_err(|e| format!("error: failed to connect service at {addr:?}: {e}"))?
+        .connect_timeout(timeout);
+    let channel = match tokio::time::timeout(timeout, endpoint.connect()).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(format!("error: failed to connect service at {addr:?}: {e}")),
+        Err(_) => {
+            return Err(format!(
+                "timeout: failed to connect service {addr:?} within {}: context deadline exceeded",
+                go_duration(timeout)
+            ))
+        }
+    };
+    let mut client = HealthClient::new(channel);
+    let check = client.check(HealthCheckRequest { service });
+    match tokio::time::timeout(timeout, check).await {
+        Ok(Ok(r)) => {
+            let status = r.into_inner().status;
+            if status == ServingStatus::Serving as i32 {
+                Ok(())
+            } else {
+                let name = ServingStatus::try_from(status)
+                    .map(|s| s.as_str_name().to_string())
+                    .unwrap_or_else(|_| status.to_string());
+                Err(format!("service unhealthy (responded with {name:?})"))
+            }
+        }
+        Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => Err(format!(
+            "error: this server does not implement the grpc health protocol (grpc.health.v1.Health): {}",
+            s.message()
+        )),
+        Ok(Err(s)) => Err(format!(
+            "error: health rpc probe failed: rpc error: code = {:?} desc = {}",
+            s.code(),
+            s.message()
+        )),
+        Err(_) => Err(format!(
+            "timeout: health rpc did not complete within {}",
+            go_duration(timeout)
+        )),
+    }
+}
+
+/// A whole-second duration as Go prints it (`1s`, `1m30s`).
+fn go_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 60 {
+        format!("{}m{}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
     }
 }
