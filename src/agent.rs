@@ -118,6 +118,10 @@ pub struct KubeletArgs {
     /// How often the node status is posted when it has not changed.
     #[arg(long, default_value = "5m", value_parser = capstan_chaos::cli::parse_duration)]
     node_status_report_frequency: std::time::Duration,
+    /// How often a running pod's configMap, secret, downwardAPI and projected volumes
+    /// are written again from the API.
+    #[arg(long, default_value = "1m", value_parser = capstan_chaos::cli::parse_duration)]
+    sync_frequency: std::time::Duration,
 }
 
 /// Which node agent runs.
@@ -194,6 +198,7 @@ impl KubeletArgs {
                         .context("--proxy-metrics-bind-address")?,
                 }),
                 dns_listen: self.cluster_dns_bind_address,
+                sync_frequency: self.sync_frequency,
             },
         )))
     }

@@ -496,6 +496,8 @@ pub async fn run(
         // The kubelet's default: where the apiserver reaches it for logs and exec.
         serve: std::net::SocketAddr::from(([0, 0, 0, 0], 10250)),
         healthz: kubelet_healthz,
+        // The kubelet's default `--sync-frequency`.
+        sync_frequency: std::time::Duration::from_secs(60),
     });
     let lb_pool = a.service_lb_pool.clone();
     let components = async move {

@@ -54,6 +54,9 @@ async fn stack() -> Stack {
             "127.0.0.1",
             "--port",
             &kubelet_port,
+            // Volumes written from the API again every 2 s, not every minute.
+            "--sync-frequency",
+            "2s",
         ]
         .map(str::to_string),
     );
@@ -588,6 +591,45 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {{name: projected, labels: {{app: shop, tier: web}}}}
+spec:
+  nodeName: {NODE}
+  restartPolicy: Never
+  volumes:
+  - name: info
+    downwardAPI:
+      items:
+      - {{path: labels, fieldRef: {{fieldPath: metadata.labels}}}}
+      - {{path: name, fieldRef: {{fieldPath: metadata.name}}}}
+      - {{path: mem, resourceFieldRef: {{containerName: c, resource: limits.memory, divisor: 1Mi}}}}
+  - name: all
+    projected:
+      sources:
+      - configMap: {{name: settings, items: [{{key: greeting, path: cfg/greeting}}]}}
+      - secret: {{name: creds}}
+      - downwardAPI: {{items: [{{path: ns, fieldRef: {{fieldPath: metadata.namespace}}}}]}}
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    resources: {{limits: {{memory: 48Mi}}}}
+    volumeMounts: [{{name: info, mountPath: /info}}, {{name: all, mountPath: /all}}]
+    command: [sh, -c, 'cat /info/labels; echo; echo "name=$(cat /info/name) mem=$(cat /info/mem) greeting=$(cat /all/cfg/greeting) pw=$(cat /all/PASSWORD) ns=$(cat /all/ns)"']
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: follows}}
+spec:
+  nodeName: {NODE}
+  terminationGracePeriodSeconds: 1
+  volumes: [{{name: cfg, configMap: {{name: settings}}}}]
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    volumeMounts: [{{name: cfg, mountPath: /cfg}}]
+    command: [sh, -c, 'while true; do echo "now $(cat /cfg/greeting)"; sleep 0.5; done']
+---
+apiVersion: v1
+kind: Pod
 metadata: {{name: later}}
 spec:
   nodeName: {NODE}
@@ -718,6 +760,17 @@ spec:
         "{log}"
     );
 
+    // downwardAPI and projected volumes: the pod's own fields, and a ConfigMap key, a
+    // Secret and a field in one directory.
+    let log = completed_log(api, &s.containerd.pod_logs_dir, "projected").await;
+    for line in [
+        "stdout F app=\"shop\"",
+        "stdout F tier=\"web\"",
+        "stdout F name=projected mem=48 greeting=hello-config pw=s3cret ns=default",
+    ] {
+        assert!(log.contains(line), "no {line:?} in {log}");
+    }
+
     // A container whose ConfigMap does not exist waits in CreateContainerConfigError,
     // saying why, until the ConfigMap (and then its key) is there.
     config_error(
@@ -754,6 +807,40 @@ spec:
     .out();
     let log = completed_log(api, &s.containerd.pod_logs_dir, "later").await;
     assert!(log.contains("stdout F late=arrived"), "{log}");
+
+    // A running container sees its ConfigMap volume change, without a restart.
+    let fuid = jsonpath(api, &["get", "pod", "follows"], "{.metadata.uid}").unwrap_or_default();
+    let follows_log = s
+        .containerd
+        .pod_logs_dir
+        .join(format!("default_follows_{fuid}/c/0.log"));
+    eventually("follows reads the ConfigMap", WAIT, || {
+        let l = std::fs::read_to_string(&follows_log).unwrap_or_default();
+        async move { l.contains("stdout F now hello-config").then_some(()) }
+    })
+    .await;
+    api.kubectl(&[
+        "patch",
+        "configmap",
+        "settings",
+        "-p",
+        r#"{"data":{"greeting":"hello-again"}}"#,
+    ])
+    .out();
+    eventually("follows reads the changed ConfigMap", WAIT, || {
+        let l = std::fs::read_to_string(&follows_log).unwrap_or_default();
+        async move { l.contains("stdout F now hello-again").then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        jsonpath(
+            api,
+            &["get", "pod", "follows"],
+            "{.status.containerStatuses[0].restartCount}"
+        )
+        .as_deref(),
+        Some("0")
+    );
 
     api.kubectl(&["delete", "pods", "--all", "--timeout=60s"])
         .out();

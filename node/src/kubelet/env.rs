@@ -179,28 +179,30 @@ pub fn service_env(services: &[Service]) -> Vec<(String, String)> {
 }
 
 fn field_ref(pod: &Pod, path: &str, f: &FieldRefs) -> Option<String> {
+    match path {
+        "status.podIP" | "status.podIPs" => Some(f.pod_ip.to_string()),
+        "status.hostIP" | "status.hostIPs" => Some(f.host_ip.to_string()),
+        _ => pod_field(pod, path),
+    }
+}
+
+/// A downward API field of the pod's own object (its metadata, node and service
+/// account); a label or annotation it does not have reads as empty, as upstream's.
+pub fn pod_field(pod: &Pod, path: &str) -> Option<String> {
     let spec = pod.spec.as_ref();
-    Some(match path {
-        "metadata.name" => pod.metadata.name.clone()?,
-        "metadata.namespace" => pod.metadata.namespace.clone()?,
-        "metadata.uid" => pod.metadata.uid.clone()?,
-        "spec.nodeName" => spec?.node_name.clone()?,
-        "spec.serviceAccountName" => spec?.service_account_name.clone()?,
-        "status.podIP" | "status.podIPs" => f.pod_ip.to_string(),
-        "status.hostIP" | "status.hostIPs" => f.host_ip.to_string(),
-        _ => {
-            let rest = path.strip_prefix("metadata.labels['")?.strip_suffix("']");
-            match rest {
-                Some(k) => pod.metadata.labels.as_ref()?.get(k)?.clone(),
-                None => {
-                    let k = path
-                        .strip_prefix("metadata.annotations['")?
-                        .strip_suffix("']")?;
-                    pod.metadata.annotations.as_ref()?.get(k)?.clone()
-                }
-            }
-        }
-    })
+    let key_of = |map: Option<&BTreeMap<String, String>>, prefix: &str| {
+        let k = path.strip_prefix(prefix)?.strip_suffix("']")?;
+        Some(map.and_then(|m| m.get(k)).cloned().unwrap_or_default())
+    };
+    match path {
+        "metadata.name" => pod.metadata.name.clone(),
+        "metadata.namespace" => pod.metadata.namespace.clone(),
+        "metadata.uid" => pod.metadata.uid.clone(),
+        "spec.nodeName" => spec?.node_name.clone(),
+        "spec.serviceAccountName" => spec?.service_account_name.clone(),
+        _ => key_of(pod.metadata.labels.as_ref(), "metadata.labels['")
+            .or_else(|| key_of(pod.metadata.annotations.as_ref(), "metadata.annotations['")),
+    }
 }
 
 /// Expands `$(VAR)` references as the kubelet does: defined names are replaced, `$$`
@@ -268,7 +270,7 @@ impl Env {
 
 /// A `resourceFieldRef`'s value: the container's limit or request in units of the
 /// divisor (default 1), rounded up, an unset limit read as the node's allocatable.
-fn resource_field_ref(
+pub fn resource_field_ref(
     pod: &Pod,
     c: &Container,
     r: &k8s_openapi::api::core::v1::ResourceFieldSelector,

@@ -83,6 +83,10 @@ pub struct Config {
     /// `--healthz-bind-address` and `--healthz-port` (127.0.0.1:10248): `/healthz`
     /// over plain HTTP; `None` (port 0): not served.
     pub healthz: Option<std::net::SocketAddr>,
+    /// `--sync-frequency` (1m): how often a running pod's configMap, secret,
+    /// downwardAPI and projected volumes are written again from the API, so containers
+    /// see changes without restarting.
+    pub sync_frequency: Duration,
 }
 
 /// The service proxy's flags.
@@ -116,6 +120,9 @@ struct PodState {
     written: Option<Value>,
     /// Waiting reasons decided on (image errors, back-off), by container name.
     waiting: HashMap<String, Waiting>,
+    /// When the pod's configMap, secret, downwardAPI and projected volumes were last
+    /// written (they are written again every `--sync-frequency`).
+    volumes_written: Option<std::time::Instant>,
 }
 
 struct Kubelet {
@@ -716,6 +723,9 @@ impl Kubelet {
         if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
             pod_ip = Some(self.host_ip.clone());
         }
+        if sandbox.is_some() {
+            self.refresh_volumes(pod).await;
+        }
         let mut observed = self.observe(&containers).await;
         if let Some(s) = &sandbox {
             let started = self
@@ -833,6 +843,38 @@ impl Kubelet {
             }
         }
         started
+    }
+
+    /// Writes the pod's configMap, secret, downwardAPI and projected volumes again
+    /// when `--sync-frequency` has passed since they were last written (the atomic
+    /// writer swaps the files in under the running containers' mounts). A volume that
+    /// cannot be written now keeps what it had, as upstream's.
+    async fn refresh_volumes(&self, pod: &Pod) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let due = {
+            let Ok(mut st) = self.state.lock() else {
+                return;
+            };
+            let e = st.entry(uid).or_default();
+            let now = std::time::Instant::now();
+            match e.volumes_written {
+                Some(t) if now.duration_since(t) < self.cfg.sync_frequency => false,
+                _ => {
+                    e.volumes_written = Some(now);
+                    true
+                }
+            }
+        };
+        if !due {
+            return;
+        }
+        if let Err(e) =
+            volumes::refresh(&self.client, pod, &self.cfg.root_dir, &self.allocatable).await
+        {
+            let ns = pod.metadata.namespace.clone().unwrap_or_default();
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            tracing::warn!(namespace = %ns, pod = %name, error = %e, "refreshing volumes");
+        }
     }
 
     /// A container that cannot be created from its pod's spec as things stand (a volume
@@ -1129,7 +1171,15 @@ impl Kubelet {
             host_ip: &self.host_ip,
             service_env: &service_env,
         };
-        let mounts = match volumes::mounts(&self.client, pod, c, &self.cfg.root_dir).await {
+        let mounts = match volumes::mounts(
+            &self.client,
+            pod,
+            c,
+            &self.cfg.root_dir,
+            &self.allocatable,
+        )
+        .await
+        {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(namespace = %ns, pod = %name, container = %c.name, error = %e, "volumes");

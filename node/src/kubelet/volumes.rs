@@ -1,16 +1,28 @@
 //! Pod volumes, set up on the node before a container starts and handed to the runtime
 //! as bind mounts: emptyDir (a directory under
 //! `<root dir>/pods/<uid>/volumes/kubernetes.io~empty-dir/<name>`, living as long as
-//! the pod), hostPath (with the `DirectoryOrCreate` / `FileOrCreate` types), and
-//! configMap and secret (their keys written as files, read through the apiserver when
-//! the container starts). The whole `<root dir>/pods/<uid>` goes with the pod.
+//! the pod), hostPath (with the `DirectoryOrCreate` / `FileOrCreate` types), and the
+//! volumes whose files the kubelet writes: configMap and secret (their keys, read
+//! through the apiserver when the container starts), downwardAPI (the pod's own fields)
+//! and projected (any of those in one directory). The whole `<root dir>/pods/<uid>` goes
+//! with the pod.
+//!
+//! Written files go in as upstream's atomic writer puts them: the payload in a
+//! timestamped `..<time>` directory, a `..data` symlink to it swapped by a rename, and
+//! each top-level name a symlink through `..data`. So a container never sees half a
+//! payload, and rewriting the volume for one container's start does not pull the
+//! directory from under another container that has it mounted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use capstan_proto::cri as api;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, KeyToPath, Pod, Secret, Volume};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, DownwardAPIVolumeFile, KeyToPath, Pod, Secret, Volume,
+};
 use kube::Api;
+
+use super::env::Allocatable;
 
 /// Why a volume could not be set up (shown as the container's waiting message).
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +46,18 @@ pub enum VolumeError {
         /// Its name.
         name: String,
     },
+    /// An `items` entry names a key its configMap or secret lacks (upstream's words).
+    #[error("{0}")]
+    Key(String),
+    /// A downward API file names a field or resource the kubelet cannot give.
+    #[error("{0}")]
+    Field(String),
+    /// A projected source this node cannot produce.
+    #[error("projected volume \"{volume}\": {source_kind} sources are not supported by this node")]
+    Unsupported {
+        volume: String,
+        source_kind: &'static str,
+    },
 }
 
 /// `<root dir>/pods/<uid>`, everything the node keeps for a pod.
@@ -48,33 +72,250 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VolumeError + '_ {
     }
 }
 
-/// Writes `files` into `dir` (emptied first), as `items` maps them, or every key.
-fn write_files(
-    dir: &Path,
-    files: BTreeMap<String, Vec<u8>>,
+/// A volume's files: relative path to content.
+type Payload = BTreeMap<String, Vec<u8>>;
+
+/// `files` as `items` maps them (a key to a path), or every key; an item whose key is
+/// missing fails unless the source is `optional`. `kind` words the failure as upstream's
+/// (`configmap references non-existent config key: k`).
+fn pick(
+    files: Payload,
     items: Option<&Vec<KeyToPath>>,
-) -> Result<(), VolumeError> {
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let chosen: Vec<(String, &Vec<u8>)> = match items {
-        Some(items) => items
-            .iter()
-            .filter_map(|i| files.get(&i.key).map(|v| (i.path.clone(), v)))
-            .collect(),
-        None => files.iter().map(|(k, v)| (k.clone(), v)).collect(),
+    optional: bool,
+    missing: impl Fn(&str) -> String,
+) -> Result<Payload, VolumeError> {
+    let Some(items) = items else {
+        return Ok(files);
     };
-    for (rel, data) in chosen {
-        // Keys are validated by the apiserver; a path may not climb out of the volume.
-        if rel.split('/').any(|c| c == "..") {
-            continue;
+    let mut out = Payload::new();
+    for i in items {
+        match files.get(&i.key) {
+            Some(v) => {
+                out.insert(i.path.clone(), v.clone());
+            }
+            None if optional => {}
+            None => return Err(VolumeError::Key(missing(&i.key))),
         }
-        let p = dir.join(&rel);
+    }
+    Ok(out)
+}
+
+/// Writes `payload` into `dir` the atomic writer's way (see the module documentation);
+/// an unchanged payload leaves the directory as it is.
+fn write_atomic(dir: &Path, payload: &Payload) -> Result<(), VolumeError> {
+    // Paths are validated by the apiserver; none may climb out of the volume.
+    let payload: Payload = payload
+        .iter()
+        .filter(|(rel, _)| {
+            !rel.is_empty() && !rel.starts_with('/') && !rel.split('/').any(|c| c == "..")
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let data = dir.join("..data");
+    if read_payload(&data, &payload) {
+        return Ok(());
+    }
+    let stamp = chrono::Utc::now()
+        .format("..%Y_%m_%d_%H_%M_%S.%f")
+        .to_string();
+    let fresh = dir.join(&stamp);
+    for (rel, content) in &payload {
+        let p = fresh.join(rel);
         if let Some(parent) = p.parent() {
             std::fs::create_dir_all(parent).map_err(io(parent))?;
         }
-        std::fs::write(&p, data).map_err(io(&p))?;
+        std::fs::write(&p, content).map_err(io(&p))?;
+    }
+    std::fs::create_dir_all(&fresh).map_err(io(&fresh))?;
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&stamp, &tmp).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &data).map_err(io(&data))?;
+    let top: BTreeSet<&str> = payload
+        .keys()
+        .filter_map(|rel| rel.split('/').next())
+        .collect();
+    for name in &top {
+        let link = dir.join(name);
+        match std::fs::symlink_metadata(&link) {
+            Ok(m) if m.file_type().is_symlink() => continue,
+            // A plain file or directory, as an older node wrote the volume.
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&link).map_err(io(&link))?,
+            Ok(_) => std::fs::remove_file(&link).map_err(io(&link))?,
+            Err(_) => {}
+        }
+        std::os::unix::fs::symlink(Path::new("..data").join(name), &link).map_err(io(&link))?;
+    }
+    // What the previous payload had and this one has not, and its directory.
+    for entry in std::fs::read_dir(dir).map_err(io(dir))?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let stale = if name.starts_with("..") {
+            name != "..data" && name != stamp
+        } else {
+            !top.contains(name.as_str())
+        };
+        if stale {
+            let p = entry.path();
+            let _ = if p.is_dir() && !p.is_symlink() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
     }
     Ok(())
+}
+
+/// Whether `data` (a volume's `..data`) holds exactly `payload`.
+fn read_payload(data: &Path, payload: &Payload) -> bool {
+    fn walk(base: &Path, dir: &Path, out: &mut Payload) -> std::io::Result<()> {
+        for e in std::fs::read_dir(dir)? {
+            let p = e?.path();
+            if p.is_dir() {
+                walk(base, &p, out)?;
+            } else {
+                let rel = p
+                    .strip_prefix(base)
+                    .unwrap_or(&p)
+                    .to_string_lossy()
+                    .into_owned();
+                out.insert(rel, std::fs::read(&p)?);
+            }
+        }
+        Ok(())
+    }
+    let mut have = Payload::new();
+    data.exists() && walk(data, data, &mut have).is_ok() && &have == payload
+}
+
+/// The keys of a ConfigMap (`data` and `binaryData`) or Secret (`data`, and
+/// `stringData` not yet merged into it) as files; None if it does not exist.
+async fn source_files(client: &kube::Client, ns: &str, source: Keyed<'_>) -> Option<Payload> {
+    match source {
+        Keyed::ConfigMap(name) => {
+            let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
+                .get_opt(name)
+                .await
+                .ok()
+                .flatten()?;
+            let text = cm
+                .data
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k, v.into_bytes()));
+            let binary = cm.binary_data.into_iter().flatten().map(|(k, v)| (k, v.0));
+            Some(text.chain(binary).collect())
+        }
+        Keyed::Secret(name) => {
+            let secret = Api::<Secret>::namespaced(client.clone(), ns)
+                .get_opt(name)
+                .await
+                .ok()
+                .flatten()?;
+            let data = secret.data.into_iter().flatten().map(|(k, v)| (k, v.0));
+            let text = secret
+                .string_data
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k, v.into_bytes()));
+            Some(data.chain(text).collect())
+        }
+    }
+}
+
+/// A map as the downward API writes it: `key="value"` lines in key order, the value
+/// quoted as Go's `%q` does, no newline after the last.
+fn format_map(m: Option<&BTreeMap<String, String>>) -> String {
+    let quote = |v: &str| {
+        let mut q = String::from("\"");
+        for ch in v.chars() {
+            match ch {
+                '"' => q.push_str("\\\""),
+                '\\' => q.push_str("\\\\"),
+                '\n' => q.push_str("\\n"),
+                '\t' => q.push_str("\\t"),
+                '\r' => q.push_str("\\r"),
+                c if c.is_control() => q.push_str(&format!("\\x{:02x}", c as u32)),
+                c => q.push(c),
+            }
+        }
+        q.push('"');
+        q
+    };
+    m.into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", quote(v)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The files of a downward API volume (or projected source).
+fn downward_files(
+    pod: &Pod,
+    items: &[DownwardAPIVolumeFile],
+    node: &Allocatable,
+) -> Result<Payload, VolumeError> {
+    let mut out = Payload::new();
+    for item in items {
+        let value = if let Some(f) = &item.field_ref {
+            match f.field_path.as_str() {
+                "metadata.labels" => format_map(pod.metadata.labels.as_ref()),
+                "metadata.annotations" => format_map(pod.metadata.annotations.as_ref()),
+                path => super::env::pod_field(pod, path)
+                    .ok_or_else(|| VolumeError::Field(format!("unsupported fieldPath: {path}")))?,
+            }
+        } else if let Some(r) = &item.resource_field_ref {
+            let containers = pod.spec.iter().flat_map(|s| s.containers.iter());
+            let named = r.container_name.as_deref().unwrap_or_default();
+            let Some(c) = containers.clone().find(|c| c.name == named) else {
+                return Err(VolumeError::Field(format!(
+                    "container {named} not found in the pod for resourceFieldRef {}",
+                    r.resource
+                )));
+            };
+            super::env::resource_field_ref(pod, c, r, node)
+                .map_err(|e| VolumeError::Field(e.to_string()))?
+        } else {
+            continue;
+        };
+        out.insert(item.path.clone(), value.into_bytes());
+    }
+    Ok(out)
+}
+
+/// A ConfigMap or Secret a volume (or projected source) takes its files from.
+#[derive(Clone, Copy)]
+enum Keyed<'a> {
+    ConfigMap(&'a str),
+    Secret(&'a str),
+}
+
+/// The files of a ConfigMap or Secret as `items` picks them; none if it is missing and
+/// `optional`, else upstream's not-found error.
+async fn keyed_files(
+    client: &kube::Client,
+    ns: &str,
+    source: Keyed<'_>,
+    items: Option<&Vec<KeyToPath>>,
+    optional: Option<bool>,
+) -> Result<Payload, VolumeError> {
+    let optional = optional == Some(true);
+    let (kind, name) = match source {
+        Keyed::ConfigMap(name) => ("configmap", name),
+        Keyed::Secret(name) => ("secret", name),
+    };
+    match source_files(client, ns, source).await {
+        Some(files) => pick(files, items, optional, |k| match source {
+            Keyed::ConfigMap(_) => format!("configmap references non-existent config key: {k}"),
+            Keyed::Secret(_) => format!("secret references non-existent secret key: {k}"),
+        }),
+        None if optional => Ok(Payload::new()),
+        None => Err(VolumeError::Source {
+            kind,
+            name: name.to_string(),
+        }),
+    }
 }
 
 async fn prepare(
@@ -82,6 +323,7 @@ async fn prepare(
     pod: &Pod,
     v: &Volume,
     root: &Path,
+    node: &Allocatable,
 ) -> Result<PathBuf, VolumeError> {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
@@ -101,69 +343,55 @@ async fn prepare(
         return Ok(p);
     }
     if let Some(cm) = &v.config_map {
-        let name = cm.name.clone();
         let dir = vols.join("kubernetes.io~configmap").join(&v.name);
-        let got = Api::<ConfigMap>::namespaced(client.clone(), &ns)
-            .get_opt(&name)
-            .await
-            .ok()
-            .flatten();
-        let Some(got) = got else {
-            if cm.optional == Some(true) {
-                write_files(&dir, BTreeMap::new(), None)?;
-                return Ok(dir);
-            }
-            return Err(VolumeError::Source {
-                kind: "configmap",
-                name,
-            });
-        };
-        let mut files: BTreeMap<String, Vec<u8>> = got
-            .data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.into_bytes()))
-            .collect();
-        files.extend(
-            got.binary_data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0)),
-        );
-        write_files(&dir, files, cm.items.as_ref())?;
+        let source = Keyed::ConfigMap(&cm.name);
+        let files = keyed_files(client, &ns, source, cm.items.as_ref(), cm.optional).await?;
+        write_atomic(&dir, &files)?;
         return Ok(dir);
     }
     if let Some(s) = &v.secret {
         let name = s.secret_name.clone().unwrap_or_default();
         let dir = vols.join("kubernetes.io~secret").join(&v.name);
-        let got = Api::<Secret>::namespaced(client.clone(), &ns)
-            .get_opt(&name)
-            .await
-            .ok()
-            .flatten();
-        let Some(got) = got else {
-            if s.optional == Some(true) {
-                write_files(&dir, BTreeMap::new(), None)?;
-                return Ok(dir);
+        let source = Keyed::Secret(&name);
+        let files = keyed_files(client, &ns, source, s.items.as_ref(), s.optional).await?;
+        write_atomic(&dir, &files)?;
+        return Ok(dir);
+    }
+    if let Some(d) = &v.downward_api {
+        let dir = vols.join("kubernetes.io~downward-api").join(&v.name);
+        let files = downward_files(pod, d.items.as_deref().unwrap_or_default(), node)?;
+        write_atomic(&dir, &files)?;
+        return Ok(dir);
+    }
+    if let Some(p) = &v.projected {
+        let dir = vols.join("kubernetes.io~projected").join(&v.name);
+        let mut files = Payload::new();
+        for source in p.sources.iter().flatten() {
+            if let Some(cm) = &source.config_map {
+                let keyed = Keyed::ConfigMap(&cm.name);
+                files
+                    .extend(keyed_files(client, &ns, keyed, cm.items.as_ref(), cm.optional).await?);
+            } else if let Some(sec) = &source.secret {
+                let keyed = Keyed::Secret(&sec.name);
+                files.extend(
+                    keyed_files(client, &ns, keyed, sec.items.as_ref(), sec.optional).await?,
+                );
+            } else if let Some(d) = &source.downward_api {
+                let items = d.items.as_deref().unwrap_or_default();
+                files.extend(downward_files(pod, items, node)?);
+            } else if source.service_account_token.is_some() {
+                return Err(VolumeError::Unsupported {
+                    volume: v.name.clone(),
+                    source_kind: "serviceAccountToken",
+                });
+            } else if source.cluster_trust_bundle.is_some() {
+                return Err(VolumeError::Unsupported {
+                    volume: v.name.clone(),
+                    source_kind: "clusterTrustBundle",
+                });
             }
-            return Err(VolumeError::Source {
-                kind: "secret",
-                name,
-            });
-        };
-        let mut files: BTreeMap<String, Vec<u8>> = got
-            .data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.0))
-            .collect();
-        files.extend(
-            got.string_data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.into_bytes())),
-        );
-        write_files(&dir, files, s.items.as_ref())?;
+        }
+        write_atomic(&dir, &files)?;
         return Ok(dir);
     }
     // emptyDir, and (for now) any other kind: an empty directory that lives with the
@@ -176,12 +404,39 @@ async fn prepare(
     Ok(dir)
 }
 
+/// Writes every configMap, secret, downwardAPI and projected volume of a running pod
+/// again from the API (the others have nothing to update); the first failure is
+/// returned, after the rest were tried.
+pub async fn refresh(
+    client: &kube::Client,
+    pod: &Pod,
+    root: &Path,
+    node: &Allocatable,
+) -> Result<(), VolumeError> {
+    let mut first = Ok(());
+    for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+        let written = v.config_map.is_some()
+            || v.secret.is_some()
+            || v.downward_api.is_some()
+            || v.projected.is_some();
+        if written {
+            if let Err(e) = prepare(client, pod, v, root, node).await {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+    }
+    first
+}
+
 /// The container's mounts, its volumes prepared first.
 pub async fn mounts(
     client: &kube::Client,
     pod: &Pod,
     c: &Container,
     root: &Path,
+    node: &Allocatable,
 ) -> Result<Vec<api::Mount>, VolumeError> {
     let volumes = pod
         .spec
@@ -194,7 +449,7 @@ pub async fn mounts(
             .iter()
             .find(|v| v.name == m.name)
             .ok_or_else(|| VolumeError::Missing(m.name.clone()))?;
-        let mut host = prepare(client, pod, v, root).await?;
+        let mut host = prepare(client, pod, v, root, node).await?;
         if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
             if sub.split('/').any(|c| c == "..") {
                 continue;
@@ -212,4 +467,98 @@ pub async fn mounts(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(kv: &[(&str, &str)]) -> Payload {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn the_atomic_writer_swaps_payloads_in_the_same_directory() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("vol");
+        write_atomic(
+            &dir,
+            &payload(&[("a", "1"), ("sub/b", "2"), ("../x", "no")]),
+        )
+        .expect("first payload");
+        let inode = std::fs::metadata(&dir).expect("dir").ino();
+        assert_eq!(std::fs::read_to_string(dir.join("a")).expect("a"), "1");
+        assert_eq!(std::fs::read_to_string(dir.join("sub/b")).expect("b"), "2");
+        assert!(std::fs::symlink_metadata(dir.join("a"))
+            .expect("a")
+            .file_type()
+            .is_symlink());
+        assert!(!tmp.path().join("x").exists(), "nothing outside the volume");
+        let stamps = |d: &Path| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(d)
+                .expect("list")
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let first = stamps(&dir);
+        // The same payload again changes nothing.
+        write_atomic(&dir, &payload(&[("a", "1"), ("sub/b", "2")])).expect("same payload");
+        assert_eq!(stamps(&dir), first);
+        // A new payload: changed, added and removed keys; one payload directory left.
+        write_atomic(&dir, &payload(&[("a", "10"), ("c", "3")])).expect("second payload");
+        assert_eq!(std::fs::metadata(&dir).expect("dir").ino(), inode);
+        assert_eq!(std::fs::read_to_string(dir.join("a")).expect("a"), "10");
+        assert_eq!(std::fs::read_to_string(dir.join("c")).expect("c"), "3");
+        assert!(!dir.join("sub").exists());
+        let names = stamps(&dir);
+        assert_eq!(names.len(), 4, "{names:?}");
+        assert!(names.iter().any(|n| n == "..data"), "{names:?}");
+        assert!(
+            names.iter().filter(|n| n.starts_with("..2")).count() == 1,
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn items_pick_keys_and_a_missing_one_fails_unless_optional() {
+        let files = payload(&[("k", "v"), ("other", "o")]);
+        let items = vec![KeyToPath {
+            key: "k".into(),
+            path: "dir/file".into(),
+            mode: None,
+        }];
+        let missing = |k: &str| format!("configmap references non-existent config key: {k}");
+        let got = pick(files.clone(), Some(&items), false, missing).expect("picks");
+        assert_eq!(got, payload(&[("dir/file", "v")]));
+        let absent = vec![KeyToPath {
+            key: "nope".into(),
+            path: "p".into(),
+            mode: None,
+        }];
+        let err = pick(files.clone(), Some(&absent), false, missing).expect_err("fails");
+        assert_eq!(
+            err.to_string(),
+            "configmap references non-existent config key: nope"
+        );
+        assert_eq!(
+            pick(files, Some(&absent), true, missing).expect("optional"),
+            Payload::new()
+        );
+    }
+
+    #[test]
+    fn maps_are_written_as_the_downward_api_writes_them() {
+        let m = BTreeMap::from([
+            ("b".to_string(), "say \"hi\"\n".to_string()),
+            ("a".to_string(), "x".to_string()),
+        ]);
+        assert_eq!(format_map(Some(&m)), "a=\"x\"\nb=\"say \\\"hi\\\"\\n\"");
+        assert_eq!(format_map(None), "");
+    }
 }
