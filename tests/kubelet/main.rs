@@ -604,6 +604,7 @@ spec:
       - {{path: mem, resourceFieldRef: {{containerName: c, resource: limits.memory, divisor: 1Mi}}}}
   - name: all
     projected:
+      defaultMode: 0400
       sources:
       - configMap: {{name: settings, items: [{{key: greeting, path: cfg/greeting}}]}}
       - secret: {{name: creds}}
@@ -613,7 +614,7 @@ spec:
     image: {BUSYBOX}
     resources: {{limits: {{memory: 48Mi}}}}
     volumeMounts: [{{name: info, mountPath: /info}}, {{name: all, mountPath: /all}}]
-    command: [sh, -c, 'cat /info/labels; echo; echo "name=$(cat /info/name) mem=$(cat /info/mem) greeting=$(cat /all/cfg/greeting) pw=$(cat /all/PASSWORD) ns=$(cat /all/ns)"']
+    command: [sh, -c, 'cat /info/labels; echo; echo "name=$(cat /info/name) mem=$(cat /info/mem) greeting=$(cat /all/cfg/greeting) pw=$(cat /all/PASSWORD) ns=$(cat /all/ns) mode=$(stat -Lc %a /all/PASSWORD)"']
 ---
 apiVersion: v1
 kind: Pod
@@ -766,7 +767,7 @@ spec:
     for line in [
         "stdout F app=\"shop\"",
         "stdout F tier=\"web\"",
-        "stdout F name=projected mem=48 greeting=hello-config pw=s3cret ns=default",
+        "stdout F name=projected mem=48 greeting=hello-config pw=s3cret ns=default mode=400",
     ] {
         assert!(log.contains(line), "no {line:?} in {log}");
     }

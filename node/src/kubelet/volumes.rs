@@ -72,8 +72,14 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VolumeError + '_ {
     }
 }
 
-/// A volume's files: relative path to content.
+/// A source's keys: name to content.
 type Payload = BTreeMap<String, Vec<u8>>;
+
+/// A volume's files: relative path to content and permission bits.
+type Files = BTreeMap<String, (Vec<u8>, u32)>;
+
+/// The mode of written files when the volume sets no `defaultMode` (upstream's 0644).
+const DEFAULT_MODE: u32 = 0o644;
 
 /// `files` as `items` maps them (a key to a path), or every key; an item whose key is
 /// missing fails unless the source is `optional`. `kind` words the failure as upstream's
@@ -83,15 +89,17 @@ fn pick(
     items: Option<&Vec<KeyToPath>>,
     optional: bool,
     missing: impl Fn(&str) -> String,
-) -> Result<Payload, VolumeError> {
+    mode: u32,
+) -> Result<Files, VolumeError> {
     let Some(items) = items else {
-        return Ok(files);
+        return Ok(files.into_iter().map(|(k, v)| (k, (v, mode))).collect());
     };
-    let mut out = Payload::new();
+    let mut out = Files::new();
     for i in items {
         match files.get(&i.key) {
             Some(v) => {
-                out.insert(i.path.clone(), v.clone());
+                let m = i.mode.and_then(|m| u32::try_from(m).ok()).unwrap_or(mode);
+                out.insert(i.path.clone(), (v.clone(), m));
             }
             None if optional => {}
             None => return Err(VolumeError::Key(missing(&i.key))),
@@ -102,9 +110,10 @@ fn pick(
 
 /// Writes `payload` into `dir` the atomic writer's way (see the module documentation);
 /// an unchanged payload leaves the directory as it is.
-fn write_atomic(dir: &Path, payload: &Payload) -> Result<(), VolumeError> {
+fn write_atomic(dir: &Path, payload: &Files) -> Result<(), VolumeError> {
+    use std::os::unix::fs::PermissionsExt;
     // Paths are validated by the apiserver; none may climb out of the volume.
-    let payload: Payload = payload
+    let payload: Files = payload
         .iter()
         .filter(|(rel, _)| {
             !rel.is_empty() && !rel.starts_with('/') && !rel.split('/').any(|c| c == "..")
@@ -120,12 +129,14 @@ fn write_atomic(dir: &Path, payload: &Payload) -> Result<(), VolumeError> {
         .format("..%Y_%m_%d_%H_%M_%S.%f")
         .to_string();
     let fresh = dir.join(&stamp);
-    for (rel, content) in &payload {
+    for (rel, (content, mode)) in &payload {
         let p = fresh.join(rel);
         if let Some(parent) = p.parent() {
             std::fs::create_dir_all(parent).map_err(io(parent))?;
         }
         std::fs::write(&p, content).map_err(io(&p))?;
+        let perms = std::fs::Permissions::from_mode(mode & 0o7777);
+        std::fs::set_permissions(&p, perms).map_err(io(&p))?;
     }
     std::fs::create_dir_all(&fresh).map_err(io(&fresh))?;
     let tmp = dir.join("..data_tmp");
@@ -168,8 +179,9 @@ fn write_atomic(dir: &Path, payload: &Payload) -> Result<(), VolumeError> {
 }
 
 /// Whether `data` (a volume's `..data`) holds exactly `payload`.
-fn read_payload(data: &Path, payload: &Payload) -> bool {
-    fn walk(base: &Path, dir: &Path, out: &mut Payload) -> std::io::Result<()> {
+fn read_payload(data: &Path, payload: &Files) -> bool {
+    fn walk(base: &Path, dir: &Path, out: &mut Files) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
         for e in std::fs::read_dir(dir)? {
             let p = e?.path();
             if p.is_dir() {
@@ -180,12 +192,13 @@ fn read_payload(data: &Path, payload: &Payload) -> bool {
                     .unwrap_or(&p)
                     .to_string_lossy()
                     .into_owned();
-                out.insert(rel, std::fs::read(&p)?);
+                let mode = std::fs::metadata(&p)?.permissions().mode() & 0o7777;
+                out.insert(rel, (std::fs::read(&p)?, mode));
             }
         }
         Ok(())
     }
-    let mut have = Payload::new();
+    let mut have = Files::new();
     data.exists() && walk(data, data, &mut have).is_ok() && &have == payload
 }
 
@@ -255,8 +268,9 @@ fn downward_files(
     pod: &Pod,
     items: &[DownwardAPIVolumeFile],
     node: &Allocatable,
-) -> Result<Payload, VolumeError> {
-    let mut out = Payload::new();
+    mode: u32,
+) -> Result<Files, VolumeError> {
+    let mut out = Files::new();
     for item in items {
         let value = if let Some(f) = &item.field_ref {
             match f.field_path.as_str() {
@@ -279,7 +293,11 @@ fn downward_files(
         } else {
             continue;
         };
-        out.insert(item.path.clone(), value.into_bytes());
+        let m = item
+            .mode
+            .and_then(|m| u32::try_from(m).ok())
+            .unwrap_or(mode);
+        out.insert(item.path.clone(), (value.into_bytes(), m));
     }
     Ok(out)
 }
@@ -299,18 +317,25 @@ async fn keyed_files(
     source: Keyed<'_>,
     items: Option<&Vec<KeyToPath>>,
     optional: Option<bool>,
-) -> Result<Payload, VolumeError> {
+    mode: u32,
+) -> Result<Files, VolumeError> {
     let optional = optional == Some(true);
     let (kind, name) = match source {
         Keyed::ConfigMap(name) => ("configmap", name),
         Keyed::Secret(name) => ("secret", name),
     };
     match source_files(client, ns, source).await {
-        Some(files) => pick(files, items, optional, |k| match source {
-            Keyed::ConfigMap(_) => format!("configmap references non-existent config key: {k}"),
-            Keyed::Secret(_) => format!("secret references non-existent secret key: {k}"),
-        }),
-        None if optional => Ok(Payload::new()),
+        Some(files) => pick(
+            files,
+            items,
+            optional,
+            |k| match source {
+                Keyed::ConfigMap(_) => format!("configmap references non-existent config key: {k}"),
+                Keyed::Secret(_) => format!("secret references non-existent secret key: {k}"),
+            },
+            mode,
+        ),
+        None if optional => Ok(Files::new()),
         None => Err(VolumeError::Source {
             kind,
             name: name.to_string(),
@@ -342,10 +367,16 @@ async fn prepare(
         }
         return Ok(p);
     }
+    // A volume's `defaultMode`, for files whose item sets no `mode`.
+    let mode = |m: Option<i32>| {
+        m.and_then(|m| u32::try_from(m).ok())
+            .unwrap_or(DEFAULT_MODE)
+    };
     if let Some(cm) = &v.config_map {
         let dir = vols.join("kubernetes.io~configmap").join(&v.name);
         let source = Keyed::ConfigMap(&cm.name);
-        let files = keyed_files(client, &ns, source, cm.items.as_ref(), cm.optional).await?;
+        let (items, m) = (cm.items.as_ref(), mode(cm.default_mode));
+        let files = keyed_files(client, &ns, source, items, cm.optional, m).await?;
         write_atomic(&dir, &files)?;
         return Ok(dir);
     }
@@ -353,32 +384,34 @@ async fn prepare(
         let name = s.secret_name.clone().unwrap_or_default();
         let dir = vols.join("kubernetes.io~secret").join(&v.name);
         let source = Keyed::Secret(&name);
-        let files = keyed_files(client, &ns, source, s.items.as_ref(), s.optional).await?;
+        let (items, m) = (s.items.as_ref(), mode(s.default_mode));
+        let files = keyed_files(client, &ns, source, items, s.optional, m).await?;
         write_atomic(&dir, &files)?;
         return Ok(dir);
     }
     if let Some(d) = &v.downward_api {
         let dir = vols.join("kubernetes.io~downward-api").join(&v.name);
-        let files = downward_files(pod, d.items.as_deref().unwrap_or_default(), node)?;
+        let items = d.items.as_deref().unwrap_or_default();
+        let files = downward_files(pod, items, node, mode(d.default_mode))?;
         write_atomic(&dir, &files)?;
         return Ok(dir);
     }
     if let Some(p) = &v.projected {
         let dir = vols.join("kubernetes.io~projected").join(&v.name);
-        let mut files = Payload::new();
+        let mut files = Files::new();
+        let m = mode(p.default_mode);
         for source in p.sources.iter().flatten() {
             if let Some(cm) = &source.config_map {
                 let keyed = Keyed::ConfigMap(&cm.name);
-                files
-                    .extend(keyed_files(client, &ns, keyed, cm.items.as_ref(), cm.optional).await?);
+                let items = cm.items.as_ref();
+                files.extend(keyed_files(client, &ns, keyed, items, cm.optional, m).await?);
             } else if let Some(sec) = &source.secret {
                 let keyed = Keyed::Secret(&sec.name);
-                files.extend(
-                    keyed_files(client, &ns, keyed, sec.items.as_ref(), sec.optional).await?,
-                );
+                let items = sec.items.as_ref();
+                files.extend(keyed_files(client, &ns, keyed, items, sec.optional, m).await?);
             } else if let Some(d) = &source.downward_api {
                 let items = d.items.as_deref().unwrap_or_default();
-                files.extend(downward_files(pod, items, node)?);
+                files.extend(downward_files(pod, items, node, m)?);
             } else if source.service_account_token.is_some() {
                 return Err(VolumeError::Unsupported {
                     volume: v.name.clone(),
@@ -479,6 +512,12 @@ mod tests {
             .collect()
     }
 
+    fn files(kv: &[(&str, &str)], mode: u32) -> Files {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), (v.as_bytes().to_vec(), mode)))
+            .collect()
+    }
+
     #[test]
     fn the_atomic_writer_swaps_payloads_in_the_same_directory() {
         use std::os::unix::fs::MetadataExt;
@@ -486,7 +525,7 @@ mod tests {
         let dir = tmp.path().join("vol");
         write_atomic(
             &dir,
-            &payload(&[("a", "1"), ("sub/b", "2"), ("../x", "no")]),
+            &files(&[("a", "1"), ("sub/b", "2"), ("../x", "no")], 0o644),
         )
         .expect("first payload");
         let inode = std::fs::metadata(&dir).expect("dir").ino();
@@ -508,10 +547,15 @@ mod tests {
         };
         let first = stamps(&dir);
         // The same payload again changes nothing.
-        write_atomic(&dir, &payload(&[("a", "1"), ("sub/b", "2")])).expect("same payload");
+        write_atomic(&dir, &files(&[("a", "1"), ("sub/b", "2")], 0o644)).expect("same payload");
         assert_eq!(stamps(&dir), first);
+        // A new mode is a new payload: `defaultMode: 0400`, as for an ssh key.
+        write_atomic(&dir, &files(&[("a", "1"), ("sub/b", "2")], 0o400)).expect("new mode");
+        assert_ne!(stamps(&dir), first);
+        let mode = std::fs::metadata(dir.join("a")).expect("a").mode() & 0o7777;
+        assert_eq!(mode, 0o400);
         // A new payload: changed, added and removed keys; one payload directory left.
-        write_atomic(&dir, &payload(&[("a", "10"), ("c", "3")])).expect("second payload");
+        write_atomic(&dir, &files(&[("a", "10"), ("c", "3")], 0o644)).expect("second payload");
         assert_eq!(std::fs::metadata(&dir).expect("dir").ino(), inode);
         assert_eq!(std::fs::read_to_string(dir.join("a")).expect("a"), "10");
         assert_eq!(std::fs::read_to_string(dir.join("c")).expect("c"), "3");
@@ -528,27 +572,38 @@ mod tests {
     #[test]
     fn items_pick_keys_and_a_missing_one_fails_unless_optional() {
         let files = payload(&[("k", "v"), ("other", "o")]);
-        let items = vec![KeyToPath {
-            key: "k".into(),
-            path: "dir/file".into(),
-            mode: None,
-        }];
+        let items = vec![
+            KeyToPath {
+                key: "k".into(),
+                path: "dir/file".into(),
+                mode: None,
+            },
+            KeyToPath {
+                key: "other".into(),
+                path: "secret".into(),
+                mode: Some(0o600),
+            },
+        ];
         let missing = |k: &str| format!("configmap references non-existent config key: {k}");
-        let got = pick(files.clone(), Some(&items), false, missing).expect("picks");
-        assert_eq!(got, payload(&[("dir/file", "v")]));
+        let got = pick(files.clone(), Some(&items), false, missing, 0o644).expect("picks");
+        let want = Files::from([
+            ("dir/file".to_string(), (b"v".to_vec(), 0o644)),
+            ("secret".to_string(), (b"o".to_vec(), 0o600)),
+        ]);
+        assert_eq!(got, want);
         let absent = vec![KeyToPath {
             key: "nope".into(),
             path: "p".into(),
             mode: None,
         }];
-        let err = pick(files.clone(), Some(&absent), false, missing).expect_err("fails");
+        let err = pick(files.clone(), Some(&absent), false, missing, 0o644).expect_err("fails");
         assert_eq!(
             err.to_string(),
             "configmap references non-existent config key: nope"
         );
         assert_eq!(
-            pick(files, Some(&absent), true, missing).expect("optional"),
-            Payload::new()
+            pick(files, Some(&absent), true, missing, 0o644).expect("optional"),
+            Files::new()
         );
     }
 
