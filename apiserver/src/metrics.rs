@@ -19,6 +19,12 @@ impl Metrics {
     pub fn new() -> Result<Metrics, ApiError> {
         let bad = |e: prometheus::Error| ApiError::Setup(format!("metrics: {e}"));
         let registry = Registry::new();
+        // kube-apiserver's `process_*` metrics (memory, CPU, fds, start time).
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .map_err(bad)?;
         let requests = IntCounterVec::new(
             Opts::new("apiserver_request_total", "Counter of apiserver requests broken out for each verb, group, version, resource, subresource and HTTP response code."),
             &["verb", "group", "version", "resource", "subresource", "code"],

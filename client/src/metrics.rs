@@ -14,7 +14,17 @@ use prometheus::{
 };
 
 /// The registry of the metrics every component shares (one per process).
-pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
+/// It holds the `process_*` metrics (memory, CPU, fds, start time) every upstream
+/// component exports.
+pub static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
+    let r = Registry::new();
+    if let Err(e) = r.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    )) {
+        tracing::warn!(error = %e, "process metrics not registered");
+    }
+    r
+});
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(c: T) -> T {
     // Registration fails only for a duplicate name, which the names below are not.

@@ -79,6 +79,13 @@ fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> 
 impl Metrics {
     fn new() -> Self {
         let r = Registry::new();
+        // etcd's `process_*` metrics (resident memory, CPU, fds, start time): what
+        // `etcdctl check datascale` reads to tell the memory a workload took.
+        if let Err(e) = r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )) {
+            tracing::warn!(error = %e, "process metrics not registered");
+        }
         let gauge = |name: &str, help: &str| register(&r, IntGauge::new(name, help));
         Self {
             proposals_committed: register(

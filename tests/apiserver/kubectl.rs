@@ -120,6 +120,15 @@ async fn discovery_and_system_namespaces() {
     assert!(metrics
         .out()
         .contains("apiserver_request_duration_seconds_bucket"));
+    // And the process's own, as every upstream component exports them.
+    assert!(
+        metrics
+            .out()
+            .lines()
+            .any(|l| l.starts_with("process_resident_memory_bytes ")),
+        "{}",
+        metrics.stdout
+    );
     // Unknown resource types get kubectl's own error.
     let err = api.kubectl(&["get", "widgets"]);
     assert!(

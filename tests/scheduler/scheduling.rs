@@ -282,4 +282,10 @@ async fn serves_health_and_metrics() {
         metrics.contains(r#"scheduler_schedule_attempts_total{profile="default-scheduler",result="unschedulable"}"#),
         "{metrics}"
     );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("process_resident_memory_bytes ")),
+        "{metrics}"
+    );
 }

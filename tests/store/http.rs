@@ -42,4 +42,15 @@ async fn health_version_and_metrics() {
         metric(&text, "etcd_disk_backend_commit_duration_seconds_count").is_some_and(|n| n >= 3.0)
     );
     assert!(metric(&text, "etcd_mvcc_db_total_size_in_bytes").is_some_and(|n| n > 0.0));
+    // The process metrics etcd exports, which `etcdctl check datascale` reads before
+    // and after its workload.
+    assert!(metric(&text, "process_resident_memory_bytes").is_some_and(|n| n > 0.0));
+    assert!(metric(&text, "process_open_fds").is_some_and(|n| n > 0.0));
+    let out = s.etcdctl(&["check", "datascale", "--load=s"]);
+    assert!(
+        out.stdout.contains("PASS: Approximate system memory used"),
+        "{} / {}",
+        out.stdout,
+        out.stderr
+    );
 }
