@@ -1,6 +1,7 @@
 //! Compiles the protobufs with protox (a pure-Rust protobuf compiler), so a build needs
 //! no `protoc` on the machine: etcd's v3 API and capstan's Raft protocol become prost
-//! types and tonic clients and servers, the CRI (`runtime.v1`) a tonic client;
+//! types and tonic clients and servers (the etcd messages also get serde in the proto3
+//! JSON form, with pbjson), the CRI (`runtime.v1`) a tonic client;
 //! Kubernetes' `generated.proto` files become an encoded file descriptor set
 //! (`k8s.bin`), read at run time by the apiserver, which decodes protobuf request
 //! bodies by reflection rather than with generated types.
@@ -16,10 +17,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["."])?;
+    let descriptors = prost::Message::encode_to_vec(&fds);
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;
+    // serde for the etcd messages in the proto3 JSON form etcd's gRPC gateway speaks:
+    // field names as in the .proto (grpc-gateway's `OrigName`), 64-bit integers as
+    // strings, bytes as base64, unknown fields ignored.
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptors)?
+        .preserve_proto_field_names()
+        .ignore_unknown_fields()
+        .build(&[".etcdserverpb", ".mvccpb", ".authpb"])?;
     // The CRI (kubelet to container runtime): the node agent is only ever its client.
     let cri = "cri/runtime/v1/api.proto";
     println!("cargo:rerun-if-changed={cri}");

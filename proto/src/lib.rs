@@ -6,16 +6,19 @@
 /// Keys, values and watch events.
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");
+    include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
 }
 
 /// Users, roles and permissions.
 pub mod authpb {
     tonic::include_proto!("authpb");
+    include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));
 }
 
 /// The etcd v3 client API services and their messages.
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
     // Re-exported because the services' messages embed them everywhere.
     pub use super::mvccpb::{Event, KeyValue};
 }

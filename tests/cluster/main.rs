@@ -561,6 +561,17 @@ async fn a_learner_catches_up_is_promoted_and_serves_linearizable_reads() -> R {
         "{}",
         err.stderr
     );
+    // So does the JSON gateway.
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-X", "POST", "-d", r#"{"key":"bC94","value":"eQ=="}"#])
+        .arg(format!("{}/v3/kv/put", c.members[n].endpoint))
+        .output()
+        .expect("curl runs");
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        body.contains(r#""error":"etcdserver: rpc not supported for learner""#),
+        "{body}"
+    );
     let got = eventually("the learner to catch up", DEADLINE, || async {
         let out = c.etcdctl(n, &["get", "l/19", "--consistency=s"]);
         (out.ok && out.stdout == "l/19\nv19\n").then_some(())

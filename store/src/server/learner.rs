@@ -3,7 +3,8 @@
 //! learner", except Status and serializable reads, as etcd's gRPC interceptor does.
 //! Range is let through here and refused by the KV service unless it is serializable
 //! (the guard sees only the path, not the request). The HTTP endpoints (`/health`,
-//! `/metrics`, `/version`) are not gRPC and pass.
+//! `/metrics`, `/version`) are not gRPC and pass; the JSON gateway applies the same rule
+//! to its own paths (`gateway.rs`).
 
 use std::future::Future;
 use std::pin::Pin;

@@ -50,7 +50,7 @@ impl LeaseService {
 
     /// A keep-alive: renews on the clock owner and answers TTL 0 for a lease that is
     /// gone, as etcd does (clients turn that into "lease not found" themselves).
-    async fn keep_alive_once(&self, id: i64) -> Result<pb::LeaseKeepAliveResponse> {
+    pub(crate) async fn keep_alive_once(&self, id: i64) -> Result<pb::LeaseKeepAliveResponse> {
         let ttl = match self.srv.raft() {
             Some(r) => r.lease_renew(id).await?,
             None => self.srv.lease_renew_local(id).await?,

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod gateway;
 pub mod http;
 pub mod kv;
 pub mod learner;
@@ -619,7 +620,13 @@ pub async fn serve(
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             // HTTP/1.1 for /health, /version and /metrics (see `http`).
             .accept_http1(true)
-            .add_routes(tonic::service::Routes::from(http::router(srv.clone())))
+            .add_routes(tonic::service::Routes::from(http::router(
+                srv.clone(),
+                gateway::Gateway {
+                    srv: srv.clone(),
+                    watch: watch::WatchService::new(srv.clone(), shutdown.clone()),
+                },
+            )))
             .add_service(
                 capstan_proto::etcdserverpb::auth_server::AuthServer::new(auth::AuthService {
                     srv: srv.clone(),

@@ -47,6 +47,7 @@ const OUT_CAPACITY: usize = 16;
 const EVENTS_FIELD: u32 = 11;
 
 /// See the module documentation.
+#[derive(Clone)]
 pub struct WatchService {
     srv: Arc<EtcdServer>,
     /// Resolves when the server shuts down: streams never end by themselves, and the
@@ -73,9 +74,23 @@ impl Watch for WatchService {
         &self,
         req: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        static STREAMS: AtomicU64 = AtomicU64::new(0);
         let metadata = req.metadata().clone();
-        let input = req.into_inner();
+        Ok(Response::new(self.open(metadata, req.into_inner())))
+    }
+}
+
+impl WatchService {
+    /// Opens a watch stream reading `input` with the caller's `metadata` (its token):
+    /// for gRPC's Watch and the JSON gateway's `/v3/watch` alike.
+    pub fn open<S>(
+        &self,
+        metadata: MetadataMap,
+        input: S,
+    ) -> ReceiverStream<Result<pb::WatchResponse, Status>>
+    where
+        S: futures::Stream<Item = Result<pb::WatchRequest, Status>> + Send + Unpin + 'static,
+    {
+        static STREAMS: AtomicU64 = AtomicU64::new(0);
         let (out, rx) = mpsc::channel(OUT_CAPACITY);
         let session = Session {
             id: STREAMS.fetch_add(1, Ordering::Relaxed),
@@ -87,7 +102,7 @@ impl Watch for WatchService {
             stopping: self.stopping.clone(),
         };
         tokio::spawn(session.run(input));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        ReceiverStream::new(rx)
     }
 }
 
@@ -113,7 +128,11 @@ struct Session {
 }
 
 impl Session {
-    async fn run(mut self, mut input: Streaming<pb::WatchRequest>) {
+    async fn run<S>(mut self, mut input: S)
+    where
+        S: futures::Stream<Item = Result<pb::WatchRequest, Status>> + Unpin,
+    {
+        use futures::StreamExt;
         tracing::debug!(stream = self.id, "watch stream opened");
         let interval = progress_interval(self.srv.cfg.watch_progress_notify_interval);
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
@@ -121,14 +140,14 @@ impl Session {
         let mut reading = true;
         loop {
             let go_on = tokio::select! {
-                msg = input.message(), if reading => match msg {
-                    Ok(Some(req)) => self.handle(req).await,
+                msg = input.next(), if reading => match msg {
+                    Some(Ok(req)) => self.handle(req).await,
                     // etcd goes on sending after the client closes its side.
-                    Ok(None) => {
+                    None => {
                         reading = false;
                         true
                     }
-                    Err(status) => {
+                    Some(Err(status)) => {
                         tracing::debug!(stream = self.id, %status, "watch stream receive failed");
                         false
                     }
