@@ -112,11 +112,15 @@ fn pick(
 /// an unchanged payload leaves the directory as it is.
 fn write_atomic(dir: &Path, payload: &Files) -> Result<(), VolumeError> {
     use std::os::unix::fs::PermissionsExt;
-    // Paths are validated by the apiserver; none may climb out of the volume.
+    // Paths are validated by the apiserver; none may climb out of the volume, nor
+    // start with `..`, the writer's own names (as upstream's writer refuses them).
     let payload: Files = payload
         .iter()
         .filter(|(rel, _)| {
-            !rel.is_empty() && !rel.starts_with('/') && !rel.split('/').any(|c| c == "..")
+            !rel.is_empty()
+                && !rel.starts_with('/')
+                && !rel.starts_with("..")
+                && !rel.split('/').any(|c| c == "..")
         })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
