@@ -502,7 +502,7 @@ async fn probes_volumes_limits_env_and_dns_work_in_real_containers() {
         r#"apiVersion: v1
 kind: ConfigMap
 metadata: {{name: settings}}
-data: {{greeting: hello-config}}
+data: {{greeting: hello-config, log.level: debug}}
 ---
 apiVersion: v1
 kind: Service
@@ -581,7 +581,7 @@ spec:
   containers:
   - name: c
     image: {BUSYBOX}
-    command: [sh, -c, 'echo "greeting=$CFG_greeting pw=$PASSWORD url=$URL mem=$MEM_MI opt=${{OPT-unset}}"']
+    command: [sh, -c, 'echo "greeting=$CFG_greeting pw=$PASSWORD url=$URL mem=$MEM_MI opt=${{OPT-unset}}"; tr "\\0" "\\n" < /proc/1/environ | grep "^CFG_log.level=" || echo no CFG_log.level']
     envFrom: [{{configMapRef: {{name: settings}}, prefix: CFG_}}, {{secretRef: {{name: creds}}}}]
     env:
     - {{name: URL, value: "$(CFG_greeting)@$(MY_SVC_SERVICE_HOST)"}}
@@ -760,6 +760,8 @@ spec:
         )),
         "{log}"
     );
+    // A key that is no C-style name is a variable all the same (1.32's relaxed rule).
+    assert!(log.contains("stdout F CFG_log.level=debug"), "{log}");
 
     // downwardAPI and projected volumes: the pod's own fields, and a ConfigMap key, a
     // Secret and a field in one directory.

@@ -110,15 +110,6 @@ pub struct Allocatable {
     pub memory_bytes: i64,
 }
 
-/// A made environment, and the `envFrom` keys left out for not being variable names
-/// (each `(kind, source name, keys)`, for the kubelet's InvalidEnvironmentVariableNames
-/// event).
-#[derive(Debug, Default)]
-pub struct Resolved {
-    pub vars: Vec<(String, String)>,
-    pub skipped: Vec<(&'static str, String, Vec<String>)>,
-}
-
 /// What a container's environment is made of besides its own `env`: the values the
 /// downward API's `fieldRef` can name, and the service variables.
 pub struct FieldRefs<'a> {
@@ -240,16 +231,6 @@ pub fn expand(s: &str, env: &HashMap<String, String>) -> String {
     out
 }
 
-/// Whether `s` may name an environment variable (the apiserver's `IsEnvVarName`:
-/// letters, digits, `_`, `-` and `.`, not starting with a digit).
-fn is_env_var_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || matches!(c, '_' | '-' | '.'))
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-}
-
 /// The container's variables so far, in order, and what `$(VAR)` can name: those, then
 /// the service variables.
 struct Env {
@@ -358,9 +339,8 @@ pub fn resolve(
     f: &FieldRefs,
     node: &Allocatable,
     sources: &Sources,
-) -> Result<Resolved, EnvError> {
+) -> Result<Vec<(String, String)>, EnvError> {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
-    let mut out = Resolved::default();
     let mut env = Env {
         vars: Vec::new(),
         known: f.service_env.iter().cloned().collect(),
@@ -373,7 +353,7 @@ pub fn resolve(
         let prefix = from.prefix.clone().unwrap_or_default();
         let (kind, name, optional, data) = if let Some(r) = &from.config_map_ref {
             let data = sources.config_maps.get(&r.name).and_then(Option::as_ref);
-            ("configMap", &r.name, r.optional, data)
+            ("configmap", &r.name, r.optional, data)
         } else if let Some(r) = &from.secret_ref {
             let data = sources.secrets.get(&r.name).and_then(Option::as_ref);
             ("secret", &r.name, r.optional, data)
@@ -384,25 +364,12 @@ pub fn resolve(
             if optional == Some(true) {
                 continue;
             }
-            let kind = if kind == "secret" {
-                "secret"
-            } else {
-                "configmap"
-            };
             return Err(not_found(kind, name));
         };
-        let mut invalid = Vec::new();
+        // Every key, as the 1.32 kubelet takes them (RelaxedEnvironmentVariableValidation,
+        // on by default): it no longer skips keys that are not C-style names.
         for (k, v) in data {
-            let k = format!("{prefix}{k}");
-            if is_env_var_name(&k) {
-                env.set(&k, v.clone());
-            } else {
-                invalid.push(k);
-            }
-        }
-        if !invalid.is_empty() {
-            invalid.sort();
-            out.skipped.push((kind, name.clone(), invalid));
+            env.set(&format!("{prefix}{k}"), v.clone());
         }
     }
     for e in c.env.iter().flatten() {
@@ -445,8 +412,7 @@ pub fn resolve(
             vars.push((k.clone(), v.clone()));
         }
     }
-    out.vars = vars;
-    Ok(out)
+    Ok(vars)
 }
 
 #[cfg(test)]
@@ -512,7 +478,7 @@ mod tests {
         }
     }
 
-    fn resolve_one(c: serde_json::Value) -> Result<Resolved, EnvError> {
+    fn resolve_one(c: serde_json::Value) -> Result<Vec<(String, String)>, EnvError> {
         let p = pod(serde_json::json!([c]));
         let service_env = vec![
             ("DB_SERVICE_HOST".to_string(), "10.96.0.7".to_string()),
@@ -543,17 +509,15 @@ mod tests {
                 {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             ]}))
         .expect("resolves");
-        let vars: Vec<(&str, &str)> = r
-            .vars
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let vars: Vec<(&str, &str)> = r.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(
             vars,
             [
                 ("CFG_1bad", "x"),
                 ("CFG_LEVEL", "info"),
                 ("CFG_MODE", "prod"),
+                // Not a C-style name, taken all the same (1.32's relaxed rule).
+                ("1bad", "x"),
                 ("LEVEL", "debug"),
                 ("MODE", "prod"),
                 ("PASSWORD", "s3cret"),
@@ -562,10 +526,6 @@ mod tests {
                 ("IP", "10.244.0.5"),
                 ("DB_SERVICE_HOST", "10.96.0.7"),
             ]
-        );
-        assert_eq!(
-            r.skipped,
-            [("configMap", "app".to_string(), vec!["1bad".to_string()])]
         );
     }
 
@@ -603,7 +563,7 @@ mod tests {
                 {"name": "MEM_REQ", "valueFrom": {"resourceFieldRef": {"resource": "requests.memory"}}},
             ]}))
         .expect("resolves");
-        let get = |k: &str| r.vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let get = |k: &str| r.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("CPU"), Some("2"));
         assert_eq!(get("CPU_M"), Some("250"));
         assert_eq!(get("MEM_MI"), Some("64"));
@@ -612,17 +572,7 @@ mod tests {
             {"name": "CPU", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},
             {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Gi"}}}]}))
         .expect("resolves");
-        let get = |k: &str| r.vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let get = |k: &str| r.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!((get("CPU"), get("MEM")), (Some("2"), Some("4")));
-    }
-
-    #[test]
-    fn variable_names_follow_the_apiservers_rule() {
-        for ok in ["A", "a_b", "_x", "-x.y", "X1"] {
-            assert!(is_env_var_name(ok), "{ok}");
-        }
-        for bad in ["", "1A", "a b", "a=b", "ä"] {
-            assert!(!is_env_var_name(bad), "{bad}");
-        }
     }
 }

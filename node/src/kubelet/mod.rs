@@ -1198,19 +1198,7 @@ impl Kubelet {
                 return false;
             }
         };
-        for (kind, source, keys) in &resolved.skipped {
-            self.events.record(
-                pod,
-                events::About::Pod,
-                true,
-                "InvalidEnvironmentVariableNames",
-                format!(
-                    "Keys [{}] from the EnvFrom {kind} {ns}/{source} were skipped since they are considered invalid environment variable names.",
-                    keys.join(", ")
-                ),
-            );
-        }
-        let mut config = cri::container_config(pod, c, &image_id, attempt, resolved.vars);
+        let mut config = cri::container_config(pod, c, &image_id, attempt, resolved);
         config.mounts = mounts;
         let mut rt = self.runtime.clone();
         let created = rt
