@@ -297,7 +297,8 @@ pub fn resource_field_ref(
         .and_then(|d| quantity(d, milli))
         .filter(|d| *d > 0)
         .unwrap_or(if milli { 1000 } else { 1 });
-    Ok(((value + divisor - 1) / divisor).to_string())
+    // Rounded up without `value + divisor - 1`, which a huge quantity would overflow.
+    Ok((value / divisor + i64::from(value % divisor != 0)).to_string())
 }
 
 /// A `configMapKeyRef` or `secretKeyRef`: the key's value, None if an optional source
@@ -574,5 +575,11 @@ mod tests {
         .expect("resolves");
         let get = |k: &str| r.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!((get("CPU"), get("MEM")), (Some("2"), Some("4")));
+        // A limit too large for an i64 reads as the largest one, without overflowing.
+        let r = resolve_one(serde_json::json!({"name": "c",
+            "resources": {"limits": {"memory": "99999999999999999999999"}},
+            "env": [{"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}}]}))
+        .expect("resolves");
+        assert_eq!(r[0].1, (i64::MAX / (1 << 20) + 1).to_string());
     }
 }
