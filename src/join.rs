@@ -696,9 +696,6 @@ impl Target {
         auth_body: Option<(&str, Vec<u8>)>,
     ) -> anyhow::Result<(u16, Vec<u8>)> {
         use http_body_util::BodyExt;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()?;
         let cfg = match ca {
             Some(pem) => {
                 use rustls::pki_types::pem::PemObject;
@@ -706,14 +703,13 @@ impl Target {
                 for c in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
                     roots.add(c.context("the cluster CA")?)?;
                 }
-                builder.with_root_certificates(roots).with_no_client_auth()
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth()
             }
-            None => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(capstan_client::tls::AnyServerCert(
-                    provider,
-                )))
-                .with_no_client_auth(),
+            None => capstan_client::tls::any_server_cert_client()?.with_no_client_auth(),
         };
         let name = rustls::pki_types::ServerName::try_from(self.host.clone())
             .with_context(|| format!("server name {:?}", self.host))?;

@@ -21,7 +21,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::Value;
 
-use capstan_client::tls::AnyServerCert;
+use capstan_client::tls::any_server_cert_client;
 
 use crate::error::ApiError;
 use crate::registry::Registry;
@@ -46,12 +46,8 @@ impl KubeletClient {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| bad(cert, &e))?;
         let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
+        let cfg = any_server_cert_client()
             .map_err(|e| bad(cert, &e))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
             .with_client_auth_cert(certs, key_der)
             .map_err(|e| bad(cert, &e))?;
         Ok(KubeletClient {

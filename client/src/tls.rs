@@ -7,6 +7,22 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
+/// A client configuration (on ring, rustls' safe default versions) that verifies no
+/// server certificate, with [`AnyServerCert`]; the caller adds its client certificate,
+/// or none.
+pub fn any_server_cert_client() -> Result<
+    rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>,
+    rustls::Error,
+> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(
+        rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider))),
+    )
+}
+
 /// A verifier that accepts any server certificate but still checks the handshake's
 /// signatures, so the session is with the certificate's holder. Used where upstream
 /// sets `InsecureSkipVerify`: the apiserver's calls to kubelets (kube-apiserver's

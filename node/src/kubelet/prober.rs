@@ -307,7 +307,8 @@ impl Prober {
                     return status_line(s, &req).await;
                 }
                 // As the kubelet: TLS without verifying the container's certificate.
-                let s = tls_connector().connect(server_name(&host), s).await?;
+                let tls = tls_connector().map_err(std::io::Error::other)?;
+                let s = tls.connect(server_name(&host), s).await?;
                 status_line(s, &req).await
             };
             let scheme = if https { "https" } else { "http" };
@@ -352,31 +353,16 @@ where
 }
 
 /// The TLS client of HTTPS probes: any certificate, as the kubelet's
-/// `InsecureSkipVerify` (containers serve self-signed ones), made once.
-fn tls_connector() -> tokio_rustls::TlsConnector {
-    static CONNECTOR: std::sync::OnceLock<tokio_rustls::TlsConnector> = std::sync::OnceLock::new();
+/// `InsecureSkipVerify` (containers serve self-signed ones), made once; a configuration
+/// rustls refuses fails every HTTPS probe, saying why.
+fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
+    static CONNECTOR: std::sync::OnceLock<Result<tokio_rustls::TlsConnector, String>> =
+        std::sync::OnceLock::new();
     CONNECTOR
         .get_or_init(|| {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-                .with_safe_default_protocol_versions()
-                .map(|b| {
-                    b.dangerous()
-                        .with_custom_certificate_verifier(Arc::new(
-                            capstan_client::tls::AnyServerCert(provider),
-                        ))
-                        .with_no_client_auth()
-                });
-            match config {
-                Ok(c) => tokio_rustls::TlsConnector::from(Arc::new(c)),
-                // ring supports the default versions; this cannot fail, but a probe
-                // must not panic: a config with no versions fails every handshake.
-                Err(_) => tokio_rustls::TlsConnector::from(Arc::new(
-                    rustls::ClientConfig::builder()
-                        .with_root_certificates(rustls::RootCertStore::empty())
-                        .with_no_client_auth(),
-                )),
-            }
+            capstan_client::tls::any_server_cert_client()
+                .map(|b| tokio_rustls::TlsConnector::from(Arc::new(b.with_no_client_auth())))
+                .map_err(|e| format!("TLS client configuration: {e}"))
         })
         .clone()
 }
