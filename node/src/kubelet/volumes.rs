@@ -81,6 +81,11 @@ type Files = BTreeMap<String, (Vec<u8>, u32)>;
 /// The mode of written files when the volume sets no `defaultMode` (upstream's 0644).
 const DEFAULT_MODE: u32 = 0o644;
 
+/// A `defaultMode` or item `mode` as permission bits, `default` when unset.
+fn file_mode(m: Option<i32>, default: u32) -> u32 {
+    m.and_then(|m| u32::try_from(m).ok()).unwrap_or(default)
+}
+
 /// `files` as `items` maps them (a key to a path), or every key; an item whose key is
 /// missing fails unless the source is `optional`. `kind` words the failure as upstream's
 /// (`configmap references non-existent config key: k`).
@@ -98,7 +103,7 @@ fn pick(
     for i in items {
         match files.get(&i.key) {
             Some(v) => {
-                let m = i.mode.and_then(|m| u32::try_from(m).ok()).unwrap_or(mode);
+                let m = file_mode(i.mode, mode);
                 out.insert(i.path.clone(), (v.clone(), m));
             }
             None if optional => {}
@@ -297,10 +302,7 @@ fn downward_files(
         } else {
             continue;
         };
-        let m = item
-            .mode
-            .and_then(|m| u32::try_from(m).ok())
-            .unwrap_or(mode);
+        let m = file_mode(item.mode, mode);
         out.insert(item.path.clone(), (value.into_bytes(), m));
     }
     Ok(out)
@@ -372,10 +374,7 @@ async fn prepare(
         return Ok(p);
     }
     // A volume's `defaultMode`, for files whose item sets no `mode`.
-    let mode = |m: Option<i32>| {
-        m.and_then(|m| u32::try_from(m).ok())
-            .unwrap_or(DEFAULT_MODE)
-    };
+    let mode = |m: Option<i32>| file_mode(m, DEFAULT_MODE);
     if let Some(cm) = &v.config_map {
         let dir = vols.join("kubernetes.io~configmap").join(&v.name);
         let source = Keyed::ConfigMap(&cm.name);
