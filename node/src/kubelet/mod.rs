@@ -859,9 +859,15 @@ impl Kubelet {
             let now = std::time::Instant::now();
             match e.volumes_written {
                 Some(t) if now.duration_since(t) < self.cfg.sync_frequency => false,
-                _ => {
+                Some(_) => {
                     e.volumes_written = Some(now);
                     true
+                }
+                // A pod's first sync: its containers' starts write the volumes (every
+                // start does), so the first rewrite is one period from now.
+                None => {
+                    e.volumes_written = Some(now);
+                    false
                 }
             }
         };
